@@ -1,0 +1,386 @@
+//! `/etc/pi2pi/agent.toml`: a raw serde struct (`deny_unknown_fields`) validated into [`Config`].
+//!
+//! Every error names the file, the line and the key, and says what would be valid, because the
+//! person reading it is usually on a serial console with no other clue.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub const DEFAULT_PATH: &str = "/etc/pi2pi/agent.toml";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node: String,
+    pub drive: DriveConfig,
+    pub state_dir: PathBuf,
+    pub sync: SyncConfig,
+    pub peers: Vec<Peer>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DriveConfig {
+    pub label: String,
+    pub mount_point: PathBuf,
+    pub sending: PathBuf,
+    pub receiving: PathBuf,
+    /// When false the directories are used as plain directories (development and tests only).
+    pub require_mount: bool,
+    pub fstypes: Vec<String>,
+    /// Where udev publishes labels; a test can point this at its own directory of links.
+    pub by_label_dir: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// A file must be unchanged for this long before it is sent.
+    pub settle: Duration,
+    /// Full rescan of `sending/` even without inotify events (safety net).
+    pub rescan: Duration,
+    /// Ceiling of the exponential retry backoff.
+    pub retry_max: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub name: String,
+    pub transport: Transport,
+}
+
+#[derive(Debug, Clone)]
+pub enum Transport {
+    Ssh {
+        host: String,
+        port: u16,
+        user: String,
+        identity: PathBuf,
+        known_hosts: PathBuf,
+        /// The remote command; sshd's forced command overrides it on a real Pi.
+        remote_command: String,
+        ssh_program: String,
+    },
+    /// A local `serve` process on a pipe: same protocol, no SSH (fast tests, benchmarks).
+    Pipe { argv: Vec<String> },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": key `{}`", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    node: Spanned<String>,
+    drive: RawDrive,
+    state: Option<RawState>,
+    sync: Option<RawSync>,
+    #[serde(default)]
+    peer: Vec<RawPeer>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDrive {
+    label: Spanned<String>,
+    mount_point: Spanned<String>,
+    sending: Option<Spanned<String>>,
+    receiving: Option<Spanned<String>>,
+    require_mount: Option<bool>,
+    fstypes: Option<Vec<String>>,
+    by_label_dir: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    dir: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSync {
+    settle_ms: Option<Spanned<u64>>,
+    rescan_secs: Option<Spanned<u64>>,
+    retry_max_secs: Option<Spanned<u64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    name: Spanned<String>,
+    transport: Option<Spanned<String>>,
+    host: Option<Spanned<String>>,
+    port: Option<u16>,
+    user: Option<String>,
+    identity: Option<Spanned<String>>,
+    known_hosts: Option<Spanned<String>>,
+    remote_command: Option<String>,
+    ssh_program: Option<String>,
+    command: Option<Spanned<Vec<String>>>,
+}
+
+struct Ctx<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err<T>(&self, span: Option<std::ops::Range<usize>>, key: &str, msg: impl Into<String>) -> Result<T, ConfigError> {
+        Err(ConfigError {
+            file: self.file.to_path_buf(),
+            line: span.map(|s| line_of(self.text, s.start)),
+            key: key.to_string(),
+            message: msg.into(),
+        })
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            key: String::new(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::parse(path, &text)
+    }
+
+    pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
+        let cx = Ctx { file, text };
+        let raw: RawConfig = match toml::from_str(text) {
+            Ok(raw) => raw,
+            Err(e) => {
+                // toml's message already names the key (e.g. "unknown field `x`, expected one of ...").
+                let msg = e.message().trim().to_string();
+                let key = msg
+                    .split('`')
+                    .nth(1)
+                    .filter(|_| msg.contains("field"))
+                    .unwrap_or("")
+                    .to_string();
+                return cx.err(e.span(), &key, msg);
+            }
+        };
+        validate(&cx, raw)
+    }
+}
+
+fn check_name(cx: &Ctx, s: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
+    let v = s.get_ref();
+    let ok = !v.is_empty()
+        && v.len() <= 63
+        && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && !v.starts_with('-');
+    if !ok {
+        return cx.err(
+            Some(s.span()),
+            key,
+            format!("`{v}` is not a valid host name: use 1-63 letters, digits or '-', not starting with '-'"),
+        );
+    }
+    Ok(v.clone())
+}
+
+fn abs_path(cx: &Ctx, s: &Spanned<String>, key: &str) -> Result<PathBuf, ConfigError> {
+    let p = PathBuf::from(s.get_ref());
+    if !p.is_absolute() {
+        return cx.err(Some(s.span()), key, format!("`{}` must be an absolute path", s.get_ref()));
+    }
+    Ok(p)
+}
+
+fn sub_dir(cx: &Ctx, s: Option<&Spanned<String>>, default: &str, key: &str) -> Result<PathBuf, ConfigError> {
+    let Some(s) = s else { return Ok(PathBuf::from(default)) };
+    let v = s.get_ref();
+    let ok = !v.is_empty()
+        && !v.starts_with('/')
+        && v.split('/').all(|c| !c.is_empty() && c != "." && c != "..");
+    if !ok {
+        return cx.err(
+            Some(s.span()),
+            key,
+            format!("`{v}` must be a relative directory inside the drive (like \"{default}\"), without '..'"),
+        );
+    }
+    Ok(PathBuf::from(v))
+}
+
+fn validate(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
+    let node = check_name(cx, &raw.node, "node")?;
+
+    let d = raw.drive;
+    let label = d.label.get_ref();
+    // FAT32 volume labels: at most 11 characters; the seed asks for no spaces.
+    if label.is_empty() || label.len() > 11 || !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        return cx.err(
+            Some(d.label.span()),
+            "drive.label",
+            format!("`{label}` is not a usable FAT32 label: 1-11 ASCII letters, digits, '_' or '-', no spaces"),
+        );
+    }
+    let mount_point = abs_path(cx, &d.mount_point, "drive.mount_point")?;
+    if mount_point == Path::new("/") {
+        return cx.err(Some(d.mount_point.span()), "drive.mount_point", "must not be `/`");
+    }
+    let sending = sub_dir(cx, d.sending.as_ref(), "sending", "drive.sending")?;
+    let receiving = sub_dir(cx, d.receiving.as_ref(), "receiving", "drive.receiving")?;
+    if sending == receiving {
+        return cx.err(d.receiving.as_ref().map(|s| s.span()), "drive.receiving", "must differ from drive.sending");
+    }
+    let drive = DriveConfig {
+        label: label.clone(),
+        sending: mount_point.join(sending),
+        receiving: mount_point.join(receiving),
+        mount_point,
+        require_mount: d.require_mount.unwrap_or(true),
+        fstypes: d.fstypes.unwrap_or_else(|| vec!["vfat".into()]),
+        by_label_dir: d.by_label_dir.map(PathBuf::from).unwrap_or_else(|| "/dev/disk/by-label".into()),
+    };
+
+    let state_dir = match &raw.state {
+        Some(s) => abs_path(cx, &s.dir, "state.dir")?,
+        None => PathBuf::from("/var/lib/pi2pi"),
+    };
+
+    let s = raw.sync.unwrap_or(RawSync { settle_ms: None, rescan_secs: None, retry_max_secs: None });
+    let ranged = |v: &Option<Spanned<u64>>, key: &str, default: u64, lo: u64, hi: u64| -> Result<u64, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(v) if (lo..=hi).contains(v.get_ref()) => Ok(*v.get_ref()),
+            Some(v) => cx.err(Some(v.span()), key, format!("{} is out of range: use {lo}..={hi}", v.get_ref())),
+        }
+    };
+    let sync = SyncConfig {
+        settle: Duration::from_millis(ranged(&s.settle_ms, "sync.settle_ms", 300, 0, 60_000)?),
+        rescan: Duration::from_secs(ranged(&s.rescan_secs, "sync.rescan_secs", 30, 1, 3600)?),
+        retry_max: Duration::from_secs(ranged(&s.retry_max_secs, "sync.retry_max_secs", 30, 1, 3600)?),
+    };
+
+    let mut peers = Vec::new();
+    for (i, p) in raw.peer.into_iter().enumerate() {
+        let key = |k: &str| format!("peer[{i}].{k}");
+        let name = check_name(cx, &p.name, &key("name"))?;
+        if name == node || peers.iter().any(|q: &Peer| q.name == name) {
+            return cx.err(Some(p.name.span()), &key("name"), format!("`{name}` is this node or a duplicate peer"));
+        }
+        let kind = p.transport.as_ref().map(|t| t.get_ref().as_str()).unwrap_or("ssh");
+        let transport = match kind {
+            "ssh" => {
+                let Some(host) = &p.host else {
+                    return cx.err(Some(p.name.span()), &key("host"), "missing: ssh peers need `host` (a name or IP address)");
+                };
+                if host.get_ref().is_empty() || host.get_ref().contains(char::is_whitespace) {
+                    return cx.err(Some(host.span()), &key("host"), "must be a host name or IP address");
+                }
+                let need = |v: &Option<Spanned<String>>, k: &str| -> Result<PathBuf, ConfigError> {
+                    match v {
+                        Some(v) => abs_path(cx, v, &key(k)),
+                        None => cx.err(Some(p.name.span()), &key(k), "missing: ssh peers need an absolute path here"),
+                    }
+                };
+                Transport::Ssh {
+                    host: host.get_ref().clone(),
+                    port: p.port.unwrap_or(22),
+                    user: p.user.clone().unwrap_or_else(|| "pi".into()),
+                    identity: need(&p.identity, "identity")?,
+                    known_hosts: need(&p.known_hosts, "known_hosts")?,
+                    remote_command: p.remote_command.clone().unwrap_or_else(|| "pi2pi-agent serve".into()),
+                    ssh_program: p.ssh_program.clone().unwrap_or_else(|| "ssh".into()),
+                }
+            }
+            "pipe" => match &p.command {
+                Some(c) if !c.get_ref().is_empty() => Transport::Pipe { argv: c.get_ref().clone() },
+                _ => return cx.err(Some(p.name.span()), &key("command"), "pipe peers need a non-empty `command` array"),
+            },
+            other => {
+                let span = p.transport.as_ref().map(|t| t.span());
+                return cx.err(span, &key("transport"), format!("`{other}` is not a transport: use \"ssh\" or \"pipe\""));
+            }
+        };
+        peers.push(Peer { name, transport });
+    }
+
+    Ok(Config { node, drive, state_dir, sync, peers })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+node = "rpa"
+[drive]
+label = "PI2PI"
+mount_point = "/media/pi/PI2PI"
+[[peer]]
+name = "rpb"
+host = "rpb.local"
+identity = "/home/pi/.ssh/id_ed25519"
+known_hosts = "/etc/ssh/ssh_known_hosts"
+"#;
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/pi2pi/agent.toml"), s)
+    }
+
+    #[test]
+    fn good_config_parses_with_defaults() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.node, "rpa");
+        assert_eq!(c.drive.sending, Path::new("/media/pi/PI2PI/sending"));
+        assert_eq!(c.drive.receiving, Path::new("/media/pi/PI2PI/receiving"));
+        assert!(c.drive.require_mount);
+        assert_eq!(c.peers.len(), 1);
+        match &c.peers[0].transport {
+            Transport::Ssh { port, user, .. } => assert_eq!((*port, user.as_str()), (22, "pi")),
+            t => panic!("{t:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let text = GOOD.replace("host = \"rpb.local\"", "host = \"rpb.local\"\nhots = 1");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.starts_with("/etc/pi2pi/agent.toml:9: key `hots`"), "{e}");
+        assert!(e.contains("hots"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let e = parse(&GOOD.replace("PI2PI\"\nmount", "MY DRIVE\"\nmount")).unwrap_err();
+        assert_eq!((e.key.as_str(), e.line), ("drive.label", Some(4)));
+        let e = parse(&GOOD.replace("\"/media/pi/PI2PI\"", "\"media\"")).unwrap_err();
+        assert_eq!(e.key, "drive.mount_point");
+        let e = parse(&format!("{GOOD}[sync]\nsettle_ms = 999999\n")).unwrap_err();
+        assert_eq!((e.key.as_str(), e.line), ("sync.settle_ms", Some(12)));
+        let e = parse(&GOOD.replace("name = \"rpb\"", "name = \"rpb\"\ntransport = \"ftp\"")).unwrap_err();
+        assert!(e.to_string().contains("peer[0].transport"), "{e}");
+        let e = parse(&GOOD.replace("identity = \"/home/pi/.ssh/id_ed25519\"\n", "")).unwrap_err();
+        assert_eq!(e.key, "peer[0].identity");
+    }
+}

@@ -1,0 +1,375 @@
+//! One sync pass: scan `sending/`, decide what each peer still needs, deliver it.
+//! Shared by `sync --once` (cron) and `run` (the daemon, which adds inotify on top).
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Result;
+
+use crate::config::{Config, Peer};
+use crate::proto::Code;
+use crate::session::{Outcome, Session};
+use crate::state::{Entry, Journal};
+use crate::status::{PeerStatus, Status};
+use crate::{drive, fsutil, paths};
+
+/// A regular file found in `sending/`.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub rel: String,
+    pub path: PathBuf,
+    pub size: u64,
+    pub mtime_ns: i64,
+    /// Stat signature: any write changes it (ctime cannot be set back by `cp -p`).
+    sig: (u64, i64, i64, u64),
+}
+
+/// What the daemon learned from inotify about a path.
+#[derive(Debug, Clone, Copy)]
+pub struct Hot {
+    pub last: Instant,
+    /// Modified and not yet closed by its writer.
+    pub writing: bool,
+}
+
+/// A writer that keeps a file open but stops writing for this long is taken to be done with it.
+const WRITER_IDLE: Duration = Duration::from_secs(30);
+
+pub struct Engine {
+    pub cfg: Config,
+    peers: Vec<PeerState>,
+    /// First time each stat signature was seen (monotonic), for quiescence without trusting the
+    /// wall clock: a Pi has no RTC and its clock can jump at boot.
+    seen: HashMap<String, ((u64, i64, i64, u64), Instant)>,
+    pub drive_error: Option<String>,
+    mode: &'static str,
+}
+
+struct PeerState {
+    peer: Peer,
+    journal: Journal,
+    session: Option<Session>,
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    status: PeerStatus,
+}
+
+#[derive(Debug, Default)]
+pub struct PassReport {
+    /// Files that will be ready after they settle: when to look again.
+    pub wake_in: Option<Duration>,
+    pub waiting: usize,
+    pub delivered: usize,
+    /// Errors that should make `sync --once` exit non-zero.
+    pub failures: usize,
+}
+
+impl Engine {
+    pub fn new(cfg: Config, mode: &'static str) -> Result<Engine> {
+        let mut peers = Vec::new();
+        for p in &cfg.peers {
+            let journal = Journal::open(&cfg.state_dir, &p.name)?;
+            let status = PeerStatus { name: p.name.clone(), delivered_total: journal.entries().filter(|e| matches!(e, Entry::Delivered { .. })).count() as u64, ..Default::default() };
+            peers.push(PeerState { peer: p.clone(), journal, session: None, retry_at: None, backoff: Duration::ZERO, status });
+        }
+        Ok(Engine { cfg, peers, seen: HashMap::new(), drive_error: None, mode })
+    }
+
+    /// Is the sending side usable? Logs only when the answer changes.
+    pub fn drive_ready(&mut self) -> bool {
+        let now = drive::check(&self.cfg.drive, None).and_then(|()| {
+            // Only now that the drive is proven mounted may the directories be created.
+            for d in [&self.cfg.drive.sending, &self.cfg.drive.receiving] {
+                fs::create_dir_all(d).map_err(|e| drive::DriveError::NotWritable { path: d.clone(), err: e.to_string() })?;
+            }
+            Ok(())
+        });
+        let err = now.err().map(|e| e.to_string());
+        if err != self.drive_error {
+            match &err {
+                Some(e) => tracing::warn!("waiting for the drive: {e}"),
+                None => tracing::info!("drive {} is ready at {}", self.cfg.drive.label, self.cfg.drive.mount_point.display()),
+            }
+            self.drive_error = err;
+        }
+        self.drive_error.is_none()
+    }
+
+    pub fn scan(&self) -> Vec<Found> {
+        let root = &self.cfg.drive.sending;
+        let mut out = Vec::new();
+        for e in walkdir::WalkDir::new(root).follow_links(false).sort_by_file_name() {
+            let e = match e {
+                Ok(e) => e,
+                Err(err) => {
+                    tracing::warn!("scanning {}: {err}", root.display());
+                    continue;
+                }
+            };
+            if !e.file_type().is_file() || paths::is_temp_name(&e.file_name().to_string_lossy()) {
+                continue;
+            }
+            let Ok(rel) = e.path().strip_prefix(root) else { continue };
+            let Some(rel) = rel.to_str() else {
+                tracing::error!("{}: name is not UTF-8; skipping", e.path().display());
+                continue;
+            };
+            let Ok(md) = e.metadata() else { continue };
+            let mtime_ns = md.mtime().saturating_mul(1_000_000_000).saturating_add(md.mtime_nsec());
+            let ctime_ns = md.ctime().saturating_mul(1_000_000_000).saturating_add(md.ctime_nsec());
+            out.push(Found {
+                rel: rel.to_string(),
+                path: e.path().to_path_buf(),
+                size: md.len(),
+                mtime_ns,
+                sig: (md.len(), mtime_ns, ctime_ns, md.ino()),
+            });
+        }
+        out
+    }
+
+    /// One pass over `sending/` for every peer whose retry time has come.
+    pub fn pass(&mut self, hot: &HashMap<String, Hot>) -> PassReport {
+        let mut report = PassReport::default();
+        if !self.drive_ready() {
+            report.failures += 1;
+            return report;
+        }
+        let files = self.scan();
+        let now = Instant::now();
+        let settle = self.cfg.sync.settle;
+
+        // Quiescence: unchanged for `settle` and not held open by a writer.
+        let mut ready = Vec::new();
+        let live: HashSet<&str> = files.iter().map(|f| f.rel.as_str()).collect();
+        self.seen.retain(|k, _| live.contains(k.as_str()));
+        for f in &files {
+            let first = match self.seen.get(&f.rel) {
+                Some((sig, t)) if *sig == f.sig => *t,
+                _ => {
+                    // New signature: if the wall clock says it last changed long ago, and the clock is
+                    // sane (not in the future), trust it; else start watching it now.
+                    let age = wall_age(f.sig.2.max(f.sig.1));
+                    let t = match age {
+                        Some(a) if a >= settle => now.checked_sub(settle).unwrap_or(now),
+                        _ => now,
+                    };
+                    self.seen.insert(f.rel.clone(), (f.sig, t));
+                    t
+                }
+            };
+            let mut due = first + settle;
+            if let Some(h) = hot.get(&f.rel) {
+                due = due.max(h.last + if h.writing { WRITER_IDLE } else { settle });
+            }
+            if due <= now {
+                ready.push(f);
+            } else {
+                report.waiting += 1;
+                let w = due - now;
+                report.wake_in = Some(report.wake_in.map_or(w, |x: Duration| x.min(w)));
+            }
+        }
+
+        let collisions: HashMap<&str, &str> = paths::case_collisions(files.iter().map(|f| f.rel.as_str()))
+            .into_iter()
+            .flat_map(|(a, b)| [(a, b), (b, a)])
+            .collect();
+        let mut hashes: HashMap<String, [u8; 32]> = HashMap::new();
+        let sending = self.cfg.drive.sending.clone();
+
+        for ps in &mut self.peers {
+            if ps.retry_at.is_some_and(|t| t > now) {
+                let w = ps.retry_at.unwrap() - now;
+                report.wake_in = Some(report.wake_in.map_or(w, |x| x.min(w)));
+                report.failures += 1;
+                continue;
+            }
+            ps.status.pending = Vec::new();
+            let mut broke = false;
+            for f in &ready {
+                if broke {
+                    ps.status.pending.push(f.rel.clone());
+                    continue;
+                }
+                match ps.journal.get(&f.rel) {
+                    Some(Entry::Delivered { size, mtime_ns, .. } | Entry::Skipped { size, mtime_ns, .. })
+                        if *size == f.size && *mtime_ns == f.mtime_ns =>
+                    {
+                        continue
+                    }
+                    _ => {}
+                }
+                if let Some(reason) = unsendable(f, &collisions) {
+                    tracing::error!(peer = %ps.peer.name, "{}: {reason}; skipped until it changes", sending.join(&f.rel).display());
+                    record(ps, Entry::Skipped { path: f.rel.clone(), size: f.size, mtime_ns: f.mtime_ns, reason });
+                    continue;
+                }
+                let sha = match hashes.get(&f.rel) {
+                    Some(h) => *h,
+                    None => match fsutil::hash_file(&f.path) {
+                        Ok((h, n)) if n == f.size => {
+                            hashes.insert(f.rel.clone(), h);
+                            h
+                        }
+                        Ok(_) => continue, // changed while hashing: next pass
+                        Err(e) => {
+                            tracing::warn!("{}: cannot read: {e}", f.path.display());
+                            continue;
+                        }
+                    },
+                };
+                let hex = hex::encode(sha);
+                if let Some(Entry::Delivered { size, sha256, .. }) = ps.journal.get(&f.rel) {
+                    if *size == f.size && *sha256 == hex {
+                        // Touched but not changed: remember the new mtime, send nothing.
+                        record(ps, Entry::Delivered { path: f.rel.clone(), size: f.size, mtime_ns: f.mtime_ns, sha256: hex });
+                        continue;
+                    }
+                }
+                if ps.session.is_none() {
+                    match Session::connect(&ps.peer) {
+                        Ok(s) => {
+                            tracing::info!(peer = %ps.peer.name, "connected to {}", s.peer_node);
+                            ps.session = Some(s);
+                            ps.status.connected = true;
+                        }
+                        Err(e) => {
+                            fail(ps, format!("{e:#}"), self.cfg.sync.retry_max);
+                            report.failures += 1;
+                            broke = true;
+                            ps.status.pending.push(f.rel.clone());
+                            continue;
+                        }
+                    }
+                }
+                let session = ps.session.as_mut().expect("connected above");
+                let started = Instant::now();
+                match session.deliver(&f.path, &f.rel, f.size, sha) {
+                    Ok(outcome @ (Outcome::Stored { .. } | Outcome::Had)) => {
+                        let resumed_from = match outcome {
+                            Outcome::Stored { resumed_from } => resumed_from,
+                            _ => f.size,
+                        };
+                        tracing::info!(
+                            peer = %ps.peer.name, path = %f.rel, bytes = f.size, resumed_from,
+                            ms = started.elapsed().as_millis() as u64,
+                            "{}", if outcome == Outcome::Had { "already there" } else { "delivered" }
+                        );
+                        record(ps, Entry::Delivered { path: f.rel.clone(), size: f.size, mtime_ns: f.mtime_ns, sha256: hex });
+                        ps.status.delivered_total += 1;
+                        ps.status.last_delivered = Some(f.rel.clone());
+                        ps.status.last_delivered_unix = unix_now();
+                        ps.status.last_error = None;
+                        ps.backoff = Duration::ZERO;
+                        report.delivered += 1;
+                    }
+                    Ok(Outcome::Refused(reason)) => {
+                        tracing::error!(peer = %ps.peer.name, "{}: refused by peer: {reason}; skipped until it changes", f.path.display());
+                        record(ps, Entry::Skipped { path: f.rel.clone(), size: f.size, mtime_ns: f.mtime_ns, reason });
+                    }
+                    Ok(Outcome::Failed(code, msg)) => {
+                        ps.status.pending.push(f.rel.clone());
+                        report.failures += 1;
+                        match code {
+                            // The file changed under us: it will be picked up again once it settles.
+                            Code::Checksum | Code::Protocol => {
+                                tracing::warn!(peer = %ps.peer.name, "{msg}; will retry");
+                                self.seen.remove(&f.rel);
+                            }
+                            // Peer-wide trouble (full or missing drive): back off for this peer.
+                            _ => {
+                                fail(ps, msg, self.cfg.sync.retry_max);
+                                broke = true;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let why = ps.session.take().map(|s| { let l = s.last_stderr(); s.close(); l }).unwrap_or_default();
+                        let msg = if why.is_empty() { format!("link to {} lost: {e:#}", ps.peer.name) } else { format!("link to {} lost: {e:#} ({why})", ps.peer.name) };
+                        ps.status.connected = false;
+                        ps.status.pending.push(f.rel.clone());
+                        fail(ps, msg, self.cfg.sync.retry_max);
+                        report.failures += 1;
+                        broke = true;
+                    }
+                }
+            }
+        }
+        report
+    }
+
+    /// Closes idle sessions (end of `sync --once`, or shutdown).
+    pub fn disconnect(&mut self) {
+        for ps in &mut self.peers {
+            if let Some(s) = ps.session.take() {
+                s.close();
+            }
+            ps.status.connected = false;
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        Status {
+            node: self.cfg.node.clone(),
+            pid: std::process::id(),
+            mode: self.mode.to_string(),
+            updated_unix: unix_now(),
+            drive_error: self.drive_error.clone(),
+            peers: self
+                .peers
+                .iter()
+                .map(|ps| {
+                    let mut st = ps.status.clone();
+                    st.skipped = ps
+                        .journal
+                        .entries()
+                        .filter_map(|e| match e {
+                            Entry::Skipped { path, reason, .. } => Some((path.clone(), reason.clone())),
+                            _ => None,
+                        })
+                        .collect();
+                    st
+                })
+                .collect(),
+        }
+    }
+}
+
+fn unsendable(f: &Found, collisions: &HashMap<&str, &str>) -> Option<String> {
+    if let Err(e) = paths::check_relative(&f.rel) {
+        return Some(e.to_string());
+    }
+    if f.size > paths::FAT32_MAX_FILE {
+        return Some(format!("{} bytes is over FAT32's 4 GiB - 1 limit", f.size));
+    }
+    collisions.get(f.rel.as_str()).map(|other| format!("differs from `{other}` only by case, which FAT32 cannot keep apart"))
+}
+
+fn record(ps: &mut PeerState, e: Entry) {
+    if let Err(err) = ps.journal.record(e) {
+        tracing::error!("cannot write delivery journal: {err:#}");
+    }
+}
+
+/// Capped exponential backoff: 1 s, 2 s, 4 s … `max`.
+fn fail(ps: &mut PeerState, msg: String, max: Duration) {
+    ps.backoff = (ps.backoff * 2).clamp(Duration::from_secs(1), max);
+    tracing::warn!(peer = %ps.peer.name, "{msg}; retrying in {:?}", ps.backoff);
+    ps.retry_at = Some(Instant::now() + ps.backoff);
+    ps.status.last_error = Some(msg);
+    ps.status.last_error_unix = unix_now();
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// How long ago a wall-clock time (ns since the epoch) was; `None` if it is in the future.
+fn wall_age(t_ns: i64) -> Option<Duration> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_nanos() as i64;
+    (now >= t_ns).then(|| Duration::from_nanos((now - t_ns) as u64))
+}

@@ -1,0 +1,71 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use pi2pi_agent::{config, daemon, lock, serve, status};
+
+/// pi2pi sync agent: delivers this Pi's sending/ to its peers' receiving/ over SSH.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    /// Configuration file.
+    #[arg(long, global = true, default_value = config::DEFAULT_PATH)]
+    config: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run as a daemon: deliver files as soon as they are written (systemd schedule).
+    Run,
+    /// One full pass, then exit (cron schedule). Exits 75 if another agent holds the lock.
+    Sync {
+        /// One pass then exit (the only mode of `sync`; `run` is the daemon).
+        #[arg(long, default_value_t = true)]
+        once: bool,
+    },
+    /// Receiving side, speaking the protocol on stdin/stdout (sshd's forced command).
+    Serve,
+    /// What is pending, delivered and failing; whether the drive and peers are up.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PI2PI_LOG").unwrap_or_else(|_| "info".into()))
+        .init();
+    let cfg = match config::Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pi2pi-agent: {e}");
+            return ExitCode::from(78); // EX_CONFIG
+        }
+    };
+    let result = match cli.cmd {
+        Cmd::Run => daemon::run(cfg).map(|()| ExitCode::SUCCESS),
+        Cmd::Sync { .. } => daemon::once(cfg).map(|r| if r.failures == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
+        Cmd::Serve => serve::serve(&cfg, std::io::stdin().lock(), std::io::stdout().lock()).map(|()| ExitCode::SUCCESS),
+        Cmd::Status { json } => status::report(&cfg, json).map(|s| {
+            print!("{s}");
+            ExitCode::SUCCESS
+        }),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) if e.is::<lock::AlreadyRunning>() => {
+            eprintln!("pi2pi-agent: {e}");
+            ExitCode::from(75) // EX_TEMPFAIL
+        }
+        Err(e) => {
+            eprintln!("pi2pi-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

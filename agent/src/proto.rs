@@ -1,0 +1,310 @@
+//! The sender↔receiver wire protocol: length-prefixed frames on a byte stream (ssh's stdin/stdout).
+//!
+//! ```text
+//! frame   = len:u32be  tag:u8  body          (len counts tag + body, at most MAX_FRAME)
+//! string  = len:u16be  utf8 bytes
+//! ```
+//! One transfer: `Offer` → (`Resume{offset}` | `Have` | `Refused` | `Failed`) → `Data`* → `Done` →
+//! (`Stored` | `Refused` | `Failed`). The receiver acknowledges with `Stored` only after the file is
+//! fsynced, verified and renamed and the directory fsynced, so an ack means "durable".
+
+use std::io::{self, Read, Write};
+
+pub const MAGIC: &[u8; 6] = b"PI2PI\0";
+pub const VERSION: u16 = 1;
+/// Largest frame accepted: one data chunk plus headroom. Bounds memory on hostile input.
+pub const MAX_FRAME: usize = 1 << 20;
+pub const CHUNK: usize = 256 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Msg {
+    Hello { version: u16 },
+    Welcome { version: u16, node: String },
+    Offer { path: String, size: u64, sha256: [u8; 32] },
+    Resume { offset: u64 },
+    Have,
+    Data(Vec<u8>),
+    Done,
+    Stored,
+    /// Permanent for this content: the path or file is not acceptable. Do not retry until it changes.
+    Refused { code: Code, message: String },
+    /// Transient: disk full, drive missing, checksum mismatch. Retry later.
+    Failed { code: Code, message: String },
+    Bye,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Code {
+    BadPath = 1,
+    NotRegular = 2,
+    NoSpace = 3,
+    DriveNotReady = 4,
+    Checksum = 5,
+    Io = 6,
+    Version = 7,
+    Protocol = 8,
+    TooLarge = 9,
+}
+
+impl Code {
+    fn from_u8(b: u8) -> Option<Code> {
+        use Code::*;
+        Some(match b {
+            1 => BadPath,
+            2 => NotRegular,
+            3 => NoSpace,
+            4 => DriveNotReady,
+            5 => Checksum,
+            6 => Io,
+            7 => Version,
+            8 => Protocol,
+            9 => TooLarge,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
+    TooLong(usize),
+    #[error("empty frame")]
+    Empty,
+    #[error("unknown frame tag {0:#04x}")]
+    UnknownTag(u8),
+    #[error("truncated frame body")]
+    Truncated,
+    #[error("trailing bytes after frame body")]
+    Trailing,
+    #[error("string is not UTF-8")]
+    Utf8,
+    #[error("unknown error code {0}")]
+    UnknownCode(u8),
+    #[error("bad magic: the peer does not speak the pi2pi protocol")]
+    Magic,
+}
+
+const T_HELLO: u8 = 1;
+const T_WELCOME: u8 = 2;
+const T_OFFER: u8 = 3;
+const T_RESUME: u8 = 4;
+const T_HAVE: u8 = 5;
+const T_DATA: u8 = 6;
+const T_DONE: u8 = 7;
+const T_STORED: u8 = 8;
+const T_REFUSED: u8 = 9;
+const T_FAILED: u8 = 10;
+const T_BYE: u8 = 11;
+
+impl Msg {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = vec![0u8; 4];
+        match self {
+            Msg::Hello { version } => {
+                b.push(T_HELLO);
+                b.extend_from_slice(MAGIC);
+                b.extend_from_slice(&version.to_be_bytes());
+            }
+            Msg::Welcome { version, node } => {
+                b.push(T_WELCOME);
+                b.extend_from_slice(MAGIC);
+                b.extend_from_slice(&version.to_be_bytes());
+                put_str(&mut b, node);
+            }
+            Msg::Offer { path, size, sha256 } => {
+                b.push(T_OFFER);
+                put_str(&mut b, path);
+                b.extend_from_slice(&size.to_be_bytes());
+                b.extend_from_slice(sha256);
+            }
+            Msg::Resume { offset } => {
+                b.push(T_RESUME);
+                b.extend_from_slice(&offset.to_be_bytes());
+            }
+            Msg::Have => b.push(T_HAVE),
+            Msg::Data(d) => {
+                b.push(T_DATA);
+                b.extend_from_slice(d);
+            }
+            Msg::Done => b.push(T_DONE),
+            Msg::Stored => b.push(T_STORED),
+            Msg::Refused { code, message } | Msg::Failed { code, message } => {
+                b.push(if matches!(self, Msg::Refused { .. }) { T_REFUSED } else { T_FAILED });
+                b.push(*code as u8);
+                put_str(&mut b, message);
+            }
+            Msg::Bye => b.push(T_BYE),
+        }
+        let len = (b.len() - 4) as u32;
+        b[..4].copy_from_slice(&len.to_be_bytes());
+        b
+    }
+
+    /// Decodes one frame body (tag + fields, without the length prefix).
+    pub fn decode(body: &[u8]) -> Result<Msg, DecodeError> {
+        let (&tag, rest) = body.split_first().ok_or(DecodeError::Empty)?;
+        let mut r = Reader(rest);
+        let msg = match tag {
+            T_HELLO => {
+                r.magic()?;
+                Msg::Hello { version: r.u16()? }
+            }
+            T_WELCOME => {
+                r.magic()?;
+                Msg::Welcome { version: r.u16()?, node: r.string()? }
+            }
+            T_OFFER => Msg::Offer { path: r.string()?, size: r.u64()?, sha256: r.array()? },
+            T_RESUME => Msg::Resume { offset: r.u64()? },
+            T_HAVE => Msg::Have,
+            T_DATA => Msg::Data(std::mem::take(&mut r.0).to_vec()),
+            T_DONE => Msg::Done,
+            T_STORED => Msg::Stored,
+            T_REFUSED | T_FAILED => {
+                let c = r.u8()?;
+                let code = Code::from_u8(c).ok_or(DecodeError::UnknownCode(c))?;
+                let message = r.string()?;
+                if tag == T_REFUSED {
+                    Msg::Refused { code, message }
+                } else {
+                    Msg::Failed { code, message }
+                }
+            }
+            T_BYE => Msg::Bye,
+            t => return Err(DecodeError::UnknownTag(t)),
+        };
+        if !r.0.is_empty() {
+            return Err(DecodeError::Trailing);
+        }
+        Ok(msg)
+    }
+}
+
+fn put_str(b: &mut Vec<u8>, s: &str) {
+    // Paths and messages are short; cut at a char boundary rather than fail to encode an error.
+    let mut end = s.len().min(u16::MAX as usize);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    b.extend_from_slice(&(end as u16).to_be_bytes());
+    b.extend_from_slice(&s.as_bytes()[..end]);
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], DecodeError> {
+        if self.0.len() < n {
+            return Err(DecodeError::Truncated);
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        Ok(self.take(N)?.try_into().expect("length checked"))
+    }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        Ok(u16::from_be_bytes(self.array()?))
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_be_bytes(self.array()?))
+    }
+    fn string(&mut self) -> Result<String, DecodeError> {
+        let n = self.u16()? as usize;
+        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| DecodeError::Utf8)
+    }
+    fn magic(&mut self) -> Result<(), DecodeError> {
+        if self.take(MAGIC.len()).map_err(|_| DecodeError::Magic)? != MAGIC {
+            return Err(DecodeError::Magic);
+        }
+        Ok(())
+    }
+}
+
+/// Reads one frame. `Ok(None)` on a clean end of stream between frames.
+pub fn read_msg(r: &mut impl Read) -> io::Result<Option<Msg>> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len[..1]) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    r.read_exact(&mut len[1..])?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, DecodeError::TooLong(len)));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)?;
+    Msg::decode(&body).map(Some).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+pub fn write_msg(w: &mut impl Write, m: &Msg) -> io::Result<()> {
+    w.write_all(&m.encode())
+}
+
+/// Writes a `Data` frame straight from a borrowed buffer (the hot path: no copy into a `Msg`).
+pub fn write_data(w: &mut impl Write, data: &[u8]) -> io::Result<()> {
+    assert!(data.len() < MAX_FRAME, "data chunk larger than a frame");
+    w.write_all(&((data.len() + 1) as u32).to_be_bytes())?;
+    w.write_all(&[T_DATA])?;
+    w.write_all(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all() -> Vec<Msg> {
+        vec![
+            Msg::Hello { version: VERSION },
+            Msg::Welcome { version: 1, node: "rpb".into() },
+            Msg::Offer { path: "a/b c/ü.jpg".into(), size: u64::MAX, sha256: [7; 32] },
+            Msg::Resume { offset: 12345 },
+            Msg::Have,
+            Msg::Data(vec![1, 2, 3]),
+            Msg::Data(vec![]),
+            Msg::Done,
+            Msg::Stored,
+            Msg::Refused { code: Code::BadPath, message: "no".into() },
+            Msg::Failed { code: Code::NoSpace, message: "full".into() },
+            Msg::Bye,
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips_through_a_stream() {
+        let mut buf = Vec::new();
+        for m in all() {
+            write_msg(&mut buf, &m).unwrap();
+        }
+        write_data(&mut buf, b"raw").unwrap();
+        let mut r = &buf[..];
+        for m in all() {
+            assert_eq!(read_msg(&mut r).unwrap(), Some(m));
+        }
+        assert_eq!(read_msg(&mut r).unwrap(), Some(Msg::Data(b"raw".to_vec())));
+        assert_eq!(read_msg(&mut r).unwrap(), None);
+    }
+
+    #[test]
+    fn malformed_frames_are_errors_not_panics() {
+        assert!(matches!(Msg::decode(&[]), Err(DecodeError::Empty)));
+        assert!(matches!(Msg::decode(&[99]), Err(DecodeError::UnknownTag(99))));
+        assert!(matches!(Msg::decode(&[T_HELLO, b'X']), Err(DecodeError::Magic)));
+        assert!(matches!(Msg::decode(&[T_RESUME, 0, 0]), Err(DecodeError::Truncated)));
+        assert!(matches!(Msg::decode(&[T_DONE, 0]), Err(DecodeError::Trailing)));
+        assert!(matches!(Msg::decode(&[T_OFFER, 0, 2, 0xff, 0xfe]), Err(DecodeError::Utf8)));
+        assert!(matches!(Msg::decode(&[T_FAILED, 200, 0, 0]), Err(DecodeError::UnknownCode(200))));
+        let huge = ((MAX_FRAME + 1) as u32).to_be_bytes();
+        let e = read_msg(&mut &huge[..]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        // A stream cut inside a frame is an error, not a clean end.
+        let cut = &Msg::Offer { path: "x".into(), size: 1, sha256: [0; 32] }.encode()[..10];
+        assert!(read_msg(&mut &cut[..]).is_err());
+    }
+}
