@@ -221,7 +221,9 @@ fn copy_in(r: &mut impl Read, file: &mut File, hasher: &mut Sha256, mut left: u6
 }
 
 fn open_beneath(dir: &OwnedFd, name: &str, flags: OFlags) -> io::Result<OwnedFd> {
-    Ok(rustix::fs::openat2(dir, name, flags | OFlags::CLOEXEC | OFlags::NOFOLLOW, Mode::from_raw_mode(0o644), RESOLVE)?)
+    // openat2 insists on a zero mode unless it may create the file.
+    let mode = if flags.contains(OFlags::CREATE) { Mode::from_raw_mode(0o644) } else { Mode::empty() };
+    Ok(rustix::fs::openat2(dir, name, flags | OFlags::CLOEXEC | OFlags::NOFOLLOW, mode, RESOLVE)?)
 }
 
 /// Opens (creating as needed) each directory below `root`, never following a symlink.

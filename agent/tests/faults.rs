@@ -1,0 +1,148 @@
+//! kill -9 of the sender or the receiver at random points during large transfers.
+//!
+//! After every kill, every file under its final name at the receiver must be a complete version
+//! the sender once had (never a prefix, never a mix); at the end everything is delivered exactly,
+//! nothing is duplicated, no temporary is left, and at least some transfers resumed.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Read;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rand::{Rng, SeedableRng};
+use sha2::{Digest, Sha256};
+
+fn points() -> usize {
+    std::env::var("PI2PI_FAULT_POINTS").ok().and_then(|v| v.parse().ok()).unwrap_or(120)
+}
+
+fn gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(s) => s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+#[test]
+fn kill_minus_nine_at_random_points_loses_and_duplicates_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let a = Node::new(t.path(), "rpa");
+    let b = Node::new(t.path(), "rpb");
+    b.write_config("require_mount = false", "");
+    a.write_config("require_mount = false", &pipe_peer(&b));
+    // settle_ms = 0 so each run starts sending at once and the kill points land in transfers.
+    let cfg = std::fs::read_to_string(&a.config).unwrap().replace("settle_ms = 100", "settle_ms = 0");
+    std::fs::write(&a.config, cfg).unwrap();
+
+    let seed = std::env::var("PI2PI_FAULT_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(rand::random::<u64>);
+    eprintln!("fault seed {seed} (set PI2PI_FAULT_SEED to replay)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+
+    // Every version of every file ever written: a final file must be one of them, whole.
+    let mut versions: HashMap<String, BTreeSet<String>> = HashMap::new();
+    let mut generation = 0u64;
+    let write_generation = |generation: u64, versions: &mut HashMap<String, BTreeSet<String>>| {
+        let mut files: Vec<(String, usize)> = vec![
+            ("large/a.bin".into(), 12 << 20),
+            ("large/b c.bin".into(), 8 << 20),
+            ("video ü.mp4".into(), 16 << 20),
+        ];
+        for i in 0..12 {
+            files.push((format!("small/{i:02}.txt"), 1000 * i));
+        }
+        for (rel, len) in files {
+            let data = content(generation * 1000 + len as u64, len);
+            versions.entry(rel.clone()).or_default().insert(hex::encode(Sha256::digest(&data)));
+            write_file(&a.sending(), &rel, &data);
+        }
+    };
+    write_generation(generation, &mut versions);
+
+    let (mut resumed, mut killed_sender, mut killed_receiver, mut completed) = (0, 0, 0, 0);
+    for point in 0..points() {
+        let mut child = a.cmd(&["sync", "--once"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut err = child.stderr.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        });
+        std::thread::sleep(Duration::from_micros(rng.gen_range(0..250_000)));
+        let kids = descendants(child.id());
+        match rng.gen_range(0..3) {
+            0 => {
+                kill9(child.id());
+                killed_sender += 1;
+            }
+            1 => {
+                for pid in descendants(child.id()) {
+                    kill9(pid);
+                }
+                killed_receiver += 1;
+            }
+            _ => {
+                for pid in descendants(child.id()) {
+                    kill9(pid);
+                }
+                kill9(child.id());
+                killed_sender += 1;
+                killed_receiver += 1;
+            }
+        }
+        let status = child.wait().unwrap();
+        // A receiver whose sender was killed sees end-of-input and leaves by itself, as it would
+        // when sshd tears the session down; wait for that before looking at its drive.
+        if !wait_until(Duration::from_secs(3), || kids.iter().all(|&p| gone(p))) {
+            kids.iter().for_each(|&p| kill9(p));
+            assert!(wait_until(Duration::from_secs(3), || kids.iter().all(|&p| gone(p))));
+        }
+        let log = reader.join().unwrap();
+        resumed += log.lines().filter(|l| l.contains("delivered") && !l.contains("resumed_from=0")).count();
+
+        for (rel, sha) in tree(&b.receiving()) {
+            if rel.rsplit('/').next().unwrap().starts_with(".pi2pi-") {
+                continue; // hidden temporaries are allowed mid-way
+            }
+            assert!(
+                versions.get(&rel).is_some_and(|v| v.contains(&sha)),
+                "kill point {point}: {rel} at the receiver is not a complete version the sender had"
+            );
+        }
+        if status.success() {
+            completed += 1;
+            // All delivered: write a new generation so later kill points land in transfers
+            // (and in replacements of existing files).
+            generation += 1;
+            write_generation(generation, &mut versions);
+        }
+    }
+
+    let started = Instant::now();
+    let mut last = None;
+    let mut logs = String::new();
+    for _ in 0..5 {
+        let o = a.sync_once();
+        if o.status.success() {
+            last = Some(o);
+            break;
+        }
+        logs += &stderr(&o);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let o = last.unwrap_or_else(|| panic!("final clean sync did not succeed:\n{logs}"));
+    eprintln!(
+        "{} kill points: sender killed {killed_sender}, receiver killed {killed_receiver}, {completed} runs completed, \
+         {resumed} resumed transfers; final sync {:?}",
+        points(),
+        started.elapsed()
+    );
+    let sent: BTreeMap<_, _> = tree(&a.sending());
+    assert_eq!(tree(&b.receiving()), sent, "receiver differs from sender after recovery\n{}", stderr(&o));
+    assert!(temps(&b.receiving()).is_empty());
+    let again = a.sync_once();
+    assert_eq!(stderr(&again).matches("delivered").count(), 0, "re-sent after recovery: {}", stderr(&again));
+    assert!(resumed > 0, "no interrupted transfer ever resumed");
+}

@@ -1,0 +1,175 @@
+//! Sender and receiver as real processes joined by a pipe (no SSH): delivery semantics.
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use pi2pi_agent::proto::{read_msg, write_msg, Code, Msg, VERSION};
+
+fn pair() -> (tempfile::TempDir, Node, Node) {
+    let t = tempfile::tempdir().unwrap();
+    let a = Node::new(t.path(), "rpa");
+    let b = Node::new(t.path(), "rpb");
+    b.write_config("require_mount = false", "");
+    a.pipe_to(&b);
+    (t, a, b)
+}
+
+#[test]
+fn delivers_a_tree_once_and_redelivers_changed_content() {
+    let (_t, a, b) = pair();
+    write_file(&a.sending(), "empty.txt", b"");
+    write_file(&a.sending(), "photo 1.jpg", &content(1, 3 << 20));
+    write_file(&a.sending(), "sub dir/ünïcødé 日本.txt", &content(2, 1000));
+    write_file(&a.sending(), "sub dir/deeper/x.bin", &content(3, 300_000));
+    // Files go out once they have settled; backdate them instead of sleeping.
+    sh(&format!("touch -d '1 minute ago' '{}'/*", a.sending().display()));
+    std::thread::sleep(Duration::from_millis(150));
+
+    let o = a.sync_once();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(tree(&b.receiving()), tree(&a.sending()));
+    assert_eq!(stderr(&o).matches("delivered").count(), 4, "{}", stderr(&o));
+
+    // Unchanged: nothing is sent again, even after a touch (same content, new mtime).
+    sh(&format!("touch '{}'", a.sending().join("photo 1.jpg").display()));
+    std::thread::sleep(Duration::from_millis(150));
+    let o = a.sync_once();
+    assert!(o.status.success());
+    assert_eq!(stderr(&o).matches("delivered").count(), 0, "{}", stderr(&o));
+
+    // Changed content replaces the old copy.
+    write_file(&a.sending(), "photo 1.jpg", &content(9, 1 << 20));
+    std::thread::sleep(Duration::from_millis(150));
+    let o = a.sync_once();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stderr(&o).matches("delivered").count(), 1, "{}", stderr(&o));
+    assert_eq!(fs::read(b.receiving().join("photo 1.jpg")).unwrap(), content(9, 1 << 20));
+
+    // Deletions are not propagated: the receiver keeps its copy.
+    fs::remove_file(a.sending().join("empty.txt")).unwrap();
+    assert!(a.sync_once().status.success());
+    assert!(b.receiving().join("empty.txt").exists());
+    assert!(temps(&b.receiving()).is_empty());
+}
+
+#[test]
+fn fat32_unfit_names_are_reported_once_and_skipped() {
+    let (_t, a, b) = pair();
+    // The sending side here is not FAT, so it can hold names FAT32 cannot.
+    for n in ["bad:name.txt", "trailing.", "Case.txt", "case.TXT", "ok.txt"] {
+        write_file(&a.sending(), n, n.as_bytes());
+    }
+    std::thread::sleep(Duration::from_millis(150));
+    let o = a.sync_once();
+    let err = stderr(&o);
+    assert!(err.contains("bad:name.txt") && err.contains("':'"), "{err}");
+    assert!(err.contains("trailing.") && err.contains("ends with a dot"), "{err}");
+    assert!(err.contains("only by case"), "{err}");
+    assert_eq!(tree(&b.receiving()).into_keys().collect::<Vec<_>>(), vec!["ok.txt"]);
+    // Not retried in a hot loop: a second pass says nothing about them.
+    let o = a.sync_once();
+    assert!(!stderr(&o).contains("bad:name"), "{}", stderr(&o));
+    let st = String::from_utf8(a.cmd(&["status"]).output().unwrap().stdout).unwrap();
+    assert!(st.contains("skipped:    bad:name.txt"), "{st}");
+}
+
+#[test]
+fn an_overlapping_run_exits_at_once_with_a_message() {
+    let (_t, a, _b) = pair();
+    let _daemon = KillOnDrop(a.spawn_run());
+    assert!(wait_until(Duration::from_secs(5), || a.state.join("status.json").exists()));
+    let started = Instant::now();
+    let o = a.sync_once();
+    assert_eq!(o.status.code(), Some(75), "{}", stderr(&o));
+    assert!(stderr(&o).contains("already syncing"), "{}", stderr(&o));
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn daemon_delivers_a_new_file_soon_after_it_is_closed() {
+    let (_t, a, b) = pair();
+    let _daemon = KillOnDrop(a.spawn_run());
+    assert!(wait_until(Duration::from_secs(5), || a.state.join("status.json").exists()));
+    for i in 0..3 {
+        let name = format!("new-{i}.txt");
+        let data = content(i, 10_000);
+        let t0 = Instant::now();
+        write_file(&a.sending(), &name, &data);
+        assert!(
+            wait_until(Duration::from_secs(10), || fs::read(b.receiving().join(&name)).ok().as_deref() == Some(&data[..])),
+            "{name} did not arrive"
+        );
+        eprintln!("{name}: {:?} from close to arrival", t0.elapsed());
+    }
+    let st = String::from_utf8(a.cmd(&["status", "--json"]).output().unwrap().stdout).unwrap();
+    assert!(st.contains("\"daemon_running\": true"), "{st}");
+}
+
+fn serve_session(b: &Node, frames: &[Msg]) -> Vec<Msg> {
+    let mut child = b.cmd(&["serve"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut input = Vec::new();
+    write_msg(&mut input, &Msg::Hello { version: VERSION }).unwrap();
+    for f in frames {
+        write_msg(&mut input, f).unwrap();
+    }
+    child.stdin.take().unwrap().write_all(&input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let mut r = &out.stdout[..];
+    std::iter::from_fn(|| read_msg(&mut r).ok().flatten()).collect()
+}
+
+#[test]
+fn serve_refuses_escapes_symlinks_and_device_names() {
+    let (t, _a, b) = pair();
+    let outside = t.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, b.receiving().join("link")).unwrap();
+    for path in ["../escape.txt", "/tmp/abs.txt", "a/../../x", "link/x.txt", "CON", "a:b", "dir/.pi2pi-x.part"] {
+        let replies = serve_session(&b, &[Msg::Offer { path: path.into(), size: 1, sha256: [0; 32] }]);
+        assert!(matches!(replies[0], Msg::Welcome { .. }), "{replies:?}");
+        match &replies[1] {
+            Msg::Refused { code: Code::BadPath, .. } => {}
+            other => panic!("{path}: expected a refusal, got {other:?}"),
+        }
+    }
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "something was written outside receiving/");
+    let replies = serve_session(&b, &[Msg::Offer { path: "big".into(), size: 1 << 32, sha256: [0; 32] }]);
+    assert!(matches!(replies[1], Msg::Refused { code: Code::TooLarge, .. }), "{replies:?}");
+    // A hostile frame stream ends the session; it does not crash into writing anything.
+    let mut child = b.cmd(&["serve"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(&[0, 0, 0, 3, 0xee, 1, 2]).unwrap();
+    assert!(!child.wait().unwrap().success());
+}
+
+#[test]
+fn receiver_rejects_content_that_does_not_match_the_offered_hash() {
+    let (_t, _a, b) = pair();
+    let replies = serve_session(
+        &b,
+        &[Msg::Offer { path: "x.txt".into(), size: 3, sha256: [1; 32] }, Msg::Data(b"abc".to_vec()), Msg::Done],
+    );
+    assert_eq!(replies[1], Msg::Resume { offset: 0 });
+    assert!(matches!(replies[2], Msg::Failed { code: Code::Checksum, .. }), "{replies:?}");
+    assert!(tree(&b.receiving()).is_empty(), "no final file and no temporary left");
+}
+
+#[test]
+fn version_mismatch_is_a_clear_error() {
+    let (_t, _a, b) = pair();
+    let mut child = b.cmd(&["serve"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut input = Vec::new();
+    write_msg(&mut input, &Msg::Hello { version: 99 }).unwrap();
+    child.stdin.take().unwrap().write_all(&input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let mut r = &out.stdout[..];
+    match read_msg(&mut r).unwrap() {
+        Some(Msg::Failed { code: Code::Version, message }) => assert!(message.contains("99"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    let _ = Command::new("true").status();
+}
