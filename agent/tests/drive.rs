@@ -1,0 +1,167 @@
+//! Real drives (loop-mounted images, so root is needed, as in CI): the agent waits for an
+//! unmounted, read-only or foreign drive without writing into the bare mountpoint, and a full
+//! receiver costs nothing but a retry.
+//!
+//! The images are ext4 because the CI host's kernel has no vfat driver; the mount, label and
+//! read-only logic does not depend on the filesystem (`fstypes` names what is acceptable). Real
+//! FAT32 drives are exercised by the QEMU pair test, whose guest kernels have vfat.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+
+/// A filesystem image attached to a loop device, optionally mounted; cleaned up on drop.
+struct Drive {
+    loopdev: String,
+    mount: Option<PathBuf>,
+}
+
+impl Drive {
+    fn new(dir: &Path, name: &str, label: &str, mib: u64) -> Drive {
+        let img = dir.join(format!("{name}.img"));
+        // -m 0: no root reserve, so "full" means full for the (root) test process too.
+        sh(&format!("truncate -s {mib}M '{0}' && mkfs.ext4 -q -m 0 -L {label} '{0}'", img.display()));
+        let out = sh(&format!("losetup --find --show '{}'", img.display()));
+        Drive { loopdev: String::from_utf8(out.stdout).unwrap().trim().to_string(), mount: None }
+    }
+
+    fn mount(&mut self, at: &Path, opts: &str) {
+        sh(&format!("mount -t ext4 -o {opts} {} '{}'", self.loopdev, at.display()));
+        self.mount = Some(at.into());
+    }
+
+    fn umount(&mut self) {
+        if let Some(m) = self.mount.take() {
+            sh(&format!("umount '{}'", m.display()));
+        }
+    }
+}
+
+impl Drop for Drive {
+    fn drop(&mut self) {
+        self.umount();
+        let _ = std::process::Command::new("losetup").args(["-d", &self.loopdev]).status();
+    }
+}
+
+/// Config lines pointing the label check at a test directory of udev-style links.
+fn drive_conf(by_label: &Path) -> String {
+    format!("require_mount = true\nfstypes = [\"ext4\"]\nby_label_dir = \"{}\"", by_label.display())
+}
+
+fn label_link(by_label: &Path, label: &str, d: &Drive) {
+    let link = by_label.join(label);
+    let _ = fs::remove_file(&link);
+    std::os::unix::fs::symlink(&d.loopdev, link).unwrap();
+}
+
+fn skip_unless_root() -> bool {
+    if !is_root() {
+        eprintln!("SKIPPED: loop-mounting drive images needs root (CI runs as root)");
+    }
+    !is_root()
+}
+
+#[test]
+fn unmounted_readonly_and_foreign_drives_are_waited_for_and_never_written() {
+    if skip_unless_root() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let by_label = t.path().join("by-label");
+    fs::create_dir(&by_label).unwrap();
+    let a = Node::new(t.path(), "rpa");
+    let b = Node::new(t.path(), "rpb");
+    // rpb's mountpoint is bare: the drive is not plugged in.
+    fs::remove_dir_all(&b.drive).unwrap();
+    fs::create_dir(&b.drive).unwrap();
+    b.write_config(&drive_conf(&by_label), "");
+    a.write_config("require_mount = false", &pipe_peer(&b));
+    write_file(&a.sending(), "photo.jpg", &content(1, 100_000));
+    std::thread::sleep(Duration::from_millis(150));
+
+    let o = a.sync_once();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("nothing is mounted at"), "{}", stderr(&o));
+    assert_eq!(fs::read_dir(&b.drive).unwrap().count(), 0, "wrote into the bare mountpoint");
+
+    // The sender's own drive missing: it waits too, and creates nothing.
+    let c = Node::new(t.path(), "rpc");
+    fs::remove_dir_all(&c.drive).unwrap();
+    fs::create_dir(&c.drive).unwrap();
+    c.write_config(&drive_conf(&by_label), &pipe_peer(&b));
+    let o = c.sync_once();
+    assert!(stderr(&o).contains("waiting for the drive") && stderr(&o).contains("nothing is mounted"), "{}", stderr(&o));
+    assert_eq!(fs::read_dir(&c.drive).unwrap().count(), 0);
+
+    // A drive with another label mounted there: refused.
+    let mut other = Drive::new(t.path(), "other", "OTHER", 40);
+    let mut good = Drive::new(t.path(), "good", "PI2PI", 40);
+    label_link(&by_label, "PI2PI", &good);
+    other.mount(&b.drive, "rw");
+    let o = a.sync_once();
+    assert!(stderr(&o).contains("but the drive labelled PI2PI is"), "{}", stderr(&o));
+    assert!(!b.drive.join("receiving").exists(), "wrote into the wrong drive");
+    other.umount();
+
+    // The right drive, read-only (as after a dirty unplug): refused.
+    good.mount(&b.drive, "ro");
+    let o = a.sync_once();
+    assert!(stderr(&o).contains("mounted read-only"), "{}", stderr(&o));
+    good.umount();
+
+    // Mounted properly: sync resumes and receiving/ is created on the drive itself.
+    good.mount(&b.drive, "rw");
+    let o = a.sync_once();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(fs::read(b.receiving().join("photo.jpg")).unwrap(), content(1, 100_000));
+    good.umount();
+    assert_eq!(fs::read_dir(&b.drive).unwrap().count(), 0, "the file must be on the drive, not under it");
+    good.mount(&b.drive, "ro");
+    assert_eq!(fs::read(b.receiving().join("photo.jpg")).unwrap(), content(1, 100_000));
+}
+
+#[test]
+fn full_receiver_is_a_clear_error_and_a_later_retry_loses_nothing() {
+    if skip_unless_root() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let by_label = t.path().join("by-label");
+    fs::create_dir(&by_label).unwrap();
+    let a = Node::new(t.path(), "rpa");
+    let b = Node::new(t.path(), "rpb");
+    fs::remove_dir_all(&b.drive).unwrap();
+    fs::create_dir(&b.drive).unwrap();
+    let mut d = Drive::new(t.path(), "small", "PI2PI", 34); // about the smallest FAT32 mkfs makes
+    label_link(&by_label, "PI2PI", &d);
+    d.mount(&b.drive, "rw");
+    b.write_config(&drive_conf(&by_label), "");
+    a.write_config("require_mount = false", &pipe_peer(&b));
+
+    let free = || rustix::fs::statvfs(&b.drive).map(|s| s.f_bavail * s.f_frsize).unwrap();
+    let filler = b.drive.join("filler.bin");
+    fs::write(&filler, vec![0u8; (free() - (2 << 20)) as usize]).unwrap();
+    let big = content(3, 6 << 20);
+    write_file(&a.sending(), "big.bin", &big);
+    write_file(&a.sending(), "a-small.txt", b"fits");
+    std::thread::sleep(Duration::from_millis(150));
+
+    let o = a.sync_once();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("receiver's drive is full"), "{}", stderr(&o));
+    assert_eq!(fs::read(b.receiving().join("a-small.txt")).unwrap(), b"fits");
+    assert!(!b.receiving().join("big.bin").exists());
+    assert!(temps(&b.receiving()).is_empty(), "temporary left behind on a full drive");
+    assert_eq!(fs::read(a.sending().join("big.bin")).unwrap(), big, "sender's file touched");
+
+    fs::remove_file(&filler).unwrap();
+    std::thread::sleep(Duration::from_secs(2)); // past the retry backoff
+    let o = a.sync_once();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(fs::read(b.receiving().join("big.bin")).unwrap(), big);
+}
