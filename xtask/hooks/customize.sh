@@ -1,0 +1,27 @@
+#!/bin/sh
+# mmdebstrap --customize-hook: the few steps that must run inside the (emulated) root, then
+# removal of everything that would make two builds differ or two cards share an identity.
+# $1 root, $2 out dir (for image.lock), $3 user, $4 locale, $5 password hash ('' = locked).
+set -eu
+root="$1"; out="$2"; user="$3"; locale="$4"; hash="$5"
+
+# What was installed, and the archive's SHA-256 of each .deb, for image.lock.
+cp "$root/var/lib/dpkg/status" "$out/dpkg-status"
+cat "$root"/var/lib/apt/lists/*_Packages > "$out/Packages"
+rm -f "$root/etc/apt/preferences.d/pi2pi-lock"
+
+sed -i "s/^# *\($locale \)/\1/" "$root/etc/locale.gen"
+chroot "$root" locale-gen >/dev/null
+
+chroot "$root" useradd --create-home --shell /bin/bash --groups sudo,adm,dialout "$user"
+if [ -n "$hash" ]; then
+    chroot "$root" usermod --password "$hash" "$user"
+fi
+
+# Identity belongs to each card (layers) or each boot (machine-id), never to the shared base.
+rm -f "$root"/etc/ssh/ssh_host_*
+: > "$root/etc/machine-id"
+rm -f "$root/var/lib/dbus/machine-id"
+# Build-time records with wall-clock times in them.
+rm -f "$root"/var/log/dpkg.log "$root"/var/log/alternatives.log "$root"/var/log/apt/*.log \
+      "$root/var/cache/ldconfig/aux-cache" "$root"/var/cache/debconf/*-old "$root"/var/lib/dpkg/*-old

@@ -1,0 +1,36 @@
+//! Stage 2: the agent, cross-compiled for the image's architecture (static: musl on aarch64,
+//! glibc crt-static on armv7). `cross` is used when a container engine is present; this machine
+//! kind has none, so Debian's cross linkers (configured in .cargo/config.toml) do the linking.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use xshell::{cmd, Shell};
+
+use crate::config::Arch;
+use crate::proc;
+
+pub struct Agent {
+    pub binary: PathBuf,
+    pub seconds: f64,
+}
+
+fn have_container_engine(sh: &Shell) -> bool {
+    ["docker", "podman"].iter().any(|e| cmd!(sh, "{e} info").quiet().ignore_stdout().ignore_stderr().run().is_ok())
+}
+
+pub fn build(sh: &Shell, arch: Arch) -> Result<Agent> {
+    let started = Instant::now();
+    let target = arch.rust_target();
+    let tool = if have_container_engine(sh) && cmd!(sh, "cross --version").quiet().ignore_stdout().ignore_stderr().run().is_ok() {
+        "cross"
+    } else {
+        "cargo"
+    };
+    proc::run(cmd!(sh, "{tool} build --quiet --release --locked -p pi2pi-agent --target {target}"))?;
+    let binary = sh.current_dir().join(format!("target/{target}/release/pi2pi-agent"));
+    anyhow::ensure!(binary.exists(), "{} was not built", binary.display());
+    let _ = std::fs::metadata(&binary).context("agent binary")?;
+    Ok(Agent { binary, seconds: started.elapsed().as_secs_f64() })
+}

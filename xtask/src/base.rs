@@ -1,0 +1,174 @@
+//! Stage 1: the base root filesystem, a tarball made by mmdebstrap from Debian packages (foreign
+//! package scripts under qemu-user-static), cached by a hash of everything that goes into it.
+//! One base serves every host of an architecture; what differs per host is added in layers.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use xshell::{cmd, Shell};
+
+use crate::cache;
+use crate::config::ImageConfig;
+use crate::lock::Lock;
+use crate::proc;
+
+const SETUP: &str = include_str!("../hooks/setup.sh");
+const ESSENTIAL: &str = include_str!("../hooks/essential.sh");
+const CUSTOMIZE: &str = include_str!("../hooks/customize.sh");
+
+pub struct Base {
+    pub tar: PathBuf,
+    pub lock: Lock,
+    pub cached: bool,
+    pub seconds: f64,
+}
+
+pub fn lock_path(sh: &Shell) -> PathBuf {
+    sh.current_dir().join("image.lock")
+}
+
+/// The build's SOURCE_DATE_EPOCH: the lock's, else the last commit's time, so a fresh lock is stable.
+fn epoch(sh: &Shell, locked: Option<&Lock>) -> Result<u64> {
+    if let Some(l) = locked {
+        return Ok(l.source_date_epoch);
+    }
+    if let Ok(s) = std::env::var("SOURCE_DATE_EPOCH") {
+        return s.parse().context("SOURCE_DATE_EPOCH is not a number");
+    }
+    let t = cmd!(sh, "git log -1 --format=%ct").quiet().ignore_stderr().read().unwrap_or_default();
+    Ok(t.trim().parse().unwrap_or(1_700_000_000))
+}
+
+fn cache_key(cfg: &ImageConfig, lock: Option<&Lock>, epoch: u64) -> Result<String> {
+    let base = serde_json::to_vec(&cfg.base)?;
+    let lock = lock.map(|l| l.render()).unwrap_or_default();
+    let keyring = std::fs::read(&cfg.base.keyring).with_context(|| format!("reading {}", cfg.base.keyring.display()))?;
+    Ok(cache::key(&[
+        ("format", b"base-1"),
+        ("base", &base),
+        ("keyring", &keyring),
+        ("user", cfg.system.user.as_bytes()),
+        ("locale", cfg.system.locale.as_bytes()),
+        ("password", cfg.system.password_hash.as_bytes()),
+        ("hooks", format!("{SETUP}{ESSENTIAL}{CUSTOMIZE}").as_bytes()),
+        ("lock", lock.as_bytes()),
+        ("epoch", &epoch.to_le_bytes()),
+    ]))
+}
+
+pub fn build(sh: &Shell, cfg: &ImageConfig, update_lock: bool, work: &Path) -> Result<Base> {
+    let started = Instant::now();
+    let lock_file = lock_path(sh);
+    let existing = Lock::read(&lock_file)?;
+    let locked = existing
+        .as_ref()
+        .filter(|l| !update_lock && l.suite == cfg.base.suite && l.arch == cfg.base.arch.deb());
+    let epoch = epoch(sh, locked)?;
+    let key = cache_key(cfg, locked, epoch)?;
+    let dir = cache::dir().join("base");
+    let name = |k: &str| dir.join(format!("{}-{}-{k}", cfg.base.suite, cfg.base.arch.deb()));
+    let tar = name(&key).with_extension("tar");
+    if tar.exists() {
+        let lock = Lock::read(&name(&key).with_extension("lock"))?.context("cached base without its lock")?;
+        write_lock(&lock_file, existing.as_ref(), &lock)?;
+        return Ok(Base { tar, lock, cached: true, seconds: started.elapsed().as_secs_f64() });
+    }
+
+    let out = work.join("base");
+    if out.exists() {
+        std::fs::remove_dir_all(&out)?;
+    }
+    std::fs::create_dir_all(&out)?;
+    std::fs::create_dir_all(&dir)?;
+    let hook = |name: &str, text: &str| -> Result<PathBuf> {
+        let p = out.join(name);
+        std::fs::write(&p, text)?;
+        Ok(p)
+    };
+    let setup = hook("setup.sh", SETUP)?;
+    let essential = hook("essential.sh", ESSENTIAL)?;
+    let customize = hook("customize.sh", CUSTOMIZE)?;
+    let prefs = hook("preferences", &locked.map(|l| l.apt_preferences()).unwrap_or_default())?;
+    let modules = hook("modules", &(cfg.base.initramfs_modules.join("\n") + "\n"))?;
+
+    let b = &cfg.base;
+    let mut include = b.packages.clone();
+    include.extend([b.kernel.clone(), b.firmware.clone()]);
+    let mut argv: Vec<OsString> = vec![
+        "mmdebstrap".into(),
+        "--mode=root".into(),
+        "--variant=minbase".into(),
+        format!("--architectures={}", b.arch.deb()).into(),
+        format!("--components={}", b.components.join(",")).into(),
+        format!("--keyring={}", b.keyring.display()).into(),
+        format!("--include={}", include.join(",")).into(),
+        "--aptopt=Acquire::Retries \"3\"".into(),
+    ];
+    for p in &b.path_exclude {
+        argv.push(format!("--dpkgopt=path-exclude={p}").into());
+        // bookworm's packages still ship /lib; the same globs under /usr/lib cover merged-/usr suites.
+        if let Some(rest) = p.strip_prefix("/lib/") {
+            argv.push(format!("--dpkgopt=path-exclude=/usr/lib/{rest}").into());
+        }
+    }
+    for p in &b.path_include {
+        argv.push(format!("--dpkgopt=path-include={p}").into());
+    }
+    // mmdebstrap wraps each hook in single quotes for `sh -c`: quote ours with double quotes.
+    let q = |p: &Path| format!("\"{}\"", p.display());
+    argv.push(format!("--setup-hook=sh {} \"$1\" {}", q(&setup), q(&prefs)).into());
+    argv.push(format!("--essential-hook=sh {} \"$1\" {}", q(&essential), q(&modules)).into());
+    argv.push(
+        format!(
+            "--customize-hook=sh {} \"$1\" {} \"{}\" \"{}\" \"{}\"",
+            q(&customize),
+            q(&out),
+            cfg.system.user,
+            cfg.system.locale,
+            // A crypt hash contains '$': keep the shell from expanding it.
+            cfg.system.password_hash.replace('$', "\\$")
+        )
+        .into(),
+    );
+    let partial = out.join("base.tar");
+    argv.push(b.suite.clone().into());
+    argv.push(partial.clone().into());
+    argv.extend(b.mirrors.iter().map(OsString::from));
+    eprintln!("base: building {} {} with mmdebstrap (cold cache; this is the slow step)", b.suite, b.arch.deb());
+    proc::run_logged(sh.current_dir().as_path(), &argv, &[("SOURCE_DATE_EPOCH", epoch.to_string())], &out.join("mmdebstrap.log"), "base")?;
+
+    let status = std::fs::read_to_string(out.join("dpkg-status"))?;
+    let index = std::fs::read_to_string(out.join("Packages"))?;
+    let built = Lock::from_build(epoch, &b.suite, b.arch.deb(), &status, &index)?;
+    if let Some(l) = locked {
+        let drift = l.drift(&built);
+        if !drift.is_empty() {
+            bail!(
+                "the archive no longer serves what image.lock pins:\n  {}\nPoint base.mirrors at a snapshot of the archive, or accept the new packages with \
+                 `cargo xtask image <host> --update-lock` (and commit image.lock).",
+                drift.join("\n  ")
+            );
+        }
+    }
+    std::fs::rename(&partial, &tar)?;
+    std::fs::write(name(&key).with_extension("lock"), built.render())?;
+    // Next time the lock exists, so the key will be computed with it: store under that key too.
+    let next = name(&cache_key(cfg, Some(&built), epoch)?);
+    if next.with_extension("tar") != tar {
+        let _ = std::fs::remove_file(next.with_extension("tar"));
+        std::fs::hard_link(&tar, next.with_extension("tar"))?;
+        std::fs::write(next.with_extension("lock"), built.render())?;
+    }
+    write_lock(&lock_file, existing.as_ref(), &built)?;
+    Ok(Base { tar, lock: built, cached: false, seconds: started.elapsed().as_secs_f64() })
+}
+
+fn write_lock(path: &Path, old: Option<&Lock>, new: &Lock) -> Result<()> {
+    if old != Some(new) {
+        std::fs::write(path, new.render()).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("base: wrote {} ({} packages); commit it so rebuilds are identical", path.display(), new.packages.len());
+    }
+    Ok(())
+}

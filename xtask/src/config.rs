@@ -1,0 +1,538 @@
+//! image.toml: a raw serde struct (`deny_unknown_fields`, spans kept) validated into [`ImageConfig`].
+//! Every error names the file, the line and the key, and what would be valid.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Clone)]
+pub struct ImageConfig {
+    pub base: Base,
+    pub system: System,
+    pub network: Network,
+    pub drive: Drive,
+    pub schedule: Schedule,
+    pub image: ImageParams,
+    pub hosts: Vec<Host>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Base {
+    pub suite: String,
+    pub arch: Arch,
+    pub mirrors: Vec<String>,
+    pub keyring: PathBuf,
+    pub components: Vec<String>,
+    pub kernel: String,
+    pub firmware: String,
+    pub packages: Vec<String>,
+    pub initramfs_modules: Vec<String>,
+    pub path_exclude: Vec<String>,
+    pub path_include: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Arch {
+    Arm64,
+    Armhf,
+}
+
+impl Arch {
+    pub fn deb(self) -> &'static str {
+        match self {
+            Arch::Arm64 => "arm64",
+            Arch::Armhf => "armhf",
+        }
+    }
+    /// Static where the toolchain allows: musl on aarch64, glibc with crt-static on armv7.
+    pub fn rust_target(self) -> &'static str {
+        match self {
+            Arch::Arm64 => "aarch64-unknown-linux-musl",
+            Arch::Armhf => "armv7-unknown-linux-gnueabihf",
+        }
+    }
+    pub fn binfmt(self) -> &'static str {
+        match self {
+            Arch::Arm64 => "qemu-aarch64",
+            Arch::Armhf => "qemu-arm",
+        }
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct System {
+    pub user: String,
+    pub password_hash: String,
+    pub locale: String,
+    pub timezone: String,
+    pub keyboard: String,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Network {
+    pub interface: String,
+    pub prefix: u8,
+    pub domain: String,
+    pub dhcp_range: (Ipv4Addr, Ipv4Addr),
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Drive {
+    pub label: String,
+    pub mount_point: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    Systemd,
+    Cron,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ImageParams {
+    pub boot_mib: u64,
+    pub root_headroom_mib: u64,
+    pub max_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    DhcpServer,
+    DhcpClient,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Host {
+    pub name: String,
+    pub role: Role,
+    pub address: Ipv4Addr,
+    pub mac: Option<String>,
+    pub peers: Vec<String>,
+}
+
+impl ImageConfig {
+    pub fn host(&self, name: &str) -> anyhow::Result<&Host> {
+        self.hosts.iter().find(|h| h.name == name).ok_or_else(|| {
+            let names: Vec<&str> = self.hosts.iter().map(|h| h.name.as_str()).collect();
+            anyhow::anyhow!("image.toml has no host `{name}`; hosts are: {} (or `all`)", names.join(", "))
+        })
+    }
+    pub fn server(&self) -> Option<&Host> {
+        self.hosts.iter().find(|h| h.role == Role::DhcpServer)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(l) = self.line {
+            write!(f, ":{l}")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": key `{}`", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+type S<T> = Spanned<T>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    base: RawBase,
+    system: RawSystem,
+    network: RawNetwork,
+    drive: RawDrive,
+    agent: RawAgent,
+    image: RawImage,
+    host: S<Vec<RawHost>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBase {
+    suite: S<String>,
+    architecture: S<String>,
+    mirrors: S<Vec<String>>,
+    keyring: S<String>,
+    components: S<Vec<String>>,
+    kernel: S<String>,
+    firmware: S<String>,
+    packages: S<Vec<String>>,
+    initramfs_modules: S<Vec<String>>,
+    #[serde(default)]
+    path_exclude: Vec<S<String>>,
+    #[serde(default)]
+    path_include: Vec<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSystem {
+    user: S<String>,
+    password_hash: Option<S<String>>,
+    locale: S<String>,
+    timezone: S<String>,
+    keyboard: S<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNetwork {
+    interface: S<String>,
+    prefix: S<u8>,
+    domain: S<String>,
+    dhcp_range: S<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDrive {
+    label: S<String>,
+    mount_point: S<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    schedule: S<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawImage {
+    boot_mib: S<u64>,
+    root_headroom_mib: S<u64>,
+    max_bytes: S<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHost {
+    name: S<String>,
+    role: S<String>,
+    address: S<String>,
+    mac: Option<S<String>>,
+    peers: Option<S<Vec<String>>>,
+}
+
+struct Cx<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Cx<'_> {
+    fn err<T, V>(&self, at: &S<V>, key: &str, msg: impl Into<String>) -> Result<T, ConfigError> {
+        Err(ConfigError {
+            file: self.file.into(),
+            line: Some(self.text[..at.span().start.min(self.text.len())].matches('\n').count() + 1),
+            key: key.into(),
+            message: msg.into(),
+        })
+    }
+
+    fn check<V>(&self, ok: bool, at: &S<V>, key: &str, msg: impl FnOnce() -> String) -> Result<(), ConfigError> {
+        if ok {
+            Ok(())
+        } else {
+            self.err(at, key, msg())
+        }
+    }
+}
+
+fn is_pkg(s: &str) -> bool {
+    s.len() >= 2
+        && s.as_bytes()[0].is_ascii_alphanumeric()
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+.-".contains(&b))
+}
+
+fn is_hostname(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 63 && !s.starts_with('-') && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return None;
+    }
+    let mut m = [0u8; 6];
+    for (i, p) in parts.iter().enumerate() {
+        if p.len() != 2 {
+            return None;
+        }
+        m[i] = u8::from_str_radix(p, 16).ok()?;
+    }
+    Some(m)
+}
+
+pub fn load(path: &Path) -> Result<ImageConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.into(),
+        line: None,
+        key: String::new(),
+        message: format!("cannot read: {e}"),
+    })?;
+    parse(path, &text)
+}
+
+pub fn parse(file: &Path, text: &str) -> Result<ImageConfig, ConfigError> {
+    let cx = Cx { file, text };
+    let raw: Raw = toml::from_str(text).map_err(|e| {
+        let msg = e.message().trim().to_string();
+        let key = if msg.contains("field") { msg.split('`').nth(1).unwrap_or("").to_string() } else { String::new() };
+        ConfigError { file: file.into(), line: e.span().map(|s| text[..s.start].matches('\n').count() + 1), key, message: msg }
+    })?;
+
+    let b = &raw.base;
+    let arch = match b.architecture.get_ref().as_str() {
+        "arm64" => Arch::Arm64,
+        "armhf" => Arch::Armhf,
+        other => return cx.err(&b.architecture, "base.architecture", format!("`{other}` is not supported: use \"arm64\" or \"armhf\"")),
+    };
+    cx.check(
+        !b.suite.get_ref().is_empty() && b.suite.get_ref().bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-'),
+        &b.suite,
+        "base.suite",
+        || "must be a suite name like \"bookworm\"".into(),
+    )?;
+    cx.check(
+        !b.mirrors.get_ref().is_empty() && b.mirrors.get_ref().iter().all(|m| m.starts_with("http://") || m.starts_with("https://") || m.starts_with("file:/")),
+        &b.mirrors,
+        "base.mirrors",
+        || "must list at least one http://, https:// or file:/ mirror URL".into(),
+    )?;
+    let keyring = PathBuf::from(b.keyring.get_ref());
+    cx.check(keyring.is_absolute() && keyring.exists(), &b.keyring, "base.keyring", || {
+        format!("`{}` must be an existing keyring file (Debian's is /usr/share/keyrings/debian-archive-keyring.gpg)", keyring.display())
+    })?;
+    cx.check(!b.components.get_ref().is_empty(), &b.components, "base.components", || "list at least \"main\"".into())?;
+    for (v, key) in [(&b.kernel, "base.kernel"), (&b.firmware, "base.firmware")] {
+        cx.check(is_pkg(v.get_ref()), v, key, || format!("`{}` is not a Debian package name", v.get_ref()))?;
+    }
+    if let Some(bad) = b.packages.get_ref().iter().find(|p| !is_pkg(p)) {
+        return cx.err(&b.packages, "base.packages", format!("`{bad}` is not a Debian package name"));
+    }
+    if let Some(bad) = b.initramfs_modules.get_ref().iter().find(|m| m.is_empty() || !m.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')) {
+        return cx.err(&b.initramfs_modules, "base.initramfs_modules", format!("`{bad}` is not a kernel module name"));
+    }
+    for (list, key) in [(&b.path_exclude, "base.path_exclude"), (&b.path_include, "base.path_include")] {
+        for p in list {
+            cx.check(p.get_ref().starts_with('/') && !p.get_ref().contains(char::is_whitespace), p, key, || {
+                format!("`{}` must be an absolute path glob without spaces", p.get_ref())
+            })?;
+        }
+    }
+    let base = Base {
+        suite: b.suite.get_ref().clone(),
+        arch,
+        mirrors: b.mirrors.get_ref().clone(),
+        keyring,
+        components: b.components.get_ref().clone(),
+        kernel: b.kernel.get_ref().clone(),
+        firmware: b.firmware.get_ref().clone(),
+        packages: b.packages.get_ref().clone(),
+        initramfs_modules: b.initramfs_modules.get_ref().clone(),
+        path_exclude: b.path_exclude.iter().map(|p| p.get_ref().clone()).collect(),
+        path_include: b.path_include.iter().map(|p| p.get_ref().clone()).collect(),
+    };
+
+    let s = &raw.system;
+    cx.check(is_hostname(s.user.get_ref()) && s.user.get_ref() != "root", &s.user, "system.user", || {
+        "must be a lowercase user name (not root)".into()
+    })?;
+    let empty = String::new();
+    let ph = s.password_hash.as_ref().map(|p| p.get_ref()).unwrap_or(&empty);
+    if let Some(p) = &s.password_hash {
+        cx.check(ph.is_empty() || (ph.starts_with('$') && !ph.contains([':', '\'', '\n'])), p, "system.password_hash", || {
+            "must be empty (locked) or a crypt(3) hash starting with '$' (see `mkpasswd`)".into()
+        })?;
+    }
+    let loc = s.locale.get_ref();
+    cx.check(
+        loc.len() >= 5 && loc.as_bytes()[2] == b'_' && loc.ends_with(".UTF-8"),
+        &s.locale,
+        "system.locale",
+        || format!("`{loc}` must look like \"en_US.UTF-8\""),
+    )?;
+    let tz = s.timezone.get_ref();
+    cx.check(
+        !tz.is_empty() && !tz.contains("..") && !tz.starts_with('/') && Path::new("/usr/share/zoneinfo").join(tz).is_file(),
+        &s.timezone,
+        "system.timezone",
+        || format!("`{tz}` is not a time zone name like \"America/New_York\""),
+    )?;
+    cx.check(
+        !s.keyboard.get_ref().is_empty() && s.keyboard.get_ref().bytes().all(|c| c.is_ascii_lowercase()),
+        &s.keyboard,
+        "system.keyboard",
+        || "must be an XKB layout like \"us\"".into(),
+    )?;
+    let system = System {
+        user: s.user.get_ref().clone(),
+        password_hash: ph.clone(),
+        locale: loc.clone(),
+        timezone: tz.clone(),
+        keyboard: s.keyboard.get_ref().clone(),
+    };
+
+    let n = &raw.network;
+    cx.check(is_hostname(n.interface.get_ref()), &n.interface, "network.interface", || "must be an interface name like \"eth0\"".into())?;
+    let prefix = *n.prefix.get_ref();
+    cx.check((1..=30).contains(&prefix), &n.prefix, "network.prefix", || format!("{prefix} must be 1..=30"))?;
+    cx.check(is_hostname(n.domain.get_ref()), &n.domain, "network.domain", || "must be a single DNS label like \"local\"".into())?;
+    let range: Vec<Option<Ipv4Addr>> = n.dhcp_range.get_ref().iter().map(|a| a.parse().ok()).collect();
+    let dhcp_range = match range.as_slice() {
+        [Some(a), Some(b)] if a <= b => (*a, *b),
+        _ => return cx.err(&n.dhcp_range, "network.dhcp_range", "must be two IPv4 addresses, first <= last, like [\"10.0.0.100\", \"10.0.0.200\"]"),
+    };
+    let network = Network { interface: n.interface.get_ref().clone(), prefix, domain: n.domain.get_ref().clone(), dhcp_range };
+
+    let d = &raw.drive;
+    let label = d.label.get_ref();
+    cx.check(
+        !label.is_empty() && label.len() <= 11 && label.bytes().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == b'_' || c == b'-'),
+        &d.label,
+        "drive.label",
+        || format!("`{label}` must be a FAT32 label: 1-11 upper-case letters, digits, '_' or '-' (no spaces)"),
+    )?;
+    cx.check(d.mount_point.get_ref().starts_with('/') && d.mount_point.get_ref() != "/", &d.mount_point, "drive.mount_point", || {
+        "must be an absolute path like \"/media/pi/PI2PI\"".into()
+    })?;
+    let drive = Drive { label: label.clone(), mount_point: d.mount_point.get_ref().clone() };
+
+    let schedule = match raw.agent.schedule.get_ref().as_str() {
+        "systemd" => Schedule::Systemd,
+        "cron" => Schedule::Cron,
+        other => return cx.err(&raw.agent.schedule, "agent.schedule", format!("`{other}` is not a schedule: use \"systemd\" or \"cron\"")),
+    };
+
+    let i = &raw.image;
+    cx.check((64..=2048).contains(i.boot_mib.get_ref()), &i.boot_mib, "image.boot_mib", || "must be 64..=2048".into())?;
+    cx.check(*i.root_headroom_mib.get_ref() <= 8192, &i.root_headroom_mib, "image.root_headroom_mib", || "must be at most 8192".into())?;
+    cx.check(*i.max_bytes.get_ref() >= 1 << 28, &i.max_bytes, "image.max_bytes", || "must be at least 256 MiB".into())?;
+    let image = ImageParams { boot_mib: *i.boot_mib.get_ref(), root_headroom_mib: *i.root_headroom_mib.get_ref(), max_bytes: *i.max_bytes.get_ref() };
+
+    let mut hosts: Vec<Host> = Vec::new();
+    cx.check(!raw.host.get_ref().is_empty(), &raw.host, "host", || "define at least one [[host]]".into())?;
+    for (idx, h) in raw.host.get_ref().iter().enumerate() {
+        let key = |k: &str| format!("host[{idx}].{k}");
+        let name = h.name.get_ref();
+        cx.check(is_hostname(name), &h.name, &key("name"), || format!("`{name}` must be a lowercase host name (letters, digits, '-')"))?;
+        cx.check(!hosts.iter().any(|o| &o.name == name), &h.name, &key("name"), || format!("host `{name}` is defined twice"))?;
+        let role = match h.role.get_ref().as_str() {
+            "dhcp-server" => Role::DhcpServer,
+            "dhcp-client" => Role::DhcpClient,
+            other => return cx.err(&h.role, &key("role"), format!("`{other}` is not a role: use \"dhcp-server\" or \"dhcp-client\"")),
+        };
+        let address: Ipv4Addr = match h.address.get_ref().parse() {
+            Ok(a) => a,
+            Err(_) => return cx.err(&h.address, &key("address"), format!("`{}` is not an IPv4 address", h.address.get_ref())),
+        };
+        cx.check(!hosts.iter().any(|o| o.address == address), &h.address, &key("address"), || format!("{address} is already used by another host"))?;
+        let mac = match (&role, &h.mac) {
+            (_, Some(m)) => {
+                let ok = parse_mac(&m.get_ref().to_lowercase()).is_some_and(|b| b[0] & 1 == 0 && b != [0; 6]);
+                cx.check(ok, m, &key("mac"), || format!("`{}` must be a unicast MAC like \"b8:27:eb:00:00:01\"", m.get_ref()))?;
+                let lower = m.get_ref().to_lowercase();
+                cx.check(!hosts.iter().any(|o| o.mac.as_deref() == Some(&lower)), m, &key("mac"), || format!("{lower} is already used by another host"))?;
+                Some(lower)
+            }
+            (Role::DhcpClient, None) => return cx.err(&h.role, &key("mac"), "a dhcp-client needs `mac` (its Ethernet address) for its reservation"),
+            (Role::DhcpServer, None) => None,
+        };
+        hosts.push(Host { name: name.clone(), role, address, mac, peers: Vec::new() });
+    }
+    let servers: Vec<usize> = (0..hosts.len()).filter(|&i| hosts[i].role == Role::DhcpServer).collect();
+    if servers.len() > 1 {
+        return cx.err(&raw.host.get_ref()[servers[1]].role, &format!("host[{}].role", servers[1]), "only one host can be the dhcp-server");
+    }
+    if servers.is_empty() && hosts.iter().any(|h| h.role == Role::DhcpClient) {
+        return cx.err(&raw.host, "host", "dhcp-client hosts need one host with role = \"dhcp-server\"");
+    }
+    // Everyone must share the server's subnet, or nobody can reach anybody.
+    let mask = u32::MAX << (32 - prefix);
+    let net = u32::from(hosts[servers.first().copied().unwrap_or(0)].address) & mask;
+    for (idx, h) in raw.host.get_ref().iter().enumerate() {
+        let a = u32::from(hosts[idx].address);
+        cx.check(a & mask == net, &h.address, &format!("host[{idx}].address"), || {
+            format!("{} is outside the network {}/{prefix}", hosts[idx].address, Ipv4Addr::from(net))
+        })?;
+    }
+    for (a, what) in [(dhcp_range.0, "first"), (dhcp_range.1, "last")] {
+        cx.check(u32::from(a) & mask == net, &n.dhcp_range, "network.dhcp_range", || format!("the {what} address {a} is outside {}/{prefix}", Ipv4Addr::from(net)))?;
+    }
+    let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
+    for (idx, h) in raw.host.get_ref().iter().enumerate() {
+        hosts[idx].peers = match &h.peers {
+            None => names.iter().filter(|n| **n != hosts[idx].name).cloned().collect(),
+            Some(p) => {
+                if let Some(bad) = p.get_ref().iter().find(|x| !names.contains(x) || **x == hosts[idx].name) {
+                    return cx.err(p, &format!("host[{idx}].peers"), format!("`{bad}` is not another host in this file"));
+                }
+                p.get_ref().clone()
+            }
+        };
+    }
+    Ok(ImageConfig { base, system, network, drive, schedule, image, hosts })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text() -> String {
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../image.toml")).unwrap()
+    }
+
+    fn parse_str(t: &str) -> Result<ImageConfig, ConfigError> {
+        parse(Path::new("image.toml"), t)
+    }
+
+    #[test]
+    fn the_shipped_image_toml_is_valid() {
+        let c = parse_str(&text()).unwrap();
+        assert_eq!(c.hosts.len(), 2);
+        assert_eq!(c.host("rpb").unwrap().peers, vec!["rpa"]);
+        assert_eq!(c.server().unwrap().address, Ipv4Addr::new(10, 0, 0, 1));
+        assert_eq!(c.base.arch, Arch::Arm64);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let t = text();
+        let line_of = |needle: &str| t[..t.find(needle).unwrap()].matches('\n').count() + 1;
+        let e = parse_str(&t.replace("mac = \"b8:27:eb:00:00:01\"", "mac = \"b8:27:eb:00:00\"")).unwrap_err();
+        assert_eq!((e.key.as_str(), e.line), ("host[1].mac", Some(line_of("mac = "))));
+        assert!(e.to_string().starts_with("image.toml:"), "{e}");
+        let e = parse_str(&t.replace("address = \"10.0.0.49\"", "address = \"192.168.1.9\"")).unwrap_err();
+        assert_eq!(e.key, "host[1].address");
+        assert!(e.message.contains("outside the network 10.0.0.0/8"), "{e}");
+        let e = parse_str(&t.replace("schedule = \"systemd\"", "schedule = \"anacron\"")).unwrap_err();
+        assert_eq!((e.key.as_str(), e.line), ("agent.schedule", Some(line_of("schedule = "))));
+        let e = parse_str(&t.replace("label = \"PI2PI\"", "label = \"MY DRIVE\"")).unwrap_err();
+        assert_eq!(e.key, "drive.label");
+        let e = parse_str(&t.replace("[drive]\n", "[drive]\nlabl = 1\n")).unwrap_err();
+        assert_eq!(e.key, "labl");
+        assert!(e.message.contains("unknown field"), "{e}");
+        let e = parse_str(&t.replace("role = \"dhcp-client\"", "role = \"dhcp-server\"")).unwrap_err();
+        assert!(e.message.contains("only one host"), "{e}");
+        let e = parse_str(&t.replace("timezone = \"America/New_York\"", "timezone = \"Mars/Olympus\"")).unwrap_err();
+        assert_eq!(e.key, "system.timezone");
+        let e = parse_str(&t.replace("mac = \"b8:27:eb:00:00:01\"\n", "")).unwrap_err();
+        assert_eq!(e.key, "host[1].mac");
+    }
+}

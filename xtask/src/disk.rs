@@ -1,0 +1,163 @@
+//! Stage 5: the card image: MBR with a fixed disk id, a FAT32 boot partition (mkfs.vfat and
+//! mtools, no mount) and an ext4 root (mke2fs from the root tarball), with every identifier and
+//! time fixed so the same inputs give the same bytes.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+use std::time::{Duration, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use xshell::{cmd, Shell};
+
+use crate::proc;
+use crate::tools::Mke2fs;
+
+pub const SECTOR: u64 = 512;
+/// First partition at 4 MiB, as Raspberry Pi OS does (erase-block friendly).
+pub const FIRST_LBA: u64 = 8192;
+const MIB: u64 = 1 << 20;
+
+/// Deterministic identifiers for one host: same host name, same ids (a re-flashed card is the
+/// same card to the Pi and to its peer).
+pub struct Ids {
+    pub disk_id: u32,
+    pub boot_volid: u32,
+    pub root_uuid: String,
+}
+
+impl Ids {
+    pub fn for_host(host: &str) -> Ids {
+        let h = |tag: &str| crate::cache::sha256_hex(format!("pi2pi:{tag}:{host}").as_bytes());
+        let u = h("root-uuid");
+        Ids {
+            disk_id: u32::from_str_radix(&h("disk-id")[..8], 16).unwrap(),
+            boot_volid: u32::from_str_radix(&h("boot-volid")[..8], 16).unwrap(),
+            root_uuid: format!("{}-{}-4{}-8{}-{}", &u[..8], &u[8..12], &u[13..16], &u[17..20], &u[20..32]),
+        }
+    }
+}
+
+pub fn boot_fs(sh: &Shell, files: &BTreeMap<String, Vec<u8>>, mib: u64, volid: u32, epoch: u64, work: &Path, out: &Path) -> Result<()> {
+    let stage = work.join("boot-files");
+    let _ = std::fs::remove_dir_all(&stage);
+    std::fs::create_dir_all(&stage)?;
+    let mut paths = Vec::new();
+    let total: u64 = files.values().map(|v| v.len() as u64).sum();
+    if total + 4 * MIB > mib * MIB {
+        bail!("the boot files need {} MiB; raise image.boot_mib (now {mib})", total / MIB + 5);
+    }
+    for (name, data) in files {
+        anyhow::ensure!(!name.contains('/'), "boot file {name}: subdirectories are not supported");
+        let p = stage.join(name);
+        let f = File::create(&p)?;
+        (&f).write_all(data)?;
+        // mcopy -m keeps this time: the only timestamps on the partition.
+        f.set_modified(UNIX_EPOCH + Duration::from_secs(epoch))?;
+        paths.push(p);
+    }
+    let _ = std::fs::remove_file(out);
+    let kib = (mib * 1024).to_string();
+    let volid = format!("{volid:08x}");
+    proc::read(cmd!(sh, "mkfs.vfat --invariant -F 32 -n BOOT -i {volid} -C {out} {kib}"))?;
+    proc::read(cmd!(sh, "mcopy -i {out} -m -o {paths...} ::/").env("MTOOLS_SKIP_CHECK", "1"))?;
+    Ok(())
+}
+
+/// ext4 from the tarball. Sized from its contents plus headroom; grows on first boot.
+pub fn root_fs(sh: &Shell, m: &Mke2fs, tar: &Path, data_bytes: u64, entries: u64, headroom_mib: u64, uuid: &str, epoch: u64, out: &Path) -> Result<u64> {
+    // Data, one inode (256 B) per 16 KiB of space, the journal (up to 64 MiB) and metadata slack.
+    let mut bytes = (data_bytes + entries * 4096 / 4 + 64 * MIB) * 11 / 10 + headroom_mib * MIB;
+    bytes = bytes.div_ceil(MIB) * MIB;
+    for _ in 0..5 {
+        let _ = std::fs::remove_file(out);
+        File::create(out)?.set_len(bytes)?;
+        let prog = &m.program;
+        let extended = format!("hash_seed={uuid},root_owner=0:0,lazy_itable_init=0,lazy_journal_init=0");
+        let mut c = cmd!(sh, "{prog} -q -F -t ext4 -b 4096 -L rootfs -U {uuid} -E {extended} -d {tar} {out}")
+            .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
+            .quiet()
+            .ignore_status();
+        if let Some(l) = &m.ld_library_path {
+            c = c.env("LD_LIBRARY_PATH", l);
+        }
+        let o = c.output()?;
+        if o.status.success() {
+            return Ok(bytes);
+        }
+        let err = String::from_utf8_lossy(&o.stderr);
+        if !err.contains("Could not allocate") && !err.contains("No space") && !err.contains("inode") {
+            bail!("mke2fs failed: {err}");
+        }
+        bytes = (bytes * 5 / 4).div_ceil(MIB) * MIB; // estimate too small: retry, deterministically
+    }
+    bail!("mke2fs could not fit {} into {bytes} bytes", tar.display())
+}
+
+/// Writes the MBR and both partitions into `out`; returns the image size. Zero runs are left as
+/// holes, so the file is sparse on disk while still being a plain raw image.
+pub fn assemble(disk_id: u32, boot: &Path, root: &Path, out: &Path) -> Result<u64> {
+    let boot_len = std::fs::metadata(boot)?.len();
+    let root_len = std::fs::metadata(root)?.len();
+    let root_lba = FIRST_LBA + boot_len / SECTOR;
+    let total = (root_lba * SECTOR + root_len).div_ceil(MIB) * MIB;
+    let _ = std::fs::remove_file(out);
+    let mut f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(out)?;
+    f.set_len(total)?;
+    let mut mbr = mbrman::MBR::new_from(&mut f, SECTOR as u32, disk_id.to_le_bytes()).context("creating the MBR")?;
+    mbr[1] = mbrman::MBRPartitionEntry {
+        boot: mbrman::BOOT_ACTIVE,
+        first_chs: mbrman::CHS::empty(),
+        sys: 0x0c, // FAT32 (LBA): what the Pi's boot ROM looks for
+        last_chs: mbrman::CHS::empty(),
+        starting_lba: FIRST_LBA as u32,
+        sectors: (boot_len / SECTOR) as u32,
+    };
+    mbr[2] = mbrman::MBRPartitionEntry {
+        boot: mbrman::BOOT_INACTIVE,
+        first_chs: mbrman::CHS::empty(),
+        sys: 0x83,
+        last_chs: mbrman::CHS::empty(),
+        starting_lba: root_lba as u32,
+        sectors: (root_len / SECTOR) as u32,
+    };
+    mbr.write_into(&mut f).context("writing the MBR")?;
+    copy_sparse(boot, &mut f, FIRST_LBA * SECTOR)?;
+    copy_sparse(root, &mut f, root_lba * SECTOR)?;
+    f.sync_all()?;
+    Ok(total)
+}
+
+fn copy_sparse(src: &Path, dst: &mut File, offset: u64) -> Result<()> {
+    let mut s = File::open(src)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = offset;
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        for chunk in buf[..n].chunks(64 * 1024) {
+            if chunk.iter().any(|&b| b != 0) {
+                dst.seek(SeekFrom::Start(at))?;
+                dst.write_all(chunk)?;
+            }
+            at += chunk.len() as u64;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_stable_and_distinct_per_host() {
+        let (a, b) = (Ids::for_host("rpa"), Ids::for_host("rpb"));
+        assert_eq!(a.root_uuid, Ids::for_host("rpa").root_uuid);
+        assert_ne!(a.disk_id, b.disk_id);
+        assert_eq!(a.root_uuid.len(), 36);
+        assert_eq!(&a.root_uuid[14..15], "4");
+    }
+}

@@ -1,0 +1,175 @@
+//! `cargo xtask image <host|all>`: runs the stages in order and writes target/images/<host>.img,
+//! SHA256SUMS and a summary. Stage 6 (checks) lives here: the size limit and the checksums.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+use xshell::Shell;
+
+use crate::config::{Host, ImageConfig};
+use crate::{agent_build, base, disk, keys, layers, rootfs, setup, tools};
+
+pub struct Options {
+    pub update_lock: bool,
+    pub out_dir: PathBuf,
+    pub work_dir: PathBuf,
+}
+
+impl Options {
+    pub fn default_for(sh: &Shell) -> Options {
+        let root = sh.current_dir();
+        Options { update_lock: false, out_dir: root.join("target/images"), work_dir: root.join("target/image-build") }
+    }
+}
+
+pub struct Built {
+    pub host: String,
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub sha256: String,
+    /// (stage, seconds)
+    pub stages: Vec<(&'static str, f64)>,
+}
+
+pub fn select<'a>(cfg: &'a ImageConfig, which: &str) -> Result<Vec<&'a Host>> {
+    if which == "all" {
+        Ok(cfg.hosts.iter().collect())
+    } else {
+        Ok(vec![cfg.host(which)?])
+    }
+}
+
+pub fn build(sh: &Shell, cfg: &ImageConfig, hosts: &[&Host], opts: &Options) -> Result<Vec<Built>> {
+    let t = Instant::now();
+    setup::ensure(sh, cfg.base.arch)?;
+    keys::ensure(sh, cfg)?;
+    std::fs::create_dir_all(&opts.work_dir)?;
+    std::fs::create_dir_all(&opts.out_dir)?;
+    let setup_s = t.elapsed().as_secs_f64();
+
+    let base = base::build(sh, cfg, opts.update_lock, &opts.work_dir)?;
+    eprintln!("base: {} packages, {} ({:.0}s)", base.lock.packages.len(), if base.cached { "from cache" } else { "built" }, base.seconds);
+    let agent = agent_build::build(sh, cfg.base.arch)?;
+    let facts = rootfs::read_base_facts(&base.tar)?;
+    let user_ids = rootfs::user_ids(&facts.passwd, &cfg.system.user)?;
+    let find = |prefix: &str| -> Result<String> {
+        let names: Vec<&String> = facts.boot.keys().filter(|k| k.starts_with(prefix)).collect();
+        match names.as_slice() {
+            [one] => Ok(one.to_string()),
+            _ => bail!("expected one {prefix}* in the base's /boot/firmware, found {names:?} (is `{}` installed?)", cfg.base.kernel),
+        }
+    };
+    let (kernel, initrd) = (find("vmlinuz-")?, find("initrd.img-")?);
+    let mke2fs = tools::mke2fs(sh)?;
+    let epoch = base.lock.source_date_epoch;
+
+    let mut built = Vec::new();
+    for host in hosts {
+        let mut stages = vec![("setup", setup_s), ("base", base.seconds), ("agent", agent.seconds)];
+        let mut stage = Instant::now();
+        let mut lap = |name: &'static str, stages: &mut Vec<(&'static str, f64)>| {
+            stages.push((name, stage.elapsed().as_secs_f64()));
+            stage = Instant::now();
+        };
+        let work = opts.work_dir.join(&host.name);
+        std::fs::create_dir_all(&work)?;
+        let ids = disk::Ids::for_host(&host.name);
+        let peer_keys = host
+            .peers
+            .iter()
+            .map(|p| cfg.host(p).map(|h| (h, keys::for_host(sh, p))))
+            .collect::<Result<Vec<_>>>()?;
+        let host_keys = keys::for_host(sh, &host.name);
+        let layer = layers::build(&layers::Inputs {
+            cfg,
+            host,
+            overlays: &sh.current_dir().join("overlays"),
+            keys: &host_keys,
+            peer_keys,
+            agent: &agent.binary,
+            disk_id: ids.disk_id,
+            user_ids,
+            kernel: kernel.clone(),
+            initrd: initrd.clone(),
+        })?;
+        let root_tar = work.join("root.tar");
+        let stats = rootfs::write(&base.tar, &layer, epoch, &root_tar)?;
+        lap("layers", &mut stages);
+
+        // The firmware's own config.txt/cmdline.txt give way to ours.
+        let mut boot: BTreeMap<String, Vec<u8>> = facts.boot.clone();
+        boot.extend(layer.boot.clone());
+        let boot_img = work.join("boot.vfat");
+        disk::boot_fs(sh, &boot, cfg.image.boot_mib, ids.boot_volid, epoch, &work, &boot_img)?;
+        let root_img = work.join("root.ext4");
+        disk::root_fs(sh, &mke2fs, &root_tar, stats.blocks_bytes, stats.entries, cfg.image.root_headroom_mib, &ids.root_uuid, epoch, &root_img)?;
+        let img = opts.out_dir.join(format!("{}.img", host.name));
+        let bytes = disk::assemble(ids.disk_id, &boot_img, &root_img, &img)?;
+        lap("disk", &mut stages);
+
+        if bytes > cfg.image.max_bytes {
+            bail!(
+                "{} is {bytes} bytes (boot {} MiB + root {} MiB), over image.max_bytes = {}: trim base.packages or raise the limit",
+                img.display(),
+                cfg.image.boot_mib,
+                std::fs::metadata(&root_img)?.len() >> 20,
+                cfg.image.max_bytes
+            );
+        }
+        let sha256 = sha256_file(&img)?;
+        lap("checks", &mut stages);
+        // The intermediate filesystems are as big as the image: don't keep two copies around.
+        for f in [&root_img, &boot_img, &root_tar] {
+            let _ = std::fs::remove_file(f);
+        }
+        built.push(Built { host: host.name.clone(), path: img, bytes, sha256, stages });
+    }
+    write_sums(&opts.out_dir, &built)?;
+    Ok(built)
+}
+
+pub fn sha256_file(p: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h)?;
+    Ok(hex::encode(h.finalize()))
+}
+
+/// SHA256SUMS in `sha256sum -c` format; lines for hosts not rebuilt now are kept.
+fn write_sums(dir: &Path, built: &[Built]) -> Result<()> {
+    let path = dir.join("SHA256SUMS");
+    let mut lines: BTreeMap<String, String> = std::fs::read_to_string(&path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once("  ").map(|(h, n)| (n.to_string(), h.to_string())))
+        .filter(|(n, _)| dir.join(n).exists())
+        .collect();
+    for b in built {
+        lines.insert(b.path.file_name().unwrap().to_string_lossy().into_owned(), b.sha256.clone());
+    }
+    let text: String = lines.iter().map(|(n, h)| format!("{h}  {n}\n")).collect();
+    std::fs::write(&path, text)?;
+    Ok(())
+}
+
+pub fn summary(built: &[Built]) -> String {
+    let mut s = String::new();
+    for b in built {
+        let total: f64 = b.stages.iter().map(|(_, t)| t).sum();
+        let stages: Vec<String> = b.stages.iter().map(|(n, t)| format!("{n} {t:.1}s")).collect();
+        s += &format!(
+            "{}: {} ({} bytes, {:.0} MiB)\n  sha256 {}\n  build {:.1}s: {}\n",
+            b.host,
+            b.path.display(),
+            b.bytes,
+            b.bytes as f64 / (1 << 20) as f64,
+            b.sha256,
+            total,
+            stages.join(", ")
+        );
+    }
+    s
+}

@@ -1,0 +1,95 @@
+//! The one place xtask starts processes. Short commands go through xshell (echoed, with context);
+//! long ones (mmdebstrap, QEMU) through duct, with their output kept in a log file and shown as
+//! progress, so a failure can be read in full afterwards.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use xshell::Cmd;
+
+/// Runs a command, output inherited; the error names the command.
+pub fn run(cmd: Cmd<'_>) -> Result<()> {
+    let shown = cmd.to_string();
+    cmd.run().with_context(|| format!("`{shown}` failed"))
+}
+
+/// Runs a command quietly and returns its stdout (trimmed).
+pub fn read(cmd: Cmd<'_>) -> Result<String> {
+    let shown = cmd.to_string();
+    cmd.quiet().read().with_context(|| format!("`{shown}` failed"))
+}
+
+/// Runs a long command with a progress line, its full output in `log`. On failure the error
+/// carries the last lines and the log's path.
+pub fn run_logged(dir: &Path, argv: &[OsString], envs: &[(&str, String)], log: &Path, what: &str) -> Result<()> {
+    let (prog, args) = argv.split_first().context("empty command")?;
+    if let Some(p) = log.parent() {
+        std::fs::create_dir_all(p)?;
+    }
+    let mut logf = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let mut expr = duct::cmd(prog, args).dir(dir).stderr_to_stdout().unchecked();
+    for (k, v) in envs {
+        expr = expr.env(k, v);
+    }
+    let started = Instant::now();
+    let reader = expr.reader().with_context(|| format!("cannot start {}", prog.to_string_lossy()))?;
+    let bar = indicatif::ProgressBar::new_spinner();
+    let tty = std::io::stderr().is_terminal();
+    if tty {
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    } else {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut tail = VecDeque::new();
+    let mut lines = BufReader::new(&reader);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if lines.read_line(&mut line)? == 0 {
+            break;
+        }
+        logf.write_all(line.as_bytes())?;
+        let l = line.trim_end().to_string();
+        // mmdebstrap's "I:" lines are the stage names: worth seeing in a CI log too.
+        if l.starts_with("I: ") || l.starts_with("E: ") {
+            if tty {
+                bar.set_message(format!("{what}: {l}"));
+            } else {
+                eprintln!("[{:>5.0}s] {what}: {l}", started.elapsed().as_secs_f64());
+            }
+        }
+        tail.push_back(l);
+        if tail.len() > 40 {
+            tail.pop_front();
+        }
+    }
+    bar.finish_and_clear();
+    let status = reader.try_wait()?.map(|o| o.status);
+    match status {
+        Some(s) if s.success() => Ok(()),
+        _ => bail!(
+            "{what} failed ({}); last lines:\n{}\nfull log: {}",
+            status.map(|s| s.to_string()).unwrap_or_else(|| "no exit status".into()),
+            Vec::from(tail).join("\n"),
+            log.display()
+        ),
+    }
+}
+
+/// Starts a long-lived process (a VM) with stdout/stderr in `log`; the caller owns its lifetime.
+pub fn spawn(dir: &Path, argv: &[OsString], log: &Path) -> Result<duct::Handle> {
+    let (prog, args) = argv.split_first().context("empty command")?;
+    let f = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    duct::cmd(prog, args)
+        .dir(dir)
+        .stdin_null()
+        .stdout_file(f.try_clone()?)
+        .stderr_file(f)
+        .unchecked()
+        .start()
+        .with_context(|| format!("cannot start {}", prog.to_string_lossy()))
+}
