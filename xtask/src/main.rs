@@ -2,6 +2,7 @@
 
 mod agent_build;
 mod base;
+mod bench;
 mod cache;
 mod config;
 mod disk;
@@ -9,9 +10,13 @@ mod image;
 mod keys;
 mod layers;
 mod lock;
+mod pair;
 mod proc;
+mod qemu;
 mod rootfs;
+mod run;
 mod setup;
+mod test;
 mod tools;
 mod verify;
 
@@ -46,6 +51,28 @@ enum Task {
     },
     /// Make missing SSH keys in keys/ (git-ignored).
     Keys,
+    /// Run the tests. With no argument: everything (what CI runs).
+    Test {
+        #[command(subcommand)]
+        which: Option<TestWhich>,
+        /// Skip the QEMU pair test (quick local runs).
+        #[arg(long)]
+        no_qemu: bool,
+    },
+    /// Boot one built image in QEMU on this terminal.
+    Run { host: String },
+    /// Print measurements: `agent` (throughput vs rsync, latency, RSS, size) or `image` (build times, size).
+    Bench { what: String },
+}
+
+#[derive(Subcommand)]
+enum TestWhich {
+    /// Boot both images together in QEMU and check the whole system.
+    Qemu {
+        /// "systemd" or "cron"; both when omitted.
+        #[arg(long)]
+        schedule: Option<String>,
+    },
 }
 
 /// The repository root, whatever directory cargo was started from.
@@ -67,6 +94,25 @@ fn main() -> Result<()> {
         }
         Task::Verify { cold } => verify::run(&sh, &cfg, cold)?,
         Task::Keys => keys::ensure(&sh, &cfg)?,
+        Task::Test { which: None, no_qemu } => test::all(&sh, &cfg, no_qemu)?,
+        Task::Test { which: Some(TestWhich::Qemu { schedule }), .. } => {
+            let schedules = match schedule.as_deref() {
+                None => vec![config::Schedule::Systemd, config::Schedule::Cron],
+                Some("systemd") => vec![config::Schedule::Systemd],
+                Some("cron") => vec![config::Schedule::Cron],
+                Some(o) => anyhow::bail!("--schedule {o}: use systemd or cron"),
+            };
+            setup::ensure(&sh, cfg.base.arch)?;
+            for s in schedules {
+                print!("{}", pair::run(&sh, &cfg, s)?.render());
+            }
+        }
+        Task::Run { host } => run::run(&sh, &cfg, &host)?,
+        Task::Bench { what } => match what.as_str() {
+            "agent" => bench::agent(&sh)?,
+            "image" => bench::image(&sh, &cfg)?,
+            o => anyhow::bail!("nothing to benchmark called `{o}`: use `agent` or `image`"),
+        },
     }
     Ok(())
 }

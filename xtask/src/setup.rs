@@ -27,6 +27,7 @@ pub const PACKAGES: &[&str] = &[
     "openssh-client",         // ssh-keygen; the agent's transport
     "openssh-server",         // sshd for the agent's integration tests
     "rsync",                  // the agent benchmark's baseline
+    "time",                   // peak RSS in the agent benchmark
     "gcc-aarch64-linux-gnu",  // cross linkers for the agent
     "gcc-arm-linux-gnueabihf",
     "libc6-dev-arm64-cross",

@@ -1,0 +1,274 @@
+//! `cargo xtask bench agent|image`: measurements that print numbers (never pass/fail).
+//!
+//! agent: 1 GiB of mixed files over a real sshd on 127.0.0.1, pi2pi-agent against `rsync -a`
+//! through the same ssh; close-to-arrival latency of small files with the daemon; RSS; binary size.
+//! image: cold build of every image with an empty cache, then a rebuild after an agent-only change.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use xshell::{cmd, Shell};
+
+use crate::config::ImageConfig;
+use crate::{image, proc};
+
+fn fill(path: &Path, len: usize, seed: u64) -> Result<()> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut buf = vec![0u8; len];
+    for chunk in buf.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    std::fs::create_dir_all(path.parent().unwrap())?;
+    std::fs::write(path, buf)?;
+    Ok(())
+}
+
+/// 1 GiB: 2,000 small files (4-64 KiB) in 20 directories and 6 large ones.
+fn dataset(dir: &Path) -> Result<(usize, u64)> {
+    let (mut n, mut bytes) = (0, 0u64);
+    for i in 0..2000u64 {
+        let len = 4096 + (i * 7919 % 61_440) as usize;
+        fill(&dir.join(format!("small/d{:02}/f{i:04}.dat", i % 20)), len, i)?;
+        n += 1;
+        bytes += len as u64;
+    }
+    let large = ((1u64 << 30) - bytes) / 6;
+    for i in 0..6u64 {
+        fill(&dir.join(format!("large/big-{i}.bin")), large as usize, 10_000 + i)?;
+        n += 1;
+        bytes += large;
+    }
+    Ok((n, bytes))
+}
+
+struct Sshd {
+    child: Child,
+    port: u16,
+    key: PathBuf,
+    known_hosts: PathBuf,
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback sshd whose one client key may run the agent's receiver (forced command) and,
+/// for the baseline, a second key that may run rsync.
+fn start_sshd(sh: &Shell, dir: &Path, serve: &str) -> Result<(Sshd, PathBuf)> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::create_dir_all("/run/sshd")?;
+    let (host, agent_key, rsync_key) = (dir.join("host"), dir.join("agent"), dir.join("rsync"));
+    for k in [&host, &agent_key, &rsync_key] {
+        if !k.exists() {
+            proc::read(cmd!(sh, "ssh-keygen -q -t ed25519 -N '' -C pi2pi-bench -f {k}"))?;
+        }
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let pubk = |k: &Path| std::fs::read_to_string(k.with_extension("pub"));
+    std::fs::write(dir.join("known_hosts"), format!("[127.0.0.1]:{port} {}", pubk(&host)?))?;
+    std::fs::write(dir.join("authorized_keys"), format!("restrict,command=\"{serve}\" {}{}", pubk(&agent_key)?, pubk(&rsync_key)?))?;
+    std::fs::write(
+        dir.join("sshd_config"),
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nPasswordAuthentication no\n\
+             PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nPidFile none\nLogLevel ERROR\n",
+            host.display(),
+            dir.join("authorized_keys").display()
+        ),
+    )?;
+    let child = Command::new("/usr/sbin/sshd").args(["-D", "-e", "-f"]).arg(dir.join("sshd_config")).stderr(Stdio::null()).spawn()?;
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok((Sshd { child, port, key: agent_key, known_hosts: dir.join("known_hosts") }, rsync_key));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("sshd did not start")
+}
+
+fn node_config(path: &Path, name: &str, drive: &Path, state: &Path, peer: &str) -> Result<()> {
+    std::fs::write(
+        path,
+        format!(
+            "node = \"{name}\"\n[drive]\nlabel = \"PI2PI\"\nmount_point = \"{}\"\nrequire_mount = false\n[state]\ndir = \"{}\"\n{peer}",
+            drive.display(),
+            state.display()
+        ),
+    )?;
+    Ok(())
+}
+
+/// Peak RSS (KiB) of a finished child, from /usr/bin/time's report.
+fn timed(c: &mut Command, report: &Path) -> Result<(f64, u64)> {
+    let t = Instant::now();
+    let status = c.status()?;
+    let secs = t.elapsed().as_secs_f64();
+    ensure!(status.success(), "{c:?} failed with {status}");
+    let kib = std::fs::read_to_string(report)?.trim().lines().last().unwrap_or("0").trim().parse().unwrap_or(0);
+    Ok((secs, kib))
+}
+
+pub fn agent(sh: &Shell) -> Result<()> {
+    crate::setup::ensure(sh, crate::config::Arch::Arm64)?;
+    proc::run(cmd!(sh, "cargo build --quiet --release --locked -p pi2pi-agent"))?;
+    proc::run(cmd!(sh, "cargo build --quiet --release --locked -p pi2pi-agent --target aarch64-unknown-linux-musl"))?;
+    proc::run(cmd!(sh, "cargo build --quiet --release --locked -p pi2pi-agent --target armv7-unknown-linux-gnueabihf"))?;
+    let root = sh.current_dir();
+    let bin = root.join("target/release/pi2pi-agent");
+    let dir = root.join("target/bench/agent");
+    let _ = std::fs::remove_dir_all(&dir);
+    let (a, b, r) = (dir.join("a"), dir.join("b"), dir.join("rsync-dst"));
+    for d in [&a, &b, &r] {
+        std::fs::create_dir_all(d.join("receiving"))?;
+    }
+    eprintln!("bench: writing 1 GiB of test files");
+    let (files, bytes) = dataset(&a.join("sending"))?;
+    let b_conf = dir.join("b.toml");
+    node_config(&b_conf, "rpb", &b, &dir.join("b-state"), "")?;
+    let (sshd, rsync_key) = start_sshd(sh, &dir.join("ssh"), &format!("{} --config {} serve", bin.display(), b_conf.display()))?;
+    let peer = format!(
+        "[[peer]]\nname = \"rpb\"\nhost = \"127.0.0.1\"\nport = {}\nuser = \"root\"\nidentity = \"{}\"\nknown_hosts = \"{}\"\n",
+        sshd.port,
+        sshd.key.display(),
+        sshd.known_hosts.display()
+    );
+    let a_conf = dir.join("a.toml");
+    node_config(&a_conf, "rpa", &a, &dir.join("a-state"), &format!("[sync]\nsettle_ms = 0\n{peer}"))?;
+    // Drop the page cache's advantage for neither: both runs read the same just-written files.
+    let report = dir.join("time.txt");
+    let (agent_s, agent_kib) = timed(
+        Command::new("/usr/bin/time").arg("-f").arg("%M").arg("-o").arg(&report).arg(&bin).arg("--config").arg(&a_conf).args(["sync", "--once"]).env("PI2PI_LOG", "warn"),
+        &report,
+    )?;
+    let ssh = format!(
+        "ssh -o BatchMode=yes -o IdentitiesOnly=yes -o Compression=no -o UserKnownHostsFile={} -i {} -p {}",
+        sshd.known_hosts.display(),
+        rsync_key.display(),
+        sshd.port
+    );
+    let (rsync_s, _) = timed(
+        Command::new("/usr/bin/time")
+            .arg("-f")
+            .arg("%M")
+            .arg("-o")
+            .arg(&report)
+            .args(["rsync", "-a", "-e", &ssh])
+            .arg(format!("{}/", a.join("sending").display()))
+            .arg(format!("root@127.0.0.1:{}/", r.join("receiving").display())),
+        &report,
+    )?;
+    let same = cmd!(sh, "diff -rq {a}/sending {b}/receiving").quiet().ignore_stdout().run().is_ok();
+    ensure!(same, "the agent's copy differs from the source");
+
+    // Latency: the daemon, one small file at a time, close → visible at the receiver.
+    let lat_conf = dir.join("lat.toml");
+    let (la, lb) = (dir.join("la"), dir.join("lb"));
+    std::fs::create_dir_all(la.join("sending"))?;
+    std::fs::create_dir_all(lb.join("receiving"))?;
+    let lb_conf = dir.join("lb.toml");
+    node_config(&lb_conf, "rpb", &lb, &dir.join("lb-state"), "")?;
+    let (sshd2, _) = start_sshd(sh, &dir.join("ssh2"), &format!("{} --config {} serve", bin.display(), lb_conf.display()))?;
+    let peer2 = format!(
+        "[[peer]]\nname = \"rpb\"\nhost = \"127.0.0.1\"\nport = {}\nuser = \"root\"\nidentity = \"{}\"\nknown_hosts = \"{}\"\n",
+        sshd2.port,
+        sshd2.key.display(),
+        sshd2.known_hosts.display()
+    );
+    node_config(&lat_conf, "rpa", &la, &dir.join("la-state"), &peer2)?;
+    let mut daemon = Command::new(&bin).arg("--config").arg(&lat_conf).arg("run").env("PI2PI_LOG", "warn").spawn()?;
+    std::thread::sleep(Duration::from_secs(1));
+    let mut lat = Vec::new();
+    for i in 0..20 {
+        let name = format!("small-{i}.txt");
+        let t;
+        {
+            let mut f = std::fs::File::create(la.join("sending").join(&name))?;
+            f.write_all(&vec![b'x'; 4096])?;
+            drop(f);
+            t = Instant::now();
+        }
+        while !lb.join("receiving").join(&name).exists() {
+            ensure!(t.elapsed() < Duration::from_secs(20), "{name} never arrived");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        lat.push(t.elapsed().as_secs_f64());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let daemon_kib = std::fs::read_to_string(format!("/proc/{}/status", daemon.id()))?
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    drop((sshd, sshd2));
+    lat.sort_by(|x, y| x.partial_cmp(y).unwrap());
+
+    let size = |t: &str| std::fs::metadata(root.join(format!("target/{t}/release/pi2pi-agent"))).map(|m| m.len()).unwrap_or(0);
+    let mib = bytes as f64 / (1 << 20) as f64;
+    println!("agent benchmark ({files} files, {mib:.0} MiB, ssh on 127.0.0.1):");
+    println!("  pi2pi-agent sync --once  {agent_s:7.2} s  {:7.1} MiB/s  peak RSS {agent_kib} KiB", mib / agent_s);
+    println!("  rsync -a (same ssh)      {rsync_s:7.2} s  {:7.1} MiB/s", mib / rsync_s);
+    println!("  throughput ratio agent/rsync: {:.2} (goal >= 1.0)", rsync_s / agent_s);
+    println!(
+        "  latency close->arrival (4 KiB, daemon, settle 300 ms): median {:.3} s, p90 {:.3} s, max {:.3} s (goal <= 1 s)",
+        lat[lat.len() / 2],
+        lat[lat.len() * 9 / 10],
+        lat[lat.len() - 1]
+    );
+    println!("  daemon peak RSS {daemon_kib} KiB");
+    println!(
+        "  binary size: aarch64-musl (static) {} bytes, armv7-gnueabihf (static) {} bytes, x86_64 {} bytes",
+        size("aarch64-unknown-linux-musl"),
+        size("armv7-unknown-linux-gnueabihf"),
+        size(".")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+pub fn image(sh: &Shell, cfg: &ImageConfig) -> Result<()> {
+    let root = sh.current_dir();
+    let dir = root.join("target/bench/image");
+    let _ = std::fs::remove_dir_all(&dir);
+    let cache = dir.join("cache");
+    let _c = sh.push_env("PI2PI_CACHE", &cache);
+    let hosts = image::select(cfg, "all")?;
+    let opts = image::Options { update_lock: false, out_dir: dir.join("images"), work_dir: dir.join("work") };
+    let t = Instant::now();
+    let cold = image::build(sh, cfg, &hosts, &opts)?;
+    let cold_s = t.elapsed().as_secs_f64();
+    // An agent-only change: the agent crate recompiles, the base comes from the cache.
+    let main = root.join("agent/src/main.rs");
+    let text = std::fs::read(&main)?;
+    std::fs::write(&main, &text)?;
+    let t = Instant::now();
+    let warm = image::build(sh, cfg, &hosts, &opts)?;
+    let warm_s = t.elapsed().as_secs_f64();
+    println!("image benchmark ({} hosts, {} cores):", hosts.len(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    println!("  cold build (empty cache)        {cold_s:7.1} s (goal <= 600)");
+    println!("  warm rebuild (agent changed)    {warm_s:7.1} s (goal <= 30)");
+    for b in cold.iter().chain(&warm).take(cold.len()) {
+        let p = &b.path;
+        let on_disk = cmd!(sh, "du -k {p}").read().unwrap_or_default();
+        println!(
+            "  {}.img: {} bytes raw ({:.0} MiB, goal <= 1024), {} KiB allocated; stages: {}",
+            b.host,
+            b.bytes,
+            b.bytes as f64 / (1 << 20) as f64,
+            on_disk.split_whitespace().next().unwrap_or("?"),
+            b.stages.iter().map(|(n, s)| format!("{n} {s:.1}s")).collect::<Vec<_>>().join(", ")
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir).context("cleaning up");
+    Ok(())
+}

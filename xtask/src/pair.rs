@@ -1,0 +1,355 @@
+//! `cargo xtask test qemu`: boots the two built images together in QEMU and checks the whole
+//! system: addresses and DHCP, names, SSH trust and its restriction, delivery both ways
+//! (compared from the host by reading the USB disk images), latency, and a reboot.
+//!
+//! Runs under target/qemu/<schedule>/. On failure the console logs, the QEMU command lines and
+//! report.txt stay there; on success the big overlay and drive images are removed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use sha2::{Digest, Sha256};
+use xshell::{cmd, Shell};
+
+use crate::config::{Host, ImageConfig, Role, Schedule};
+use crate::qemu::{self, Vm};
+use crate::{image, proc};
+
+const BOOT_LIMIT: Duration = Duration::from_secs(420);
+const CMD: Duration = Duration::from_secs(60);
+
+pub struct Report {
+    pub schedule: Schedule,
+    pub boot: Vec<(String, Duration)>,
+    pub synced_after_boot: Duration,
+    pub latencies: Vec<Duration>,
+    pub wall: Duration,
+}
+
+impl Report {
+    pub fn render(&self) -> String {
+        let mut lat: Vec<f64> = self.latencies.iter().map(|d| d.as_secs_f64()).collect();
+        lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        format!(
+            "pair test ({:?}): boot {}; prefilled files synced {:.1}s after both booted; new-file latency median {:.2}s (all: {}); wall {:.0}s\n",
+            self.schedule,
+            self.boot.iter().map(|(n, d)| format!("{n} {:.0}s", d.as_secs_f64())).collect::<Vec<_>>().join(", "),
+            self.synced_after_boot.as_secs_f64(),
+            lat.get(lat.len() / 2).copied().unwrap_or(f64::NAN),
+            lat.iter().map(|l| format!("{l:.2}")).collect::<Vec<_>>().join(" "),
+            self.wall.as_secs_f64()
+        )
+    }
+}
+
+/// Test files for one drive: names with spaces, UTF-8 and subdirectories, 0 bytes to tens of MB.
+fn test_files(node: &str) -> Vec<(String, Vec<u8>)> {
+    let gen = |seed: &str, len: usize| -> Vec<u8> {
+        let mut out = Vec::with_capacity(len + 32);
+        let mut block = Sha256::digest(seed.as_bytes()).to_vec();
+        while out.len() < len {
+            block = Sha256::digest(&block).to_vec();
+            out.extend_from_slice(&block);
+        }
+        out.truncate(len);
+        out
+    };
+    vec![
+        (format!("empty-{node}.txt"), Vec::new()),
+        (format!("note from {node}.txt"), format!("hello from {node}\n").into_bytes()),
+        (format!("photos/{node} ünïcødé 日本.jpg"), gen(node, 1 << 20)),
+        (format!("videos/deep dir/{node}-clip.mp4"), gen(&format!("{node}v"), 24 << 20)),
+        (format!("docs/{node}/report.bin"), gen(&format!("{node}d"), 65_537)),
+    ]
+}
+
+fn mtools(sh: &Shell) -> xshell::PushEnv<'_> {
+    sh.push_env("MTOOLS_SKIP_CHECK", "1")
+}
+
+/// A FAT32 USB drive image with the shared label, sending/ (pre-filled) and receiving/.
+fn make_drive(sh: &Shell, path: &Path, label: &str, files: &[(String, Vec<u8>)], stage: &Path) -> Result<()> {
+    let _ = std::fs::remove_file(path);
+    let _m = mtools(sh);
+    let _l = sh.push_env("LANG", "C.UTF-8");
+    proc::read(cmd!(sh, "mkfs.vfat -F 32 -n {label} -C {path} 262144"))?;
+    proc::read(cmd!(sh, "mmd -i {path} ::/sending ::/receiving"))?;
+    let _ = std::fs::remove_dir_all(stage);
+    for (rel, data) in files {
+        let p = stage.join("sending").join(rel);
+        std::fs::create_dir_all(p.parent().unwrap())?;
+        std::fs::write(&p, data)?;
+    }
+    let entries: Vec<PathBuf> = std::fs::read_dir(stage.join("sending"))?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+    proc::read(cmd!(sh, "mcopy -s -i {path} {entries...} ::/sending/"))?;
+    Ok(())
+}
+
+/// rel path → sha256 of every file under `dir` on a FAT image (read with mtools, from the host).
+fn drive_tree(sh: &Shell, img: &Path, dir: &str, scratch: &Path) -> Result<BTreeMap<String, String>> {
+    let _ = std::fs::remove_dir_all(scratch);
+    std::fs::create_dir_all(scratch)?;
+    let _m = mtools(sh);
+    let _l = sh.push_env("LANG", "C.UTF-8");
+    proc::read(cmd!(sh, "mcopy -s -n -i {img} ::/{dir} {scratch}"))?;
+    let root = scratch.join(dir);
+    let mut out = BTreeMap::new();
+    for e in walkdir::WalkDir::new(&root) {
+        let e = e?;
+        if e.file_type().is_file() {
+            let rel = e.path().strip_prefix(&root)?.to_string_lossy().into_owned();
+            out.insert(rel, hex::encode(Sha256::digest(std::fs::read(e.path())?)));
+        }
+    }
+    Ok(out)
+}
+
+fn mac_of(h: &Host) -> String {
+    h.mac.clone().unwrap_or_else(|| {
+        // The dhcp-server has no MAC in image.toml; any fixed locally administered one will do.
+        let d = Sha256::digest(h.name.as_bytes());
+        format!("52:54:00:{:02x}:{:02x}:{:02x}", d[0], d[1], d[2])
+    })
+}
+
+pub fn run(sh: &Shell, cfg: &ImageConfig, schedule: Schedule) -> Result<Report> {
+    let t0 = Instant::now();
+    ensure!(cfg.hosts.len() == 2, "the pair test needs exactly two hosts in image.toml");
+    let mut cfg = cfg.clone();
+    cfg.schedule = schedule;
+    let tag = match schedule {
+        Schedule::Systemd => "systemd",
+        Schedule::Cron => "cron",
+    };
+    let root = sh.current_dir();
+    let images_dir = if schedule == Schedule::Systemd { root.join("target/images") } else { root.join(format!("target/images-{tag}")) };
+    let opts = image::Options { update_lock: false, out_dir: images_dir.clone(), work_dir: root.join(format!("target/image-build-{tag}")) };
+    let hosts: Vec<&Host> = cfg.hosts.iter().collect();
+    image::build(sh, &cfg, &hosts, &opts)?;
+
+    let run_dir = root.join(format!("target/qemu/{tag}"));
+    let _ = std::fs::remove_dir_all(&run_dir);
+    std::fs::create_dir_all(&run_dir)?;
+    let result = pair(sh, &cfg, &hosts, &images_dir, &run_dir, schedule, t0);
+    match &result {
+        Ok(r) => {
+            std::fs::write(run_dir.join("report.txt"), r.render())?;
+            for h in &hosts {
+                let d = run_dir.join(&h.name);
+                for f in ["overlay.qcow2", "usb.img"] {
+                    let _ = std::fs::remove_file(d.join(f));
+                }
+            }
+        }
+        Err(e) => {
+            std::fs::write(run_dir.join("report.txt"), format!("FAILED: {e:#}\n"))?;
+            eprintln!("pair test failed; console logs and report in {}", run_dir.display());
+        }
+    }
+    result
+}
+
+fn pair(sh: &Shell, cfg: &ImageConfig, hosts: &[&Host], images: &Path, run_dir: &Path, schedule: Schedule, t0: Instant) -> Result<Report> {
+    let sync_limit = match schedule {
+        Schedule::Systemd => Duration::from_secs(180),
+        Schedule::Cron => Duration::from_secs(240),
+    };
+    let mount = &cfg.drive.mount_point;
+    let mut specs = Vec::new();
+    let mut files = Vec::new();
+    for (i, h) in hosts.iter().enumerate() {
+        let dir = run_dir.join(&h.name);
+        std::fs::create_dir_all(&dir)?;
+        let f = test_files(&h.name);
+        make_drive(sh, &dir.join("usb.img"), &cfg.drive.label, &f, &dir.join("stage"))?;
+        files.push(f);
+        let other = &hosts[1 - i].name;
+        specs.push(qemu::Spec {
+            name: h.name.clone(),
+            image: images.join(format!("{}.img", h.name)),
+            usb: Some(dir.join("usb.img")),
+            mac: mac_of(h),
+            link: Some((run_dir.join(format!("{}.link", h.name)), run_dir.join(format!("{other}.link")))),
+            dir,
+            memory_mib: 768,
+        });
+    }
+    let mut boots = Vec::new();
+    for s in &specs {
+        boots.push(qemu::boot_files(sh, &s.image, &s.dir.join("boot"))?);
+        qemu::overlay(sh, &s.image, &s.dir.join("overlay.qcow2"))?;
+    }
+    let started = Instant::now();
+    let mut vms: Vec<Vm> = Vec::new();
+    for (s, b) in specs.iter().zip(&boots) {
+        vms.push(Vm::start(sh, s, b, &s.dir.join("overlay.qcow2"))?);
+    }
+    let mut boot_times = Vec::new();
+    for vm in vms.iter_mut() {
+        let t = vm.wait_booted(started, BOOT_LIMIT)?;
+        eprintln!("qemu: {} booted in {:.0}s", vm.name, t.as_secs_f64());
+        boot_times.push((vm.name.clone(), t));
+    }
+    let both_up = Instant::now();
+
+    // 1. Services.
+    for (vm, h) in vms.iter_mut().zip(hosts) {
+        vm.ok("systemctl is-active ssh", CMD)?;
+        let (dns, _) = vm.exec("systemctl is-active pi2pi-dnsmasq", CMD)?;
+        match h.role {
+            Role::DhcpServer => ensure!(dns == 0, "{}: dnsmasq is not active on the dhcp-server", h.name),
+            Role::DhcpClient => ensure!(dns != 0, "{}: dnsmasq runs on a dhcp-client", h.name),
+        }
+        if schedule == Schedule::Systemd {
+            vm.ok("systemctl is-active pi2pi-agent", CMD)?;
+        } else {
+            let (c, _) = vm.exec("systemctl is-enabled pi2pi-agent", CMD)?;
+            ensure!(c != 0, "{}: pi2pi-agent.service is enabled with the cron schedule", h.name);
+            vm.ok("systemctl is-active cron && test -f /etc/cron.d/pi2pi-agent", CMD)?;
+        }
+        vm.ok(&format!("findmnt -no FSTYPE {mount} | grep -qx vfat"), CMD).context("the USB drive is not mounted")?;
+    }
+
+    // 2. Addresses: static on the server, leased (by MAC) on the client.
+    let server = hosts.iter().position(|h| h.role == Role::DhcpServer).context("no dhcp-server")?;
+    let client = 1 - server;
+    let iface = &cfg.network.interface;
+    let want = |h: &Host| format!("inet {}/{}", h.address, cfg.network.prefix);
+    let addr_deadline = Instant::now() + Duration::from_secs(120);
+    for (i, vm) in vms.iter_mut().enumerate() {
+        loop {
+            let out = vm.ok(&format!("ip -4 addr show dev {iface}"), CMD)?;
+            if out.contains(&want(hosts[i])) {
+                break;
+            }
+            ensure!(Instant::now() < addr_deadline, "{}: {iface} never got {}:\n{out}", hosts[i].name, want(hosts[i]));
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+    let leases = vms[server].ok("cat /var/lib/misc/dnsmasq.leases", CMD)?;
+    let c = hosts[client];
+    ensure!(
+        leases.contains(c.mac.as_deref().unwrap_or("-")) && leases.contains(&c.address.to_string()),
+        "{}'s lease file has no lease of {} to {:?}:\n{leases}",
+        hosts[server].name,
+        c.address,
+        c.mac
+    );
+
+    // 3. Names, and SSH: no prompt, and the key runs the receiver only.
+    for (i, vm) in vms.iter_mut().enumerate() {
+        for h in hosts {
+            let name = format!("{}.{}", h.name, cfg.network.domain);
+            let out = vm.ok(&format!("getent hosts {name}"), CMD)?;
+            ensure!(out.contains(&h.address.to_string()), "{}: {name} resolves to {out}", hosts[i].name);
+        }
+        let peer = format!("{}.{}", hosts[1 - i].name, cfg.network.domain);
+        let user = &cfg.system.user;
+        let (code, out) = vm.exec(
+            &format!("sudo -u {user} ssh -o BatchMode=yes -i /home/{user}/.ssh/id_ed25519 {user}@{peer} 'echo SHELL-$((6*7))'"),
+            CMD,
+        )?;
+        ensure!(code != 255, "{}: ssh to {peer} failed (exit 255):\n{out}", hosts[i].name);
+        ensure!(!out.contains("SHELL-42"), "{}: the agent key got a shell on {peer}:\n{out}", hosts[i].name);
+    }
+
+    // 4. Every pre-filled file arrives on the other side (checked in the guest first).
+    let expect = |i: usize| -> BTreeMap<String, String> { files[i].iter().map(|(p, d)| (p.clone(), hex::encode(Sha256::digest(d)))).collect() };
+    let deadline = Instant::now() + sync_limit;
+    for (i, vm) in vms.iter_mut().enumerate() {
+        let want = expect(1 - i);
+        loop {
+            let got = guest_tree(vm, &format!("{mount}/receiving"))?;
+            if got == want {
+                break;
+            }
+            if Instant::now() > deadline {
+                let (_, status) = vm.exec("pi2pi-agent status; journalctl -b --no-pager -t pi2pi-agent -u pi2pi-agent | tail -30", CMD)?;
+                bail!("{}: receiving/ after {sync_limit:?}:\n{got:#?}\nexpected:\n{want:#?}\n{status}", vm.name);
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+    let synced = both_up.elapsed();
+    eprintln!("qemu: prefilled files synced both ways {:.0}s after boot", synced.as_secs_f64());
+
+    // 5. A file written after boot: latency from its close on one Pi to its arrival on the other.
+    let rounds = if schedule == Schedule::Systemd { 3 } else { 1 };
+    let mut latencies = Vec::new();
+    for n in 0..rounds {
+        let name = format!("late-{n}.bin");
+        let sum = vms[server].ok(&format!("f={mount}/sending/{name}; head -c 300000 /dev/urandom > $f.tmp && mv $f.tmp $f && sha256sum < $f"), CMD)?;
+        let t = Instant::now();
+        let sum = sum.split_whitespace().next().unwrap_or("").to_string();
+        loop {
+            let (_, got) = vms[client].exec(&format!("sha256sum < '{mount}/receiving/{name}' 2>/dev/null"), CMD)?;
+            if got.split_whitespace().next() == Some(&sum) {
+                break;
+            }
+            ensure!(t.elapsed() < sync_limit, "{name} did not reach {} within {sync_limit:?}", hosts[client].name);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        latencies.push(t.elapsed());
+        eprintln!("qemu: {name} arrived after {:.2}s", t.elapsed().as_secs_f64());
+    }
+    // (The writer uses a temporary name and mv, as a careful writer does; the agent never sends
+    // `*.tmp` that vanish, and would only deliver a complete `late-N.bin`.)
+
+    // 6. Reboot the client: sync goes on, nothing is sent twice.
+    let journal = |vm: &mut Vm, peer: &str| -> Result<usize> {
+        Ok(vm.ok(&format!("cat /var/lib/pi2pi/{peer}.journal 2>/dev/null | wc -l"), CMD)?.trim().parse().unwrap_or(0))
+    };
+    let before_server = journal(&mut vms[server], &hosts[client].name)?;
+    let before_client = journal(&mut vms[client], &hosts[server].name)?;
+    vms[client].stop("reboot", Duration::from_secs(120))?;
+    let restarted = Instant::now();
+    let v = Vm::start(sh, &specs[client], &boots[client], &specs[client].dir.join("overlay.qcow2"))?;
+    vms[client] = v;
+    let t = vms[client].wait_booted(restarted, BOOT_LIMIT)?;
+    eprintln!("qemu: {} rebooted in {:.0}s", hosts[client].name, t.as_secs_f64());
+    let name = "after-reboot.bin";
+    let sum = vms[server].ok(&format!("head -c 50000 /dev/urandom > {mount}/sending/{name} && sha256sum < {mount}/sending/{name}"), CMD)?;
+    let sum = sum.split_whitespace().next().unwrap_or("").to_string();
+    let t = Instant::now();
+    loop {
+        let (_, got) = vms[client].exec(&format!("sha256sum < '{mount}/receiving/{name}' 2>/dev/null"), CMD)?;
+        if got.split_whitespace().next() == Some(&sum) {
+            break;
+        }
+        ensure!(t.elapsed() < sync_limit, "{name} did not reach {} after its reboot", hosts[client].name);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let after_server = journal(&mut vms[server], &hosts[client].name)?;
+    let after_client = journal(&mut vms[client], &hosts[server].name)?;
+    ensure!(after_server == before_server + 1, "{} recorded {} deliveries after the reboot, expected 1 (re-sent files?)", hosts[server].name, after_server - before_server);
+    ensure!(after_client == before_client, "{} delivered {} files again after its reboot", hosts[client].name, after_client - before_client);
+    for vm in &vms {
+        vm.check_console()?;
+    }
+
+    // Clean shutdown, then compare both drives from the host.
+    for vm in vms.iter_mut() {
+        vm.stop("poweroff", Duration::from_secs(120))?;
+    }
+    for i in 0..2 {
+        let scratch = run_dir.join("compare");
+        let sent = drive_tree(sh, &specs[i].dir.join("usb.img"), "sending", &scratch.join("a"))?;
+        let got = drive_tree(sh, &specs[1 - i].dir.join("usb.img"), "receiving", &scratch.join("b"))?;
+        ensure!(sent == got, "{}'s sending/ and {}'s receiving/ differ on disk:\n{sent:#?}\n{got:#?}", hosts[i].name, hosts[1 - i].name);
+        let _ = std::fs::remove_dir_all(&scratch);
+    }
+    Ok(Report { schedule, boot: boot_times, synced_after_boot: synced, latencies, wall: t0.elapsed() })
+}
+
+/// rel path → sha256 for every regular file below `dir` in the guest (temporaries included, so a
+/// leftover would show up as a difference).
+fn guest_tree(vm: &mut Vm, dir: &str) -> Result<BTreeMap<String, String>> {
+    let out = vm.ok(&format!("cd '{dir}' && find . -type f -print0 | sort -z | xargs -0 -r sha256sum"), CMD)?;
+    Ok(out
+        .lines()
+        .filter_map(|l| l.split_once("  "))
+        .map(|(h, p)| (p.trim_start_matches("./").to_string(), h.to_string()))
+        .collect())
+}

@@ -1,0 +1,334 @@
+//! Booting a card image in QEMU (`-M virt`, TCG) the way the pair test and `xtask run` need it.
+//!
+//! - The image is never written: each VM boots a qcow2 overlay backed by the raw .img.
+//! - Kernel, initrd and cmdline.txt are read out of the image's own FAT partition (mtools with an
+//!   offset, no mount) and booted directly, so the test runs exactly what the card carries.
+//! - The serial console (ttyAMA0) goes to console.log, kept for failed runs.
+//! - The harness's command channel is a root shell on hvc0, asked for on the kernel command line
+//!   (`systemd.debug_shell=hvc0`) that only a direct-kernel boot can pass: a Pi boots with the
+//!   card's cmdline.txt, which has no such thing, so the image carries no backdoor. hvc0 exists
+//!   before systemd starts because image.toml puts virtio_console in the initramfs (as a late
+//!   module, debug-shell.service finds no tty and fails with status=208/STDIN).
+//! - Networking is one private link between two QEMU processes (`-netdev dgram` over unix
+//!   sockets): no host interface, no user-mode networking, nothing reaches outside.
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use xshell::{cmd, Shell};
+
+use crate::proc;
+
+/// What the card's boot partition says to boot.
+pub struct BootFiles {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub cmdline: String,
+}
+
+/// Reads kernel, initrd and cmdline.txt out of partition 1 of `image` into `dir`.
+pub fn boot_files(sh: &Shell, image: &Path, dir: &Path) -> Result<BootFiles> {
+    let mut f = std::fs::File::open(image).with_context(|| format!("opening {}", image.display()))?;
+    let mbr = mbrman::MBR::read_from(&mut f, 512).context("reading the image's MBR")?;
+    let offset = mbr[1].starting_lba as u64 * 512;
+    let img = format!("{}@@{offset}", image.display());
+    std::fs::create_dir_all(dir)?;
+    let listing = proc::read(cmd!(sh, "mdir -b -i {img} ::/").env("MTOOLS_SKIP_CHECK", "1"))?;
+    let pick = |prefix: &str| -> Result<String> {
+        listing
+            .lines()
+            .filter_map(|l| l.rsplit('/').next())
+            .find(|n| n.starts_with(prefix))
+            .map(str::to_string)
+            .ok_or_else(|| anyhow!("no {prefix}* on the boot partition of {}", image.display()))
+    };
+    let mut out = Vec::new();
+    for name in [pick("vmlinuz-")?, pick("initrd.img-")?, "cmdline.txt".to_string()] {
+        let dst = dir.join(&name);
+        proc::read(cmd!(sh, "mcopy -o -n -i {img} ::/{name} {dst}").env("MTOOLS_SKIP_CHECK", "1"))?;
+        out.push(dst);
+    }
+    let cmdline = std::fs::read_to_string(&out[2])?.trim().to_string();
+    Ok(BootFiles { kernel: out[0].clone(), initrd: out[1].clone(), cmdline })
+}
+
+/// The card's command line with the Pi's consoles swapped for QEMU's PL011, plus `extra`.
+pub fn qemu_cmdline(card: &str, extra: &str) -> String {
+    let mut v: Vec<&str> = card.split_whitespace().filter(|a| !a.starts_with("console=")).collect();
+    v.insert(0, "console=ttyAMA0,115200");
+    v.push("panic=5");
+    let mut s = v.join(" ");
+    if !extra.is_empty() {
+        s.push(' ');
+        s.push_str(extra);
+    }
+    s
+}
+
+pub struct Spec {
+    pub name: String,
+    pub image: PathBuf,
+    pub usb: Option<PathBuf>,
+    pub mac: String,
+    /// (this VM's socket, the peer's socket) for the dgram link.
+    pub link: Option<(PathBuf, PathBuf)>,
+    pub dir: PathBuf,
+    pub memory_mib: u32,
+}
+
+/// The QEMU argv for a VM; `console` is where the serial console goes (a chardev spec).
+pub fn argv(spec: &Spec, boot: &BootFiles, append: &str, overlay: &Path, console: &str) -> Vec<OsString> {
+    let mut a: Vec<OsString> = Vec::new();
+    let mut push = |s: &str| a.push(s.into());
+    for s in ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a72", "-smp", "1", "-nodefaults", "-display", "none", "-no-reboot"] {
+        push(s);
+    }
+    push("-m");
+    push(&spec.memory_mib.to_string());
+    push("-kernel");
+    push(&boot.kernel.display().to_string());
+    push("-initrd");
+    push(&boot.initrd.display().to_string());
+    push("-append");
+    push(append);
+    push("-drive");
+    push(&format!("if=none,id=root,format=qcow2,file={}", overlay.display()));
+    push("-device");
+    push("virtio-blk-pci,drive=root");
+    if let Some(usb) = &spec.usb {
+        push("-device");
+        push("qemu-xhci,id=xhci");
+        push("-drive");
+        push(&format!("if=none,id=usb,format=raw,file={}", usb.display()));
+        push("-device");
+        push("usb-storage,bus=xhci.0,drive=usb,removable=on");
+    }
+    if let Some((local, remote)) = &spec.link {
+        push("-netdev");
+        push(&format!("dgram,id=lan,local.type=unix,local.path={},remote.type=unix,remote.path={}", local.display(), remote.display()));
+        push("-device");
+        push(&format!("virtio-net-pci,netdev=lan,mac={},romfile=", spec.mac));
+    }
+    push("-chardev");
+    push(console);
+    push("-serial");
+    push("chardev:con");
+    push("-device");
+    push("virtio-serial-pci");
+    push("-chardev");
+    push(&format!("socket,id=sh,path={},server=on,wait=off", spec.dir.join("shell.sock").display()));
+    push("-device");
+    push("virtconsole,chardev=sh");
+    a
+}
+
+pub fn overlay(sh: &Shell, image: &Path, path: &Path) -> Result<()> {
+    let _ = std::fs::remove_file(path);
+    let image = std::fs::canonicalize(image)?;
+    proc::read(cmd!(sh, "qemu-img create -q -f qcow2 -F raw -b {image} {path}"))?;
+    Ok(())
+}
+
+/// Kernel command-line additions that give the harness its shell on hvc0 (see module docs).
+pub const HARNESS_APPEND: &str = "systemd.debug_shell=hvc0 systemd.mask=serial-getty@hvc0.service";
+
+/// Console lines that fail a run whatever the test was doing.
+const FATAL: &[&str] = &["Kernel panic", "Internal error: Oops", "BUG: ", "end Kernel panic", "Failed to start", "emergency mode"];
+
+pub struct Vm {
+    pub name: String,
+    pub dir: PathBuf,
+    pub console_log: PathBuf,
+    handle: Option<duct::Handle>,
+    shell: Option<UnixStream>,
+    buf: String,
+    seq: u64,
+    pub booted_in: Option<Duration>,
+}
+
+impl Vm {
+    pub fn start(sh: &Shell, spec: &Spec, boot: &BootFiles, overlay: &Path) -> Result<Vm> {
+        std::fs::create_dir_all(&spec.dir)?;
+        let console_log = spec.dir.join("console.log");
+        // A reboot continues the same log, so the report shows both boots.
+        let console = format!("file,id=con,path={},append=on", console_log.display());
+        if let Some((local, _)) = &spec.link {
+            let _ = std::fs::remove_file(local);
+        }
+        let _ = std::fs::remove_file(spec.dir.join("shell.sock"));
+        let append = qemu_cmdline(&boot.cmdline, HARNESS_APPEND);
+        let argv = argv(spec, boot, &append, overlay, &console);
+        std::fs::write(spec.dir.join("qemu.cmdline"), argv.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ") + "\n")?;
+        let handle = proc::spawn(sh.current_dir().as_path(), &argv, &spec.dir.join("qemu.log"))?;
+        Ok(Vm { name: spec.name.clone(), dir: spec.dir.clone(), console_log, handle: Some(handle), shell: None, buf: String::new(), seq: 0, booted_in: None })
+    }
+
+    pub fn console(&self) -> String {
+        std::fs::read_to_string(&self.console_log).unwrap_or_default()
+    }
+
+    /// Fails if the console shows a panic, an oops or a failed unit.
+    pub fn check_console(&self) -> Result<()> {
+        let text = self.console();
+        if let Some(l) = text.lines().find(|l| FATAL.iter().any(|f| l.contains(f))) {
+            bail!("{}: unexpected console output: {}", self.name, l.trim());
+        }
+        Ok(())
+    }
+
+    fn exited(&mut self) -> Option<String> {
+        match self.handle.as_ref().map(|h| h.try_wait()) {
+            Some(Ok(Some(o))) => Some(format!("exited with {}", o.status)),
+            Some(Err(e)) => Some(format!("failed: {e}")),
+            _ => None,
+        }
+    }
+
+    /// Waits for the guest's shell, then for systemd to finish booting; returns the time taken.
+    pub fn wait_booted(&mut self, started: Instant, limit: Duration) -> Result<Duration> {
+        let deadline = started + limit;
+        let sock = self.dir.join("shell.sock");
+        while self.shell.is_none() {
+            if let Some(why) = self.exited() {
+                bail!("{}: QEMU {why} before the guest came up", self.name);
+            }
+            if Instant::now() > deadline {
+                bail!("{}: no shell socket after {limit:?}", self.name);
+            }
+            if let Ok(s) = UnixStream::connect(&sock) {
+                self.shell = Some(s);
+            } else {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        // The debug shell appears early in boot; until then nothing answers, so keep knocking.
+        let mut last = Instant::now() - Duration::from_secs(10);
+        loop {
+            if let Some(why) = self.exited() {
+                bail!("{}: QEMU {why} while booting", self.name);
+            }
+            self.check_console()?;
+            if Instant::now() > deadline {
+                bail!("{}: no shell on hvc0 within {limit:?}", self.name);
+            }
+            if last.elapsed() > Duration::from_secs(3) {
+                // `$((6*7))` is expanded by the shell, so the echo of our input cannot match.
+                self.send("stty -echo -onlcr 2>/dev/null; PS1=''; PS2=''; export PS1 PS2 SYSTEMD_PAGER=cat; echo @@READY$((6*7))\n")?;
+                last = Instant::now();
+            }
+            self.pump(Duration::from_millis(500))?;
+            if let Some(i) = self.buf.find("@@READY42") {
+                self.buf.drain(..i + 9);
+                break;
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (_, state) = self.exec("systemctl is-system-running --wait", left)?;
+        let t = started.elapsed();
+        self.booted_in = Some(t);
+        let state = state.trim().to_string();
+        if state != "running" {
+            let (_, failed) = self.exec("systemctl --failed --no-legend --plain", Duration::from_secs(30))?;
+            bail!("{}: system is `{state}` after boot; failed units:\n{failed}", self.name);
+        }
+        Ok(t)
+    }
+
+    fn send(&mut self, s: &str) -> Result<()> {
+        let sh = self.shell.as_mut().context("no shell")?;
+        sh.write_all(s.as_bytes()).with_context(|| format!("{}: writing to the guest shell", self.name))
+    }
+
+    /// Reads whatever the shell has sent within `wait`.
+    fn pump(&mut self, wait: Duration) -> Result<()> {
+        let sh = self.shell.as_mut().context("no shell")?;
+        sh.set_read_timeout(Some(wait))?;
+        let mut b = [0u8; 65536];
+        match sh.read(&mut b) {
+            Ok(0) => bail!("{}: the guest shell closed", self.name),
+            Ok(n) => self.buf.push_str(&String::from_utf8_lossy(&b[..n]).replace('\r', "")),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+
+    /// Runs a shell command in the guest; returns (exit status, output).
+    pub fn exec(&mut self, command: &str, limit: Duration) -> Result<(i32, String)> {
+        self.seq += 1;
+        let n = self.seq;
+        let (begin, end) = (format!("@@B{n}@@\n"), format!("@@E{n}:"));
+        self.send(&format!("echo \"@@\"\"B{n}@@\"; ( {command} ) </dev/null 2>&1; echo \"@@\"\"E{n}:$?\"\n"))?;
+        let deadline = Instant::now() + limit;
+        loop {
+            if let (Some(b), Some(e)) = (self.buf.find(&begin), self.buf.find(&end)) {
+                if let Some(nl) = self.buf[e..].find('\n') {
+                    let out = self.buf[b + begin.len()..e].to_string();
+                    let code = self.buf[e + end.len()..e + nl].trim().parse().unwrap_or(-1);
+                    self.buf.drain(..e + nl + 1);
+                    return Ok((code, out));
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("{}: `{command}` did not finish within {limit:?}", self.name);
+            }
+            if let Some(why) = self.exited() {
+                bail!("{}: QEMU {why} during `{command}`", self.name);
+            }
+            self.pump(Duration::from_millis(200))?;
+        }
+    }
+
+    /// `exec` that must succeed.
+    pub fn ok(&mut self, command: &str, limit: Duration) -> Result<String> {
+        let (code, out) = self.exec(command, limit)?;
+        if code != 0 {
+            bail!("{}: `{command}` exited {code}:\n{}", self.name, out.trim_end());
+        }
+        Ok(out)
+    }
+
+    /// Asks the guest to power off (or reboot) and waits for QEMU to exit.
+    pub fn stop(&mut self, how: &str, limit: Duration) -> Result<()> {
+        let _ = self.send(&format!("systemctl {how}\n"));
+        self.shell = None;
+        self.buf.clear();
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.exited().is_some() {
+                self.handle = None;
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        self.kill();
+        bail!("{}: did not {how} within {limit:?}", self.name)
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(h) = self.handle.take() {
+            let _ = h.kill();
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_swaps_consoles_and_adds_the_harness_shell() {
+        let c = qemu_cmdline("console=tty0 console=ttyS1,115200 root=PARTUUID=ab-02 rootwait", HARNESS_APPEND);
+        assert_eq!(c, format!("console=ttyAMA0,115200 root=PARTUUID=ab-02 rootwait panic=5 {HARNESS_APPEND}"));
+    }
+}

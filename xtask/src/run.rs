@@ -1,0 +1,42 @@
+//! `cargo xtask run <host>`: boots one built image on this terminal, with the pair test's QEMU
+//! command line, so people can poke at it. The console gets a root shell (requested on the kernel
+//! command line, as the harness does; a real Pi's cmdline.txt has no such thing). A fresh blank
+//! USB drive is attached; there is no network peer. Quit with Ctrl-A X.
+
+use anyhow::{Context, Result};
+use xshell::{cmd, Shell};
+
+use crate::config::ImageConfig;
+use crate::{proc, qemu};
+
+pub fn run(sh: &Shell, cfg: &ImageConfig, host: &str) -> Result<()> {
+    let h = cfg.host(host)?;
+    let image = sh.current_dir().join(format!("target/images/{host}.img"));
+    anyhow::ensure!(image.exists(), "{} is missing: run `cargo xtask image {host}` first", image.display());
+    let dir = sh.current_dir().join(format!("target/qemu/run-{host}"));
+    std::fs::create_dir_all(&dir)?;
+    let usb = dir.join("usb.img");
+    if !usb.exists() {
+        let label = &cfg.drive.label;
+        proc::read(cmd!(sh, "mkfs.vfat -F 32 -n {label} -C {usb} 131072"))?;
+    }
+    let boot = qemu::boot_files(sh, &image, &dir.join("boot"))?;
+    let overlay = dir.join("overlay.qcow2");
+    qemu::overlay(sh, &image, &overlay)?;
+    let spec = qemu::Spec {
+        name: h.name.clone(),
+        image,
+        usb: Some(usb),
+        mac: h.mac.clone().unwrap_or_else(|| "52:54:00:12:34:56".into()),
+        link: None,
+        dir: dir.clone(),
+        memory_mib: 768,
+    };
+    let append = qemu::qemu_cmdline(&boot.cmdline, "systemd.debug_shell=ttyAMA0 systemd.mask=serial-getty@ttyAMA0.service");
+    let mut argv = qemu::argv(&spec, &boot, &append, &overlay, "stdio,id=con,mux=on,signal=off");
+    argv.extend(["-mon".into(), "chardev=con,mode=readline".into()]);
+    eprintln!("Booting {host} (Ctrl-A X quits; a root shell appears on this console once systemd starts)");
+    let status = std::process::Command::new(&argv[0]).args(&argv[1..]).status().context("starting qemu-system-aarch64")?;
+    anyhow::ensure!(status.success(), "QEMU exited with {status}");
+    Ok(())
+}
