@@ -74,6 +74,25 @@ pub struct ConfigError {
     pub message: String,
 }
 
+impl ConfigError {
+    /// An error at byte `offset` of `text` (the line is computed from it).
+    pub fn at(file: &Path, text: &str, offset: Option<usize>, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: file.to_path_buf(),
+            line: offset.map(|o| line_of(text, o)),
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// A TOML syntax or shape error; toml's message already names an unknown or missing key.
+    pub fn from_toml(file: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
+        let msg = e.message().trim().to_string();
+        let key = if msg.contains("field") { msg.split('`').nth(1).unwrap_or("").to_string() } else { String::new() };
+        ConfigError::at(file, text, e.span().map(|s| s.start), &key, msg)
+    }
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.file.display())?;
@@ -146,12 +165,7 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn err<T>(&self, span: Option<std::ops::Range<usize>>, key: &str, msg: impl Into<String>) -> Result<T, ConfigError> {
-        Err(ConfigError {
-            file: self.file.to_path_buf(),
-            line: span.map(|s| line_of(self.text, s.start)),
-            key: key.to_string(),
-            message: msg.into(),
-        })
+        Err(ConfigError::at(self.file, self.text, span.map(|s| s.start), key, msg))
     }
 }
 
@@ -172,20 +186,7 @@ impl Config {
 
     pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
         let cx = Ctx { file, text };
-        let raw: RawConfig = match toml::from_str(text) {
-            Ok(raw) => raw,
-            Err(e) => {
-                // toml's message already names the key (e.g. "unknown field `x`, expected one of ...").
-                let msg = e.message().trim().to_string();
-                let key = msg
-                    .split('`')
-                    .nth(1)
-                    .filter(|_| msg.contains("field"))
-                    .unwrap_or("")
-                    .to_string();
-                return cx.err(e.span(), &key, msg);
-            }
-        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::from_toml(file, text, &e))?;
         validate(&cx, raw)
     }
 }

@@ -59,6 +59,21 @@ fn label_link(by_label: &Path, label: &str, d: &Drive) {
     std::os::unix::fs::symlink(&d.loopdev, link).unwrap();
 }
 
+/// A plain-directory sender `a` piping to a receiver `b` whose mountpoint is bare (no drive
+/// plugged in) and whose label check looks in the returned by-label directory.
+fn bare_receiver() -> (tempfile::TempDir, PathBuf, Node, Node) {
+    let t = tempfile::tempdir().unwrap();
+    let by_label = t.path().join("by-label");
+    fs::create_dir(&by_label).unwrap();
+    let a = Node::new(t.path(), "rpa");
+    let b = Node::new(t.path(), "rpb");
+    fs::remove_dir_all(&b.drive).unwrap();
+    fs::create_dir(&b.drive).unwrap();
+    b.write_config(&drive_conf(&by_label), "");
+    a.write_config("require_mount = false", &pipe_peer(&b));
+    (t, by_label, a, b)
+}
+
 fn skip_unless_root() -> bool {
     if !is_root() {
         eprintln!("SKIPPED: loop-mounting drive images needs root (CI runs as root)");
@@ -71,16 +86,7 @@ fn unmounted_readonly_and_foreign_drives_are_waited_for_and_never_written() {
     if skip_unless_root() {
         return;
     }
-    let t = tempfile::tempdir().unwrap();
-    let by_label = t.path().join("by-label");
-    fs::create_dir(&by_label).unwrap();
-    let a = Node::new(t.path(), "rpa");
-    let b = Node::new(t.path(), "rpb");
-    // rpb's mountpoint is bare: the drive is not plugged in.
-    fs::remove_dir_all(&b.drive).unwrap();
-    fs::create_dir(&b.drive).unwrap();
-    b.write_config(&drive_conf(&by_label), "");
-    a.write_config("require_mount = false", &pipe_peer(&b));
+    let (t, by_label, a, b) = bare_receiver();
     write_file(&a.sending(), "photo.jpg", &content(1, 100_000));
     std::thread::sleep(Duration::from_millis(150));
 
@@ -130,18 +136,10 @@ fn full_receiver_is_a_clear_error_and_a_later_retry_loses_nothing() {
     if skip_unless_root() {
         return;
     }
-    let t = tempfile::tempdir().unwrap();
-    let by_label = t.path().join("by-label");
-    fs::create_dir(&by_label).unwrap();
-    let a = Node::new(t.path(), "rpa");
-    let b = Node::new(t.path(), "rpb");
-    fs::remove_dir_all(&b.drive).unwrap();
-    fs::create_dir(&b.drive).unwrap();
-    let mut d = Drive::new(t.path(), "small", "PI2PI", 34); // about the smallest FAT32 mkfs makes
+    let (t, by_label, a, b) = bare_receiver();
+    let mut d = Drive::new(t.path(), "small", "PI2PI", 34);
     label_link(&by_label, "PI2PI", &d);
     d.mount(&b.drive, "rw");
-    b.write_config(&drive_conf(&by_label), "");
-    a.write_config("require_mount = false", &pipe_peer(&b));
 
     let free = || rustix::fs::statvfs(&b.drive).map(|s| s.f_bavail * s.f_frsize).unwrap();
     let filler = b.drive.join("filler.bin");

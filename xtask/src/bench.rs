@@ -54,6 +54,18 @@ struct Sshd {
     known_hosts: PathBuf,
 }
 
+impl Sshd {
+    /// The sender's [[peer]] table for this server.
+    fn peer(&self) -> String {
+        format!(
+            "[[peer]]\nname = \"rpb\"\nhost = \"127.0.0.1\"\nport = {}\nuser = \"root\"\nidentity = \"{}\"\nknown_hosts = \"{}\"\n",
+            self.port,
+            self.key.display(),
+            self.known_hosts.display()
+        )
+    }
+}
+
 impl Drop for Sshd {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -135,12 +147,7 @@ pub fn agent(sh: &Shell) -> Result<()> {
     let b_conf = dir.join("b.toml");
     node_config(&b_conf, "rpb", &b, &dir.join("b-state"), "")?;
     let (sshd, rsync_key) = start_sshd(sh, &dir.join("ssh"), &format!("{} --config {} serve", bin.display(), b_conf.display()))?;
-    let peer = format!(
-        "[[peer]]\nname = \"rpb\"\nhost = \"127.0.0.1\"\nport = {}\nuser = \"root\"\nidentity = \"{}\"\nknown_hosts = \"{}\"\n",
-        sshd.port,
-        sshd.key.display(),
-        sshd.known_hosts.display()
-    );
+    let peer = sshd.peer();
     let a_conf = dir.join("a.toml");
     node_config(&a_conf, "rpa", &a, &dir.join("a-state"), &format!("[sync]\nsettle_ms = 0\n{peer}"))?;
     // Drop the page cache's advantage for neither: both runs read the same just-written files.
@@ -177,12 +184,7 @@ pub fn agent(sh: &Shell) -> Result<()> {
     let lb_conf = dir.join("lb.toml");
     node_config(&lb_conf, "rpb", &lb, &dir.join("lb-state"), "")?;
     let (sshd2, _) = start_sshd(sh, &dir.join("ssh2"), &format!("{} --config {} serve", bin.display(), lb_conf.display()))?;
-    let peer2 = format!(
-        "[[peer]]\nname = \"rpb\"\nhost = \"127.0.0.1\"\nport = {}\nuser = \"root\"\nidentity = \"{}\"\nknown_hosts = \"{}\"\n",
-        sshd2.port,
-        sshd2.key.display(),
-        sshd2.known_hosts.display()
-    );
+    let peer2 = sshd2.peer();
     node_config(&lat_conf, "rpa", &la, &dir.join("la-state"), &peer2)?;
     let mut daemon = Command::new(&bin).arg("--config").arg(&lat_conf).arg("run").env("PI2PI_LOG", "warn").spawn()?;
     std::thread::sleep(Duration::from_secs(1));

@@ -1,7 +1,6 @@
 //! image.toml: a raw serde struct (`deny_unknown_fields`, spans kept) validated into [`ImageConfig`].
 //! Every error names the file, the line and the key, and what would be valid.
 
-use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
@@ -127,26 +126,7 @@ impl ImageConfig {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub struct ConfigError {
-    pub file: PathBuf,
-    pub line: Option<usize>,
-    pub key: String,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
-        if let Some(l) = self.line {
-            write!(f, ":{l}")?;
-        }
-        if !self.key.is_empty() {
-            write!(f, ": key `{}`", self.key)?;
-        }
-        write!(f, ": {}", self.message)
-    }
-}
+pub use pi2pi_agent::config::ConfigError;
 
 type S<T> = Spanned<T>;
 
@@ -237,12 +217,7 @@ struct Cx<'a> {
 
 impl Cx<'_> {
     fn err<T, V>(&self, at: &S<V>, key: &str, msg: impl Into<String>) -> Result<T, ConfigError> {
-        Err(ConfigError {
-            file: self.file.into(),
-            line: Some(self.text[..at.span().start.min(self.text.len())].matches('\n').count() + 1),
-            key: key.into(),
-            message: msg.into(),
-        })
+        Err(ConfigError::at(self.file, self.text, Some(at.span().start), key, msg))
     }
 
     fn check<V>(&self, ok: bool, at: &S<V>, key: &str, msg: impl FnOnce() -> String) -> Result<(), ConfigError> {
@@ -280,22 +255,13 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
 }
 
 pub fn load(path: &Path) -> Result<ImageConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        file: path.into(),
-        line: None,
-        key: String::new(),
-        message: format!("cannot read: {e}"),
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::at(path, "", None, "", format!("cannot read: {e}")))?;
     parse(path, &text)
 }
 
 pub fn parse(file: &Path, text: &str) -> Result<ImageConfig, ConfigError> {
     let cx = Cx { file, text };
-    let raw: Raw = toml::from_str(text).map_err(|e| {
-        let msg = e.message().trim().to_string();
-        let key = if msg.contains("field") { msg.split('`').nth(1).unwrap_or("").to_string() } else { String::new() };
-        ConfigError { file: file.into(), line: e.span().map(|s| text[..s.start].matches('\n').count() + 1), key, message: msg }
-    })?;
+    let raw: Raw = toml::from_str(text).map_err(|e| ConfigError::from_toml(file, text, &e))?;
 
     let b = &raw.base;
     let arch = match b.architecture.get_ref().as_str() {

@@ -67,8 +67,9 @@ pub fn boot_fs(sh: &Shell, files: &BTreeMap<String, Vec<u8>>, mib: u64, volid: u
 
 /// ext4 from the tarball. Sized from its contents plus headroom; grows on first boot.
 pub fn root_fs(sh: &Shell, m: &Mke2fs, tar: &Path, data_bytes: u64, entries: u64, headroom_mib: u64, uuid: &str, epoch: u64, out: &Path) -> Result<u64> {
-    // Data, one inode (256 B) per 16 KiB of space, the journal (up to 64 MiB) and metadata slack.
-    let mut bytes = (data_bytes + entries * 4096 / 4 + 64 * MIB) * 11 / 10 + headroom_mib * MIB;
+    // Data blocks, per-entry metadata (inode, directory entry), journal and bitmaps, 5% slack;
+    // the headroom is all the free space the card has until first boot grows it.
+    let mut bytes = (data_bytes + entries * 512 + 40 * MIB) * 21 / 20 + headroom_mib * MIB;
     bytes = bytes.div_ceil(MIB) * MIB;
     for _ in 0..5 {
         let _ = std::fs::remove_file(out);

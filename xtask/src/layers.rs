@@ -140,6 +140,13 @@ pub fn build(i: &Inputs) -> Result<Layer> {
         }
     }
 
+    // The agent will refuse a bad config at boot; refuse it now instead, with the agent's parser.
+    if let Some(Entry { kind: Kind::File(text), .. }) = layer.root.get("etc/pi2pi/agent.toml") {
+        let text = String::from_utf8_lossy(text);
+        pi2pi_agent::config::Config::parse(Path::new("overlays/common/etc/pi2pi/agent.toml.j2 (rendered)"), &text)
+            .with_context(|| format!("the agent config rendered for {}", i.host.name))?;
+    }
+
     // Time zone (a symlink, which git-kept overlays would not make portable).
     layer.put("etc/localtime", Kind::Symlink(format!("/usr/share/zoneinfo/{}", cfg.system.timezone)), 0o777, root);
 

@@ -281,18 +281,9 @@ fn pair(sh: &Shell, cfg: &ImageConfig, hosts: &[&Host], images: &Path, run_dir: 
     for n in 0..rounds {
         let name = format!("late-{n}.bin");
         let sum = vms[server].ok(&format!("f={mount}/sending/{name}; head -c 300000 /dev/urandom > $f.tmp && mv $f.tmp $f && sha256sum < $f"), CMD)?;
-        let t = Instant::now();
-        let sum = sum.split_whitespace().next().unwrap_or("").to_string();
-        loop {
-            let (_, got) = vms[client].exec(&format!("sha256sum < '{mount}/receiving/{name}' 2>/dev/null"), CMD)?;
-            if got.split_whitespace().next() == Some(&sum) {
-                break;
-            }
-            ensure!(t.elapsed() < sync_limit, "{name} did not reach {} within {sync_limit:?}", hosts[client].name);
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        latencies.push(t.elapsed());
-        eprintln!("qemu: {name} arrived after {:.2}s", t.elapsed().as_secs_f64());
+        let took = wait_arrival(&mut vms[client], &format!("{mount}/receiving/{name}"), &sum, sync_limit)?;
+        latencies.push(took);
+        eprintln!("qemu: {name} arrived after {:.2}s", took.as_secs_f64());
     }
     // (The writer uses a temporary name and mv, as a careful writer does; the agent never sends
     // `*.tmp` that vanish, and would only deliver a complete `late-N.bin`.)
@@ -311,16 +302,7 @@ fn pair(sh: &Shell, cfg: &ImageConfig, hosts: &[&Host], images: &Path, run_dir: 
     eprintln!("qemu: {} rebooted in {:.0}s", hosts[client].name, t.as_secs_f64());
     let name = "after-reboot.bin";
     let sum = vms[server].ok(&format!("head -c 50000 /dev/urandom > {mount}/sending/{name} && sha256sum < {mount}/sending/{name}"), CMD)?;
-    let sum = sum.split_whitespace().next().unwrap_or("").to_string();
-    let t = Instant::now();
-    loop {
-        let (_, got) = vms[client].exec(&format!("sha256sum < '{mount}/receiving/{name}' 2>/dev/null"), CMD)?;
-        if got.split_whitespace().next() == Some(&sum) {
-            break;
-        }
-        ensure!(t.elapsed() < sync_limit, "{name} did not reach {} after its reboot", hosts[client].name);
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    wait_arrival(&mut vms[client], &format!("{mount}/receiving/{name}"), &sum, sync_limit).context("after the reboot")?;
     let after_server = journal(&mut vms[server], &hosts[client].name)?;
     let after_client = journal(&mut vms[client], &hosts[server].name)?;
     ensure!(after_server == before_server + 1, "{} recorded {} deliveries after the reboot, expected 1 (re-sent files?)", hosts[server].name, after_server - before_server);
@@ -343,10 +325,25 @@ fn pair(sh: &Shell, cfg: &ImageConfig, hosts: &[&Host], images: &Path, run_dir: 
     Ok(Report { schedule, boot: boot_times, synced_after_boot: synced, latencies, wall: t0.elapsed() })
 }
 
+/// Polls `vm` until `path` has the content whose `sha256sum` output is `sum`; returns the wait.
+fn wait_arrival(vm: &mut Vm, path: &str, sum: &str, limit: Duration) -> Result<Duration> {
+    let want = sum.split_whitespace().next().unwrap_or("");
+    let t = Instant::now();
+    loop {
+        let (_, got) = vm.exec(&format!("sha256sum < '{path}' 2>/dev/null"), CMD)?;
+        if got.split_whitespace().next() == Some(want) {
+            return Ok(t.elapsed());
+        }
+        ensure!(t.elapsed() < limit, "{path} did not reach {} within {limit:?}", vm.name);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// rel path → sha256 for every regular file below `dir` in the guest (temporaries included, so a
 /// leftover would show up as a difference).
 fn guest_tree(vm: &mut Vm, dir: &str) -> Result<BTreeMap<String, String>> {
-    let out = vm.ok(&format!("cd '{dir}' && find . -type f -print0 | sort -z | xargs -0 -r sha256sum"), CMD)?;
+    // A temporary can be renamed between find and sha256sum: list what still exists.
+    let out = vm.ok(&format!("cd '{dir}' && {{ find . -type f -print0 | sort -z | xargs -0 -r sha256sum 2>/dev/null; true; }}"), CMD)?;
     Ok(out
         .lines()
         .filter_map(|l| l.split_once("  "))
