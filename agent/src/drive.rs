@@ -109,13 +109,20 @@ fn check_mount(cfg: &DriveConfig, mounts: &[MountEntry]) -> Result<(), DriveErro
     Ok(())
 }
 
+/// One fixed name, so a probe left by a process killed mid-probe is replaced and removed by the
+/// next one (a per-process name would be left behind for good).
+pub const PROBE: &str = ".pi2pi-probe.part";
+
 fn probe_writable(dir: &Path) -> Result<(), DriveError> {
     let err = |e: std::io::Error| DriveError::NotWritable { path: dir.to_path_buf(), err: e.to_string() };
     fs::create_dir_all(dir).map_err(err)?;
-    let probe = dir.join(format!(".pi2pi-probe-{}.part", std::process::id()));
+    let probe = dir.join(PROBE);
     fs::write(&probe, b"probe").map_err(err)?;
-    fs::remove_file(&probe).map_err(err)?;
-    Ok(())
+    match fs::remove_file(&probe) {
+        // Another receiver (a second peer) probing at the same moment removed it first.
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(err(e)),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -167,6 +174,14 @@ mod tests {
         fs::write(&other, b"").unwrap();
         std::os::unix::fs::symlink(&other, t.path().join("PI2PI")).unwrap();
         assert!(matches!(check_mount(&c, &m), Err(DriveError::WrongDrive { .. })));
+    }
+
+    #[test]
+    fn a_probe_left_by_a_killed_process_is_cleaned_by_the_next() {
+        let t = tempfile::tempdir().unwrap();
+        fs::write(t.path().join(PROBE), b"left by kill -9").unwrap();
+        probe_writable(t.path()).unwrap();
+        assert_eq!(fs::read_dir(t.path()).unwrap().count(), 0);
     }
 
     #[test]
