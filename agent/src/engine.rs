@@ -37,6 +37,9 @@ pub struct Hot {
 
 /// A writer that keeps a file open but stops writing for this long is taken to be done with it.
 const WRITER_IDLE: Duration = Duration::from_secs(30);
+/// FAT keeps modification times to 2 s (Linux truncates them in memory too); a file whose mtime
+/// is this recent may have changed without its (size, mtime) changing.
+const FAT_MTIME_SLACK: Duration = Duration::from_secs(4);
 
 pub struct Engine {
     pub cfg: Config,
@@ -147,18 +150,13 @@ impl Engine {
         let live: HashSet<&str> = files.iter().map(|f| f.rel.as_str()).collect();
         self.seen.retain(|k, _| live.contains(k.as_str()));
         for f in &files {
+            // Only an observed lack of change counts: file times cannot say how long a file has
+            // been still (FAT keeps them to 2 s, a Pi's clock jumps at boot).
             let first = match self.seen.get(&f.rel) {
                 Some((sig, t)) if *sig == f.sig => *t,
                 _ => {
-                    // New signature: if the wall clock says it last changed long ago, and the clock is
-                    // sane (not in the future), trust it; else start watching it now.
-                    let age = wall_age(f.sig.2.max(f.sig.1));
-                    let t = match age {
-                        Some(a) if a >= settle => now.checked_sub(settle).unwrap_or(now),
-                        _ => now,
-                    };
-                    self.seen.insert(f.rel.clone(), (f.sig, t));
-                    t
+                    self.seen.insert(f.rel.clone(), (f.sig, now));
+                    now
                 }
             };
             let mut due = first + settle;
@@ -195,12 +193,13 @@ impl Engine {
                     ps.status.pending.push(f.rel.clone());
                     continue;
                 }
+                // Same size and mtime means unchanged, except for a file modified in the last few
+                // seconds: FAT's 2 s mtime cannot tell two writes in one window apart, so re-hash.
+                let settled_mtime = wall_age(f.mtime_ns).is_none_or(|age| age >= FAT_MTIME_SLACK);
                 match ps.journal.get(&f.rel) {
-                    Some(Entry::Delivered { size, mtime_ns, .. } | Entry::Skipped { size, mtime_ns, .. })
-                        if *size == f.size && *mtime_ns == f.mtime_ns =>
-                    {
-                        continue
-                    }
+                    Some(Entry::Delivered { size, mtime_ns, .. }) if *size == f.size && *mtime_ns == f.mtime_ns && settled_mtime => continue,
+                    // A skip is about the name or the size, not the content: no re-hash needed.
+                    Some(Entry::Skipped { size, mtime_ns, .. }) if *size == f.size && *mtime_ns == f.mtime_ns => continue,
                     _ => {}
                 }
                 if let Some(reason) = unsendable(f, &collisions) {
@@ -223,10 +222,12 @@ impl Engine {
                     },
                 };
                 let hex = hex::encode(sha);
-                if let Some(Entry::Delivered { size, sha256, .. }) = ps.journal.get(&f.rel) {
+                if let Some(Entry::Delivered { size, sha256, mtime_ns, .. }) = ps.journal.get(&f.rel) {
                     if *size == f.size && *sha256 == hex {
                         // Touched but not changed: remember the new mtime, send nothing.
-                        record(ps, Entry::Delivered { path: f.rel.clone(), size: f.size, mtime_ns: f.mtime_ns, sha256: hex });
+                        if *mtime_ns != f.mtime_ns {
+                            record(ps, Entry::Delivered { path: f.rel.clone(), size: f.size, mtime_ns: f.mtime_ns, sha256: hex });
+                        }
                         continue;
                     }
                 }

@@ -173,3 +173,49 @@ fn version_mismatch_is_a_clear_error() {
     }
     let _ = Command::new("true").status();
 }
+
+/// A file that is rewritten while it settles goes out once, in its final form, even when its
+/// times say it is old. (The bug this guards against, a 0-byte `late-2.bin.tmp` delivered because
+/// FAT's 2-second times made a new file look settled, needs FAT's truncated ctime to reproduce:
+/// ext4 cannot backdate ctime, so the QEMU pair test, on real FAT32, is its reproducer.)
+#[test]
+fn a_file_that_looks_old_but_is_still_being_written_is_not_sent_early() {
+    let (_t, a, b) = pair();
+    let cfg = fs::read_to_string(&a.config).unwrap().replace("settle_ms = 100", "settle_ms = 1000");
+    fs::write(&a.config, cfg).unwrap();
+    let p = a.sending().join("camera.jpg");
+    fs::write(&p, b"").unwrap();
+    sh(&format!("touch -d '3 seconds ago' '{}'", p.display()));
+    let sync = a.cmd(&["sync", "--once"]).stderr(Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    let data = content(5, 200_000);
+    fs::write(&p, &data).unwrap();
+    sh(&format!("touch -d '3 seconds ago' '{}'", p.display()));
+    let out = sync.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(fs::read(b.receiving().join("camera.jpg")).unwrap(), data, "an unfinished version was delivered");
+    assert_eq!(stderr(&out).matches("delivered").count(), 1, "{}", stderr(&out));
+}
+
+/// Two writes within one 2-second FAT time window can leave size and mtime unchanged; content
+/// written that recently is re-hashed, not assumed unchanged.
+#[test]
+fn same_size_same_mtime_rewrite_is_still_delivered() {
+    let (_t, a, b) = pair();
+    let p = a.sending().join("counter.txt");
+    fs::write(&p, b"version 1").unwrap();
+    sh(&format!("touch -d '@1000000000' '{}'", p.display()));
+    let stamp = |p: &std::path::Path| sh(&format!("touch -d \"$(date -d @$(($(date +%s) - 1)))\" '{}'", p.display()));
+    stamp(&p);
+    assert!(a.sync_once().status.success());
+    assert_eq!(fs::read(b.receiving().join("counter.txt")).unwrap(), b"version 1");
+    // Same length, and the same (second-granular, in the past) mtime as before.
+    let before = fs::metadata(&p).unwrap().modified().unwrap();
+    fs::write(&p, b"version 2").unwrap();
+    let f = fs::File::options().write(true).open(&p).unwrap();
+    f.set_modified(before).unwrap();
+    drop(f);
+    let o = a.sync_once();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(fs::read(b.receiving().join("counter.txt")).unwrap(), b"version 2");
+}
