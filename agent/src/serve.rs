@@ -37,11 +37,12 @@ pub fn serve(cfg: &Config, input: impl Read, output: impl Write) -> Result<()> {
         other => bail!("expected Hello, got {other:?}"),
     }
     send(&mut w, Msg::Welcome { version: VERSION, node: cfg.node.clone() })?;
+    let mut probed = false;
     loop {
         match read_msg(&mut r)? {
             None | Some(Msg::Bye) => return Ok(()),
             Some(Msg::Offer { path, size, sha256 }) => {
-                let reply = match receive(cfg, &mut r, &mut w, &path, size, &sha256) {
+                let reply = match receive(cfg, &mut probed, &mut r, &mut w, &path, size, &sha256) {
                     Ok(reply) => reply,
                     Err(Reply::Send(m)) => m,
                     Err(Reply::Fatal(e)) => return Err(e),
@@ -89,6 +90,7 @@ fn io_failed(what: &str, path: &str, e: io::Error) -> Reply {
 
 fn receive(
     cfg: &Config,
+    probed: &mut bool,
     r: &mut impl Read,
     w: &mut impl Write,
     path: &str,
@@ -100,7 +102,11 @@ fn receive(
         return Err(refused(Code::TooLarge, format!("{path}: {size} bytes is over FAT32's 4 GiB - 1 limit")));
     }
     let root_dir = &cfg.drive.receiving;
-    drive::check(&cfg.drive, Some(root_dir)).map_err(|e| failed(Code::DriveNotReady, e.to_string()))?;
+    // The mount is checked for every file (the drive can be pulled mid-session); the write probe,
+    // a create and unlink on the drive, once per session.
+    let probe = (!*probed).then_some(root_dir.as_path());
+    drive::check(&cfg.drive, probe).map_err(|e| failed(Code::DriveNotReady, e.to_string()))?;
+    *probed = true;
 
     let root = rustix::fs::open(root_dir, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
         .map_err(|e| failed(Code::DriveNotReady, format!("{}: {e}", root_dir.display())))?;
