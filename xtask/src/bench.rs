@@ -271,6 +271,17 @@ pub fn image(sh: &Shell, cfg: &ImageConfig) -> Result<()> {
             b.stages.iter().map(|(n, s)| format!("{n} {s:.1}s")).collect::<Vec<_>>().join(", ")
         );
     }
+    // Same lock, keys and commit as target/images: equal hashes mean the base, rebuilt from an
+    // empty cache, came out byte-identical too.
+    let sums = std::fs::read_to_string(root.join("target/images/SHA256SUMS")).unwrap_or_default();
+    for b in &cold {
+        let name = format!("{}.img", b.host);
+        match sums.lines().find(|l| l.ends_with(&format!("  {name}"))) {
+            Some(l) if l.starts_with(&b.sha256) => println!("  {name}: identical to target/images/{name} (cold base reproducible)"),
+            Some(_) => println!("  {name}: DIFFERS from target/images/{name} (built from the cached base, or from other sources)"),
+            None => println!("  {name}: no target/images/{name} to compare with"),
+        }
+    }
     let _ = std::fs::remove_dir_all(&dir).context("cleaning up");
     Ok(())
 }
