@@ -58,7 +58,7 @@ fn cache_key(cfg: &ImageConfig, lock: Option<&Lock>, epoch: u64) -> Result<Strin
     ]))
 }
 
-pub fn build(sh: &Shell, cfg: &ImageConfig, update_lock: bool, work: &Path) -> Result<Base> {
+pub fn build(sh: &Shell, cfg: &ImageConfig, update_lock: bool, work: &Path, cache: &Path) -> Result<Base> {
     let started = Instant::now();
     let lock_file = lock_path(sh);
     let existing = Lock::read(&lock_file)?;
@@ -67,7 +67,7 @@ pub fn build(sh: &Shell, cfg: &ImageConfig, update_lock: bool, work: &Path) -> R
         .filter(|l| !update_lock && l.suite == cfg.base.suite && l.arch == cfg.base.arch.deb());
     let epoch = epoch(sh, locked)?;
     let key = cache_key(cfg, locked, epoch)?;
-    let dir = cache::dir().join("base");
+    let dir = cache.join("base");
     let name = |k: &str| dir.join(format!("{}-{}-{k}", cfg.base.suite, cfg.base.arch.deb()));
     let tar = name(&key).with_extension("tar");
     if tar.exists() {

@@ -16,12 +16,19 @@ pub struct Options {
     pub update_lock: bool,
     pub out_dir: PathBuf,
     pub work_dir: PathBuf,
+    /// Where the base and tools are cached (`cache::dir()` unless a cold build is wanted).
+    pub cache_dir: PathBuf,
 }
 
 impl Options {
     pub fn default_for(sh: &Shell) -> Options {
         let root = sh.current_dir();
-        Options { update_lock: false, out_dir: root.join("target/images"), work_dir: root.join("target/image-build") }
+        Options {
+            update_lock: false,
+            out_dir: root.join("target/images"),
+            work_dir: root.join("target/image-build"),
+            cache_dir: crate::cache::dir(),
+        }
     }
 }
 
@@ -50,7 +57,7 @@ pub fn build(sh: &Shell, cfg: &ImageConfig, hosts: &[&Host], opts: &Options) -> 
     std::fs::create_dir_all(&opts.out_dir)?;
     let setup_s = t.elapsed().as_secs_f64();
 
-    let base = base::build(sh, cfg, opts.update_lock, &opts.work_dir)?;
+    let base = base::build(sh, cfg, opts.update_lock, &opts.work_dir, &opts.cache_dir)?;
     eprintln!("base: {} packages, {} ({:.0}s)", base.lock.packages.len(), if base.cached { "from cache" } else { "built" }, base.seconds);
     let agent = agent_build::build(sh, cfg.base.arch)?;
     let facts = rootfs::read_base_facts(&base.tar)?;
@@ -63,7 +70,7 @@ pub fn build(sh: &Shell, cfg: &ImageConfig, hosts: &[&Host], opts: &Options) -> 
         }
     };
     let (kernel, initrd) = (find("vmlinuz-")?, find("initrd.img-")?);
-    let mke2fs = tools::mke2fs(sh)?;
+    let mke2fs = tools::mke2fs(sh, &opts.cache_dir)?;
     let epoch = base.lock.source_date_epoch;
 
     let mut built = Vec::new();

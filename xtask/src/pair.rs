@@ -125,7 +125,7 @@ pub fn run(sh: &Shell, cfg: &ImageConfig, schedule: Schedule) -> Result<Report> 
     };
     let root = sh.current_dir();
     let images_dir = if schedule == Schedule::Systemd { root.join("target/images") } else { root.join(format!("target/images-{tag}")) };
-    let opts = image::Options { update_lock: false, out_dir: images_dir.clone(), work_dir: root.join(format!("target/image-build-{tag}")) };
+    let opts = image::Options { out_dir: images_dir.clone(), work_dir: root.join(format!("target/image-build-{tag}")), ..image::Options::default_for(sh) };
     let hosts: Vec<&Host> = cfg.hosts.iter().collect();
     image::build(sh, &cfg, &hosts, &opts)?;
 

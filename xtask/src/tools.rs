@@ -1,12 +1,12 @@
 //! mke2fs ≥ 1.47.1 (for `-d <tarball>`). Debian 12 ships 1.47.0, so the backport's e2fsprogs is
 //! unpacked into the cache with a private apt state: the host's own e2fsprogs stays untouched.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::{cache, proc};
+use crate::proc;
 
 pub struct Mke2fs {
     pub program: PathBuf,
@@ -21,12 +21,12 @@ fn version_ok(out: &str) -> bool {
     v >= vec![1, 47, 1]
 }
 
-pub fn mke2fs(sh: &Shell) -> Result<Mke2fs> {
+pub fn mke2fs(sh: &Shell, cache: &Path) -> Result<Mke2fs> {
     let host = cmd!(sh, "mke2fs -V").quiet().ignore_status().ignore_stdout().output()?;
     if version_ok(&String::from_utf8_lossy(&host.stderr)) {
         return Ok(Mke2fs { program: "mke2fs".into(), ld_library_path: None });
     }
-    let dir = cache::dir().join("tools/e2fsprogs");
+    let dir = cache.join("tools/e2fsprogs");
     let program = dir.join("root/sbin/mke2fs");
     let libs = format!("{0}/root/lib/x86_64-linux-gnu:{0}/root/usr/lib/x86_64-linux-gnu", dir.display());
     if !program.exists() {

@@ -15,8 +15,10 @@ pub fn run(sh: &Shell, cfg: &ImageConfig, cold: bool) -> Result<()> {
     let mut runs = Vec::new();
     for n in ["1", "2"] {
         let dir = root.join(n);
-        let _cache = cold.then(|| sh.push_env("PI2PI_CACHE", dir.join("cache")));
-        let opts = image::Options { update_lock: false, out_dir: dir.join("images"), work_dir: dir.join("work") };
+        let mut opts = image::Options { out_dir: dir.join("images"), work_dir: dir.join("work"), ..image::Options::default_for(sh) };
+        if cold {
+            opts.cache_dir = dir.join("cache");
+        }
         eprintln!("verify: build {n} in {}", dir.display());
         runs.push(image::build(sh, cfg, &hosts, &opts)?);
     }
