@@ -1,9 +1,10 @@
 #!/bin/sh
 # mmdebstrap --customize-hook: the few steps that must run inside the (emulated) root, then
 # removal of everything that would make two builds differ or two cards share an identity.
-# $1 root, $2 out dir (for image.lock), $3 user, $4 locale, $5 password hash ('' = locked).
+# $1 root, $2 out dir (for image.lock), $3 user, $4 locale, $5 password hash ('' = locked),
+# $6 SOURCE_DATE_EPOCH.
 set -eu
-root="$1"; out="$2"; user="$3"; locale="$4"; hash="$5"
+root="$1"; out="$2"; user="$3"; locale="$4"; hash="$5"; epoch="$6"
 
 # What was installed, and the archive's SHA-256 of each .deb, for image.lock.
 cp "$root/var/lib/dpkg/status" "$out/dpkg-status"
@@ -22,6 +23,9 @@ fi
 rm -f "$root"/etc/ssh/ssh_host_*
 : > "$root/etc/machine-id"
 rm -f "$root/var/lib/dbus/machine-id"
+# fake-hwclock's postinst saved the build machine's clock; a Pi (no RTC) starts from the build's
+# epoch instead, which also keeps two builds identical.
+date -u -d "@$epoch" '+%Y-%m-%d %H:%M:%S' > "$root/etc/fake-hwclock.data"
 # Build-time records with wall-clock times in them.
 rm -f "$root"/var/log/dpkg.log "$root"/var/log/alternatives.log "$root"/var/log/apt/*.log \
       "$root/var/cache/ldconfig/aux-cache" "$root"/var/cache/debconf/*-old "$root"/var/lib/dpkg/*-old

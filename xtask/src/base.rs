@@ -122,7 +122,7 @@ pub fn build(sh: &Shell, cfg: &ImageConfig, update_lock: bool, work: &Path, cach
     argv.push(format!("--essential-hook=sh {} \"$1\" {}", q(&essential), q(&modules)).into());
     argv.push(
         format!(
-            "--customize-hook=sh {} \"$1\" {} \"{}\" \"{}\" \"{}\"",
+            "--customize-hook=sh {} \"$1\" {} \"{}\" \"{}\" \"{}\" {epoch}",
             q(&customize),
             q(&out),
             cfg.system.user,
