@@ -88,7 +88,7 @@ fn check_mount(cfg: &DriveConfig, mounts: &[MountEntry]) -> Result<(), DriveErro
         .rev()
         .find(|m| m.mount_point == cfg.mount_point)
         .ok_or_else(|| DriveError::NotMounted(cfg.mount_point.clone()))?;
-    if !cfg.fstypes.iter().any(|t| *t == m.fstype) {
+    if !cfg.fstypes.contains(&m.fstype) {
         return Err(DriveError::WrongFs { mount: cfg.mount_point.clone(), fstype: m.fstype.clone(), expected: cfg.fstypes.clone() });
     }
     if m.options.iter().any(|o| o == "ro") {

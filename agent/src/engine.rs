@@ -16,6 +16,9 @@ use crate::state::{Entry, Journal};
 use crate::status::{PeerStatus, Status};
 use crate::{drive, fsutil, paths};
 
+/// (size, mtime ns, ctime ns, inode): changes whenever the file is written.
+type Sig = (u64, i64, i64, u64);
+
 /// A regular file found in `sending/`.
 #[derive(Debug, Clone)]
 pub struct Found {
@@ -24,7 +27,7 @@ pub struct Found {
     pub size: u64,
     pub mtime_ns: i64,
     /// Stat signature: any write changes it (ctime cannot be set back by `cp -p`).
-    sig: (u64, i64, i64, u64),
+    sig: Sig,
 }
 
 /// What the daemon learned from inotify about a path.
@@ -46,7 +49,7 @@ pub struct Engine {
     peers: Vec<PeerState>,
     /// First time each stat signature was seen (monotonic), for quiescence without trusting the
     /// wall clock: a Pi has no RTC and its clock can jump at boot.
-    seen: HashMap<String, ((u64, i64, i64, u64), Instant)>,
+    seen: HashMap<String, (Sig, Instant)>,
     pub drive_error: Option<String>,
     mode: &'static str,
 }

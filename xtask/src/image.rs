@@ -60,6 +60,7 @@ pub fn build(sh: &Shell, cfg: &ImageConfig, hosts: &[&Host], opts: &Options) -> 
     let base = base::build(sh, cfg, opts.update_lock, &opts.work_dir, &opts.cache_dir)?;
     eprintln!("base: {} packages, {} ({:.0}s)", base.lock.packages.len(), if base.cached { "from cache" } else { "built" }, base.seconds);
     let agent = agent_build::build(sh, cfg.base.arch)?;
+    let t_facts = Instant::now();
     let facts = rootfs::read_base_facts(&base.tar)?;
     let user_ids = rootfs::user_ids(&facts.passwd, &cfg.system.user)?;
     let find = |prefix: &str| -> Result<String> {
@@ -71,71 +72,127 @@ pub fn build(sh: &Shell, cfg: &ImageConfig, hosts: &[&Host], opts: &Options) -> 
     };
     let (kernel, initrd) = (find("vmlinuz-")?, find("initrd.img-")?);
     let mke2fs = tools::mke2fs(sh, &opts.cache_dir)?;
+    let facts_s = t_facts.elapsed().as_secs_f64();
     let epoch = base.lock.source_date_epoch;
 
+    let shared = Shared {
+        cfg,
+        opts,
+        base_tar: &base.tar,
+        agent: &agent.binary,
+        facts: &facts,
+        user_ids,
+        kernel,
+        initrd,
+        mke2fs: &mke2fs,
+        epoch,
+        stages: vec![("setup", setup_s), ("base", base.seconds), ("agent", agent.seconds), ("facts", facts_s)],
+    };
+    // Hosts are independent and their stages single-threaded (mke2fs, mcopy, hashing): build as
+    // many at once as there are cores, each with its own Shell (a Shell is not Sync).
+    let root = sh.current_dir();
+    let width = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).max(1);
     let mut built = Vec::new();
-    for host in hosts {
-        let mut stages = vec![("setup", setup_s), ("base", base.seconds), ("agent", agent.seconds)];
-        let mut stage = Instant::now();
-        let mut lap = |name: &'static str, stages: &mut Vec<(&'static str, f64)>| {
-            stages.push((name, stage.elapsed().as_secs_f64()));
-            stage = Instant::now();
-        };
-        let work = opts.work_dir.join(&host.name);
-        std::fs::create_dir_all(&work)?;
-        let ids = disk::Ids::for_host(&host.name);
-        let peer_keys = host
-            .peers
-            .iter()
-            .map(|p| cfg.host(p).map(|h| (h, keys::for_host(sh, p))))
-            .collect::<Result<Vec<_>>>()?;
-        let host_keys = keys::for_host(sh, &host.name);
-        let layer = layers::build(&layers::Inputs {
-            cfg,
-            host,
-            overlays: &sh.current_dir().join("overlays"),
-            keys: &host_keys,
-            peer_keys,
-            agent: &agent.binary,
-            disk_id: ids.disk_id,
-            user_ids,
-            kernel: kernel.clone(),
-            initrd: initrd.clone(),
-        })?;
-        let root_tar = work.join("root.tar");
-        let stats = rootfs::write(&base.tar, &layer, epoch, &root_tar)?;
-        lap("layers", &mut stages);
-
-        // The firmware's own config.txt/cmdline.txt give way to ours.
-        let mut boot: BTreeMap<String, Vec<u8>> = facts.boot.clone();
-        boot.extend(layer.boot.clone());
-        let boot_img = work.join("boot.vfat");
-        disk::boot_fs(sh, &boot, cfg.image.boot_mib, ids.boot_volid, epoch, &work, &boot_img)?;
-        let root_img = work.join("root.ext4");
-        disk::root_fs(sh, &mke2fs, &root_tar, stats.blocks_bytes, stats.entries, cfg.image.root_headroom_mib, &ids.root_uuid, epoch, &root_img)?;
-        let img = opts.out_dir.join(format!("{}.img", host.name));
-        let bytes = disk::assemble(ids.disk_id, &boot_img, &root_img, &img)?;
-        lap("disk", &mut stages);
-
-        if bytes > cfg.image.max_bytes {
-            bail!(
-                "{} is {bytes} bytes (boot {} MiB + root {} MiB), over image.max_bytes = {}: trim base.packages or raise the limit",
-                img.display(),
-                cfg.image.boot_mib,
-                std::fs::metadata(&root_img)?.len() >> 20,
-                cfg.image.max_bytes
-            );
+    for chunk in hosts.chunks(width) {
+        let results: Vec<Result<Built>> = std::thread::scope(|s| {
+            let handles: Vec<_> = chunk
+                .iter()
+                .map(|host| {
+                    let (shared, root) = (&shared, &root);
+                    s.spawn(move || -> Result<Built> {
+                        let sh = Shell::new()?;
+                        sh.change_dir(root);
+                        build_host(&sh, shared, host).with_context(|| format!("building {}.img", host.name))
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a host build panicked")))).collect()
+        });
+        for r in results {
+            built.push(r?);
         }
-        let sha256 = sha256_file(&img)?;
-        lap("checks", &mut stages);
-        // The intermediate filesystems are as big as the image: don't keep two copies around.
-        for f in [&root_img, &boot_img, &root_tar] {
-            let _ = std::fs::remove_file(f);
-        }
-        built.push(Built { host: host.name.clone(), path: img, bytes, sha256, stages });
     }
     write_sums(&opts.out_dir, &built)?;
     Ok(built)
+}
+
+/// Inputs every host's build shares (read-only).
+struct Shared<'a> {
+    cfg: &'a ImageConfig,
+    opts: &'a Options,
+    base_tar: &'a Path,
+    agent: &'a Path,
+    facts: &'a rootfs::BaseFacts,
+    user_ids: (u32, u32),
+    kernel: String,
+    initrd: String,
+    mke2fs: &'a tools::Mke2fs,
+    epoch: u64,
+    stages: Vec<(&'static str, f64)>,
+}
+
+/// Stages 3-6 for one host.
+fn build_host(sh: &Shell, shared: &Shared, host: &Host) -> Result<Built> {
+    let Shared { cfg, opts, base_tar, agent, facts, user_ids, kernel, initrd, mke2fs, epoch, .. } = shared;
+    let (user_ids, epoch) = (*user_ids, *epoch);
+    let mut stages = shared.stages.clone();
+    let mut stage = Instant::now();
+    let mut lap = |name: &'static str, stages: &mut Vec<(&'static str, f64)>| {
+        stages.push((name, stage.elapsed().as_secs_f64()));
+        stage = Instant::now();
+    };
+    let work = opts.work_dir.join(&host.name);
+    std::fs::create_dir_all(&work)?;
+    let ids = disk::Ids::for_host(&host.name);
+    let peer_keys = host
+        .peers
+        .iter()
+        .map(|p| cfg.host(p).map(|h| (h, keys::for_host(sh, p))))
+        .collect::<Result<Vec<_>>>()?;
+    let host_keys = keys::for_host(sh, &host.name);
+    let layer = layers::build(&layers::Inputs {
+        cfg,
+        host,
+        overlays: &sh.current_dir().join("overlays"),
+        keys: &host_keys,
+        peer_keys,
+        agent,
+        disk_id: ids.disk_id,
+        user_ids,
+        kernel: kernel.clone(),
+        initrd: initrd.clone(),
+    })?;
+    let root_tar = work.join("root.tar");
+    let stats = rootfs::write(base_tar, &layer, epoch, &root_tar)?;
+    lap("layers", &mut stages);
+
+    // The firmware's own config.txt/cmdline.txt give way to ours.
+    let mut boot: BTreeMap<String, Vec<u8>> = facts.boot.clone();
+    boot.extend(layer.boot.clone());
+    let boot_img = work.join("boot.vfat");
+    disk::boot_fs(sh, &boot, cfg.image.boot_mib, ids.boot_volid, epoch, &work, &boot_img)?;
+    let root_img = work.join("root.ext4");
+    disk::root_fs(sh, mke2fs, &root_tar, stats.blocks_bytes, stats.entries, cfg.image.root_headroom_mib, &ids.root_uuid, epoch, &root_img)?;
+    let img = opts.out_dir.join(format!("{}.img", host.name));
+    let bytes = disk::assemble(ids.disk_id, &boot_img, &root_img, &img)?;
+    lap("disk", &mut stages);
+
+    if bytes > cfg.image.max_bytes {
+        bail!(
+            "{} is {bytes} bytes (boot {} MiB + root {} MiB), over image.max_bytes = {}: trim base.packages or raise the limit",
+            img.display(),
+            cfg.image.boot_mib,
+            std::fs::metadata(&root_img)?.len() >> 20,
+            cfg.image.max_bytes
+        );
+    }
+    let sha256 = sha256_file(&img)?;
+    lap("checks", &mut stages);
+    // The intermediate filesystems are as big as the image: don't keep two copies around.
+    for f in [&root_img, &boot_img, &root_tar] {
+        let _ = std::fs::remove_file(f);
+    }
+    Ok(Built { host: host.name.clone(), path: img, bytes, sha256, stages })
 }
 
 pub fn sha256_file(p: &Path) -> Result<String> {
