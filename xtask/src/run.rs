@@ -1,7 +1,7 @@
 //! `cargo xtask run <host>`: boots one built image on this terminal, with the pair test's QEMU
 //! command line, so people can poke at it. The console gets a root shell (requested on the kernel
 //! command line, as the harness does; a real Pi's cmdline.txt has no such thing). A fresh blank
-//! USB drive is attached; there is no network peer. Quit with Ctrl-A X.
+//! USB drive is attached; the NIC's link has no peer. Quit with Ctrl-A X.
 
 use anyhow::{Context, Result};
 use xshell::{cmd, Shell};
@@ -28,7 +28,9 @@ pub fn run(sh: &Shell, cfg: &ImageConfig, host: &str) -> Result<()> {
         image,
         usb: Some(usb),
         mac: h.mac.clone().unwrap_or_else(|| "52:54:00:12:34:56".into()),
-        link: None,
+        // A NIC on a link with nobody at the other end: eth0 and dnsmasq come up as on a Pi
+        // whose cable is unplugged, and nothing can leave the VM.
+        link: Some((dir.join("self.link"), dir.join("nobody.link"))),
         dir: dir.clone(),
         memory_mib: 768,
     };
