@@ -104,7 +104,7 @@ fn main() -> Result<()> {
             };
             setup::ensure(&sh, cfg.base.arch)?;
             for s in schedules {
-                print!("{}", pair::run(&sh, &cfg, s)?.render());
+                print!("{}", pair::run(&sh, &cfg, s, true)?.render());
             }
         }
         Task::Run { host } => run::run(&sh, &cfg, &host)?,

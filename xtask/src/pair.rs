@@ -114,7 +114,9 @@ fn mac_of(h: &Host) -> String {
     })
 }
 
-pub fn run(sh: &Shell, cfg: &ImageConfig, schedule: Schedule) -> Result<Report> {
+/// `build`: build the images first; false when the caller has just built them (`cargo xtask test`),
+/// so the test boots exactly the files `cargo xtask image` wrote.
+pub fn run(sh: &Shell, cfg: &ImageConfig, schedule: Schedule, build: bool) -> Result<Report> {
     let t0 = Instant::now();
     ensure!(cfg.hosts.len() == 2, "the pair test needs exactly two hosts in image.toml");
     let mut cfg = cfg.clone();
@@ -127,7 +129,13 @@ pub fn run(sh: &Shell, cfg: &ImageConfig, schedule: Schedule) -> Result<Report> 
     let images_dir = if schedule == Schedule::Systemd { root.join("target/images") } else { root.join(format!("target/images-{tag}")) };
     let opts = image::Options { out_dir: images_dir.clone(), work_dir: root.join(format!("target/image-build-{tag}")), ..image::Options::default_for(sh) };
     let hosts: Vec<&Host> = cfg.hosts.iter().collect();
-    image::build(sh, &cfg, &hosts, &opts)?;
+    if build {
+        image::build(sh, &cfg, &hosts, &opts)?;
+    }
+    for h in &hosts {
+        let img = images_dir.join(format!("{}.img", h.name));
+        ensure!(img.exists(), "{} is missing: run `cargo xtask image all`", img.display());
+    }
 
     let run_dir = root.join(format!("target/qemu/{tag}"));
     let _ = std::fs::remove_dir_all(&run_dir);
