@@ -150,7 +150,7 @@ fn receive(
     // Re-hash what a previous attempt left, so the final check covers the whole file.
     let (mut hasher, got) = fsutil::hash_reader(&mut file, have)?;
     if got != have {
-        bail_io("temporary file shrank while reading it")?;
+        return Err(Reply::Fatal(anyhow::anyhow!("{path}: temporary file shrank while reading it")));
     }
     let free = rustix::fs::fstatvfs(&dir).map(|s| s.f_bavail.saturating_mul(s.f_frsize)).unwrap_or(u64::MAX);
     if free < size - have {
@@ -187,10 +187,6 @@ fn receive(
     rustix::fs::renameat(&dir, temp.as_str(), &dir, name).map_err(|e| io_failed("cannot rename into place", path, e.into()))?;
     rustix::fs::fsync(&dir).map_err(|e| io_failed("cannot sync directory", path, e.into()))?;
     Ok(Msg::Stored)
-}
-
-fn bail_io(msg: &str) -> Result<(), Reply> {
-    Err(Reply::Fatal(anyhow::anyhow!(msg.to_string())))
 }
 
 /// Reads `Data` frames up to `Done` into the file. Errors with `Reply::Send` leave a stream that

@@ -43,14 +43,11 @@ impl Session {
                 Ok(s)
             }
             Err(e) => {
-                // Give the ssh process a moment to print why it failed before we read its stderr.
                 let Session { link, r, w, .. } = s;
                 drop((r, w));
-                let why = {
-                    let l = &link;
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                    l.last_stderr()
-                };
+                // Give the ssh process a moment to print why it failed before we read its stderr.
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                let why = link.last_stderr();
                 link.close();
                 if why.is_empty() {
                     Err(e.context(format!("cannot reach {}", peer.name)))

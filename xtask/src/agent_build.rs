@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use xshell::{cmd, Shell};
 
 use crate::config::Arch;
@@ -31,6 +31,5 @@ pub fn build(sh: &Shell, arch: Arch) -> Result<Agent> {
     proc::run(cmd!(sh, "{tool} build --quiet --release --locked -p pi2pi-agent --target {target}"))?;
     let binary = sh.current_dir().join(format!("target/{target}/release/pi2pi-agent"));
     anyhow::ensure!(binary.exists(), "{} was not built", binary.display());
-    let _ = std::fs::metadata(&binary).context("agent binary")?;
     Ok(Agent { binary, seconds: started.elapsed().as_secs_f64() })
 }

@@ -36,10 +36,8 @@ pub struct Layer {
 impl Layer {
     fn put(&mut self, path: &str, kind: Kind, mode: u32, owner: (u32, u32)) {
         // Parents first, so the tarball never names a file before its directory.
-        let mut parent = String::new();
-        for part in path.split('/').collect::<Vec<_>>().split_last().map(|(_, d)| d.to_vec()).unwrap_or_default() {
-            parent = if parent.is_empty() { part.to_string() } else { format!("{parent}/{part}") };
-            self.root.entry(parent.clone()).or_insert(Entry { kind: Kind::Dir, mode: 0o755, uid: 0, gid: 0 });
+        for (i, _) in path.match_indices('/') {
+            self.root.entry(path[..i].to_string()).or_insert(Entry { kind: Kind::Dir, mode: 0o755, uid: 0, gid: 0 });
         }
         self.root.insert(path.to_string(), Entry { kind, mode, uid: owner.0, gid: owner.1 });
     }
