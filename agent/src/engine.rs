@@ -11,7 +11,7 @@ use anyhow::Result;
 
 use crate::config::{Config, Peer};
 use crate::proto::Code;
-use crate::session::{Outcome, Session};
+use crate::session::{Job, Outcome, Session};
 use crate::state::{Entry, Journal};
 use crate::status::{PeerStatus, Status};
 use crate::{drive, fsutil, paths};
@@ -179,7 +179,6 @@ impl Engine {
             .into_iter()
             .flat_map(|(a, b)| [(a, b), (b, a)])
             .collect();
-        let mut hashes: HashMap<String, [u8; 32]> = HashMap::new();
         let sending = self.cfg.drive.sending.clone();
 
         for ps in &mut self.peers {
@@ -189,33 +188,29 @@ impl Engine {
                 report.failures += 1;
                 continue;
             }
-            ps.status.pending = Vec::new();
-            let mut broke = false;
+            // What this peer still needs.
+            let mut jobs = Vec::new();
             for f in &ready {
-                if broke {
-                    ps.status.pending.push(f.rel.clone());
-                    continue;
-                }
                 // Same size and mtime means unchanged, except for a file modified in the last few
                 // seconds: FAT's 2 s mtime cannot tell two writes in one window apart, so re-hash.
                 let settled_mtime = wall_age(f.mtime_ns).is_none_or(|age| age >= FAT_MTIME_SLACK);
+                let mut known = None;
                 match ps.journal.get(&f.rel) {
                     Some(Entry::Delivered { size, mtime_ns, .. }) if *size == f.size && *mtime_ns == f.mtime_ns && settled_mtime => continue,
                     // A skip is about the name or the size, not the content: no re-hash needed.
                     Some(Entry::Skipped { size, mtime_ns, .. }) if *size == f.size && *mtime_ns == f.mtime_ns => continue,
-                    _ => {}
-                }
-                if let Some(reason) = unsendable(f, &collisions) {
-                    tracing::error!(peer = %ps.peer.name, "{}: {reason}; skipped until it changes", sending.join(&f.rel).display());
-                    record(ps, Entry::Skipped { path: f.rel.clone(), size: f.size, mtime_ns: f.mtime_ns, reason });
-                    continue;
-                }
-                let sha = match hashes.get(&f.rel) {
-                    Some(h) => *h,
-                    None => match fsutil::hash_file(&f.path) {
+                    // Same size, other mtime: maybe only touched. Read it to know.
+                    Some(Entry::Delivered { size, sha256, .. }) if *size == f.size => match fsutil::hash_file(&f.path) {
                         Ok((h, n)) if n == f.size => {
-                            hashes.insert(f.rel.clone(), h);
-                            h
+                            if hex::encode(h) == *sha256 {
+                                // Touched but not changed: remember the new mtime, send nothing.
+                                if !matches!(ps.journal.get(&f.rel), Some(Entry::Delivered { mtime_ns, .. }) if *mtime_ns == f.mtime_ns) {
+                                    let sha256 = sha256.clone();
+                                    record(ps, Entry::Delivered { path: f.rel.clone(), size: f.size, mtime_ns: f.mtime_ns, sha256 });
+                                }
+                                continue;
+                            }
+                            known = Some(h);
                         }
                         Ok(_) => continue, // changed while hashing: next pass
                         Err(e) => {
@@ -223,83 +218,95 @@ impl Engine {
                             continue;
                         }
                     },
-                };
-                let hex = hex::encode(sha);
-                if let Some(Entry::Delivered { size, sha256, mtime_ns, .. }) = ps.journal.get(&f.rel) {
-                    if *size == f.size && *sha256 == hex {
-                        // Touched but not changed: remember the new mtime, send nothing.
-                        if *mtime_ns != f.mtime_ns {
-                            record(ps, Entry::Delivered { path: f.rel.clone(), size: f.size, mtime_ns: f.mtime_ns, sha256: hex });
-                        }
+                    _ => {}
+                }
+                if let Some(reason) = unsendable(f, &collisions) {
+                    tracing::error!(peer = %ps.peer.name, "{}: {reason}; skipped until it changes", sending.join(&f.rel).display());
+                    record(ps, Entry::Skipped { path: f.rel.clone(), size: f.size, mtime_ns: f.mtime_ns, reason });
+                    continue;
+                }
+                jobs.push(Job { path: &f.path, rel: &f.rel, size: f.size, mtime_ns: f.mtime_ns, sha256: known });
+            }
+            ps.status.pending = jobs.iter().map(|j| j.rel.to_string()).collect();
+            if jobs.is_empty() {
+                continue;
+            }
+            let mut session = match ps.session.take() {
+                Some(s) => s,
+                None => match Session::connect(&ps.peer) {
+                    Ok(s) => {
+                        tracing::info!(peer = %ps.peer.name, "connected to {}", s.peer_node);
+                        ps.status.connected = true;
+                        s
+                    }
+                    Err(e) => {
+                        fail(ps, format!("{e:#}"), self.cfg.sync.retry_max);
+                        report.failures += 1;
                         continue;
                     }
-                }
-                if ps.session.is_none() {
-                    match Session::connect(&ps.peer) {
-                        Ok(s) => {
-                            tracing::info!(peer = %ps.peer.name, "connected to {}", s.peer_node);
-                            ps.session = Some(s);
-                            ps.status.connected = true;
-                        }
-                        Err(e) => {
-                            fail(ps, format!("{e:#}"), self.cfg.sync.retry_max);
-                            report.failures += 1;
-                            broke = true;
-                            ps.status.pending.push(f.rel.clone());
-                            continue;
-                        }
+                },
+            };
+            let started = Instant::now();
+            let retry_max = self.cfg.sync.retry_max;
+            let seen = &mut self.seen;
+            let mut settled = vec![false; jobs.len()];
+            let result = session.deliver(&jobs, |i, outcome| {
+                let j = &jobs[i];
+                let (resumed_from, sha256, verb) = match outcome {
+                    Outcome::Stored { resumed_from, sha256 } => (resumed_from, sha256, "delivered"),
+                    Outcome::Had { sha256 } => (j.size, sha256, "already there"),
+                    Outcome::Refused(reason) => {
+                        tracing::error!(peer = %ps.peer.name, "{}: refused by peer: {reason}; skipped until it changes", j.path.display());
+                        record(ps, Entry::Skipped { path: j.rel.to_string(), size: j.size, mtime_ns: j.mtime_ns, reason });
+                        settled[i] = true;
+                        return true;
                     }
-                }
-                let session = ps.session.as_mut().expect("connected above");
-                let started = Instant::now();
-                match session.deliver(&f.path, &f.rel, f.size, sha) {
-                    Ok(outcome @ (Outcome::Stored { .. } | Outcome::Had)) => {
-                        let resumed_from = match outcome {
-                            Outcome::Stored { resumed_from } => resumed_from,
-                            _ => f.size,
-                        };
-                        tracing::info!(
-                            peer = %ps.peer.name, path = %f.rel, bytes = f.size, resumed_from,
-                            ms = started.elapsed().as_millis() as u64,
-                            "{}", if outcome == Outcome::Had { "already there" } else { "delivered" }
-                        );
-                        record(ps, Entry::Delivered { path: f.rel.clone(), size: f.size, mtime_ns: f.mtime_ns, sha256: hex });
-                        ps.status.delivered_total += 1;
-                        ps.status.last_delivered = Some(f.rel.clone());
-                        ps.status.last_delivered_unix = unix_now();
-                        ps.status.last_error = None;
-                        ps.backoff = Duration::ZERO;
-                        report.delivered += 1;
+                    // It will be picked up again once it settles.
+                    Outcome::Changed(why) => {
+                        tracing::info!(peer = %ps.peer.name, "{}: {why}; will send it once it settles", j.path.display());
+                        seen.remove(j.rel);
+                        return true;
                     }
-                    Ok(Outcome::Refused(reason)) => {
-                        tracing::error!(peer = %ps.peer.name, "{}: refused by peer: {reason}; skipped until it changes", f.path.display());
-                        record(ps, Entry::Skipped { path: f.rel.clone(), size: f.size, mtime_ns: f.mtime_ns, reason });
-                    }
-                    Ok(Outcome::Failed(code, msg)) => {
-                        ps.status.pending.push(f.rel.clone());
+                    Outcome::Failed(code, msg) => {
                         report.failures += 1;
-                        match code {
-                            // The file changed under us: it will be picked up again once it settles.
+                        return match code {
                             Code::Checksum | Code::Protocol => {
                                 tracing::warn!(peer = %ps.peer.name, "{msg}; will retry");
-                                self.seen.remove(&f.rel);
+                                seen.remove(j.rel);
+                                true
                             }
                             // Peer-wide trouble (full or missing drive): back off for this peer.
                             _ => {
-                                fail(ps, msg, self.cfg.sync.retry_max);
-                                broke = true;
+                                fail(ps, msg, retry_max);
+                                false
                             }
-                        }
+                        };
                     }
-                    Err(e) => {
-                        let why = ps.session.take().map(|s| { let l = s.last_stderr(); s.close(); l }).unwrap_or_default();
-                        let msg = if why.is_empty() { format!("link to {} lost: {e:#}", ps.peer.name) } else { format!("link to {} lost: {e:#} ({why})", ps.peer.name) };
-                        ps.status.connected = false;
-                        ps.status.pending.push(f.rel.clone());
-                        fail(ps, msg, self.cfg.sync.retry_max);
-                        report.failures += 1;
-                        broke = true;
-                    }
+                };
+                tracing::info!(peer = %ps.peer.name, path = %j.rel, bytes = j.size, resumed_from, ms = started.elapsed().as_millis() as u64, "{verb}");
+                record(ps, Entry::Delivered { path: j.rel.to_string(), size: j.size, mtime_ns: j.mtime_ns, sha256: hex::encode(sha256) });
+                ps.status.delivered_total += 1;
+                ps.status.last_delivered = Some(j.rel.to_string());
+                ps.status.last_delivered_unix = unix_now();
+                ps.status.last_error = None;
+                ps.backoff = Duration::ZERO;
+                report.delivered += 1;
+                settled[i] = true;
+                true
+            });
+            if let Err(e) = ps.journal.sync() {
+                tracing::error!("cannot sync delivery journal: {e:#}");
+            }
+            ps.status.pending = jobs.iter().zip(&settled).filter(|(_, s)| !**s).map(|(j, _)| j.rel.to_string()).collect();
+            match result {
+                Ok(()) => ps.session = Some(session),
+                Err(e) => {
+                    let why = session.last_stderr();
+                    session.close();
+                    let msg = if why.is_empty() { format!("link to {} lost: {e:#}", ps.peer.name) } else { format!("link to {} lost: {e:#} ({why})", ps.peer.name) };
+                    ps.status.connected = false;
+                    fail(ps, msg, retry_max);
+                    report.failures += 1;
                 }
             }
         }

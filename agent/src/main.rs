@@ -51,7 +51,12 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Run => daemon::run(cfg).map(|()| ExitCode::SUCCESS),
         Cmd::Sync { .. } => daemon::once(cfg).map(|r| if r.failures == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
-        Cmd::Serve => serve::serve(&cfg, std::io::stdin().lock(), std::io::stdout().lock()).map(|()| ExitCode::SUCCESS),
+        Cmd::Serve => {
+            // Not pipes when run by hand from a terminal; then this does nothing.
+            pi2pi_agent::transport::widen_pipe(std::io::stdin());
+            pi2pi_agent::transport::widen_pipe(std::io::stdout());
+            serve::serve(&cfg, std::io::stdin(), std::io::stdout()).map(|()| ExitCode::SUCCESS)
+        }
         Cmd::Status { json } => status::report(&cfg, json).map(|s| {
             print!("{s}");
             ExitCode::SUCCESS

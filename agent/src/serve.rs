@@ -4,67 +4,140 @@
 //! `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` from a descriptor of receiving/, so neither a
 //! hostile path nor a symlink planted on the drive can lead it outside.
 //!
-//! A file is written to a hidden temporary name in its final directory, fsynced, checked against
-//! the sender's SHA-256, renamed into place and the directory fsynced; only then is `Stored` sent.
-//! The temporary name is derived from the path and the content hash, so a transfer cut by a crash
-//! resumes from the bytes already there.
+//! A file is written to a hidden temporary name in its final directory and checked against the
+//! sender's SHA-256; then, in a group commit, the temporaries are synced, renamed into place and
+//! the renames synced, and only then is `Stored` sent. The temporary name is derived from the
+//! final name, so a transfer cut by a crash resumes from the bytes already there once the sender
+//! has checked that they are a prefix of its file.
 
+use std::collections::{HashSet, VecDeque};
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::mpsc::{self, Receiver as Rx, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
 use sha2::{Digest, Sha256};
 
 use crate::config::Config;
-use crate::proto::{read_msg, write_msg, Code, Msg, VERSION};
+use crate::proto::{read_msg, write_msg, Code, Hash, Msg, VERSION};
 use crate::{drive, fsutil, paths};
 
 const RESOLVE: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_SYMLINKS).union(ResolveFlags::NO_MAGICLINKS);
 
+/// A group commit happens when the input runs dry, or when the group is this large or this old.
+const GROUP_FILES: usize = 256;
+const GROUP_BYTES: u64 = 256 << 20;
+const GROUP_AGE: Duration = Duration::from_millis(500);
+/// Written data is handed to the disk in slices of this size as it arrives, so that the commit's
+/// sync finds little left to write and a large file does not pile up in the page cache.
+const WRITEBACK_SLICE: u64 = 8 << 20;
+
+type Frames = Rx<io::Result<Option<Msg>>>;
+
 /// Runs one session on the given streams until the sender says `Bye` or closes the stream.
-pub fn serve(cfg: &Config, input: impl Read, output: impl Write) -> Result<()> {
-    let mut r = BufReader::with_capacity(1 << 20, input);
+pub fn serve(cfg: &Config, input: impl Read + Send + 'static, output: impl Write + Send) -> Result<()> {
+    // Smaller than a chunk, so most data is read from the pipe straight into its own buffer.
+    let mut r = BufReader::with_capacity(64 * 1024, input);
     let mut w = BufWriter::new(output);
     match read_msg(&mut r)? {
         Some(Msg::Hello { version: VERSION }) => {}
         Some(Msg::Hello { version }) => {
             let m = format!("protocol version {version} is not supported (this receiver speaks {VERSION})");
-            send(&mut w, Msg::Failed { code: Code::Version, message: m.clone() })?;
+            write_msg(&mut w, &Msg::Failed { id: 0, code: Code::Version, message: m.clone() })?;
+            w.flush()?;
             bail!(m);
         }
         other => bail!("expected Hello, got {other:?}"),
     }
-    send(&mut w, Msg::Welcome { version: VERSION, node: cfg.node.clone() })?;
-    let mut probed = false;
-    loop {
-        match read_msg(&mut r)? {
-            None | Some(Msg::Bye) => return Ok(()),
-            Some(Msg::Offer { path, size, sha256 }) => {
-                let reply = match receive(cfg, &mut probed, &mut r, &mut w, &path, size, &sha256) {
-                    Ok(reply) => reply,
-                    Err(Reply::Send(m)) => m,
-                    Err(Reply::Fatal(e)) => return Err(e),
-                };
-                if let Msg::Refused { message, .. } | Msg::Failed { message, .. } = &reply {
-                    tracing::warn!(path, "{message}");
-                } else {
-                    tracing::info!(path, size, "stored");
-                }
-                send(&mut w, reply)?;
-            }
-            Some(m) => bail!("protocol error: unexpected {m:?} outside a transfer"),
+    write_msg(&mut w, &Msg::Welcome { version: VERSION, node: cfg.node.clone() })?;
+    w.flush()?;
+    // Frames are read and decoded on their own thread, so that reading the link overlaps writing
+    // and hashing, and so that "no frame waiting" (the moment to commit) can be seen. Detached:
+    // when the session ends with an error the process exits, whatever the thread is blocked on.
+    let (tx, rx) = mpsc::sync_channel(8);
+    std::thread::spawn(move || loop {
+        let m = read_msg(&mut r);
+        let last = !matches!(m, Ok(Some(_)));
+        if tx.send(m).is_err() || last {
+            return;
         }
-    }
+    });
+    let out = Mutex::new(w);
+    std::thread::scope(|s| {
+        // Commits run on their own thread so that receiving goes on while the drive syncs. The
+        // hand-off is a rendezvous: a group is taken only when the previous one is committed.
+        let (commit_tx, commit_rx) = mpsc::sync_channel::<Vec<Pending>>(0);
+        let out = &out;
+        let committer = s.spawn(move || -> Result<()> {
+            for group in commit_rx {
+                commit(group, out)?;
+            }
+            Ok(())
+        });
+        let session = Session {
+            cfg,
+            out,
+            commits: commit_tx,
+            probed: false,
+            accepted: VecDeque::new(),
+            group: Vec::new(),
+            group_paths: HashSet::new(),
+            group_bytes: 0,
+            group_since: None,
+            committing: HashSet::new(),
+        };
+        let result = session.run(&rx);
+        let committed = committer.join().unwrap_or_else(|_| Err(anyhow!("the commit thread panicked")));
+        result.and(committed)
+    })
 }
 
-fn send(w: &mut impl Write, m: Msg) -> io::Result<()> {
-    write_msg(w, &m)?;
-    w.flush()
+type Out<W> = Mutex<BufWriter<W>>;
+
+struct Session<'a, W: Write> {
+    cfg: &'a Config,
+    out: &'a Out<W>,
+    commits: SyncSender<Vec<Pending>>,
+    /// The write probe (a create and unlink on the drive) runs once per session.
+    probed: bool,
+    /// Offers answered with `Accept` whose `Start` or `Skip` has not come yet, oldest first.
+    accepted: VecDeque<Accepted>,
+    /// Verified files waiting for the group commit.
+    group: Vec<Pending>,
+    group_paths: HashSet<String>,
+    group_bytes: u64,
+    group_since: Option<Instant>,
+    /// Paths of the group handed to the commit thread last (maybe still being committed).
+    committing: HashSet<String>,
 }
 
-/// Why a transfer did not end in `Stored`: an answer for the sender, or a broken session.
+struct Accepted {
+    id: u32,
+    path: String,
+    size: u64,
+    dir: Arc<OwnedFd>,
+    name: String,
+    temp: String,
+    /// Bytes kept from an earlier attempt, and their hash so far.
+    have: u64,
+    hasher: Sha256,
+}
+
+struct Pending {
+    id: u32,
+    path: String,
+    dir: Arc<OwnedFd>,
+    name: String,
+    /// `Some(temp)`: rename it to `name`, then answer `Stored`. `None`: the final file already was
+    /// the content (`Skip`); answer `Have` once it is known to be on disk.
+    temp: Option<String>,
+}
+
+/// Why an offer or transfer did not succeed: an answer for the sender, or a broken session.
 enum Reply {
     Send(Msg),
     Fatal(anyhow::Error),
@@ -76,150 +149,355 @@ impl From<io::Error> for Reply {
     }
 }
 
-fn refused(code: Code, message: impl Into<String>) -> Reply {
-    Reply::Send(Msg::Refused { code, message: message.into() })
+fn refused(id: u32, code: Code, message: impl Into<String>) -> Reply {
+    Reply::Send(Msg::Refused { id, code, message: message.into() })
 }
-fn failed(code: Code, message: impl Into<String>) -> Reply {
-    Reply::Send(Msg::Failed { code, message: message.into() })
+fn failed(id: u32, code: Code, message: impl Into<String>) -> Reply {
+    Reply::Send(Msg::Failed { id, code, message: message.into() })
 }
-fn io_failed(what: &str, path: &str, e: io::Error) -> Reply {
+fn io_failed(id: u32, what: &str, path: &str, e: io::Error) -> Reply {
     let code = if fsutil::is_no_space(&e) { Code::NoSpace } else { Code::Io };
     let what = if code == Code::NoSpace { "receiver's drive is full" } else { what };
-    failed(code, format!("{what}: {path}: {e}"))
+    failed(id, code, format!("{what}: {path}: {e}"))
 }
 
-fn receive(
-    cfg: &Config,
-    probed: &mut bool,
-    r: &mut impl Read,
-    w: &mut impl Write,
-    path: &str,
-    size: u64,
-    sha256: &[u8; 32],
-) -> Result<Msg, Reply> {
-    let parts = paths::check_relative(path).map_err(|e| refused(Code::BadPath, format!("{path}: {e}")))?;
-    if size > paths::FAT32_MAX_FILE {
-        return Err(refused(Code::TooLarge, format!("{path}: {size} bytes is over FAT32's 4 GiB - 1 limit")));
-    }
-    let root_dir = &cfg.drive.receiving;
-    // The mount is checked for every file (the drive can be pulled mid-session); the write probe,
-    // a create and unlink on the drive, once per session.
-    let probe = (!*probed).then_some(root_dir.as_path());
-    drive::check(&cfg.drive, probe).map_err(|e| failed(Code::DriveNotReady, e.to_string()))?;
-    *probed = true;
-
-    let root = rustix::fs::open(root_dir, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| failed(Code::DriveNotReady, format!("{}: {e}", root_dir.display())))?;
-    let (dirs, name) = parts.split_at(parts.len() - 1);
-    let name = name[0];
-    let dir = open_dirs(&root, dirs).map_err(|e| match e.kind() {
-        io::ErrorKind::NotADirectory => refused(Code::NotRegular, format!("{path}: a parent is not a directory")),
-        _ if e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error())
-            || e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) =>
-        {
-            refused(Code::BadPath, format!("{path}: a parent is a symlink; refusing to follow it"))
-        }
-        _ => io_failed("cannot create directory", path, e),
-    })?;
-
-    // Already here with the same content (e.g. our `Stored` was lost in a crash): don't write twice.
-    match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
-        Ok(st) if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile => {
-            return Err(refused(Code::NotRegular, format!("{path}: exists and is not a regular file")));
-        }
-        Ok(st) if st.st_size as u64 == size => {
-            let f = open_beneath(&dir, name, OFlags::RDONLY).map_err(|e| io_failed("cannot read", path, e))?;
-            let (h, _) = fsutil::hash_reader(&mut File::from(f), u64::MAX)?;
-            if h.finalize().as_slice() == sha256 {
-                remove_stale_temps(&dir, name, None);
-                return Ok(Msg::Have);
-            }
-        }
-        _ => {}
-    }
-
-    let temp = temp_name(name, sha256);
-    remove_stale_temps(&dir, name, Some(&temp));
-    let fd = open_beneath(&dir, &temp, OFlags::RDWR | OFlags::CREATE).map_err(|e| io_failed("cannot create", path, e))?;
-    let mut file = File::from(fd);
-    let mut have = file.metadata()?.len();
-    if have > size {
-        file.set_len(0)?;
-        have = 0;
-    }
-    // Re-hash what a previous attempt left, so the final check covers the whole file.
-    let (mut hasher, got) = fsutil::hash_reader(&mut file, have)?;
-    if got != have {
-        return Err(Reply::Fatal(anyhow::anyhow!("{path}: temporary file shrank while reading it")));
-    }
-    let free = rustix::fs::fstatvfs(&dir).map(|s| s.f_bavail.saturating_mul(s.f_frsize)).unwrap_or(u64::MAX);
-    if free < size - have {
-        drop(file);
-        let _ = rustix::fs::unlinkat(&dir, temp.as_str(), AtFlags::empty());
-        return Err(failed(Code::NoSpace, format!("receiver's drive is full: {path} needs {} bytes, {free} free", size - have)));
-    }
-    file.seek(SeekFrom::Start(have))?;
-    send(w, Msg::Resume { offset: have })?;
-
-    let outcome = copy_in(r, &mut file, &mut hasher, size - have, path);
-    let unlink_temp = || {
-        let _ = rustix::fs::unlinkat(&dir, temp.as_str(), AtFlags::empty());
-    };
-    match outcome {
-        Ok(()) => {}
-        Err(Reply::Send(m)) => {
-            // Full disk or a bad stream: drop the partial data, the sender keeps the original.
-            unlink_temp();
-            return Err(Reply::Send(m));
-        }
-        // The link died: keep the temporary file so the next attempt resumes.
-        Err(fatal) => return Err(fatal),
-    }
-    if let Err(e) = file.sync_all() {
-        unlink_temp();
-        return Err(io_failed("cannot sync", path, e));
-    }
-    if hasher.finalize().as_slice() != sha256 {
-        unlink_temp();
-        return Err(failed(Code::Checksum, format!("{path}: SHA-256 mismatch (file changed at the sender during transfer?)")));
-    }
-    drop(file);
-    rustix::fs::renameat(&dir, temp.as_str(), &dir, name).map_err(|e| io_failed("cannot rename into place", path, e.into()))?;
-    rustix::fs::fsync(&dir).map_err(|e| io_failed("cannot sync directory", path, e.into()))?;
-    Ok(Msg::Stored)
-}
-
-/// Reads `Data` frames up to `Done` into the file. Errors with `Reply::Send` leave a stream that
-/// is still in sync (the whole transfer was read); `Reply::Fatal` means the session is over.
-fn copy_in(r: &mut impl Read, file: &mut File, hasher: &mut Sha256, mut left: u64, path: &str) -> Result<(), Reply> {
-    let mut write_err: Option<io::Error> = None;
-    loop {
-        match read_msg(r).context("reading data").map_err(Reply::Fatal)? {
-            Some(Msg::Data(d)) => {
-                if d.len() as u64 > left {
-                    return Err(Reply::Fatal(anyhow::anyhow!("{path}: sender sent more than the offered size")));
-                }
-                left -= d.len() as u64;
-                // After a write error keep draining the stream so the session stays usable.
-                if write_err.is_none() {
-                    if let Err(e) = file.write_all(&d) {
-                        write_err = Some(e);
-                    }
-                    hasher.update(&d);
-                }
-            }
-            Some(Msg::Done) => break,
-            None => return Err(Reply::Fatal(anyhow::anyhow!("{path}: sender went away mid-transfer"))),
-            Some(m) => return Err(Reply::Fatal(anyhow::anyhow!("{path}: unexpected {m:?} during transfer"))),
-        }
-    }
-    if let Some(e) = write_err {
-        return Err(io_failed("cannot write", path, e));
-    }
-    if left != 0 {
-        return Err(failed(Code::Protocol, format!("{path}: transfer ended {left} bytes short (file shrank at the sender?)")));
+/// Writes a message to the sender, and flushes if asked to.
+fn emit<W: Write>(out: &Out<W>, m: &Msg, flush: bool) -> Result<()> {
+    let mut w = out.lock().map_err(|_| anyhow!("output lock poisoned"))?;
+    write_msg(&mut *w, m)?;
+    if flush {
+        w.flush()?;
     }
     Ok(())
+}
+
+/// Sends a refusal or failure (logged here, where the receiver's operator can see it).
+fn answer<W: Write>(out: &Out<W>, path: &str, m: Msg) -> Result<()> {
+    if let Msg::Refused { message, .. } | Msg::Failed { message, .. } = &m {
+        tracing::warn!(path, "{message}");
+    }
+    emit(out, &m, true)
+}
+
+impl<W: Write> Session<'_, W> {
+    fn run(mut self, rx: &Frames) -> Result<()> {
+        loop {
+            let next = match rx.try_recv() {
+                Ok(m) => m,
+                Err(_) => {
+                    // Nothing waiting: the sender is done or slower than us; make what we have
+                    // durable and say so now rather than later.
+                    self.hand_off()?;
+                    match rx.recv() {
+                        Ok(m) => m,
+                        Err(_) => return Ok(()),
+                    }
+                }
+            };
+            match next.context("reading from the sender")? {
+                None | Some(Msg::Bye) => return self.hand_off(),
+                Some(Msg::Offer { id, path, size }) => {
+                    // A newer version of a file not yet committed: let that commit finish first.
+                    if self.group_paths.contains(&path) {
+                        self.hand_off()?;
+                    }
+                    if self.committing.contains(&path) {
+                        self.barrier()?;
+                    }
+                    match self.accept(id, &path, size) {
+                        Ok((a, existing)) => {
+                            let have_sha256 = a.hasher.clone().finalize().into();
+                            // Flushed at once: the sender may be waiting for exactly this answer.
+                            emit(self.out, &Msg::Accept { id, have: a.have, have_sha256, existing }, true)?;
+                            self.accepted.push_back(a);
+                        }
+                        Err(Reply::Send(m)) => answer(self.out, &path, m)?,
+                        Err(Reply::Fatal(e)) => return Err(e),
+                    }
+                }
+                Some(Msg::Skip { id }) => {
+                    let a = self.take_accepted(id)?;
+                    let _ = rustix::fs::unlinkat(&*a.dir, a.temp.as_str(), AtFlags::empty());
+                    self.add(Pending { id, path: a.path, dir: a.dir, name: a.name, temp: None }, 0);
+                }
+                Some(Msg::Start { id, from }) => {
+                    let a = self.take_accepted(id)?;
+                    let (size, path) = (a.size, a.path.clone());
+                    match self.receive(a, from, rx) {
+                        Ok(Some(p)) => self.add(p, size),
+                        Ok(None) => {} // aborted by the sender
+                        Err(Reply::Send(m)) => answer(self.out, &path, m)?,
+                        Err(Reply::Fatal(e)) => return Err(e),
+                    }
+                }
+                Some(m) => bail!("protocol error: unexpected {} outside a transfer", name_of(&m)),
+            }
+            if self.group.len() >= GROUP_FILES || self.group_bytes >= GROUP_BYTES || self.group_since.is_some_and(|t| t.elapsed() >= GROUP_AGE) {
+                self.hand_off()?;
+            }
+        }
+    }
+
+    /// Gives the group to the commit thread (waiting while it commits the one before).
+    fn hand_off(&mut self) -> Result<()> {
+        if self.group.is_empty() {
+            return Ok(());
+        }
+        self.group_bytes = 0;
+        self.group_since = None;
+        self.committing = std::mem::take(&mut self.group_paths);
+        self.commits.send(std::mem::take(&mut self.group)).map_err(|_| anyhow!("the commit thread stopped"))
+    }
+
+    /// Waits until everything handed off is committed.
+    fn barrier(&mut self) -> Result<()> {
+        self.commits.send(Vec::new()).map_err(|_| anyhow!("the commit thread stopped"))?;
+        self.committing.clear();
+        Ok(())
+    }
+
+    fn add(&mut self, p: Pending, bytes: u64) {
+        self.group_since.get_or_insert_with(Instant::now);
+        self.group_paths.insert(p.path.clone());
+        self.group_bytes += bytes;
+        self.group.push(p);
+    }
+
+    /// The accepted offer `id`; older accepted offers the sender skipped over are dropped (their
+    /// temporaries stay, to resume from later).
+    fn take_accepted(&mut self, id: u32) -> Result<Accepted> {
+        while let Some(a) = self.accepted.pop_front() {
+            if a.id == id {
+                return Ok(a);
+            }
+        }
+        bail!("protocol error: transfer {id} was not offered and accepted")
+    }
+
+    /// Decides whether an offer can be taken, and from where; with the hash of a file of the
+    /// offered size already under the final name, if there is one.
+    fn accept(&mut self, id: u32, path: &str, size: u64) -> Result<(Accepted, Option<Hash>), Reply> {
+        let parts = paths::check_relative(path).map_err(|e| refused(id, Code::BadPath, format!("{path}: {e}")))?;
+        if size > paths::FAT32_MAX_FILE {
+            return Err(refused(id, Code::TooLarge, format!("{path}: {size} bytes is over FAT32's 4 GiB - 1 limit")));
+        }
+        let root_dir = &self.cfg.drive.receiving;
+        // The mount is checked for every file (the drive can be pulled mid-session).
+        let probe = (!self.probed).then_some(root_dir.as_path());
+        drive::check(&self.cfg.drive, probe).map_err(|e| failed(id, Code::DriveNotReady, e.to_string()))?;
+        self.probed = true;
+
+        let root = rustix::fs::open(root_dir, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| failed(id, Code::DriveNotReady, format!("{}: {e}", root_dir.display())))?;
+        let (dirs, name) = parts.split_at(parts.len() - 1);
+        let name = name[0];
+        let dir = open_dirs(&root, dirs).map_err(|e| match e.kind() {
+            io::ErrorKind::NotADirectory => refused(id, Code::NotRegular, format!("{path}: a parent is not a directory")),
+            _ if e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error())
+                || e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) =>
+            {
+                refused(id, Code::BadPath, format!("{path}: a parent is a symlink; refusing to follow it"))
+            }
+            _ => io_failed(id, "cannot create directory", path, e),
+        })?;
+
+        // A file of this size already here may be this very content (our `Stored` was lost in a
+        // crash, or the sender lost its journal): tell the sender its hash instead of taking it again.
+        let mut existing = None;
+        match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile => {
+                return Err(refused(id, Code::NotRegular, format!("{path}: exists and is not a regular file")));
+            }
+            Ok(st) if st.st_size as u64 == size => {
+                let f = open_beneath(&dir, name, OFlags::RDONLY).map_err(|e| io_failed(id, "cannot read", path, e))?;
+                let (h, _) = fsutil::hash_reader(&mut File::from(f), u64::MAX)?;
+                existing = Some(h.finalize().into());
+            }
+            _ => {}
+        }
+
+        // What an earlier attempt left in the temporary file, and its hash, so the final check
+        // covers the whole file. More than the offered size cannot be a prefix: start over.
+        let temp = temp_name(name);
+        let (mut have, mut hasher) = (0, Sha256::new());
+        if let Ok(st) = rustix::fs::statat(&dir, temp.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile && (st.st_size as u64) <= size && st.st_size > 0 {
+                let f = open_beneath(&dir, &temp, OFlags::RDONLY).map_err(|e| io_failed(id, "cannot read", path, e))?;
+                (hasher, have) = fsutil::hash_reader(&mut File::from(f), st.st_size as u64)?;
+            }
+        }
+        let free = rustix::fs::fstatvfs(&dir).map(|s| s.f_bavail.saturating_mul(s.f_frsize)).unwrap_or(u64::MAX);
+        if existing.is_none() && free < size - have {
+            return Err(failed(id, Code::NoSpace, format!("receiver's drive is full: {path} needs {} bytes, {free} free", size - have)));
+        }
+        let a = Accepted { id, path: path.to_string(), size, dir: Arc::new(dir), name: name.to_string(), temp, have, hasher };
+        Ok((a, existing))
+    }
+
+    /// Writes one transfer into its temporary file and verifies it. `Ok(None)`: the sender aborted.
+    fn receive(&mut self, a: Accepted, from: u64, rx: &Frames) -> Result<Option<Pending>, Reply> {
+        let Accepted { id, path, size, dir, name, temp, have, mut hasher } = a;
+        if from != 0 && from != have {
+            return Err(Reply::Fatal(anyhow!("{path}: sender asked to start at {from}; only 0 or {have} are possible")));
+        }
+        let unlink_temp = || {
+            let _ = rustix::fs::unlinkat(&*dir, temp.as_str(), AtFlags::empty());
+        };
+        let mut file = match open_beneath(&dir, &temp, OFlags::RDWR | OFlags::CREATE) {
+            Ok(fd) => Some(File::from(fd)),
+            Err(e) => {
+                // Keep the stream in step: read (and drop) this transfer, then report.
+                drain(rx, &path)?;
+                return Err(io_failed(id, "cannot create", &path, e));
+            }
+        };
+        if from == 0 {
+            hasher = Sha256::new();
+            if let Some(f) = &mut file {
+                f.set_len(0)?;
+            }
+        }
+        if let Some(f) = &mut file {
+            f.seek(SeekFrom::Start(from))?;
+        }
+        let mut left = size - from;
+        let (mut written, mut handed) = (from, from);
+        let mut write_err: Option<io::Error> = None;
+        loop {
+            match recv(rx, &path)? {
+                Msg::Data(d) => {
+                    if d.len() as u64 > left {
+                        return Err(Reply::Fatal(anyhow!("{path}: sender sent more than the offered size")));
+                    }
+                    left -= d.len() as u64;
+                    // After a write error keep draining the stream so the session stays usable.
+                    if write_err.is_none() {
+                        let f = file.as_mut().expect("open");
+                        match f.write_all(&d) {
+                            Ok(()) => {
+                                hasher.update(&d);
+                                written += d.len() as u64;
+                                if written - handed >= WRITEBACK_SLICE {
+                                    start_writeback(f, handed, written - handed);
+                                    handed = written;
+                                }
+                            }
+                            Err(e) => write_err = Some(e),
+                        }
+                    }
+                }
+                Msg::Done { id: done, sha256 } if done == id => {
+                    drop(file);
+                    if let Some(e) = write_err {
+                        unlink_temp();
+                        return Err(io_failed(id, "cannot write", &path, e));
+                    }
+                    if left != 0 {
+                        unlink_temp();
+                        return Err(failed(id, Code::Protocol, format!("{path}: transfer ended {left} bytes short")));
+                    }
+                    if hasher.finalize().as_slice() != sha256 {
+                        unlink_temp();
+                        return Err(failed(id, Code::Checksum, format!("{path}: SHA-256 mismatch (file changed at the sender during transfer?)")));
+                    }
+                    return Ok(Some(Pending { id, path, dir, name, temp: Some(temp) }));
+                }
+                Msg::Abort { id: done } if done == id => {
+                    drop(file);
+                    unlink_temp();
+                    return Ok(None);
+                }
+                m => return Err(Reply::Fatal(anyhow!("{path}: unexpected {} during transfer {id}", name_of(&m)))),
+            }
+        }
+    }
+
+}
+
+/// Makes a group durable and answers for it:
+/// 1. `syncfs`: every temporary's data and inode reach the drive;
+/// 2. `fsync` of a directory: a cache flush, so the device cannot persist a rename before the
+///    data it names (FAT's fsync issues the flush; `syncfs` alone may not);
+/// 3. the renames; 4. `syncfs` and one more flush: the renames (and any `Have` file) are on disk.
+///
+/// One group costs two syncs whatever its size, where per-file fsyncs cost two per file.
+fn commit<W: Write>(group: Vec<Pending>, out: &Out<W>) -> Result<()> {
+    let Some(first) = group.first() else { return Ok(()) };
+    let started = Instant::now();
+    let any = Arc::clone(&first.dir);
+    let flush = || -> io::Result<()> {
+        rustix::fs::syncfs(&*any)?;
+        rustix::fs::fsync(&*any)?;
+        Ok(())
+    };
+    let mut answers = Vec::with_capacity(group.len());
+    let renames = group.iter().any(|p| p.temp.is_some());
+    let synced = if renames { flush() } else { Ok(()) };
+    for p in &group {
+        let answer = match (&synced, &p.temp) {
+            (Err(e), _) => Err(io_failed(p.id, "cannot sync", &p.path, io::Error::new(e.kind(), e.to_string()))),
+            (Ok(()), Some(temp)) => rustix::fs::renameat(&*p.dir, temp.as_str(), &*p.dir, p.name.as_str())
+                .map(|()| Msg::Stored { id: p.id })
+                .map_err(|e| io_failed(p.id, "cannot rename into place", &p.path, e.into())),
+            (Ok(()), None) => Ok(Msg::Have { id: p.id }),
+        };
+        answers.push(answer);
+    }
+    if let Err(e) = flush() {
+        for (p, a) in group.iter().zip(&mut answers) {
+            if a.is_ok() {
+                *a = Err(io_failed(p.id, "cannot sync", &p.path, io::Error::new(e.kind(), e.to_string())));
+            }
+        }
+    }
+    tracing::debug!(files = group.len(), ms = started.elapsed().as_millis() as u64, "group committed");
+    for (p, a) in group.iter().zip(answers) {
+        match a {
+            Ok(m) => {
+                tracing::debug!(path = p.path, "stored");
+                emit(out, &m, false)?;
+            }
+            Err(Reply::Send(m)) => answer(out, &p.path, m)?,
+            Err(Reply::Fatal(e)) => return Err(e),
+        }
+    }
+    out.lock().map_err(|_| anyhow!("output lock poisoned"))?.flush()?;
+    Ok(())
+}
+
+fn recv(rx: &Frames, path: &str) -> Result<Msg, Reply> {
+    match rx.recv_timeout(Duration::from_secs(3600)) {
+        Ok(Ok(Some(m))) => Ok(m),
+        Ok(Ok(None)) | Err(RecvTimeoutError::Disconnected) => Err(Reply::Fatal(anyhow!("{path}: sender went away mid-transfer"))),
+        Ok(Err(e)) => Err(Reply::Fatal(anyhow::Error::new(e).context(format!("{path}: reading data")))),
+        Err(RecvTimeoutError::Timeout) => Err(Reply::Fatal(anyhow!("{path}: no data from the sender for an hour"))),
+    }
+}
+
+/// Reads a transfer's frames up to its `Done` or `Abort` without keeping them.
+fn drain(rx: &Frames, path: &str) -> Result<(), Reply> {
+    loop {
+        match recv(rx, path)? {
+            Msg::Data(_) => {}
+            Msg::Done { .. } | Msg::Abort { .. } => return Ok(()),
+            m => return Err(Reply::Fatal(anyhow!("{path}: unexpected {} during transfer", name_of(&m)))),
+        }
+    }
+}
+
+/// Starts (does not wait for) writeback of a range just written.
+fn start_writeback(f: &File, offset: u64, len: u64) {
+    // SAFETY: plain syscall on a descriptor we own; a failure only means the commit does the work.
+    unsafe {
+        libc::sync_file_range(f.as_raw_fd(), offset as libc::off64_t, len as libc::off64_t, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
+fn name_of(m: &Msg) -> String {
+    match m {
+        Msg::Data(d) => format!("Data({} bytes)", d.len()),
+        m => format!("{m:?}"),
+    }
 }
 
 fn open_beneath(dir: &OwnedFd, name: &str, flags: OFlags) -> io::Result<OwnedFd> {
@@ -241,29 +519,8 @@ fn open_dirs(root: &OwnedFd, dirs: &[&str]) -> io::Result<OwnedFd> {
     Ok(cur)
 }
 
-/// `.pi2pi-<hash of name>-<content hash>.part`: hidden, unique per name and content, short enough
-/// for FAT32 whatever the name's length.
-pub fn temp_name(name: &str, sha256: &[u8; 32]) -> String {
-    format!("{}{}-{}{}", paths::TEMP_PREFIX, name_tag(name), hex::encode(&sha256[..12]), paths::TEMP_SUFFIX)
-}
-
-fn name_tag(name: &str) -> String {
-    hex::encode(&Sha256::digest(name.as_bytes())[..6])
-}
-
-/// Removes temporaries left for `name` by earlier versions of the file (other content hashes).
-fn remove_stale_temps(dir: &OwnedFd, name: &str, keep: Option<&str>) {
-    let prefix = format!("{}{}-", paths::TEMP_PREFIX, name_tag(name));
-    let Ok(fd) = rustix::io::dup(dir.as_fd()) else { return };
-    let Ok(mut entries) = rustix::fs::Dir::read_from(&fd) else { return };
-    let mut stale = Vec::new();
-    while let Some(Ok(e)) = entries.next() {
-        let n = e.file_name().to_string_lossy().into_owned();
-        if n.starts_with(&prefix) && n.ends_with(paths::TEMP_SUFFIX) && Some(n.as_str()) != keep {
-            stale.push(n);
-        }
-    }
-    for n in stale {
-        let _ = rustix::fs::unlinkat(dir, n.as_str(), AtFlags::empty());
-    }
+/// `.pi2pi-<hash of name>.part`: hidden, one per final name, short enough for FAT32 whatever the
+/// name's length. Its content is whatever prefix of the file an earlier attempt got to.
+pub fn temp_name(name: &str) -> String {
+    format!("{}{}{}", paths::TEMP_PREFIX, hex::encode(&Sha256::digest(name.as_bytes())[..8]), paths::TEMP_SUFFIX)
 }

@@ -1,13 +1,16 @@
 //! What has been delivered to a peer, by path, size, mtime and SHA-256, kept in an append-only
-//! journal (one JSON object a line, fsynced per entry) in the state directory on the SD card.
+//! journal (one JSON object a line) in the state directory on the SD card.
 //!
 //! Append-only so that a power cut can at worst tear the last line, which is ignored on load; the
 //! journal is rewritten (tmp + fsync + rename) when it has grown to several times its live size.
+//! It is synced at the end of every batch and at most a second after an entry, not per entry: a
+//! lost entry only means the file is offered again, and the peer, which has it, says `Have`.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -35,7 +38,11 @@ pub struct Journal {
     file: File,
     live: BTreeMap<String, Entry>,
     lines: usize,
+    /// When the appended entries were last synced; `None`: nothing unsynced.
+    unsynced_since: Option<Instant>,
 }
+
+const SYNC_EVERY: Duration = Duration::from_secs(1);
 
 impl Journal {
     pub fn open(dir: &Path, peer: &str) -> Result<Journal> {
@@ -59,7 +66,7 @@ impl Journal {
             }
         }
         let file = OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
-        let mut j = Journal { path, file, live, lines };
+        let mut j = Journal { path, file, live, lines, unsynced_since: None };
         // Rewrite a torn journal too, or the next append would be glued to the torn line.
         if torn || j.lines > 2 * j.live.len() + 64 {
             j.compact()?;
@@ -79,9 +86,18 @@ impl Journal {
         let mut line = serde_json::to_string(&e)?;
         line.push('\n');
         self.file.write_all(line.as_bytes()).with_context(|| format!("appending to {}", self.path.display()))?;
-        self.file.sync_data().with_context(|| format!("syncing {}", self.path.display()))?;
         self.live.insert(e.path().to_string(), e);
         self.lines += 1;
+        if self.unsynced_since.get_or_insert_with(Instant::now).elapsed() >= SYNC_EVERY {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    pub fn sync(&mut self) -> Result<()> {
+        if self.unsynced_since.take().is_some() {
+            self.file.sync_data().with_context(|| format!("syncing {}", self.path.display()))?;
+        }
         Ok(())
     }
 

@@ -98,5 +98,17 @@ pub fn spawn(argv: &[String], label: &str) -> Result<Link> {
             }
         }
     });
-    Ok(Link { stdin: child.stdin.take(), stdout: child.stdout.take(), child, last_stderr: last })
+    let (stdin, stdout) = (child.stdin.take(), child.stdout.take());
+    if let (Some(i), Some(o)) = (&stdin, &stdout) {
+        widen_pipe(i);
+        widen_pipe(o);
+    }
+    Ok(Link { stdin, stdout, child, last_stderr: last })
+}
+
+/// Grows a pipe from the default 64 KiB to 1 MiB (the unprivileged limit), so the processes on
+/// either end (agent, ssh, sshd) do not take turns: with a small pipe each write waits for the
+/// reader, and the time one side spends hashing is time the other spends idle.
+pub fn widen_pipe(fd: impl std::os::fd::AsFd) {
+    let _ = rustix::pipe::fcntl_setpipe_size(fd, 1 << 20);
 }

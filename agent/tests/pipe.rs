@@ -130,7 +130,7 @@ fn serve_refuses_escapes_symlinks_and_device_names() {
     fs::create_dir(&outside).unwrap();
     std::os::unix::fs::symlink(&outside, b.receiving().join("link")).unwrap();
     for path in ["../escape.txt", "/tmp/abs.txt", "a/../../x", "link/x.txt", "CON", "a:b", "dir/.pi2pi-x.part"] {
-        let replies = serve_session(&b, &[Msg::Offer { path: path.into(), size: 1, sha256: [0; 32] }]);
+        let replies = serve_session(&b, &[Msg::Offer { id: 1, path: path.into(), size: 1 }]);
         assert!(matches!(replies[0], Msg::Welcome { .. }), "{replies:?}");
         match &replies[1] {
             Msg::Refused { code: Code::BadPath, .. } => {}
@@ -138,7 +138,7 @@ fn serve_refuses_escapes_symlinks_and_device_names() {
         }
     }
     assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "something was written outside receiving/");
-    let replies = serve_session(&b, &[Msg::Offer { path: "big".into(), size: 1 << 32, sha256: [0; 32] }]);
+    let replies = serve_session(&b, &[Msg::Offer { id: 1, path: "big".into(), size: 1 << 32 }]);
     assert!(matches!(replies[1], Msg::Refused { code: Code::TooLarge, .. }), "{replies:?}");
     // A hostile frame stream ends the session; it does not crash into writing anything.
     let mut child = b.cmd(&["serve"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
@@ -147,15 +147,81 @@ fn serve_refuses_escapes_symlinks_and_device_names() {
 }
 
 #[test]
-fn receiver_rejects_content_that_does_not_match_the_offered_hash() {
+fn receiver_rejects_content_that_does_not_match_the_senders_hash() {
     let (_t, _a, b) = pair();
     let replies = serve_session(
         &b,
-        &[Msg::Offer { path: "x.txt".into(), size: 3, sha256: [1; 32] }, Msg::Data(b"abc".to_vec()), Msg::Done],
+        &[
+            Msg::Offer { id: 1, path: "x.txt".into(), size: 3 },
+            Msg::Start { id: 1, from: 0 },
+            Msg::Data(b"abc".to_vec()),
+            Msg::Done { id: 1, sha256: [1; 32] },
+        ],
     );
-    assert_eq!(replies[1], Msg::Resume { offset: 0 });
-    assert!(matches!(replies[2], Msg::Failed { code: Code::Checksum, .. }), "{replies:?}");
+    assert_eq!(replies[1], Msg::Accept { id: 1, have: 0, have_sha256: sha(b""), existing: None });
+    assert!(matches!(replies[2], Msg::Failed { id: 1, code: Code::Checksum, .. }), "{replies:?}");
     assert!(tree(&b.receiving()).is_empty(), "no final file and no temporary left");
+}
+
+fn sha(data: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).into()
+}
+
+/// The receiver's side of the pipelined protocol, frame by frame: offers answered in order,
+/// a file already present reported by hash and answered `Have` after `Skip`, a kept prefix
+/// reported with its hash and resumed from, an offer the sender passes over dropped, an abort
+/// leaving nothing, and every file of a batch acknowledged only once it is in place.
+#[test]
+fn serve_answers_a_pipelined_batch() {
+    let (_t, _a, b) = pair();
+    write_file(&b.receiving(), "old.txt", b"same");
+    // What an interrupted transfer of "big.bin" left behind: its first 5 bytes.
+    let temp = pi2pi_agent::serve::temp_name("big.bin");
+    write_file(&b.receiving(), &temp, b"01234");
+    let replies = serve_session(
+        &b,
+        &[
+            Msg::Offer { id: 1, path: "a.txt".into(), size: 2 },
+            Msg::Offer { id: 2, path: "old.txt".into(), size: 4 },
+            Msg::Offer { id: 3, path: "big.bin".into(), size: 10 },
+            Msg::Offer { id: 4, path: "passed/over.txt".into(), size: 1 },
+            Msg::Offer { id: 5, path: "gone.txt".into(), size: 3 },
+            Msg::Offer { id: 6, path: "d/b.txt".into(), size: 0 },
+            Msg::Start { id: 1, from: 0 },
+            Msg::Data(b"hi".to_vec()),
+            Msg::Done { id: 1, sha256: sha(b"hi") },
+            Msg::Skip { id: 2 },
+            Msg::Start { id: 3, from: 5 },
+            Msg::Data(b"56789".to_vec()),
+            Msg::Done { id: 3, sha256: sha(b"0123456789") },
+            Msg::Start { id: 5, from: 0 },
+            Msg::Data(b"x".to_vec()),
+            Msg::Abort { id: 5 },
+            Msg::Start { id: 6, from: 0 },
+            Msg::Done { id: 6, sha256: sha(b"") },
+            Msg::Bye,
+        ],
+    );
+    let accept = |id, have, prefix: &[u8], existing| Msg::Accept { id, have, have_sha256: sha(prefix), existing };
+    assert_eq!(
+        replies[1..7],
+        [
+            accept(1, 0, b"", None),
+            accept(2, 0, b"", Some(sha(b"same"))),
+            accept(3, 5, b"01234", None),
+            accept(4, 0, b"", None),
+            accept(5, 0, b"", None),
+            accept(6, 0, b"", None),
+        ],
+        "{replies:?}"
+    );
+    let mut finals = replies[7..].to_vec();
+    finals.sort_by_key(|m| format!("{m:?}"));
+    assert_eq!(finals, [Msg::Have { id: 2 }, Msg::Stored { id: 1 }, Msg::Stored { id: 3 }, Msg::Stored { id: 6 }], "{replies:?}");
+    let got = tree(&b.receiving());
+    assert_eq!(got.keys().collect::<Vec<_>>(), ["a.txt", "big.bin", "d/b.txt", "old.txt"], "{got:?}");
+    assert_eq!(fs::read(b.receiving().join("big.bin")).unwrap(), b"0123456789");
 }
 
 #[test]
@@ -168,7 +234,7 @@ fn version_mismatch_is_a_clear_error() {
     let out = child.wait_with_output().unwrap();
     let mut r = &out.stdout[..];
     match read_msg(&mut r).unwrap() {
-        Some(Msg::Failed { code: Code::Version, message }) => assert!(message.contains("99"), "{message}"),
+        Some(Msg::Failed { id: 0, code: Code::Version, message }) => assert!(message.contains("99"), "{message}"),
         other => panic!("{other:?}"),
     }
 }
