@@ -57,6 +57,27 @@ fn delivers_a_tree_once_and_redelivers_changed_content() {
     assert!(temps(&b.receiving()).is_empty());
 }
 
+/// A sender that lost its journal (new SD card, wiped state) does not send again what the peer
+/// already has: the peer reports each file's hash and the sender answers `Skip`.
+#[test]
+fn a_lost_journal_costs_no_second_copy() {
+    let (_t, a, b) = pair();
+    for i in 0..5u64 {
+        write_file(&a.sending(), &format!("d/{i}.bin"), &content(i, 200_000));
+    }
+    sh(&format!("touch -d '1 minute ago' '{}'/d/*", a.sending().display()));
+    assert!(a.sync_once().status.success());
+    let stamps = |b: &Node| (0..5).map(|i| fs::metadata(b.receiving().join(format!("d/{i}.bin"))).unwrap().modified().unwrap()).collect::<Vec<_>>();
+    let before = stamps(&b);
+    fs::remove_dir_all(&a.state).unwrap();
+    let o = a.sync_once();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stderr(&o).matches("already there").count(), 5, "{}", stderr(&o));
+    assert_eq!(stderr(&o).matches("delivered").count(), 0, "{}", stderr(&o));
+    assert_eq!(stamps(&b), before, "the receiver's copies were rewritten");
+    assert_eq!(tree(&b.receiving()), tree(&a.sending()));
+}
+
 #[test]
 fn fat32_unfit_names_are_reported_once_and_skipped() {
     let (_t, a, b) = pair();
