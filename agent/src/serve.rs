@@ -83,6 +83,7 @@ pub fn serve(cfg: &Config, input: impl Read + Send + 'static, output: impl Write
             out,
             commits: commit_tx,
             probed: false,
+            swept: HashSet::new(),
             accepted: VecDeque::new(),
             group: Vec::new(),
             group_paths: HashSet::new(),
@@ -104,6 +105,8 @@ struct Session<'a, W: Write> {
     commits: SyncSender<Vec<Pending>>,
     /// The write probe (a create and unlink on the drive) runs once per session.
     probed: bool,
+    /// Directories (relative to receiving/) already swept of abandoned temporaries this session.
+    swept: HashSet<String>,
     /// Offers answered with `Accept` whose `Start` or `Skip` has not come yet, oldest first.
     accepted: VecDeque<Accepted>,
     /// Verified files waiting for the group commit.
@@ -300,6 +303,9 @@ impl<W: Write> Session<'_, W> {
             }
             _ => io_failed(id, "cannot create directory", path, e),
         })?;
+        if self.swept.insert(dirs.join("/")) {
+            sweep_abandoned_temps(&dir);
+        }
 
         // A file of this size already here may be this very content (our `Stored` was lost in a
         // crash, or the sender lost its journal): tell the sender its hash instead of taking it again.
@@ -517,6 +523,34 @@ fn open_dirs(root: &OwnedFd, dirs: &[&str]) -> io::Result<OwnedFd> {
         cur = rustix::fs::openat2(&cur, *d, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty(), RESOLVE)?;
     }
     Ok(cur)
+}
+
+/// A temporary nobody has written to for this long belongs to a transfer whose file is gone from
+/// the sender (one that is still wanted is resumed, which writes to it, long before).
+const ABANDONED: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Removes temporaries in `dir` untouched for `ABANDONED`: a partial copy of a file deleted at the
+/// sender would otherwise stay forever (and shows on Windows, which does not hide dot files). Only
+/// partial data of ours is removed, never a user's file; a clock that jumped back only delays it.
+fn sweep_abandoned_temps(dir: &OwnedFd) {
+    let Ok(fd) = rustix::io::dup(dir) else { return };
+    let Ok(mut entries) = rustix::fs::Dir::read_from(&fd) else { return };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let mut old = Vec::new();
+    while let Some(Ok(e)) = entries.next() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !paths::is_temp_name(&name) {
+            continue;
+        }
+        match rustix::fs::statat(dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile && now - st.st_mtime > ABANDONED.as_secs() as i64 => old.push(name),
+            _ => {}
+        }
+    }
+    for name in old {
+        tracing::info!("removing an abandoned partial transfer {name}");
+        let _ = rustix::fs::unlinkat(dir, name.as_str(), AtFlags::empty());
+    }
 }
 
 /// `.pi2pi-<hash of name>.part`: hidden, one per final name, short enough for FAT32 whatever the

@@ -245,6 +245,21 @@ fn serve_answers_a_pipelined_batch() {
     assert_eq!(fs::read(b.receiving().join("big.bin")).unwrap(), b"0123456789");
 }
 
+/// Partial transfers of files the sender no longer has do not pile up: a temporary untouched for
+/// over a week is removed when a session next writes to its directory; a recent one is kept.
+#[test]
+fn abandoned_temporaries_are_swept_recent_ones_kept() {
+    let (_t, _a, b) = pair();
+    write_file(&b.receiving(), "d/.pi2pi-0123456789abcdef.part", b"old partial");
+    write_file(&b.receiving(), "d/.pi2pi-fedcba9876543210.part", b"recent partial");
+    write_file(&b.receiving(), "d/user.txt", b"a user's file, however old");
+    sh(&format!("touch -d '10 days ago' '{0}'/d/.pi2pi-0123456789abcdef.part '{0}'/d/user.txt", b.receiving().display()));
+    let replies = serve_session(&b, &[Msg::Offer { id: 1, path: "d/new.txt".into(), size: 1 }]);
+    assert!(matches!(replies[1], Msg::Accept { id: 1, .. }), "{replies:?}");
+    let left: Vec<String> = tree(&b.receiving()).into_keys().collect();
+    assert_eq!(left, ["d/.pi2pi-fedcba9876543210.part", "d/user.txt"]);
+}
+
 #[test]
 fn version_mismatch_is_a_clear_error() {
     let (_t, _a, b) = pair();
