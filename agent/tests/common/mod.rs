@@ -106,7 +106,14 @@ pub fn tree(root: &Path) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for e in walk(root) {
         let rel = e.strip_prefix(root).unwrap().to_str().unwrap().to_string();
-        out.insert(rel, hex::encode(Sha256::digest(fs::read(&e).unwrap())));
+        match fs::read(&e) {
+            Ok(data) => {
+                out.insert(rel, hex::encode(Sha256::digest(data)));
+            }
+            // Renamed into place (or removed) by a live receiver between listing and reading.
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => panic!("{}: {err}", e.display()),
+        }
     }
     out
 }
@@ -127,7 +134,11 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 }
 
 pub fn temps(root: &Path) -> Vec<String> {
-    tree(root).into_keys().filter(|k| k.rsplit('/').next().unwrap().starts_with(".pi2pi-")).collect()
+    walk(root)
+        .into_iter()
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(".pi2pi-"))
+        .map(|p| p.strip_prefix(root).unwrap().to_str().unwrap().to_string())
+        .collect()
 }
 
 /// Polls `f` every 20 ms until it is true or `limit` passes.
