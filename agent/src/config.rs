@@ -77,12 +77,7 @@ pub struct ConfigError {
 impl ConfigError {
     /// An error at byte `offset` of `text` (the line is computed from it).
     pub fn at(file: &Path, text: &str, offset: Option<usize>, key: &str, message: impl Into<String>) -> ConfigError {
-        ConfigError {
-            file: file.to_path_buf(),
-            line: offset.map(|o| line_of(text, o)),
-            key: key.to_string(),
-            message: message.into(),
-        }
+        ConfigError { file: file.to_path_buf(), line: offset.map(|o| line_of(text, o)), key: key.to_string(), message: message.into() }
     }
 
     /// A TOML syntax or shape error; toml's message already names an unknown or missing key.
@@ -193,10 +188,7 @@ impl Config {
 
 fn check_name(cx: &Ctx, s: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
     let v = s.get_ref();
-    let ok = !v.is_empty()
-        && v.len() <= 63
-        && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        && !v.starts_with('-');
+    let ok = !v.is_empty() && v.len() <= 63 && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') && !v.starts_with('-');
     if !ok {
         return cx.err(
             Some(s.span()),
@@ -218,9 +210,7 @@ fn abs_path(cx: &Ctx, s: &Spanned<String>, key: &str) -> Result<PathBuf, ConfigE
 fn sub_dir(cx: &Ctx, s: Option<&Spanned<String>>, default: &str, key: &str) -> Result<PathBuf, ConfigError> {
     let Some(s) = s else { return Ok(PathBuf::from(default)) };
     let v = s.get_ref();
-    let ok = !v.is_empty()
-        && !v.starts_with('/')
-        && v.split('/').all(|c| !c.is_empty() && c != "." && c != "..");
+    let ok = !v.is_empty() && !v.starts_with('/') && v.split('/').all(|c| !c.is_empty() && c != "." && c != "..");
     if !ok {
         return cx.err(
             Some(s.span()),

@@ -83,11 +83,8 @@ pub fn check(cfg: &DriveConfig, write_dir: Option<&Path>) -> Result<(), DriveErr
 
 fn check_mount(cfg: &DriveConfig, mounts: &[MountEntry]) -> Result<(), DriveError> {
     // The last entry for a mount point is the one on top (mounts stack).
-    let m = mounts
-        .iter()
-        .rev()
-        .find(|m| m.mount_point == cfg.mount_point)
-        .ok_or_else(|| DriveError::NotMounted(cfg.mount_point.clone()))?;
+    let m =
+        mounts.iter().rev().find(|m| m.mount_point == cfg.mount_point).ok_or_else(|| DriveError::NotMounted(cfg.mount_point.clone()))?;
     if !cfg.fstypes.contains(&m.fstype) {
         return Err(DriveError::WrongFs { mount: cfg.mount_point.clone(), fstype: m.fstype.clone(), expected: cfg.fstypes.clone() });
     }
@@ -95,8 +92,7 @@ fn check_mount(cfg: &DriveConfig, mounts: &[MountEntry]) -> Result<(), DriveErro
         return Err(DriveError::ReadOnly(cfg.mount_point.clone()));
     }
     let link = cfg.by_label_dir.join(&cfg.label);
-    let labelled = fs::canonicalize(&link)
-        .map_err(|_| DriveError::NoLabel { label: cfg.label.clone(), dir: cfg.by_label_dir.clone() })?;
+    let labelled = fs::canonicalize(&link).map_err(|_| DriveError::NoLabel { label: cfg.label.clone(), dir: cfg.by_label_dir.clone() })?;
     let source = fs::canonicalize(&m.source).unwrap_or_else(|_| PathBuf::from(&m.source));
     if source != labelled {
         return Err(DriveError::WrongDrive {

@@ -78,7 +78,11 @@ impl Engine {
         let mut peers = Vec::new();
         for p in &cfg.peers {
             let journal = Journal::open(&cfg.state_dir, &p.name)?;
-            let status = PeerStatus { name: p.name.clone(), delivered_total: journal.entries().filter(|e| matches!(e, Entry::Delivered { .. })).count() as u64, ..Default::default() };
+            let status = PeerStatus {
+                name: p.name.clone(),
+                delivered_total: journal.entries().filter(|e| matches!(e, Entry::Delivered { .. })).count() as u64,
+                ..Default::default()
+            };
             peers.push(PeerState { peer: p.clone(), journal, session: None, retry_at: None, backoff: Duration::ZERO, status });
         }
         Ok(Engine { cfg, peers, seen: HashMap::new(), drive_error: None, mode })
@@ -175,10 +179,8 @@ impl Engine {
             }
         }
 
-        let collisions: HashMap<&str, &str> = paths::case_collisions(files.iter().map(|f| f.rel.as_str()))
-            .into_iter()
-            .flat_map(|(a, b)| [(a, b), (b, a)])
-            .collect();
+        let collisions: HashMap<&str, &str> =
+            paths::case_collisions(files.iter().map(|f| f.rel.as_str())).into_iter().flat_map(|(a, b)| [(a, b), (b, a)]).collect();
         let sending = self.cfg.drive.sending.clone();
 
         for ps in &mut self.peers {
@@ -196,7 +198,9 @@ impl Engine {
                 let settled_mtime = wall_age(f.mtime_ns).is_none_or(|age| age >= FAT_MTIME_SLACK);
                 let mut known = None;
                 match ps.journal.get(&f.rel) {
-                    Some(Entry::Delivered { size, mtime_ns, .. }) if *size == f.size && *mtime_ns == f.mtime_ns && settled_mtime => continue,
+                    Some(Entry::Delivered { size, mtime_ns, .. }) if *size == f.size && *mtime_ns == f.mtime_ns && settled_mtime => {
+                        continue
+                    }
                     // A skip is about the name or the size, not the content: no re-hash needed.
                     Some(Entry::Skipped { size, mtime_ns, .. }) if *size == f.size && *mtime_ns == f.mtime_ns => continue,
                     // Same size, other mtime: maybe only touched. Read it to know.
@@ -303,7 +307,11 @@ impl Engine {
                 Err(e) => {
                     let why = session.last_stderr();
                     session.close();
-                    let msg = if why.is_empty() { format!("link to {} lost: {e:#}", ps.peer.name) } else { format!("link to {} lost: {e:#} ({why})", ps.peer.name) };
+                    let msg = if why.is_empty() {
+                        format!("link to {} lost: {e:#}", ps.peer.name)
+                    } else {
+                        format!("link to {} lost: {e:#} ({why})", ps.peer.name)
+                    };
                     ps.status.connected = false;
                     fail(ps, msg, retry_max);
                     report.failures += 1;

@@ -12,7 +12,12 @@ pub struct Lock(#[allow(dead_code)] File);
 pub fn acquire(state_dir: &Path) -> Result<Lock> {
     fs::create_dir_all(state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
     let path = state_dir.join("agent.lock");
-    let mut f = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
     match f.try_lock() {
         Ok(()) => {}

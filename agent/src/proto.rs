@@ -25,30 +25,66 @@ pub type Hash = [u8; 32];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Msg {
-    Hello { version: u16 },
-    Welcome { version: u16, node: String },
+    Hello {
+        version: u16,
+    },
+    Welcome {
+        version: u16,
+        node: String,
+    },
     /// Sender: I have `size` bytes for `path`.
-    Offer { id: u32, path: String, size: u64 },
+    Offer {
+        id: u32,
+        path: String,
+        size: u64,
+    },
     /// Receiver: go ahead. `have` bytes of an earlier attempt are kept, hashing to `have_sha256`;
     /// `existing` is the hash of a file of the offered size already under the final name.
-    Accept { id: u32, have: u64, have_sha256: Hash, existing: Option<Hash> },
+    Accept {
+        id: u32,
+        have: u64,
+        have_sha256: Hash,
+        existing: Option<Hash>,
+    },
     /// Sender: the file under the final name already is this content.
-    Skip { id: u32 },
+    Skip {
+        id: u32,
+    },
     /// Sender: data follows from `from`, which is 0 or the receiver's `have`.
-    Start { id: u32, from: u64 },
+    Start {
+        id: u32,
+        from: u64,
+    },
     Data(Vec<u8>),
     /// Sender: end of data; the SHA-256 of the whole file as it was read.
-    Done { id: u32, sha256: Hash },
+    Done {
+        id: u32,
+        sha256: Hash,
+    },
     /// Sender: the file changed while it was read; forget this transfer (no answer follows).
-    Abort { id: u32 },
+    Abort {
+        id: u32,
+    },
     /// Receiver: verified, in place and on disk.
-    Stored { id: u32 },
+    Stored {
+        id: u32,
+    },
     /// Receiver: the answer to `Skip`, once that file is known to be on disk.
-    Have { id: u32 },
+    Have {
+        id: u32,
+    },
     /// Permanent for this content: the path or file is not acceptable. Do not retry until it changes.
-    Refused { id: u32, code: Code, message: String },
+    Refused {
+        id: u32,
+        code: Code,
+        message: String,
+    },
     /// Transient: disk full, drive missing, checksum mismatch. Retry later. `id` 0 is the session.
-    Failed { id: u32, code: Code, message: String },
+    Failed {
+        id: u32,
+        code: Code,
+        message: String,
+    },
     Bye,
 }
 

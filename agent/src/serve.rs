@@ -235,7 +235,10 @@ impl<W: Write> Session<'_, W> {
                 }
                 Some(m) => bail!("protocol error: unexpected {} outside a transfer", name_of(&m)),
             }
-            if self.group.len() >= GROUP_FILES || self.group_bytes >= GROUP_BYTES || self.group_since.is_some_and(|t| t.elapsed() >= GROUP_AGE) {
+            if self.group.len() >= GROUP_FILES
+                || self.group_bytes >= GROUP_BYTES
+                || self.group_since.is_some_and(|t| t.elapsed() >= GROUP_AGE)
+            {
                 self.hand_off()?;
             }
         }
@@ -404,7 +407,11 @@ impl<W: Write> Session<'_, W> {
                     }
                     if hasher.finalize().as_slice() != sha256 {
                         unlink_temp();
-                        return Err(failed(id, Code::Checksum, format!("{path}: SHA-256 mismatch (file changed at the sender during transfer?)")));
+                        return Err(failed(
+                            id,
+                            Code::Checksum,
+                            format!("{path}: SHA-256 mismatch (file changed at the sender during transfer?)"),
+                        ));
                     }
                     return Ok(Some(Pending { id, path, dir, name, temp: Some(temp) }));
                 }
@@ -417,7 +424,6 @@ impl<W: Write> Session<'_, W> {
             }
         }
     }
-
 }
 
 /// Makes a group durable and answers for it:
@@ -543,7 +549,9 @@ fn sweep_abandoned_temps(dir: &OwnedFd) {
             continue;
         }
         match rustix::fs::statat(dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile && now - st.st_mtime > ABANDONED.as_secs() as i64 => old.push(name),
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile && now - st.st_mtime > ABANDONED.as_secs() as i64 => {
+                old.push(name)
+            }
             _ => {}
         }
     }

@@ -56,7 +56,10 @@ pub enum Outcome {
 /// What happened to a file on our side of the link.
 enum Sent {
     /// Streamed, or skipped as already there: the peer's final answer is due.
-    Awaiting { resumed_from: u64, sha256: Hash },
+    Awaiting {
+        resumed_from: u64,
+        sha256: Hash,
+    },
     Changed(String),
 }
 
@@ -134,7 +137,9 @@ impl Session {
             while !answers.contains_key(&i) {
                 self.w.flush().context("writing to peer")?;
                 let m = self.recv()?;
-                let (Msg::Accept { id, .. } | Msg::Stored { id } | Msg::Have { id } | Msg::Refused { id, .. } | Msg::Failed { id, .. }) = &m else {
+                let (Msg::Accept { id, .. } | Msg::Stored { id } | Msg::Have { id } | Msg::Refused { id, .. } | Msg::Failed { id, .. }) =
+                    &m
+                else {
                     bail!("unexpected message from peer: {m:?}");
                 };
                 // Answers to offers of an earlier batch that was cut short: nothing to do.

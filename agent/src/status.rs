@@ -87,11 +87,14 @@ pub fn report(cfg: &Config, json: bool) -> Result<String> {
         let delivered = journal.entries().filter(|e| matches!(e, Entry::Delivered { .. })).count();
         let ps = st.as_ref().and_then(|s| s.peers.iter().find(|x| x.name == p.name));
         line(format!("peer {}:", p.name));
-        line(format!("  link:       {}", match ps {
-            Some(ps) if ps.connected => "up".to_string(),
-            Some(ps) if ps.last_error.is_some() => "down".to_string(),
-            _ => "idle".to_string(),
-        }));
+        line(format!(
+            "  link:       {}",
+            match ps {
+                Some(ps) if ps.connected => "up".to_string(),
+                Some(ps) if ps.last_error.is_some() => "down".to_string(),
+                _ => "idle".to_string(),
+            }
+        ));
         line(format!("  delivered:  {delivered} files"));
         if let Some(ps) = ps {
             if let Some(l) = &ps.last_delivered {

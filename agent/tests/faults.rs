@@ -45,11 +45,8 @@ fn kill_minus_nine_at_random_points_loses_and_duplicates_nothing() {
     let mut versions: HashMap<String, BTreeSet<String>> = HashMap::new();
     let mut generation = 0u64;
     let write_generation = |generation: u64, versions: &mut HashMap<String, BTreeSet<String>>| {
-        let mut files: Vec<(String, usize)> = vec![
-            ("large/a.bin".into(), 12 << 20),
-            ("large/b c.bin".into(), 8 << 20),
-            ("video ü.mp4".into(), 16 << 20),
-        ];
+        let mut files: Vec<(String, usize)> =
+            vec![("large/a.bin".into(), 12 << 20), ("large/b c.bin".into(), 8 << 20), ("video ü.mp4".into(), 16 << 20)];
         for i in 0..12 {
             files.push((format!("small/{i:02}.txt"), 1000 * i));
         }

@@ -67,7 +67,8 @@ fn a_lost_journal_costs_no_second_copy() {
     }
     sh(&format!("touch -d '1 minute ago' '{}'/d/*", a.sending().display()));
     assert!(a.sync_once().status.success());
-    let stamps = |b: &Node| (0..5).map(|i| fs::metadata(b.receiving().join(format!("d/{i}.bin"))).unwrap().modified().unwrap()).collect::<Vec<_>>();
+    let stamps =
+        |b: &Node| (0..5).map(|i| fs::metadata(b.receiving().join(format!("d/{i}.bin"))).unwrap().modified().unwrap()).collect::<Vec<_>>();
     let before = stamps(&b);
     fs::remove_dir_all(&a.state).unwrap();
     let o = a.sync_once();

@@ -62,9 +62,7 @@ pub fn build(sh: &Shell, cfg: &ImageConfig, update_lock: bool, work: &Path, cach
     let started = Instant::now();
     let lock_file = lock_path(sh);
     let existing = Lock::read(&lock_file)?;
-    let locked = existing
-        .as_ref()
-        .filter(|l| !update_lock && l.suite == cfg.base.suite && l.arch == cfg.base.arch.deb());
+    let locked = existing.as_ref().filter(|l| !update_lock && l.suite == cfg.base.suite && l.arch == cfg.base.arch.deb());
     let epoch = epoch(sh, locked)?;
     let key = cache_key(cfg, locked, epoch)?;
     let dir = cache.join("base");

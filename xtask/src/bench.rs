@@ -179,7 +179,8 @@ pub fn agent(sh: &Shell) -> Result<()> {
             std::fs::create_dir_all(&d)?;
         }
         proc::run(cmd!(sh, "sync"))?;
-        let (s, kib) = timed(&mut time(&[bin.as_ref(), "--config".as_ref(), a_conf.as_ref(), "sync".as_ref(), "--once".as_ref()]), &report)?;
+        let (s, kib) =
+            timed(&mut time(&[bin.as_ref(), "--config".as_ref(), a_conf.as_ref(), "sync".as_ref(), "--once".as_ref()]), &report)?;
         agent_runs.push(s);
         agent_kib = agent_kib.max(kib);
         if round == 0 {
@@ -242,10 +243,18 @@ pub fn agent(sh: &Shell) -> Result<()> {
     let size = |t: &str| std::fs::metadata(root.join(format!("target/{t}/release/pi2pi-agent"))).map(|m| m.len()).unwrap_or(0);
     let mib = bytes as f64 / (1 << 20) as f64;
     println!("agent benchmark ({files} files, {mib:.0} MiB, ssh on 127.0.0.1; median of {ROUNDS} alternated runs, range):");
-    println!("  pi2pi-agent sync --once      {agent_s:6.2} s  {:6.1} MiB/s  ({} s)  peak RSS {agent_kib} KiB", mib / agent_s, range(&agent_runs));
+    println!(
+        "  pi2pi-agent sync --once      {agent_s:6.2} s  {:6.1} MiB/s  ({} s)  peak RSS {agent_kib} KiB",
+        mib / agent_s,
+        range(&agent_runs)
+    );
     println!("  rsync -a (same ssh)          {rsync_s:6.2} s  {:6.1} MiB/s  ({} s)", mib / rsync_s, range(&rsync_runs));
     println!("  rsync -a --fsync (same ssh)  {rsync_fsync_s:6.2} s  {:6.1} MiB/s  ({} s)", mib / rsync_fsync_s, range(&fsync_runs));
-    println!("  throughput ratio agent/rsync: {:.2} (goal >= 1.0); agent/(rsync --fsync): {:.2}", rsync_s / agent_s, rsync_fsync_s / agent_s);
+    println!(
+        "  throughput ratio agent/rsync: {:.2} (goal >= 1.0); agent/(rsync --fsync): {:.2}",
+        rsync_s / agent_s,
+        rsync_fsync_s / agent_s
+    );
     println!(
         "  latency close->arrival (4 KiB, daemon, settle 300 ms): median {:.3} s, p90 {:.3} s, max {:.3} s (goal <= 1 s)",
         lat[lat.len() / 2],

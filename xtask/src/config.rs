@@ -276,7 +276,8 @@ pub fn parse(file: &Path, text: &str) -> Result<ImageConfig, ConfigError> {
         || "must be a suite name like \"bookworm\"".into(),
     )?;
     cx.check(
-        !b.mirrors.get_ref().is_empty() && b.mirrors.get_ref().iter().all(|m| m.starts_with("http://") || m.starts_with("https://") || m.starts_with("file:/")),
+        !b.mirrors.get_ref().is_empty()
+            && b.mirrors.get_ref().iter().all(|m| m.starts_with("http://") || m.starts_with("https://") || m.starts_with("file:/")),
         &b.mirrors,
         "base.mirrors",
         || "must list at least one http://, https:// or file:/ mirror URL".into(),
@@ -292,7 +293,12 @@ pub fn parse(file: &Path, text: &str) -> Result<ImageConfig, ConfigError> {
     if let Some(bad) = b.packages.get_ref().iter().find(|p| !is_pkg(p)) {
         return cx.err(&b.packages, "base.packages", format!("`{bad}` is not a Debian package name"));
     }
-    if let Some(bad) = b.initramfs_modules.get_ref().iter().find(|m| m.is_empty() || !m.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')) {
+    if let Some(bad) = b
+        .initramfs_modules
+        .get_ref()
+        .iter()
+        .find(|m| m.is_empty() || !m.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-'))
+    {
         return cx.err(&b.initramfs_modules, "base.initramfs_modules", format!("`{bad}` is not a kernel module name"));
     }
     for (list, key) in [(&b.path_exclude, "base.path_exclude"), (&b.path_include, "base.path_include")] {
@@ -328,12 +334,9 @@ pub fn parse(file: &Path, text: &str) -> Result<ImageConfig, ConfigError> {
         })?;
     }
     let loc = s.locale.get_ref();
-    cx.check(
-        loc.len() >= 5 && loc.as_bytes()[2] == b'_' && loc.ends_with(".UTF-8"),
-        &s.locale,
-        "system.locale",
-        || format!("`{loc}` must look like \"en_US.UTF-8\""),
-    )?;
+    cx.check(loc.len() >= 5 && loc.as_bytes()[2] == b'_' && loc.ends_with(".UTF-8"), &s.locale, "system.locale", || {
+        format!("`{loc}` must look like \"en_US.UTF-8\"")
+    })?;
     let tz = s.timezone.get_ref();
     cx.check(
         !tz.is_empty() && !tz.contains("..") && !tz.starts_with('/') && Path::new("/usr/share/zoneinfo").join(tz).is_file(),
@@ -363,14 +366,22 @@ pub fn parse(file: &Path, text: &str) -> Result<ImageConfig, ConfigError> {
     let range: Vec<Option<Ipv4Addr>> = n.dhcp_range.get_ref().iter().map(|a| a.parse().ok()).collect();
     let dhcp_range = match range.as_slice() {
         [Some(a), Some(b)] if a <= b => (*a, *b),
-        _ => return cx.err(&n.dhcp_range, "network.dhcp_range", "must be two IPv4 addresses, first <= last, like [\"10.0.0.100\", \"10.0.0.200\"]"),
+        _ => {
+            return cx.err(
+                &n.dhcp_range,
+                "network.dhcp_range",
+                "must be two IPv4 addresses, first <= last, like [\"10.0.0.100\", \"10.0.0.200\"]",
+            )
+        }
     };
     let network = Network { interface: n.interface.get_ref().clone(), prefix, domain: n.domain.get_ref().clone(), dhcp_range };
 
     let d = &raw.drive;
     let label = d.label.get_ref();
     cx.check(
-        !label.is_empty() && label.len() <= 11 && label.bytes().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == b'_' || c == b'-'),
+        !label.is_empty()
+            && label.len() <= 11
+            && label.bytes().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == b'_' || c == b'-'),
         &d.label,
         "drive.label",
         || format!("`{label}` must be a FAT32 label: 1-11 upper-case letters, digits, '_' or '-' (no spaces)"),
@@ -390,7 +401,11 @@ pub fn parse(file: &Path, text: &str) -> Result<ImageConfig, ConfigError> {
     cx.check((64..=2048).contains(i.boot_mib.get_ref()), &i.boot_mib, "image.boot_mib", || "must be 64..=2048".into())?;
     cx.check(*i.root_headroom_mib.get_ref() <= 8192, &i.root_headroom_mib, "image.root_headroom_mib", || "must be at most 8192".into())?;
     cx.check(*i.max_bytes.get_ref() >= 1 << 28, &i.max_bytes, "image.max_bytes", || "must be at least 256 MiB".into())?;
-    let image = ImageParams { boot_mib: *i.boot_mib.get_ref(), root_headroom_mib: *i.root_headroom_mib.get_ref(), max_bytes: *i.max_bytes.get_ref() };
+    let image = ImageParams {
+        boot_mib: *i.boot_mib.get_ref(),
+        root_headroom_mib: *i.root_headroom_mib.get_ref(),
+        max_bytes: *i.max_bytes.get_ref(),
+    };
 
     let mut hosts: Vec<Host> = Vec::new();
     cx.check(!raw.host.get_ref().is_empty(), &raw.host, "host", || "define at least one [[host]]".into())?;
@@ -408,16 +423,22 @@ pub fn parse(file: &Path, text: &str) -> Result<ImageConfig, ConfigError> {
             Ok(a) => a,
             Err(_) => return cx.err(&h.address, &key("address"), format!("`{}` is not an IPv4 address", h.address.get_ref())),
         };
-        cx.check(!hosts.iter().any(|o| o.address == address), &h.address, &key("address"), || format!("{address} is already used by another host"))?;
+        cx.check(!hosts.iter().any(|o| o.address == address), &h.address, &key("address"), || {
+            format!("{address} is already used by another host")
+        })?;
         let mac = match (&role, &h.mac) {
             (_, Some(m)) => {
                 let ok = parse_mac(&m.get_ref().to_lowercase()).is_some_and(|b| b[0] & 1 == 0 && b != [0; 6]);
                 cx.check(ok, m, &key("mac"), || format!("`{}` must be a unicast MAC like \"b8:27:eb:00:00:01\"", m.get_ref()))?;
                 let lower = m.get_ref().to_lowercase();
-                cx.check(!hosts.iter().any(|o| o.mac.as_deref() == Some(&lower)), m, &key("mac"), || format!("{lower} is already used by another host"))?;
+                cx.check(!hosts.iter().any(|o| o.mac.as_deref() == Some(&lower)), m, &key("mac"), || {
+                    format!("{lower} is already used by another host")
+                })?;
                 Some(lower)
             }
-            (Role::DhcpClient, None) => return cx.err(&h.role, &key("mac"), "a dhcp-client needs `mac` (its Ethernet address) for its reservation"),
+            (Role::DhcpClient, None) => {
+                return cx.err(&h.role, &key("mac"), "a dhcp-client needs `mac` (its Ethernet address) for its reservation")
+            }
             (Role::DhcpServer, None) => None,
         };
         hosts.push(Host { name: name.clone(), role, address, mac, peers: Vec::new() });
@@ -439,7 +460,9 @@ pub fn parse(file: &Path, text: &str) -> Result<ImageConfig, ConfigError> {
         })?;
     }
     for (a, what) in [(dhcp_range.0, "first"), (dhcp_range.1, "last")] {
-        cx.check(u32::from(a) & mask == net, &n.dhcp_range, "network.dhcp_range", || format!("the {what} address {a} is outside {}/{prefix}", Ipv4Addr::from(net)))?;
+        cx.check(u32::from(a) & mask == net, &n.dhcp_range, "network.dhcp_range", || {
+            format!("the {what} address {a} is outside {}/{prefix}", Ipv4Addr::from(net))
+        })?;
     }
     let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
     for (idx, h) in raw.host.get_ref().iter().enumerate() {

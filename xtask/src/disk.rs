@@ -67,7 +67,17 @@ pub fn boot_fs(sh: &Shell, files: &BTreeMap<String, Vec<u8>>, mib: u64, volid: u
 
 /// ext4 from the tarball. Sized from its contents plus headroom; grows on first boot.
 #[allow(clippy::too_many_arguments)] // each is one mke2fs input; a struct would only rename them
-pub fn root_fs(sh: &Shell, m: &Mke2fs, tar: &Path, data_bytes: u64, entries: u64, headroom_mib: u64, uuid: &str, epoch: u64, out: &Path) -> Result<u64> {
+pub fn root_fs(
+    sh: &Shell,
+    m: &Mke2fs,
+    tar: &Path,
+    data_bytes: u64,
+    entries: u64,
+    headroom_mib: u64,
+    uuid: &str,
+    epoch: u64,
+    out: &Path,
+) -> Result<u64> {
     // Data blocks, per-entry metadata (inode, directory entry), journal and bitmaps, 5% slack;
     // the headroom is all the free space the card has until first boot grows it.
     let mut bytes = (data_bytes + entries * 512 + 40 * MIB) * 21 / 20 + headroom_mib * MIB;

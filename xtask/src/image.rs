@@ -144,11 +144,7 @@ fn build_host(sh: &Shell, shared: &Shared, host: &Host) -> Result<Built> {
     let work = opts.work_dir.join(&host.name);
     std::fs::create_dir_all(&work)?;
     let ids = disk::Ids::for_host(&host.name);
-    let peer_keys = host
-        .peers
-        .iter()
-        .map(|p| cfg.host(p).map(|h| (h, keys::for_host(sh, p))))
-        .collect::<Result<Vec<_>>>()?;
+    let peer_keys = host.peers.iter().map(|p| cfg.host(p).map(|h| (h, keys::for_host(sh, p)))).collect::<Result<Vec<_>>>()?;
     let host_keys = keys::for_host(sh, &host.name);
     let layer = layers::build(&layers::Inputs {
         cfg,

@@ -128,7 +128,13 @@ pub fn build(i: &Inputs) -> Result<Layer> {
     for dir in [i.overlays.join("common"), i.overlays.join(&i.host.name)] {
         for (rel, data, exec) in read_tree(&dir)? {
             let Some((path, data)) = render(&env, &ctx, &rel, data)? else { continue };
-            let mode = if path.starts_with("etc/sudoers.d/") { 0o440 } else if exec { 0o755 } else { 0o644 };
+            let mode = if path.starts_with("etc/sudoers.d/") {
+                0o440
+            } else if exec {
+                0o755
+            } else {
+                0o644
+            };
             layer.file(&path, data, mode, root);
         }
     }

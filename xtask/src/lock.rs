@@ -70,7 +70,9 @@ impl Lock {
     pub fn from_build(epoch: u64, suite: &str, arch: &str, status: &str, packages_index: &str) -> Result<Lock> {
         let mut hashes: BTreeMap<(String, String, String), String> = BTreeMap::new();
         for para in deb822(packages_index) {
-            if let (Some(p), Some(v), Some(a), Some(h)) = (para.get("Package"), para.get("Version"), para.get("Architecture"), para.get("SHA256")) {
+            if let (Some(p), Some(v), Some(a), Some(h)) =
+                (para.get("Package"), para.get("Version"), para.get("Architecture"), para.get("SHA256"))
+            {
                 hashes.insert((p.clone(), v.clone(), a.clone()), h.clone());
             }
         }

@@ -127,7 +127,11 @@ pub fn run(sh: &Shell, cfg: &ImageConfig, schedule: Schedule, build: bool) -> Re
     };
     let root = sh.current_dir();
     let images_dir = if schedule == Schedule::Systemd { root.join("target/images") } else { root.join(format!("target/images-{tag}")) };
-    let opts = image::Options { out_dir: images_dir.clone(), work_dir: root.join(format!("target/image-build-{tag}")), ..image::Options::default_for(sh) };
+    let opts = image::Options {
+        out_dir: images_dir.clone(),
+        work_dir: root.join(format!("target/image-build-{tag}")),
+        ..image::Options::default_for(sh)
+    };
     let hosts: Vec<&Host> = cfg.hosts.iter().collect();
     if build {
         image::build(sh, &cfg, &hosts, &opts)?;
@@ -264,7 +268,8 @@ fn pair(sh: &Shell, cfg: &ImageConfig, hosts: &[&Host], images: &Path, run_dir: 
     }
 
     // 4. Every pre-filled file arrives on the other side (checked in the guest first).
-    let expect = |i: usize| -> BTreeMap<String, String> { files[i].iter().map(|(p, d)| (p.clone(), hex::encode(Sha256::digest(d)))).collect() };
+    let expect =
+        |i: usize| -> BTreeMap<String, String> { files[i].iter().map(|(p, d)| (p.clone(), hex::encode(Sha256::digest(d)))).collect() };
     let deadline = Instant::now() + sync_limit;
     for (i, vm) in vms.iter_mut().enumerate() {
         let want = expect(1 - i);
@@ -288,7 +293,8 @@ fn pair(sh: &Shell, cfg: &ImageConfig, hosts: &[&Host], images: &Path, run_dir: 
     let mut latencies = Vec::new();
     for n in 0..rounds {
         let name = format!("late-{n}.bin");
-        let sum = vms[server].ok(&format!("f={mount}/sending/{name}; head -c 300000 /dev/urandom > $f.tmp && mv $f.tmp $f && sha256sum < $f"), CMD)?;
+        let sum = vms[server]
+            .ok(&format!("f={mount}/sending/{name}; head -c 300000 /dev/urandom > $f.tmp && mv $f.tmp $f && sha256sum < $f"), CMD)?;
         let took = wait_arrival(&mut vms[client], &format!("{mount}/receiving/{name}"), &sum, sync_limit)?;
         latencies.push(took);
         eprintln!("qemu: {name} arrived after {:.2}s", took.as_secs_f64());
@@ -313,8 +319,18 @@ fn pair(sh: &Shell, cfg: &ImageConfig, hosts: &[&Host], images: &Path, run_dir: 
     wait_arrival(&mut vms[client], &format!("{mount}/receiving/{name}"), &sum, sync_limit).context("after the reboot")?;
     let after_server = journal(&mut vms[server], &hosts[client].name)?;
     let after_client = journal(&mut vms[client], &hosts[server].name)?;
-    ensure!(after_server == before_server + 1, "{} recorded {} deliveries after the reboot, expected 1 (re-sent files?)", hosts[server].name, after_server - before_server);
-    ensure!(after_client == before_client, "{} delivered {} files again after its reboot", hosts[client].name, after_client - before_client);
+    ensure!(
+        after_server == before_server + 1,
+        "{} recorded {} deliveries after the reboot, expected 1 (re-sent files?)",
+        hosts[server].name,
+        after_server - before_server
+    );
+    ensure!(
+        after_client == before_client,
+        "{} delivered {} files again after its reboot",
+        hosts[client].name,
+        after_client - before_client
+    );
     for vm in &vms {
         vm.check_console()?;
     }
@@ -352,9 +368,5 @@ fn wait_arrival(vm: &mut Vm, path: &str, sum: &str, limit: Duration) -> Result<D
 fn guest_tree(vm: &mut Vm, dir: &str) -> Result<BTreeMap<String, String>> {
     // A temporary can be renamed between find and sha256sum: list what still exists.
     let out = vm.ok(&format!("cd '{dir}' && {{ find . -type f -print0 | sort -z | xargs -0 -r sha256sum 2>/dev/null; true; }}"), CMD)?;
-    Ok(out
-        .lines()
-        .filter_map(|l| l.split_once("  "))
-        .map(|(h, p)| (p.trim_start_matches("./").to_string(), h.to_string()))
-        .collect())
+    Ok(out.lines().filter_map(|l| l.split_once("  ")).map(|(h, p)| (p.trim_start_matches("./").to_string(), h.to_string())).collect())
 }

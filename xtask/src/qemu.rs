@@ -164,7 +164,16 @@ impl Vm {
         let argv = argv(spec, boot, &append, overlay, &console);
         std::fs::write(spec.dir.join("qemu.cmdline"), argv.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ") + "\n")?;
         let handle = proc::spawn(sh.current_dir().as_path(), &argv, &spec.dir.join("qemu.log"))?;
-        Ok(Vm { name: spec.name.clone(), dir: spec.dir.clone(), console_log, handle: Some(handle), shell: None, buf: String::new(), seq: 0, booted_in: None })
+        Ok(Vm {
+            name: spec.name.clone(),
+            dir: spec.dir.clone(),
+            console_log,
+            handle: Some(handle),
+            shell: None,
+            buf: String::new(),
+            seq: 0,
+            booted_in: None,
+        })
     }
 
     pub fn console(&self) -> String {

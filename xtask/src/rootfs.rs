@@ -34,7 +34,8 @@ fn norm(p: &Path) -> String {
 const BOOT: &str = "boot/firmware/";
 
 pub fn read_base_facts(base: &Path) -> Result<BaseFacts> {
-    let mut ar = tar::Archive::new(BufReader::with_capacity(1 << 20, File::open(base).with_context(|| format!("opening {}", base.display()))?));
+    let mut ar =
+        tar::Archive::new(BufReader::with_capacity(1 << 20, File::open(base).with_context(|| format!("opening {}", base.display()))?));
     let mut facts = BaseFacts { boot: BTreeMap::new(), passwd: String::new(), group: String::new() };
     for e in ar.entries()? {
         let mut e = e?;
@@ -69,7 +70,8 @@ pub fn user_ids(passwd: &str, user: &str) -> Result<(u32, u32)> {
 
 pub fn write(base: &Path, layer: &Layer, epoch: u64, out: &Path) -> Result<Stats> {
     let mut ar = tar::Archive::new(BufReader::with_capacity(1 << 20, File::open(base)?));
-    let mut b = tar::Builder::new(BufWriter::with_capacity(1 << 20, File::create(out).with_context(|| format!("creating {}", out.display()))?));
+    let mut b =
+        tar::Builder::new(BufWriter::with_capacity(1 << 20, File::create(out).with_context(|| format!("creating {}", out.display()))?));
     b.mode(tar::HeaderMode::Complete);
     let mut stats = Stats { entries: 0, blocks_bytes: 0 };
     let mut pending = layer.root.clone();

@@ -1,6 +1,7 @@
 //! `cargo xtask test`: the README's test command and what `.ci/run` calls. Sets the machine up,
-//! then runs every phase in order, printing each phase's time: unit and integration tests, the
-//! images, the reproducibility check, and the QEMU pair test with both schedules.
+//! then runs every phase in order, printing each phase's time: the format check, unit and
+//! integration tests, the images, the reproducibility check, and the QEMU pair test with both
+//! schedules.
 
 use std::time::Instant;
 
@@ -27,21 +28,24 @@ pub fn all(sh: &Shell, cfg: &ImageConfig, skip_qemu: bool) -> Result<()> {
         r.is_ok()
     };
     let mut ok = phase("setup", &mut || setup::ensure(sh, cfg.base.arch));
+    ok = ok && phase("format (cargo fmt --check)", &mut || proc::run(cmd!(sh, "cargo fmt --all --check")));
     ok = ok && phase("cargo test", &mut || proc::run(cmd!(sh, "cargo test --workspace --locked")));
-    ok = ok && phase("images", &mut || {
-        let built = image::build(sh, cfg, &image::select(cfg, "all")?, &image::Options::default_for(sh))?;
-        eprint!("{}", image::summary(&built));
-        Ok(())
-    });
+    ok = ok
+        && phase("images", &mut || {
+            let built = image::build(sh, cfg, &image::select(cfg, "all")?, &image::Options::default_for(sh))?;
+            eprint!("{}", image::summary(&built));
+            Ok(())
+        });
     ok = ok && phase("verify (reproducible images)", &mut || verify::run(sh, cfg, false));
     if !skip_qemu {
         for s in [Schedule::Systemd, Schedule::Cron] {
-            ok = ok && phase(&format!("qemu pair test ({s:?})"), &mut || {
-                // The systemd images are the ones the "images" phase just wrote; cron is a variant.
-                let r = pair::run(sh, cfg, s, s != Schedule::Systemd)?;
-                eprint!("{}", r.render());
-                Ok(())
-            });
+            ok = ok
+                && phase(&format!("qemu pair test ({s:?})"), &mut || {
+                    // The systemd images are the ones the "images" phase just wrote; cron is a variant.
+                    let r = pair::run(sh, cfg, s, s != Schedule::Systemd)?;
+                    eprint!("{}", r.render());
+                    Ok(())
+                });
         }
     }
     eprintln!("\nphases:");
