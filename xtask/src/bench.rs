@@ -119,14 +119,29 @@ fn node_config(path: &Path, name: &str, drive: &Path, state: &Path, peer: &str) 
     Ok(())
 }
 
-/// Peak RSS (KiB) of a finished child, from /usr/bin/time's report.
-fn timed(c: &mut Command, report: &Path) -> Result<(f64, u64)> {
-    let t = Instant::now();
+/// Busy CPU time of the whole machine so far (all processes: ours, ssh, sshd, kernel writeback),
+/// in seconds, from /proc/stat (user + nice + system + irq + softirq; USER_HZ is 100 on Linux).
+fn busy_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<f64> = stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    [0, 1, 2, 5, 6].iter().filter_map(|&i| f.get(i)).sum::<f64>() / 100.0
+}
+
+struct Run {
+    secs: f64,
+    /// Peak RSS (KiB) of the timed process, from /usr/bin/time's report.
+    kib: u64,
+    /// CPU time the whole machine spent during the run.
+    cpu: f64,
+}
+
+fn timed(c: &mut Command, report: &Path) -> Result<Run> {
+    let (t, cpu) = (Instant::now(), busy_cpu());
     let status = c.status()?;
-    let secs = t.elapsed().as_secs_f64();
+    let (secs, cpu) = (t.elapsed().as_secs_f64(), busy_cpu() - cpu);
     ensure!(status.success(), "{c:?} failed with {status}");
     let kib = std::fs::read_to_string(report)?.trim().lines().last().unwrap_or("0").trim().parse().unwrap_or(0);
-    Ok((secs, kib))
+    Ok(Run { secs, kib, cpu })
 }
 
 pub fn agent(sh: &Shell) -> Result<()> {
@@ -168,9 +183,9 @@ pub fn agent(sh: &Shell) -> Result<()> {
         argv.extend(["-e".as_ref(), ssh.as_ref(), src.as_ref(), std::ffi::OsStr::new(&dst)]);
         time(&argv)
     };
-    // Single runs on a shared machine vary by ±10 %: alternate the three, report medians.
-    const ROUNDS: usize = 3;
-    let (mut agent_runs, mut rsync_runs, mut fsync_runs, mut agent_kib) = (Vec::new(), Vec::new(), Vec::new(), 0);
+    // Single runs on a shared machine vary by ±10 % or more: alternate the three, report medians.
+    const ROUNDS: usize = 5;
+    let mut runs: [Vec<Run>; 3] = Default::default();
     for round in 0..ROUNDS {
         // Each run starts from an empty destination (and the agent from an empty journal), with
         // no earlier run's dirty pages left for it to write back. All read the same cached files.
@@ -178,28 +193,35 @@ pub fn agent(sh: &Shell) -> Result<()> {
             let _ = std::fs::remove_dir_all(&d);
             std::fs::create_dir_all(&d)?;
         }
-        proc::run(cmd!(sh, "sync"))?;
-        let (s, kib) =
-            timed(&mut time(&[bin.as_ref(), "--config".as_ref(), a_conf.as_ref(), "sync".as_ref(), "--once".as_ref()]), &report)?;
-        agent_runs.push(s);
-        agent_kib = agent_kib.max(kib);
+        proc::run(cmd!(sh, "sync").quiet())?;
+        runs[0].push(timed(&mut time(&[bin.as_ref(), "--config".as_ref(), a_conf.as_ref(), "sync".as_ref(), "--once".as_ref()]), &report)?);
         if round == 0 {
             let same = cmd!(sh, "diff -rq {a}/sending {b}/receiving").quiet().ignore_stdout().run().is_ok();
             ensure!(same, "the agent's copy differs from the source");
         }
-        proc::run(cmd!(sh, "sync"))?;
-        rsync_runs.push(timed(&mut rsync(&[], &r), &report)?.0);
+        proc::run(cmd!(sh, "sync").quiet())?;
+        runs[1].push(timed(&mut rsync(&[], &r), &report)?);
         // The like-for-like baseline: rsync made durable too (the agent syncs every file).
-        proc::run(cmd!(sh, "sync"))?;
-        fsync_runs.push(timed(&mut rsync(&["--fsync"], &r2), &report)?.0);
-        eprintln!("bench: round {}: agent {s:.2} s, rsync {:.2} s, rsync --fsync {:.2} s", round + 1, rsync_runs[round], fsync_runs[round]);
+        proc::run(cmd!(sh, "sync").quiet())?;
+        runs[2].push(timed(&mut rsync(&["--fsync"], &r2), &report)?);
+        let last = |i: usize| runs[i].last().map_or(0.0, |r: &Run| r.secs);
+        eprintln!("bench: round {}: agent {:.2} s, rsync {:.2} s, rsync --fsync {:.2} s", round + 1, last(0), last(1), last(2));
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(|x, y| x.total_cmp(y));
-        v[v.len() / 2]
+    let agent_kib = runs[0].iter().map(|r| r.kib).max().unwrap_or(0);
+    let median = |v: &[Run], f: fn(&Run) -> f64| {
+        let mut x: Vec<f64> = v.iter().map(f).collect();
+        x.sort_by(|p, q| p.total_cmp(q));
+        x[x.len() / 2]
     };
-    let range = |v: &[f64]| format!("{:.2}-{:.2}", v[0], v[v.len() - 1]);
-    let (agent_s, rsync_s, rsync_fsync_s) = (median(&mut agent_runs), median(&mut rsync_runs), median(&mut fsync_runs));
+    let range = |v: &[Run]| {
+        let x: Vec<f64> = v.iter().map(|r| r.secs).collect();
+        format!("{:.2}-{:.2}", x.iter().cloned().fold(f64::MAX, f64::min), x.iter().cloned().fold(0.0, f64::max))
+    };
+    let [agent_s, rsync_s, rsync_fsync_s] = [0, 1, 2].map(|i| median(&runs[i], |r| r.secs));
+    let [agent_cpu, rsync_cpu, fsync_cpu] = [0, 1, 2].map(|i| median(&runs[i], |r| r.cpu));
+    // Per round, so that a slow patch of the machine weighs on both sides of the ratio.
+    let mut ratios: Vec<f64> = runs[0].iter().zip(&runs[1]).map(|(a, r)| r.secs / a.secs).collect();
+    ratios.sort_by(|p, q| p.total_cmp(q));
 
     // Latency: the daemon, one small file at a time, close → visible at the receiver.
     let lat_conf = dir.join("lat.toml");
@@ -242,17 +264,25 @@ pub fn agent(sh: &Shell) -> Result<()> {
 
     let size = |t: &str| std::fs::metadata(root.join(format!("target/{t}/release/pi2pi-agent"))).map(|m| m.len()).unwrap_or(0);
     let mib = bytes as f64 / (1 << 20) as f64;
-    println!("agent benchmark ({files} files, {mib:.0} MiB, ssh on 127.0.0.1; median of {ROUNDS} alternated runs, range):");
     println!(
-        "  pi2pi-agent sync --once      {agent_s:6.2} s  {:6.1} MiB/s  ({} s)  peak RSS {agent_kib} KiB",
-        mib / agent_s,
-        range(&agent_runs)
+        "agent benchmark ({files} files, {mib:.0} MiB, ssh on 127.0.0.1; median of {ROUNDS} alternated runs (range); machine CPU time):"
     );
-    println!("  rsync -a (same ssh)          {rsync_s:6.2} s  {:6.1} MiB/s  ({} s)", mib / rsync_s, range(&rsync_runs));
-    println!("  rsync -a --fsync (same ssh)  {rsync_fsync_s:6.2} s  {:6.1} MiB/s  ({} s)", mib / rsync_fsync_s, range(&fsync_runs));
     println!(
-        "  throughput ratio agent/rsync: {:.2} (goal >= 1.0); agent/(rsync --fsync): {:.2}",
+        "  pi2pi-agent sync --once      {agent_s:6.2} s  {:6.1} MiB/s  ({} s)  CPU {agent_cpu:.1} s  peak RSS {agent_kib} KiB",
+        mib / agent_s,
+        range(&runs[0])
+    );
+    println!("  rsync -a (same ssh)          {rsync_s:6.2} s  {:6.1} MiB/s  ({} s)  CPU {rsync_cpu:.1} s", mib / rsync_s, range(&runs[1]));
+    println!(
+        "  rsync -a --fsync (same ssh)  {rsync_fsync_s:6.2} s  {:6.1} MiB/s  ({} s)  CPU {fsync_cpu:.1} s",
+        mib / rsync_fsync_s,
+        range(&runs[2])
+    );
+    println!(
+        "  throughput ratio agent/rsync: {:.2} (median of medians; per round {:.2}-{:.2}; goal >= 1.0); agent/(rsync --fsync): {:.2}",
         rsync_s / agent_s,
+        ratios[0],
+        ratios[ratios.len() - 1],
         rsync_fsync_s / agent_s
     );
     println!(
