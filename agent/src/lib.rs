@@ -4,6 +4,7 @@
 //! over [`transport`] (OpenSSH) with the [`proto`] frames. Receiver: [`serve`], the forced command
 //! of the sender's key. See ARCHITECTURE.md for the guarantees and where each is enforced.
 
+pub mod commit;
 pub mod config;
 pub mod daemon;
 pub mod drive;
@@ -12,6 +13,7 @@ pub mod fsutil;
 pub mod lock;
 pub mod paths;
 pub mod proto;
+pub mod reply;
 pub mod serve;
 pub mod session;
 pub mod state;

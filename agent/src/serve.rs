@@ -22,8 +22,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
 use sha2::{Digest, Sha256};
 
+use crate::commit::{commit, Pending};
 use crate::config::Config;
 use crate::proto::{read_msg, write_msg, Code, Hash, Msg, VERSION};
+use crate::reply::{answer, emit, failed, io_failed, refused, Out, Reply};
 use crate::{drive, fsutil, paths};
 
 const RESOLVE: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_SYMLINKS).union(ResolveFlags::NO_MAGICLINKS);
@@ -97,8 +99,6 @@ pub fn serve(cfg: &Config, input: impl Read + Send + 'static, output: impl Write
     })
 }
 
-type Out<W> = Mutex<BufWriter<W>>;
-
 struct Session<'a, W: Write> {
     cfg: &'a Config,
     out: &'a Out<W>,
@@ -128,58 +128,6 @@ struct Accepted {
     /// Bytes kept from an earlier attempt, and their hash so far.
     have: u64,
     hasher: Sha256,
-}
-
-struct Pending {
-    id: u32,
-    path: String,
-    dir: Arc<OwnedFd>,
-    name: String,
-    /// `Some(temp)`: rename it to `name`, then answer `Stored`. `None`: the final file already was
-    /// the content (`Skip`); answer `Have` once it is known to be on disk.
-    temp: Option<String>,
-}
-
-/// Why an offer or transfer did not succeed: an answer for the sender, or a broken session.
-enum Reply {
-    Send(Msg),
-    Fatal(anyhow::Error),
-}
-
-impl From<io::Error> for Reply {
-    fn from(e: io::Error) -> Reply {
-        Reply::Fatal(e.into())
-    }
-}
-
-fn refused(id: u32, code: Code, message: impl Into<String>) -> Reply {
-    Reply::Send(Msg::Refused { id, code, message: message.into() })
-}
-fn failed(id: u32, code: Code, message: impl Into<String>) -> Reply {
-    Reply::Send(Msg::Failed { id, code, message: message.into() })
-}
-fn io_failed(id: u32, what: &str, path: &str, e: io::Error) -> Reply {
-    let code = if fsutil::is_no_space(&e) { Code::NoSpace } else { Code::Io };
-    let what = if code == Code::NoSpace { "receiver's drive is full" } else { what };
-    failed(id, code, format!("{what}: {path}: {e}"))
-}
-
-/// Writes a message to the sender, and flushes if asked to.
-fn emit<W: Write>(out: &Out<W>, m: &Msg, flush: bool) -> Result<()> {
-    let mut w = out.lock().map_err(|_| anyhow!("output lock poisoned"))?;
-    write_msg(&mut *w, m)?;
-    if flush {
-        w.flush()?;
-    }
-    Ok(())
-}
-
-/// Sends a refusal or failure (logged here, where the receiver's operator can see it).
-fn answer<W: Write>(out: &Out<W>, path: &str, m: Msg) -> Result<()> {
-    if let Msg::Refused { message, .. } | Msg::Failed { message, .. } = &m {
-        tracing::warn!(path, "{message}");
-    }
-    emit(out, &m, true)
 }
 
 impl<W: Write> Session<'_, W> {
@@ -424,57 +372,6 @@ impl<W: Write> Session<'_, W> {
             }
         }
     }
-}
-
-/// Makes a group durable and answers for it:
-/// 1. `syncfs`: every temporary's data and inode reach the drive;
-/// 2. `fsync` of a directory: a cache flush, so the device cannot persist a rename before the
-///    data it names (FAT's fsync issues the flush; `syncfs` alone may not);
-/// 3. the renames; 4. `syncfs` and one more flush: the renames (and any `Have` file) are on disk.
-///
-/// One group costs two syncs whatever its size, where per-file fsyncs cost two per file.
-fn commit<W: Write>(group: Vec<Pending>, out: &Out<W>) -> Result<()> {
-    let Some(first) = group.first() else { return Ok(()) };
-    let started = Instant::now();
-    let any = Arc::clone(&first.dir);
-    let flush = || -> io::Result<()> {
-        rustix::fs::syncfs(&*any)?;
-        rustix::fs::fsync(&*any)?;
-        Ok(())
-    };
-    let mut answers = Vec::with_capacity(group.len());
-    let renames = group.iter().any(|p| p.temp.is_some());
-    let synced = if renames { flush() } else { Ok(()) };
-    for p in &group {
-        let answer = match (&synced, &p.temp) {
-            (Err(e), _) => Err(io_failed(p.id, "cannot sync", &p.path, io::Error::new(e.kind(), e.to_string()))),
-            (Ok(()), Some(temp)) => rustix::fs::renameat(&*p.dir, temp.as_str(), &*p.dir, p.name.as_str())
-                .map(|()| Msg::Stored { id: p.id })
-                .map_err(|e| io_failed(p.id, "cannot rename into place", &p.path, e.into())),
-            (Ok(()), None) => Ok(Msg::Have { id: p.id }),
-        };
-        answers.push(answer);
-    }
-    if let Err(e) = flush() {
-        for (p, a) in group.iter().zip(&mut answers) {
-            if a.is_ok() {
-                *a = Err(io_failed(p.id, "cannot sync", &p.path, io::Error::new(e.kind(), e.to_string())));
-            }
-        }
-    }
-    tracing::debug!(files = group.len(), ms = started.elapsed().as_millis() as u64, "group committed");
-    for (p, a) in group.iter().zip(answers) {
-        match a {
-            Ok(m) => {
-                tracing::debug!(path = p.path, "stored");
-                emit(out, &m, false)?;
-            }
-            Err(Reply::Send(m)) => answer(out, &p.path, m)?,
-            Err(Reply::Fatal(e)) => return Err(e),
-        }
-    }
-    out.lock().map_err(|_| anyhow!("output lock poisoned"))?.flush()?;
-    Ok(())
 }
 
 fn recv(rx: &Frames, path: &str) -> Result<Msg, Reply> {

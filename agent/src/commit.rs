@@ -1,0 +1,74 @@
+//! The receiver's group commit: verified temporaries become durable final files in two syncs
+//! per group, on a thread of their own, and only then are they acknowledged.
+
+use std::io::{self, Write};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{anyhow, Result};
+
+use crate::proto::Msg;
+use crate::reply::{answer, emit, io_failed, Out, Reply};
+
+/// A verified file waiting for the group commit.
+pub struct Pending {
+    pub id: u32,
+    pub path: String,
+    pub dir: Arc<OwnedFd>,
+    pub name: String,
+    /// `Some(temp)`: rename it to `name`, then answer `Stored`. `None`: the final file already was
+    /// the content (`Skip`); answer `Have` once it is known to be on disk.
+    pub temp: Option<String>,
+}
+
+/// Makes a group durable and answers for it:
+/// 1. `syncfs`: every temporary's data and inode reach the drive;
+/// 2. `fsync` of a directory: a cache flush, so the device cannot persist a rename before the
+///    data it names (FAT's fsync issues the flush; `syncfs` alone may not);
+/// 3. the renames; 4. `syncfs` and one more flush: the renames (and any `Have` file) are on disk.
+///
+/// One group costs two syncs whatever its size, where per-file fsyncs cost two per file.
+pub fn commit<W: Write>(group: Vec<Pending>, out: &Out<W>) -> Result<()> {
+    let Some(first) = group.first() else { return Ok(()) };
+    let started = Instant::now();
+    let any = Arc::clone(&first.dir);
+    let flush = || -> io::Result<()> {
+        rustix::fs::syncfs(&*any)?;
+        rustix::fs::fsync(&*any)?;
+        Ok(())
+    };
+    let mut answers = Vec::with_capacity(group.len());
+    let renames = group.iter().any(|p| p.temp.is_some());
+    let synced = if renames { flush() } else { Ok(()) };
+    for p in &group {
+        let answer = match (&synced, &p.temp) {
+            (Err(e), _) => Err(io_failed(p.id, "cannot sync", &p.path, io::Error::new(e.kind(), e.to_string()))),
+            (Ok(()), Some(temp)) => rustix::fs::renameat(&*p.dir, temp.as_str(), &*p.dir, p.name.as_str())
+                .map(|()| Msg::Stored { id: p.id })
+                .map_err(|e| io_failed(p.id, "cannot rename into place", &p.path, e.into())),
+            (Ok(()), None) => Ok(Msg::Have { id: p.id }),
+        };
+        answers.push(answer);
+    }
+    if let Err(e) = flush() {
+        for (p, a) in group.iter().zip(&mut answers) {
+            if a.is_ok() {
+                *a = Err(io_failed(p.id, "cannot sync", &p.path, io::Error::new(e.kind(), e.to_string())));
+            }
+        }
+    }
+    tracing::debug!(files = group.len(), ms = started.elapsed().as_millis() as u64, "group committed");
+    for (p, a) in group.iter().zip(answers) {
+        match a {
+            Ok(m) => {
+                tracing::debug!(path = p.path, "stored");
+                emit(out, &m, false)?;
+            }
+            Err(Reply::Send(m)) => answer(out, &p.path, m)?,
+            Err(Reply::Fatal(e)) => return Err(e),
+        }
+    }
+    out.lock().map_err(|_| anyhow!("output lock poisoned"))?.flush()?;
+    Ok(())
+}

@@ -1,0 +1,54 @@
+//! The receiver's answers to the sender: one locked output shared by the session and the commit
+//! thread, and the `Reply` a failed offer or transfer ends in.
+
+use std::io::{self, BufWriter, Write};
+use std::sync::Mutex;
+
+use anyhow::{anyhow, Result};
+
+use crate::fsutil;
+use crate::proto::{write_msg, Code, Msg};
+
+pub type Out<W> = Mutex<BufWriter<W>>;
+
+/// Why an offer or transfer did not succeed: an answer for the sender, or a broken session.
+pub enum Reply {
+    Send(Msg),
+    Fatal(anyhow::Error),
+}
+
+impl From<io::Error> for Reply {
+    fn from(e: io::Error) -> Reply {
+        Reply::Fatal(e.into())
+    }
+}
+
+pub fn refused(id: u32, code: Code, message: impl Into<String>) -> Reply {
+    Reply::Send(Msg::Refused { id, code, message: message.into() })
+}
+pub fn failed(id: u32, code: Code, message: impl Into<String>) -> Reply {
+    Reply::Send(Msg::Failed { id, code, message: message.into() })
+}
+pub fn io_failed(id: u32, what: &str, path: &str, e: io::Error) -> Reply {
+    let code = if fsutil::is_no_space(&e) { Code::NoSpace } else { Code::Io };
+    let what = if code == Code::NoSpace { "receiver's drive is full" } else { what };
+    failed(id, code, format!("{what}: {path}: {e}"))
+}
+
+/// Writes a message to the sender, and flushes if asked to.
+pub fn emit<W: Write>(out: &Out<W>, m: &Msg, flush: bool) -> Result<()> {
+    let mut w = out.lock().map_err(|_| anyhow!("output lock poisoned"))?;
+    write_msg(&mut *w, m)?;
+    if flush {
+        w.flush()?;
+    }
+    Ok(())
+}
+
+/// Sends a refusal or failure (logged here, where the receiver's operator can see it).
+pub fn answer<W: Write>(out: &Out<W>, path: &str, m: Msg) -> Result<()> {
+    if let Msg::Refused { message, .. } | Msg::Failed { message, .. } = &m {
+        tracing::warn!(path, "{message}");
+    }
+    emit(out, &m, true)
+}
