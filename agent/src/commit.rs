@@ -1,15 +1,15 @@
 //! The receiver's group commit: verified temporaries become durable final files in two syncs
 //! per group, on a thread of their own, and only then are they acknowledged.
 
-use std::io::{self, Write};
+use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 
-use crate::proto::Msg;
-use crate::reply::{answer, emit, io_failed, Out, Reply};
+use crate::proto::{write_msg, Msg};
+use crate::reply::{io_failure, lock, Out};
 
 /// A verified file waiting for the group commit.
 pub struct Pending {
@@ -33,42 +33,39 @@ pub fn commit<W: Write>(group: Vec<Pending>, out: &Out<W>) -> Result<()> {
     let Some(first) = group.first() else { return Ok(()) };
     let started = Instant::now();
     let any = Arc::clone(&first.dir);
-    let flush = || -> io::Result<()> {
+    let flush = || -> rustix::io::Result<()> {
         rustix::fs::syncfs(&*any)?;
-        rustix::fs::fsync(&*any)?;
-        Ok(())
+        rustix::fs::fsync(&*any)
     };
-    let mut answers = Vec::with_capacity(group.len());
     let renames = group.iter().any(|p| p.temp.is_some());
     let synced = if renames { flush() } else { Ok(()) };
-    for p in &group {
-        let answer = match (&synced, &p.temp) {
-            (Err(e), _) => Err(io_failed(p.id, "cannot sync", &p.path, io::Error::new(e.kind(), e.to_string()))),
-            (Ok(()), Some(temp)) => rustix::fs::renameat(&*p.dir, temp.as_str(), &*p.dir, p.name.as_str())
-                .map(|()| Msg::Stored { id: p.id })
-                .map_err(|e| io_failed(p.id, "cannot rename into place", &p.path, e.into())),
-            (Ok(()), None) => Ok(Msg::Have { id: p.id }),
-        };
-        answers.push(answer);
-    }
+    let mut answers: Vec<Msg> = group
+        .iter()
+        .map(|p| match (synced, &p.temp) {
+            (Err(e), _) => io_failure(p.id, "cannot sync", &p.path, &e.into()),
+            (Ok(()), Some(temp)) => match rustix::fs::renameat(&*p.dir, temp.as_str(), &*p.dir, p.name.as_str()) {
+                Ok(()) => Msg::Stored { id: p.id },
+                Err(e) => io_failure(p.id, "cannot rename into place", &p.path, &e.into()),
+            },
+            (Ok(()), None) => Msg::Have { id: p.id },
+        })
+        .collect();
     if let Err(e) = flush() {
         for (p, a) in group.iter().zip(&mut answers) {
-            if a.is_ok() {
-                *a = Err(io_failed(p.id, "cannot sync", &p.path, io::Error::new(e.kind(), e.to_string())));
+            if matches!(a, Msg::Stored { .. } | Msg::Have { .. }) {
+                *a = io_failure(p.id, "cannot sync", &p.path, &e.into());
             }
         }
     }
     tracing::debug!(files = group.len(), ms = started.elapsed().as_millis() as u64, "group committed");
-    for (p, a) in group.iter().zip(answers) {
-        match a {
-            Ok(m) => {
-                tracing::debug!(path = p.path, "stored");
-                emit(out, &m, false)?;
-            }
-            Err(Reply::Send(m)) => answer(out, &p.path, m)?,
-            Err(Reply::Fatal(e)) => return Err(e),
+    let mut w = lock(out)?;
+    for (p, m) in group.iter().zip(&answers) {
+        match m {
+            Msg::Failed { message, .. } => tracing::warn!(path = p.path, "{message}"),
+            _ => tracing::debug!(path = p.path, "stored"),
         }
+        write_msg(&mut *w, m)?;
     }
-    out.lock().map_err(|_| anyhow!("output lock poisoned"))?.flush()?;
+    w.flush()?;
     Ok(())
 }

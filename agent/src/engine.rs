@@ -128,8 +128,7 @@ impl Engine {
                 continue;
             };
             let Ok(md) = e.metadata() else { continue };
-            let mtime_ns = md.mtime().saturating_mul(1_000_000_000).saturating_add(md.mtime_nsec());
-            let ctime_ns = md.ctime().saturating_mul(1_000_000_000).saturating_add(md.ctime_nsec());
+            let (mtime_ns, ctime_ns) = (fsutil::mtime_ns(&md), fsutil::ctime_ns(&md));
             out.push(Found {
                 rel: rel.to_string(),
                 path: e.path().to_path_buf(),
@@ -204,11 +203,11 @@ impl Engine {
                     // A skip is about the name or the size, not the content: no re-hash needed.
                     Some(Entry::Skipped { size, mtime_ns, .. }) if *size == f.size && *mtime_ns == f.mtime_ns => continue,
                     // Same size, other mtime: maybe only touched. Read it to know.
-                    Some(Entry::Delivered { size, sha256, .. }) if *size == f.size => match fsutil::hash_file(&f.path) {
+                    Some(Entry::Delivered { size, sha256, mtime_ns, .. }) if *size == f.size => match fsutil::hash_file(&f.path) {
                         Ok((h, n)) if n == f.size => {
                             if hex::encode(h) == *sha256 {
                                 // Touched but not changed: remember the new mtime, send nothing.
-                                if !matches!(ps.journal.get(&f.rel), Some(Entry::Delivered { mtime_ns, .. }) if *mtime_ns == f.mtime_ns) {
+                                if *mtime_ns != f.mtime_ns {
                                     let sha256 = sha256.clone();
                                     record(ps, Entry::Delivered { path: f.rel.clone(), size: f.size, mtime_ns: f.mtime_ns, sha256 });
                                 }

@@ -1,7 +1,8 @@
 //! Small filesystem helpers shared by the sender and the receiver.
 
-use std::fs::File;
+use std::fs::{File, Metadata};
 use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
@@ -31,6 +32,16 @@ pub fn hash_reader(r: &mut impl Read, limit: u64) -> io::Result<(Sha256, u64)> {
 pub fn hash_file(path: &Path) -> io::Result<([u8; 32], u64)> {
     let (h, n) = hash_reader(&mut File::open(path)?, u64::MAX)?;
     Ok((h.finalize().into(), n))
+}
+
+/// Modification time in ns since the epoch (saturating: a file dated past 2262 must not overflow).
+pub fn mtime_ns(md: &Metadata) -> i64 {
+    md.mtime().saturating_mul(1_000_000_000).saturating_add(md.mtime_nsec())
+}
+
+/// Status-change time in ns since the epoch; any write changes it and `touch` cannot set it back.
+pub fn ctime_ns(md: &Metadata) -> i64 {
+    md.ctime().saturating_mul(1_000_000_000).saturating_add(md.ctime_nsec())
 }
 
 pub fn is_no_space(e: &io::Error) -> bool {

@@ -2,7 +2,7 @@
 //! thread, and the `Reply` a failed offer or transfer ends in.
 
 use std::io::{self, BufWriter, Write};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use anyhow::{anyhow, Result};
 
@@ -30,14 +30,23 @@ pub fn failed(id: u32, code: Code, message: impl Into<String>) -> Reply {
     Reply::Send(Msg::Failed { id, code, message: message.into() })
 }
 pub fn io_failed(id: u32, what: &str, path: &str, e: io::Error) -> Reply {
-    let code = if fsutil::is_no_space(&e) { Code::NoSpace } else { Code::Io };
+    Reply::Send(io_failure(id, what, path, &e))
+}
+
+/// The `Failed` for an I/O error: `NoSpace` when the drive is full, so the sender backs off.
+pub fn io_failure(id: u32, what: &str, path: &str, e: &io::Error) -> Msg {
+    let code = if fsutil::is_no_space(e) { Code::NoSpace } else { Code::Io };
     let what = if code == Code::NoSpace { "receiver's drive is full" } else { what };
-    failed(id, code, format!("{what}: {path}: {e}"))
+    Msg::Failed { id, code, message: format!("{what}: {path}: {e}") }
+}
+
+pub fn lock<W: Write>(out: &Out<W>) -> Result<MutexGuard<'_, BufWriter<W>>> {
+    out.lock().map_err(|_| anyhow!("output lock poisoned"))
 }
 
 /// Writes a message to the sender, and flushes if asked to.
 pub fn emit<W: Write>(out: &Out<W>, m: &Msg, flush: bool) -> Result<()> {
-    let mut w = out.lock().map_err(|_| anyhow!("output lock poisoned"))?;
+    let mut w = lock(out)?;
     write_msg(&mut *w, m)?;
     if flush {
         w.flush()?;

@@ -301,7 +301,7 @@ impl<W: Write> Session<'_, W> {
             let _ = rustix::fs::unlinkat(&*dir, temp.as_str(), AtFlags::empty());
         };
         let mut file = match open_beneath(&dir, &temp, OFlags::RDWR | OFlags::CREATE) {
-            Ok(fd) => Some(File::from(fd)),
+            Ok(fd) => File::from(fd),
             Err(e) => {
                 // Keep the stream in step: read (and drop) this transfer, then report.
                 drain(rx, &path)?;
@@ -310,13 +310,9 @@ impl<W: Write> Session<'_, W> {
         };
         if from == 0 {
             hasher = Sha256::new();
-            if let Some(f) = &mut file {
-                f.set_len(0)?;
-            }
+            file.set_len(0)?;
         }
-        if let Some(f) = &mut file {
-            f.seek(SeekFrom::Start(from))?;
-        }
+        file.seek(SeekFrom::Start(from))?;
         let mut left = size - from;
         let (mut written, mut handed) = (from, from);
         let mut write_err: Option<io::Error> = None;
@@ -329,13 +325,12 @@ impl<W: Write> Session<'_, W> {
                     left -= d.len() as u64;
                     // After a write error keep draining the stream so the session stays usable.
                     if write_err.is_none() {
-                        let f = file.as_mut().expect("open");
-                        match f.write_all(&d) {
+                        match file.write_all(&d) {
                             Ok(()) => {
                                 hasher.update(&d);
                                 written += d.len() as u64;
                                 if written - handed >= WRITEBACK_SLICE {
-                                    start_writeback(f, handed, written - handed);
+                                    start_writeback(&file, handed, written - handed);
                                     handed = written;
                                 }
                             }

@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{ChildStdin, ChildStdout};
 
@@ -53,13 +52,15 @@ pub enum Outcome {
     Changed(String),
 }
 
+/// A file streamed (or skipped as already there) whose final answer from the peer is due.
+struct Awaiting {
+    resumed_from: u64,
+    sha256: Hash,
+}
+
 /// What happened to a file on our side of the link.
 enum Sent {
-    /// Streamed, or skipped as already there: the peer's final answer is due.
-    Awaiting {
-        resumed_from: u64,
-        sha256: Hash,
-    },
+    Awaiting(Awaiting),
     Changed(String),
 }
 
@@ -120,7 +121,7 @@ impl Session {
         let index = |id: u32| id.checked_sub(base).map(|i| i as usize).filter(|&i| i < jobs.len());
         // Offers answered but not yet acted on, and files whose final answer is due.
         let mut answers: HashMap<usize, Msg> = HashMap::new();
-        let mut awaiting: HashMap<usize, Sent> = HashMap::new();
+        let mut awaiting: HashMap<usize, Awaiting> = HashMap::new();
         let mut offered = 0;
         let mut go_on = true;
 
@@ -144,10 +145,12 @@ impl Session {
                 };
                 // Answers to offers of an earlier batch that was cut short: nothing to do.
                 let Some(k) = index(*id) else { continue };
-                if !matches!(m, Msg::Accept { .. }) && awaiting.contains_key(&k) {
-                    go_on &= done(k, final_outcome(awaiting.remove(&k), m));
-                } else {
-                    answers.insert(k, m);
+                // A final answer for a file we streamed, or the answer to an offer.
+                match awaiting.remove(&k) {
+                    Some(a) if !matches!(m, Msg::Accept { .. }) => go_on &= done(k, final_outcome(a, m)),
+                    _ => {
+                        answers.insert(k, m);
+                    }
                 }
             }
             if !go_on {
@@ -156,10 +159,10 @@ impl Session {
             let id = base + i as u32;
             match answers.remove(&i).expect("just read") {
                 Msg::Accept { have, have_sha256, existing, .. } => match self.stream(id, &jobs[i], have, have_sha256, existing)? {
-                    Sent::Changed(why) => go_on &= done(i, Outcome::Changed(why)),
-                    sent => {
-                        awaiting.insert(i, sent);
+                    Sent::Awaiting(a) => {
+                        awaiting.insert(i, a);
                     }
+                    Sent::Changed(why) => go_on &= done(i, Outcome::Changed(why)),
                 },
                 Msg::Refused { message, .. } => go_on &= done(i, Outcome::Refused(message)),
                 Msg::Failed { code, message, .. } => go_on &= done(i, Outcome::Failed(code, message)),
@@ -172,8 +175,8 @@ impl Session {
             let (Msg::Stored { id } | Msg::Have { id } | Msg::Refused { id, .. } | Msg::Failed { id, .. }) = &m else {
                 continue; // answers to offers this batch no longer wants
             };
-            if let Some(k) = index(*id).filter(|k| awaiting.contains_key(k)) {
-                done(k, final_outcome(awaiting.remove(&k), m));
+            if let Some((k, a)) = index(*id).and_then(|k| Some((k, awaiting.remove(&k)?))) {
+                done(k, final_outcome(a, m));
             }
         }
         Ok(())
@@ -187,7 +190,7 @@ impl Session {
             Ok(f) => f,
             Err(e) => return changed(format!("cannot open: {e}")),
         };
-        let stat = |f: &File| f.metadata().map(|m| (m.len(), m.mtime() * 1_000_000_000 + m.mtime_nsec(), m.ctime(), m.ctime_nsec()));
+        let stat = |f: &File| f.metadata().map(|m| (m.len(), fsutil::mtime_ns(&m), fsutil::ctime_ns(&m)));
         let before = match stat(&f) {
             Ok(s) if s.0 == job.size && s.1 == job.mtime_ns => s,
             Ok(_) => return changed("changed since it was scanned".into()),
@@ -204,7 +207,7 @@ impl Session {
             };
             if ours == theirs && stat(&f).is_ok_and(|s| s == before) {
                 self.send(&Msg::Skip { id })?;
-                return Ok(Sent::Awaiting { resumed_from: job.size, sha256: ours });
+                return Ok(Sent::Awaiting(Awaiting { resumed_from: job.size, sha256: ours }));
             }
         }
         // Resume only from a prefix that is ours: the peer's temporary may be of an older version.
@@ -246,7 +249,7 @@ impl Session {
         }
         let sha256 = hasher.finalize().into();
         self.send(&Msg::Done { id, sha256 })?;
-        Ok(Sent::Awaiting { resumed_from: from, sha256 })
+        Ok(Sent::Awaiting(Awaiting { resumed_from: from, sha256 }))
     }
 
     pub fn last_stderr(&self) -> String {
@@ -263,8 +266,7 @@ impl Session {
 }
 
 /// The outcome of a file from the peer's final answer to it.
-fn final_outcome(sent: Option<Sent>, m: Msg) -> Outcome {
-    let Some(Sent::Awaiting { resumed_from, sha256 }) = sent else { unreachable!("only awaited files get final answers") };
+fn final_outcome(Awaiting { resumed_from, sha256 }: Awaiting, m: Msg) -> Outcome {
     match m {
         Msg::Stored { .. } => Outcome::Stored { resumed_from, sha256 },
         Msg::Have { .. } => Outcome::Had { sha256 },
