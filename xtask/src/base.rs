@@ -11,7 +11,7 @@ use xshell::{cmd, Shell};
 
 use crate::cache;
 use crate::config::ImageConfig;
-use crate::lock::Lock;
+use crate::pins::{BasePins, LockFile};
 use crate::proc;
 
 const SETUP: &str = include_str!("../hooks/setup.sh");
@@ -20,17 +20,14 @@ const CUSTOMIZE: &str = include_str!("../hooks/customize.sh");
 
 pub struct Base {
     pub tar: PathBuf,
-    pub lock: Lock,
+    pub pins: BasePins,
     pub cached: bool,
     pub seconds: f64,
 }
 
-pub fn lock_path(sh: &Shell) -> PathBuf {
-    sh.current_dir().join("image.lock")
-}
-
-/// The build's SOURCE_DATE_EPOCH: the lock's, else the last commit's time, so a fresh lock is stable.
-fn epoch(sh: &Shell, locked: Option<&Lock>) -> Result<u64> {
+/// The build's SOURCE_DATE_EPOCH: the lock's, else `$SOURCE_DATE_EPOCH`, else the last commit's
+/// time, so a fresh lock is stable. No silent default: a made-up time would make two builds differ.
+fn epoch(sh: &Shell, locked: Option<&BasePins>) -> Result<u64> {
     if let Some(l) = locked {
         return Ok(l.source_date_epoch);
     }
@@ -38,12 +35,17 @@ fn epoch(sh: &Shell, locked: Option<&Lock>) -> Result<u64> {
         return s.parse().context("SOURCE_DATE_EPOCH is not a number");
     }
     let t = cmd!(sh, "git log -1 --format=%ct").quiet().ignore_stderr().read().unwrap_or_default();
-    Ok(t.trim().parse().unwrap_or(1_700_000_000))
+    t.trim().parse().map_err(|_| {
+        anyhow::anyhow!(
+            "no time to build from: the lock has no section for this base, this is not a git checkout with a commit, \
+             and SOURCE_DATE_EPOCH is not set. Set SOURCE_DATE_EPOCH (seconds since 1970) or build from a git clone."
+        )
+    })
 }
 
-fn cache_key(cfg: &ImageConfig, lock: Option<&Lock>, epoch: u64) -> Result<String> {
+fn cache_key(cfg: &ImageConfig, lock: Option<&BasePins>, epoch: u64) -> Result<String> {
     let base = serde_json::to_vec(&cfg.base)?;
-    let lock = lock.map(|l| l.render()).unwrap_or_default();
+    let lock = lock.map(|l| l.render_section()).unwrap_or_default();
     let keyring = std::fs::read(&cfg.base.keyring).with_context(|| format!("reading {}", cfg.base.keyring.display()))?;
     Ok(cache::key(&[
         ("format", b"base-1"),
@@ -60,18 +62,19 @@ fn cache_key(cfg: &ImageConfig, lock: Option<&Lock>, epoch: u64) -> Result<Strin
 
 pub fn build(sh: &Shell, cfg: &ImageConfig, update_lock: bool, work: &Path, cache: &Path) -> Result<Base> {
     let started = Instant::now();
-    let lock_file = lock_path(sh);
-    let existing = Lock::read(&lock_file)?;
-    let locked = existing.as_ref().filter(|l| !update_lock && l.suite == cfg.base.suite && l.arch == cfg.base.arch.deb());
+    let lock_file = &cfg.lock_file;
+    let mut lock = LockFile::read(lock_file)?;
+    let locked = lock.get(&cfg.base.suite, cfg.base.arch.deb()).filter(|_| !update_lock).cloned();
+    let locked = locked.as_ref();
     let epoch = epoch(sh, locked)?;
     let key = cache_key(cfg, locked, epoch)?;
     let dir = cache.join("base");
     let name = |k: &str| dir.join(format!("{}-{}-{k}", cfg.base.suite, cfg.base.arch.deb()));
     let tar = name(&key).with_extension("tar");
     if tar.exists() {
-        let lock = Lock::read(&name(&key).with_extension("lock"))?.context("cached base without its lock")?;
-        write_lock(&lock_file, existing.as_ref(), &lock)?;
-        return Ok(Base { tar, lock, cached: true, seconds: started.elapsed().as_secs_f64() });
+        let pins = BasePins::read_single(&name(&key).with_extension("lock")).context("a cached base without its pins")?;
+        write_lock(lock_file, &mut lock, &pins)?;
+        return Ok(Base { tar, pins, cached: true, seconds: started.elapsed().as_secs_f64() });
     }
 
     let out = work.join("base");
@@ -139,13 +142,16 @@ pub fn build(sh: &Shell, cfg: &ImageConfig, update_lock: bool, work: &Path, cach
 
     let status = std::fs::read_to_string(out.join("dpkg-status"))?;
     let index = std::fs::read_to_string(out.join("Packages"))?;
-    let built = Lock::from_build(epoch, &b.suite, b.arch.deb(), &status, &index)?;
+    let built = BasePins::from_build(epoch, &b.suite, b.arch.deb(), &status, &index)?;
     if let Some(l) = locked {
         let drift = l.drift(&built);
         if !drift.is_empty() {
             bail!(
-                "the archive no longer serves what image.lock pins:\n  {}\nPoint base.mirrors at a snapshot of the archive, or accept the new packages with \
-                 `cargo xtask image <host> --update-lock` (and commit image.lock).",
+                "the archive no longer serves what {} pins for {} {}:\n  {}\nPoint base.mirrors at a snapshot of the archive, or accept the new packages \
+                 with `cargo xtask image <host> --update-lock` (and commit the lock).",
+                lock_file.display(),
+                b.suite,
+                b.arch.deb(),
                 drift.join("\n  ")
             );
         }
@@ -159,14 +165,22 @@ pub fn build(sh: &Shell, cfg: &ImageConfig, update_lock: bool, work: &Path, cach
         std::fs::hard_link(&tar, next.with_extension("tar"))?;
         std::fs::write(next.with_extension("lock"), built.render())?;
     }
-    write_lock(&lock_file, existing.as_ref(), &built)?;
-    Ok(Base { tar, lock: built, cached: false, seconds: started.elapsed().as_secs_f64() })
+    write_lock(lock_file, &mut lock, &built)?;
+    Ok(Base { tar, pins: built, cached: false, seconds: started.elapsed().as_secs_f64() })
 }
 
-fn write_lock(path: &Path, old: Option<&Lock>, new: &Lock) -> Result<()> {
-    if old != Some(new) {
-        std::fs::write(path, new.render()).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("base: wrote {} ({} packages); commit it so rebuilds are identical", path.display(), new.packages.len());
+/// Puts this base's section into the lock file (other bases' sections stay) if it changed.
+fn write_lock(path: &Path, lock: &mut LockFile, new: &BasePins) -> Result<()> {
+    if lock.get(&new.suite, &new.arch) != Some(new) {
+        lock.put(new.clone());
+        std::fs::write(path, lock.render()).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!(
+            "base: wrote the {} {} section of {} ({} packages); commit it so rebuilds are identical",
+            new.suite,
+            new.arch,
+            path.display(),
+            new.packages.len()
+        );
     }
     Ok(())
 }

@@ -9,6 +9,8 @@ use toml::Spanned;
 
 #[derive(Debug, Clone)]
 pub struct ImageConfig {
+    /// The package pins for this config's bases: `<config>.lock` beside the config file.
+    pub lock_file: PathBuf,
     pub base: Base,
     pub system: System,
     pub network: Network,
@@ -476,7 +478,7 @@ pub fn parse(file: &Path, text: &str) -> Result<ImageConfig, ConfigError> {
             }
         };
     }
-    Ok(ImageConfig { base, system, network, drive, schedule, image, hosts })
+    Ok(ImageConfig { lock_file: file.with_extension("lock"), base, system, network, drive, schedule, image, hosts })
 }
 
 #[cfg(test)]

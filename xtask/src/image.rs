@@ -58,7 +58,7 @@ pub fn build(sh: &Shell, cfg: &ImageConfig, hosts: &[&Host], opts: &Options) -> 
     let setup_s = t.elapsed().as_secs_f64();
 
     let base = base::build(sh, cfg, opts.update_lock, &opts.work_dir, &opts.cache_dir)?;
-    eprintln!("base: {} packages, {} ({:.0}s)", base.lock.packages.len(), if base.cached { "from cache" } else { "built" }, base.seconds);
+    eprintln!("base: {} packages, {} ({:.0}s)", base.pins.packages.len(), if base.cached { "from cache" } else { "built" }, base.seconds);
     let agent = agent_build::build(sh, cfg.base.arch)?;
     let t_facts = Instant::now();
     let facts = rootfs::read_base_facts(&base.tar)?;
@@ -73,7 +73,7 @@ pub fn build(sh: &Shell, cfg: &ImageConfig, hosts: &[&Host], opts: &Options) -> 
     let (kernel, initrd) = (find("vmlinuz-")?, find("initrd.img-")?);
     let mke2fs = tools::mke2fs(sh, &opts.cache_dir)?;
     let facts_s = t_facts.elapsed().as_secs_f64();
-    let epoch = base.lock.source_date_epoch;
+    let epoch = base.pins.source_date_epoch;
 
     let shared = Shared {
         cfg,
