@@ -1,9 +1,6 @@
 //! `/etc/pi2pi/agent.toml`: a raw serde struct (`deny_unknown_fields`) validated into [`Config`].
-//!
-//! Every error names the file, the line and the key, and says what would be valid, because the
-//! person reading it is usually on a serial console with no other clue.
+//! Errors name the file, the line and the key (see [`crate::rules`], shared with xtask).
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -66,40 +63,8 @@ pub enum Transport {
     Pipe { argv: Vec<String> },
 }
 
-#[derive(Debug, thiserror::Error)]
-pub struct ConfigError {
-    pub file: PathBuf,
-    pub line: Option<usize>,
-    pub key: String,
-    pub message: String,
-}
-
-impl ConfigError {
-    /// An error at byte `offset` of `text` (the line is computed from it).
-    pub fn at(file: &Path, text: &str, offset: Option<usize>, key: &str, message: impl Into<String>) -> ConfigError {
-        ConfigError { file: file.to_path_buf(), line: offset.map(|o| line_of(text, o)), key: key.to_string(), message: message.into() }
-    }
-
-    /// A TOML syntax or shape error; toml's message already names an unknown or missing key.
-    pub fn from_toml(file: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
-        let msg = e.message().trim().to_string();
-        let key = if msg.contains("field") { msg.split('`').nth(1).unwrap_or("").to_string() } else { String::new() };
-        ConfigError::at(file, text, e.span().map(|s| s.start), &key, msg)
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
-        if let Some(line) = self.line {
-            write!(f, ":{line}")?;
-        }
-        if !self.key.is_empty() {
-            write!(f, ": key `{}`", self.key)?;
-        }
-        write!(f, ": {}", self.message)
-    }
-}
+pub use crate::rules::ConfigError;
+use crate::rules::{self, Source};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -138,11 +103,21 @@ struct RawSync {
     retry_max_secs: Option<Spanned<u64>>,
 }
 
+/// How a peer is reached; read by serde, so a new kind is added here only.
+#[derive(Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum TransportKind {
+    #[default]
+    Ssh,
+    Pipe,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPeer {
     name: Spanned<String>,
-    transport: Option<Spanned<String>>,
+    #[serde(default)]
+    transport: TransportKind,
     host: Option<Spanned<String>>,
     port: Option<u16>,
     user: Option<String>,
@@ -153,67 +128,34 @@ struct RawPeer {
     command: Option<Spanned<Vec<String>>>,
 }
 
-struct Ctx<'a> {
-    file: &'a Path,
-    text: &'a str,
-}
-
-impl Ctx<'_> {
-    fn err<T>(&self, span: Option<std::ops::Range<usize>>, key: &str, msg: impl Into<String>) -> Result<T, ConfigError> {
-        Err(ConfigError::at(self.file, self.text, span.map(|s| s.start), key, msg))
-    }
-}
-
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
-}
-
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.to_path_buf(),
-            line: None,
-            key: String::new(),
-            message: format!("cannot read: {e}"),
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::unreadable(path, &e))?;
         Config::parse(path, &text)
     }
 
     pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
-        let cx = Ctx { file, text };
+        let cx = Source { file, text };
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::from_toml(file, text, &e))?;
         validate(&cx, raw)
     }
 }
 
-fn check_name(cx: &Ctx, s: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
-    let v = s.get_ref();
-    let ok = !v.is_empty() && v.len() <= 63 && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') && !v.starts_with('-');
-    if !ok {
-        return cx.err(
-            Some(s.span()),
-            key,
-            format!("`{v}` is not a valid host name: use 1-63 letters, digits or '-', not starting with '-'"),
-        );
-    }
-    Ok(v.clone())
-}
-
-fn abs_path(cx: &Ctx, s: &Spanned<String>, key: &str) -> Result<PathBuf, ConfigError> {
+fn abs_path(cx: &Source, s: &Spanned<String>, key: &str) -> Result<PathBuf, ConfigError> {
     let p = PathBuf::from(s.get_ref());
     if !p.is_absolute() {
-        return cx.err(Some(s.span()), key, format!("`{}` must be an absolute path", s.get_ref()));
+        return cx.err(&s, key, format!("`{}` must be an absolute path", s.get_ref()));
     }
     Ok(p)
 }
 
-fn sub_dir(cx: &Ctx, s: Option<&Spanned<String>>, default: &str, key: &str) -> Result<PathBuf, ConfigError> {
+fn sub_dir(cx: &Source, s: Option<&Spanned<String>>, default: &str, key: &str) -> Result<PathBuf, ConfigError> {
     let Some(s) = s else { return Ok(PathBuf::from(default)) };
     let v = s.get_ref();
     let ok = !v.is_empty() && !v.starts_with('/') && v.split('/').all(|c| !c.is_empty() && c != "." && c != "..");
     if !ok {
         return cx.err(
-            Some(s.span()),
+            s,
             key,
             format!("`{v}` must be a relative directory inside the drive (like \"{default}\"), without '..'"),
         );
@@ -221,30 +163,22 @@ fn sub_dir(cx: &Ctx, s: Option<&Spanned<String>>, default: &str, key: &str) -> R
     Ok(PathBuf::from(v))
 }
 
-fn validate(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
-    let node = check_name(cx, &raw.node, "node")?;
+fn validate(cx: &Source, raw: RawConfig) -> Result<Config, ConfigError> {
+    let node = cx.rule(&raw.node, "node", rules::host_name)?;
 
     let d = raw.drive;
-    let label = d.label.get_ref();
-    // FAT32 volume labels: at most 11 characters; the seed asks for no spaces.
-    if label.is_empty() || label.len() > 11 || !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-        return cx.err(
-            Some(d.label.span()),
-            "drive.label",
-            format!("`{label}` is not a usable FAT32 label: 1-11 ASCII letters, digits, '_' or '-', no spaces"),
-        );
-    }
+    let label = cx.rule(&d.label, "drive.label", rules::fat_label)?;
     let mount_point = abs_path(cx, &d.mount_point, "drive.mount_point")?;
     if mount_point == Path::new("/") {
-        return cx.err(Some(d.mount_point.span()), "drive.mount_point", "must not be `/`");
+        return cx.err(&d.mount_point, "drive.mount_point", "must not be `/`");
     }
     let sending = sub_dir(cx, d.sending.as_ref(), "sending", "drive.sending")?;
     let receiving = sub_dir(cx, d.receiving.as_ref(), "receiving", "drive.receiving")?;
     if sending == receiving {
-        return cx.err(d.receiving.as_ref().map(|s| s.span()), "drive.receiving", "must differ from drive.sending");
+        return cx.err_at(d.receiving.as_ref().map(|s| s.span().start), "drive.receiving", "must differ from drive.sending");
     }
     let drive = DriveConfig {
-        label: label.clone(),
+        label,
         sending: mount_point.join(sending),
         receiving: mount_point.join(receiving),
         mount_point,
@@ -263,7 +197,7 @@ fn validate(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
         match v {
             None => Ok(default),
             Some(v) if (lo..=hi).contains(v.get_ref()) => Ok(*v.get_ref()),
-            Some(v) => cx.err(Some(v.span()), key, format!("{} is out of range: use {lo}..={hi}", v.get_ref())),
+            Some(v) => cx.err(&v, key, format!("{} is out of range: use {lo}..={hi}", v.get_ref())),
         }
     };
     let sync = SyncConfig {
@@ -275,23 +209,22 @@ fn validate(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
     let mut peers = Vec::new();
     for (i, p) in raw.peer.into_iter().enumerate() {
         let key = |k: &str| format!("peer[{i}].{k}");
-        let name = check_name(cx, &p.name, &key("name"))?;
+        let name = cx.rule(&p.name, &key("name"), rules::host_name)?;
         if name == node || peers.iter().any(|q: &Peer| q.name == name) {
-            return cx.err(Some(p.name.span()), &key("name"), format!("`{name}` is this node or a duplicate peer"));
+            return cx.err(&p.name, &key("name"), format!("`{name}` is this node or a duplicate peer"));
         }
-        let kind = p.transport.as_ref().map(|t| t.get_ref().as_str()).unwrap_or("ssh");
-        let transport = match kind {
-            "ssh" => {
+        let transport = match p.transport {
+            TransportKind::Ssh => {
                 let Some(host) = &p.host else {
-                    return cx.err(Some(p.name.span()), &key("host"), "missing: ssh peers need `host` (a name or IP address)");
+                    return cx.err(&p.name, &key("host"), "missing: ssh peers need `host` (a name or IP address)");
                 };
                 if host.get_ref().is_empty() || host.get_ref().contains(char::is_whitespace) {
-                    return cx.err(Some(host.span()), &key("host"), "must be a host name or IP address");
+                    return cx.err(&host, &key("host"), "must be a host name or IP address");
                 }
                 let need = |v: &Option<Spanned<String>>, k: &str| -> Result<PathBuf, ConfigError> {
                     match v {
                         Some(v) => abs_path(cx, v, &key(k)),
-                        None => cx.err(Some(p.name.span()), &key(k), "missing: ssh peers need an absolute path here"),
+                        None => cx.err(&p.name, &key(k), "missing: ssh peers need an absolute path here"),
                     }
                 };
                 Transport::Ssh {
@@ -304,14 +237,10 @@ fn validate(cx: &Ctx, raw: RawConfig) -> Result<Config, ConfigError> {
                     ssh_program: p.ssh_program.clone().unwrap_or_else(|| "ssh".into()),
                 }
             }
-            "pipe" => match &p.command {
+            TransportKind::Pipe => match &p.command {
                 Some(c) if !c.get_ref().is_empty() => Transport::Pipe { argv: c.get_ref().clone() },
-                _ => return cx.err(Some(p.name.span()), &key("command"), "pipe peers need a non-empty `command` array"),
+                _ => return cx.err(&p.name, &key("command"), "pipe peers need a non-empty `command` array"),
             },
-            other => {
-                let span = p.transport.as_ref().map(|t| t.span());
-                return cx.err(span, &key("transport"), format!("`{other}` is not a transport: use \"ssh\" or \"pipe\""));
-            }
         };
         peers.push(Peer { name, transport });
     }

@@ -14,6 +14,7 @@ pub mod lock;
 pub mod paths;
 pub mod proto;
 pub mod reply;
+pub mod rules;
 pub mod serve;
 pub mod session;
 pub mod state;

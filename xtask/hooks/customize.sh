@@ -1,10 +1,10 @@
 #!/bin/sh
 # mmdebstrap --customize-hook: the few steps that must run inside the (emulated) root, then
 # removal of everything that would make two builds differ or two cards share an identity.
-# $1 root, $2 out dir (for image.lock), $3 user, $4 locale, $5 password hash ('' = locked),
-# $6 SOURCE_DATE_EPOCH.
+# $1: the new root. From xtask's environment: PI2PI_HOOKS (where the lock's inputs go),
+# PI2PI_USER, PI2PI_LOCALE, PI2PI_PASSWORD_HASH ('' = locked), SOURCE_DATE_EPOCH.
 set -eu
-root="$1"; out="$2"; user="$3"; locale="$4"; hash="$5"; epoch="$6"
+root="$1"; out="$PI2PI_HOOKS"; user="$PI2PI_USER"; locale="$PI2PI_LOCALE"; hash="$PI2PI_PASSWORD_HASH"; epoch="$SOURCE_DATE_EPOCH"
 
 # What was installed, and the archive's SHA-256 of each .deb, for image.lock.
 cp "$root/var/lib/dpkg/status" "$out/dpkg-status"

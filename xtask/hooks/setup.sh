@@ -1,6 +1,6 @@
 #!/bin/sh
-# mmdebstrap --setup-hook: pin apt to image.lock before anything is downloaded.
-# $1: the new root; $2: apt preferences rendered from image.lock (may be empty).
+# mmdebstrap --setup-hook: pin apt to the lock before anything is downloaded.
+# $1: the new root. $PI2PI_HOOKS/preferences: apt preferences rendered from the lock (may be empty).
 set -eu
 mkdir -p "$1/etc/apt/preferences.d"
-cp "$2" "$1/etc/apt/preferences.d/pi2pi-lock"
+cp "$PI2PI_HOOKS/preferences" "$1/etc/apt/preferences.d/pi2pi-lock"

@@ -83,16 +83,17 @@ pub fn build(sh: &Shell, cfg: &ImageConfig, update_lock: bool, work: &Path, cach
     }
     std::fs::create_dir_all(&out)?;
     std::fs::create_dir_all(&dir)?;
-    let hook = |name: &str, text: &str| -> Result<PathBuf> {
-        let p = out.join(name);
-        std::fs::write(&p, text)?;
-        Ok(p)
-    };
-    let setup = hook("setup.sh", SETUP)?;
-    let essential = hook("essential.sh", ESSENTIAL)?;
-    let customize = hook("customize.sh", CUSTOMIZE)?;
-    let prefs = hook("preferences", &locked.map(|l| l.apt_preferences()).unwrap_or_default())?;
-    let modules = hook("modules", &(cfg.base.initramfs_modules.join("\n") + "\n"))?;
+    // Hooks and their inputs are files in `out`; the hooks find them and every value through
+    // the environment (PI2PI_*), so no path or value is ever pasted into a shell command.
+    for (name, text) in [
+        ("setup.sh", SETUP.to_string()),
+        ("essential.sh", ESSENTIAL.to_string()),
+        ("customize.sh", CUSTOMIZE.to_string()),
+        ("preferences", locked.map(|l| l.apt_preferences()).unwrap_or_default()),
+        ("modules", cfg.base.initramfs_modules.join("\n") + "\n"),
+    ] {
+        std::fs::write(out.join(name), text)?;
+    }
 
     let b = &cfg.base;
     let mut include = b.packages.clone();
@@ -117,28 +118,22 @@ pub fn build(sh: &Shell, cfg: &ImageConfig, update_lock: bool, work: &Path, cach
     for p in &b.path_include {
         argv.push(format!("--dpkgopt=path-include={p}").into());
     }
-    // mmdebstrap wraps each hook in single quotes for `sh -c`: quote ours with double quotes.
-    let q = |p: &Path| format!("\"{}\"", p.display());
-    argv.push(format!("--setup-hook=sh {} \"$1\" {}", q(&setup), q(&prefs)).into());
-    argv.push(format!("--essential-hook=sh {} \"$1\" {}", q(&essential), q(&modules)).into());
-    argv.push(
-        format!(
-            "--customize-hook=sh {} \"$1\" {} \"{}\" \"{}\" \"{}\" {epoch}",
-            q(&customize),
-            q(&out),
-            cfg.system.user,
-            cfg.system.locale,
-            // A crypt hash contains '$': keep the shell from expanding it.
-            cfg.system.password_hash.replace('$', "\\$")
-        )
-        .into(),
-    );
+    for stage in ["setup", "essential", "customize"] {
+        argv.push(format!("--{stage}-hook=sh \"$PI2PI_HOOKS/{stage}.sh\" \"$1\"").into());
+    }
     let partial = out.join("base.tar");
     argv.push(b.suite.clone().into());
     argv.push(partial.clone().into());
     argv.extend(b.mirrors.iter().map(OsString::from));
     eprintln!("base: building {} {} with mmdebstrap (cold cache; this is the slow step)", b.suite, b.arch.deb());
-    proc::run_logged(sh.current_dir().as_path(), &argv, &[("SOURCE_DATE_EPOCH", epoch.to_string())], &out.join("mmdebstrap.log"), "base")?;
+    let env = [
+        ("SOURCE_DATE_EPOCH", epoch.to_string()),
+        ("PI2PI_HOOKS", out.display().to_string()),
+        ("PI2PI_USER", cfg.system.user.clone()),
+        ("PI2PI_LOCALE", cfg.system.locale.clone()),
+        ("PI2PI_PASSWORD_HASH", cfg.system.password_hash.clone()),
+    ];
+    proc::run_logged(sh.current_dir().as_path(), &argv, &env, &out.join("mmdebstrap.log"), "base")?;
 
     let status = std::fs::read_to_string(out.join("dpkg-status"))?;
     let index = std::fs::read_to_string(out.join("Packages"))?;

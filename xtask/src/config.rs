@@ -1,11 +1,17 @@
-//! image.toml: a raw serde struct (`deny_unknown_fields`, spans kept) validated into [`ImageConfig`].
-//! Every error names the file, the line and the key, and what would be valid.
+//! image.toml: a raw serde struct (`deny_unknown_fields`, spans kept) validated into [`ImageConfig`],
+//! one validator per section. Enums (architecture, role, schedule) are read by serde, so a new
+//! value is added in one place; names and labels follow the rules shared with the agent
+//! ([`pi2pi_agent::rules`]). Every error names the file, the line and the key, and what would be
+//! valid.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use pi2pi_agent::rules::{self, Source};
+use serde::{Deserialize, Serialize};
 use toml::Spanned;
+
+pub use pi2pi_agent::rules::ConfigError;
 
 #[derive(Debug, Clone)]
 pub struct ImageConfig {
@@ -20,7 +26,8 @@ pub struct ImageConfig {
     pub hosts: Vec<Host>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+/// What the base root filesystem is built from (`[base]`).
+#[derive(Debug, Clone, Serialize)]
 pub struct Base {
     pub suite: String,
     pub arch: Arch,
@@ -35,13 +42,16 @@ pub struct Base {
     pub path_include: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+/// Debian architecture of a base; serde reads it by its Debian name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Arch {
     Arm64,
     Armhf,
 }
 
 impl Arch {
+    /// The name Debian (and image.toml) use.
     pub fn deb(self) -> &'static str {
         match self {
             Arch::Arm64 => "arm64",
@@ -63,7 +73,7 @@ impl Arch {
     }
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct System {
     pub user: String,
     pub password_hash: String,
@@ -72,7 +82,7 @@ pub struct System {
     pub keyboard: String,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Network {
     pub interface: String,
     pub prefix: u8,
@@ -80,34 +90,49 @@ pub struct Network {
     pub dhcp_range: (Ipv4Addr, Ipv4Addr),
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Drive {
     pub label: String,
     pub mount_point: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+/// How the agent is run on the cards: read by serde from image.toml, by clap from `--schedule`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Schedule {
+    /// An inotify daemon under systemd: files arrive within about a second.
     Systemd,
+    /// One pass a minute from cron, as the old script ran.
     Cron,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+impl Schedule {
+    pub const ALL: [Schedule; 2] = [Schedule::Systemd, Schedule::Cron];
+
+    /// Its name in image.toml (and in directory names).
+    pub fn name(self) -> &'static str {
+        match self {
+            Schedule::Systemd => "systemd",
+            Schedule::Cron => "cron",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
 pub struct ImageParams {
     pub boot_mib: u64,
     pub root_headroom_mib: u64,
     pub max_bytes: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
     DhcpServer,
     DhcpClient,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Host {
     pub name: String,
     pub role: Role,
@@ -120,15 +145,17 @@ impl ImageConfig {
     pub fn host(&self, name: &str) -> anyhow::Result<&Host> {
         self.hosts.iter().find(|h| h.name == name).ok_or_else(|| {
             let names: Vec<&str> = self.hosts.iter().map(|h| h.name.as_str()).collect();
-            anyhow::anyhow!("image.toml has no host `{name}`; hosts are: {} (or `all`)", names.join(", "))
+            anyhow::anyhow!("{} has no host `{name}`; hosts are: {} (or `all`)", self.file_name(), names.join(", "))
         })
     }
     pub fn server(&self) -> Option<&Host> {
         self.hosts.iter().find(|h| h.role == Role::DhcpServer)
     }
+    /// The config file's name, for messages (`image.toml`).
+    pub fn file_name(&self) -> String {
+        self.lock_file.with_extension("toml").file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    }
 }
-
-pub use pi2pi_agent::config::ConfigError;
 
 type S<T> = Spanned<T>;
 
@@ -148,7 +175,7 @@ struct Raw {
 #[serde(deny_unknown_fields)]
 struct RawBase {
     suite: S<String>,
-    architecture: S<String>,
+    architecture: Arch,
     mirrors: S<Vec<String>>,
     keyring: S<String>,
     components: S<Vec<String>>,
@@ -191,7 +218,7 @@ struct RawDrive {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAgent {
-    schedule: S<String>,
+    schedule: Schedule,
 }
 
 #[derive(Deserialize)]
@@ -206,29 +233,10 @@ struct RawImage {
 #[serde(deny_unknown_fields)]
 struct RawHost {
     name: S<String>,
-    role: S<String>,
+    role: S<Role>,
     address: S<String>,
     mac: Option<S<String>>,
     peers: Option<S<Vec<String>>>,
-}
-
-struct Cx<'a> {
-    file: &'a Path,
-    text: &'a str,
-}
-
-impl Cx<'_> {
-    fn err<T, V>(&self, at: &S<V>, key: &str, msg: impl Into<String>) -> Result<T, ConfigError> {
-        Err(ConfigError::at(self.file, self.text, Some(at.span().start), key, msg))
-    }
-
-    fn check<V>(&self, ok: bool, at: &S<V>, key: &str, msg: impl FnOnce() -> String) -> Result<(), ConfigError> {
-        if ok {
-            Ok(())
-        } else {
-            self.err(at, key, msg())
-        }
-    }
 }
 
 fn is_pkg(s: &str) -> bool {
@@ -237,8 +245,13 @@ fn is_pkg(s: &str) -> bool {
         && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+.-".contains(&b))
 }
 
-fn is_hostname(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 63 && !s.starts_with('-') && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+/// A user name as useradd takes it (what the base's hook passes it to).
+fn user_name(s: &str) -> Result<(), String> {
+    rules::host_name(s).map_err(|_| format!("`{s}` must be a lower-case user name (letters, digits, '-')"))?;
+    if s == "root" {
+        return Err("must not be root: the cards log in as an ordinary user with sudo".into());
+    }
+    Ok(())
 }
 
 fn parse_mac(s: &str) -> Option<[u8; 6]> {
@@ -257,29 +270,40 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
 }
 
 pub fn load(path: &Path) -> Result<ImageConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::at(path, "", None, "", format!("cannot read: {e}")))?;
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::unreadable(path, &e))?;
     parse(path, &text)
 }
 
 pub fn parse(file: &Path, text: &str) -> Result<ImageConfig, ConfigError> {
-    let cx = Cx { file, text };
+    let cx = Source { file, text };
     let raw: Raw = toml::from_str(text).map_err(|e| ConfigError::from_toml(file, text, &e))?;
+    let network = network(&cx, &raw.network)?;
+    let hosts = hosts(&cx, &raw.host, &network)?;
+    dhcp_range_in_subnet(&cx, &raw.network.dhcp_range, &network, &hosts)?;
+    Ok(ImageConfig {
+        lock_file: file.with_extension("lock"),
+        base: base(&cx, &raw.base)?,
+        system: system(&cx, &raw.system)?,
+        network,
+        drive: drive(&cx, &raw.drive)?,
+        schedule: raw.agent.schedule,
+        image: image(&cx, &raw.image)?,
+        hosts,
+    })
+}
 
-    let b = &raw.base;
-    let arch = match b.architecture.get_ref().as_str() {
-        "arm64" => Arch::Arm64,
-        "armhf" => Arch::Armhf,
-        other => return cx.err(&b.architecture, "base.architecture", format!("`{other}` is not supported: use \"arm64\" or \"armhf\"")),
-    };
+fn base(cx: &Source, b: &RawBase) -> Result<Base, ConfigError> {
     cx.check(
         !b.suite.get_ref().is_empty() && b.suite.get_ref().bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-'),
         &b.suite,
         "base.suite",
-        || "must be a suite name like \"bookworm\"".into(),
+        || "must be a suite name like \"trixie\"".into(),
     )?;
     cx.check(
         !b.mirrors.get_ref().is_empty()
-            && b.mirrors.get_ref().iter().all(|m| m.starts_with("http://") || m.starts_with("https://") || m.starts_with("file:/")),
+            && b.mirrors.get_ref().iter().all(|m| {
+                (m.starts_with("http://") || m.starts_with("https://") || m.starts_with("file:/")) && !m.contains(char::is_whitespace)
+            }),
         &b.mirrors,
         "base.mirrors",
         || "must list at least one http://, https:// or file:/ mirror URL".into(),
@@ -288,7 +312,9 @@ pub fn parse(file: &Path, text: &str) -> Result<ImageConfig, ConfigError> {
     cx.check(keyring.is_absolute() && keyring.exists(), &b.keyring, "base.keyring", || {
         format!("`{}` must be an existing keyring file (Debian's is /usr/share/keyrings/debian-archive-keyring.gpg)", keyring.display())
     })?;
-    cx.check(!b.components.get_ref().is_empty(), &b.components, "base.components", || "list at least \"main\"".into())?;
+    cx.check(!b.components.get_ref().is_empty() && b.components.get_ref().iter().all(|c| is_pkg(c)), &b.components, "base.components", || {
+        "list archive components like \"main\"".into()
+    })?;
     for (v, key) in [(&b.kernel, "base.kernel"), (&b.firmware, "base.firmware")] {
         cx.check(is_pkg(v.get_ref()), v, key, || format!("`{}` is not a Debian package name", v.get_ref()))?;
     }
@@ -310,9 +336,9 @@ pub fn parse(file: &Path, text: &str) -> Result<ImageConfig, ConfigError> {
             })?;
         }
     }
-    let base = Base {
+    Ok(Base {
         suite: b.suite.get_ref().clone(),
-        arch,
+        arch: b.architecture,
         mirrors: b.mirrors.get_ref().clone(),
         keyring,
         components: b.components.get_ref().clone(),
@@ -322,23 +348,26 @@ pub fn parse(file: &Path, text: &str) -> Result<ImageConfig, ConfigError> {
         initramfs_modules: b.initramfs_modules.get_ref().clone(),
         path_exclude: b.path_exclude.iter().map(|p| p.get_ref().clone()).collect(),
         path_include: b.path_include.iter().map(|p| p.get_ref().clone()).collect(),
-    };
+    })
+}
 
-    let s = &raw.system;
-    cx.check(is_hostname(s.user.get_ref()) && s.user.get_ref() != "root", &s.user, "system.user", || {
-        "must be a lowercase user name (not root)".into()
-    })?;
-    let empty = String::new();
-    let ph = s.password_hash.as_ref().map(|p| p.get_ref()).unwrap_or(&empty);
-    if let Some(p) = &s.password_hash {
-        cx.check(ph.is_empty() || (ph.starts_with('$') && !ph.contains([':', '\'', '\n'])), p, "system.password_hash", || {
-            "must be empty (locked) or a crypt(3) hash starting with '$' (see `mkpasswd`)".into()
-        })?;
-    }
+fn system(cx: &Source, s: &RawSystem) -> Result<System, ConfigError> {
+    let user = cx.rule(&s.user, "system.user", user_name)?;
+    let password_hash = match &s.password_hash {
+        None => String::new(),
+        Some(p) => {
+            let h = p.get_ref();
+            // A crypt(3) hash is [$./0-9A-Za-z=]; anything else is a typo (or a plain password).
+            let ok = h.is_empty() || (h.starts_with('$') && h.bytes().all(|c| c.is_ascii_alphanumeric() || b"$./=".contains(&c)));
+            cx.check(ok, p, "system.password_hash", || {
+                "must be empty (locked) or a crypt(3) hash starting with '$' (make one with `mkpasswd -m yescrypt`)".into()
+            })?;
+            h.clone()
+        }
+    };
     let loc = s.locale.get_ref();
-    cx.check(loc.len() >= 5 && loc.as_bytes()[2] == b'_' && loc.ends_with(".UTF-8"), &s.locale, "system.locale", || {
-        format!("`{loc}` must look like \"en_US.UTF-8\"")
-    })?;
+    let ok = loc.len() >= 5 && loc.as_bytes()[2] == b'_' && loc.ends_with(".UTF-8") && loc.bytes().all(|c| c.is_ascii_alphanumeric() || b"_.-@".contains(&c));
+    cx.check(ok, &s.locale, "system.locale", || format!("`{loc}` must look like \"en_US.UTF-8\""))?;
     let tz = s.timezone.get_ref();
     cx.check(
         !tz.is_empty() && !tz.contains("..") && !tz.starts_with('/') && Path::new("/usr/share/zoneinfo").join(tz).is_file(),
@@ -346,25 +375,22 @@ pub fn parse(file: &Path, text: &str) -> Result<ImageConfig, ConfigError> {
         "system.timezone",
         || format!("`{tz}` is not a time zone name like \"America/New_York\""),
     )?;
-    cx.check(
-        !s.keyboard.get_ref().is_empty() && s.keyboard.get_ref().bytes().all(|c| c.is_ascii_lowercase()),
-        &s.keyboard,
-        "system.keyboard",
-        || "must be an XKB layout like \"us\"".into(),
-    )?;
-    let system = System {
-        user: s.user.get_ref().clone(),
-        password_hash: ph.clone(),
-        locale: loc.clone(),
-        timezone: tz.clone(),
-        keyboard: s.keyboard.get_ref().clone(),
-    };
+    let kb = s.keyboard.get_ref();
+    cx.check(!kb.is_empty() && kb.bytes().all(|c| c.is_ascii_lowercase()), &s.keyboard, "system.keyboard", || {
+        "must be an XKB layout like \"us\"".into()
+    })?;
+    Ok(System { user, password_hash, locale: loc.clone(), timezone: tz.clone(), keyboard: kb.clone() })
+}
 
-    let n = &raw.network;
-    cx.check(is_hostname(n.interface.get_ref()), &n.interface, "network.interface", || "must be an interface name like \"eth0\"".into())?;
+fn network(cx: &Source, n: &RawNetwork) -> Result<Network, ConfigError> {
+    cx.check(rules::host_name(n.interface.get_ref()).is_ok(), &n.interface, "network.interface", || {
+        "must be an interface name like \"eth0\"".into()
+    })?;
     let prefix = *n.prefix.get_ref();
     cx.check((1..=30).contains(&prefix), &n.prefix, "network.prefix", || format!("{prefix} must be 1..=30"))?;
-    cx.check(is_hostname(n.domain.get_ref()), &n.domain, "network.domain", || "must be a single DNS label like \"local\"".into())?;
+    cx.check(rules::host_name(n.domain.get_ref()).is_ok(), &n.domain, "network.domain", || {
+        "must be a single DNS label like \"local\"".into()
+    })?;
     let range: Vec<Option<Ipv4Addr>> = n.dhcp_range.get_ref().iter().map(|a| a.parse().ok()).collect();
     let dhcp_range = match range.as_slice() {
         [Some(a), Some(b)] if a <= b => (*a, *b),
@@ -376,98 +402,52 @@ pub fn parse(file: &Path, text: &str) -> Result<ImageConfig, ConfigError> {
             )
         }
     };
-    let network = Network { interface: n.interface.get_ref().clone(), prefix, domain: n.domain.get_ref().clone(), dhcp_range };
+    Ok(Network { interface: n.interface.get_ref().clone(), prefix, domain: n.domain.get_ref().clone(), dhcp_range })
+}
 
-    let d = &raw.drive;
-    let label = d.label.get_ref();
-    cx.check(
-        !label.is_empty()
-            && label.len() <= 11
-            && label.bytes().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == b'_' || c == b'-'),
-        &d.label,
-        "drive.label",
-        || format!("`{label}` must be a FAT32 label: 1-11 upper-case letters, digits, '_' or '-' (no spaces)"),
-    )?;
-    cx.check(d.mount_point.get_ref().starts_with('/') && d.mount_point.get_ref() != "/", &d.mount_point, "drive.mount_point", || {
-        "must be an absolute path like \"/media/pi/PI2PI\"".into()
+fn drive(cx: &Source, d: &RawDrive) -> Result<Drive, ConfigError> {
+    let label = cx.rule(&d.label, "drive.label", rules::fat_label)?;
+    let m = d.mount_point.get_ref();
+    cx.check(m.starts_with('/') && m != "/" && !m.contains(char::is_whitespace), &d.mount_point, "drive.mount_point", || {
+        "must be an absolute path without spaces, like \"/media/pi/PI2PI\"".into()
     })?;
-    let drive = Drive { label: label.clone(), mount_point: d.mount_point.get_ref().clone() };
+    Ok(Drive { label, mount_point: m.clone() })
+}
 
-    let schedule = match raw.agent.schedule.get_ref().as_str() {
-        "systemd" => Schedule::Systemd,
-        "cron" => Schedule::Cron,
-        other => return cx.err(&raw.agent.schedule, "agent.schedule", format!("`{other}` is not a schedule: use \"systemd\" or \"cron\"")),
-    };
-
-    let i = &raw.image;
+fn image(cx: &Source, i: &RawImage) -> Result<ImageParams, ConfigError> {
     cx.check((64..=2048).contains(i.boot_mib.get_ref()), &i.boot_mib, "image.boot_mib", || "must be 64..=2048".into())?;
     cx.check(*i.root_headroom_mib.get_ref() <= 8192, &i.root_headroom_mib, "image.root_headroom_mib", || "must be at most 8192".into())?;
     cx.check(*i.max_bytes.get_ref() >= 1 << 28, &i.max_bytes, "image.max_bytes", || "must be at least 256 MiB".into())?;
-    let image = ImageParams {
-        boot_mib: *i.boot_mib.get_ref(),
-        root_headroom_mib: *i.root_headroom_mib.get_ref(),
-        max_bytes: *i.max_bytes.get_ref(),
-    };
+    Ok(ImageParams { boot_mib: *i.boot_mib.get_ref(), root_headroom_mib: *i.root_headroom_mib.get_ref(), max_bytes: *i.max_bytes.get_ref() })
+}
 
+/// The `[[host]]` list: each host alone, then what holds between them (one server, one subnet, peers).
+fn hosts(cx: &Source, raw: &S<Vec<RawHost>>, net: &Network) -> Result<Vec<Host>, ConfigError> {
+    cx.check(!raw.get_ref().is_empty(), raw, "host", || "define at least one [[host]]".into())?;
     let mut hosts: Vec<Host> = Vec::new();
-    cx.check(!raw.host.get_ref().is_empty(), &raw.host, "host", || "define at least one [[host]]".into())?;
-    for (idx, h) in raw.host.get_ref().iter().enumerate() {
-        let key = |k: &str| format!("host[{idx}].{k}");
-        let name = h.name.get_ref();
-        cx.check(is_hostname(name), &h.name, &key("name"), || format!("`{name}` must be a lowercase host name (letters, digits, '-')"))?;
-        cx.check(!hosts.iter().any(|o| &o.name == name), &h.name, &key("name"), || format!("host `{name}` is defined twice"))?;
-        let role = match h.role.get_ref().as_str() {
-            "dhcp-server" => Role::DhcpServer,
-            "dhcp-client" => Role::DhcpClient,
-            other => return cx.err(&h.role, &key("role"), format!("`{other}` is not a role: use \"dhcp-server\" or \"dhcp-client\"")),
-        };
-        let address: Ipv4Addr = match h.address.get_ref().parse() {
-            Ok(a) => a,
-            Err(_) => return cx.err(&h.address, &key("address"), format!("`{}` is not an IPv4 address", h.address.get_ref())),
-        };
-        cx.check(!hosts.iter().any(|o| o.address == address), &h.address, &key("address"), || {
-            format!("{address} is already used by another host")
-        })?;
-        let mac = match (&role, &h.mac) {
-            (_, Some(m)) => {
-                let ok = parse_mac(&m.get_ref().to_lowercase()).is_some_and(|b| b[0] & 1 == 0 && b != [0; 6]);
-                cx.check(ok, m, &key("mac"), || format!("`{}` must be a unicast MAC like \"b8:27:eb:00:00:01\"", m.get_ref()))?;
-                let lower = m.get_ref().to_lowercase();
-                cx.check(!hosts.iter().any(|o| o.mac.as_deref() == Some(&lower)), m, &key("mac"), || {
-                    format!("{lower} is already used by another host")
-                })?;
-                Some(lower)
-            }
-            (Role::DhcpClient, None) => {
-                return cx.err(&h.role, &key("mac"), "a dhcp-client needs `mac` (its Ethernet address) for its reservation")
-            }
-            (Role::DhcpServer, None) => None,
-        };
-        hosts.push(Host { name: name.clone(), role, address, mac, peers: Vec::new() });
+    for (idx, h) in raw.get_ref().iter().enumerate() {
+        let host = one_host(cx, idx, h, &hosts)?;
+        hosts.push(host);
     }
     let servers: Vec<usize> = (0..hosts.len()).filter(|&i| hosts[i].role == Role::DhcpServer).collect();
     if servers.len() > 1 {
-        return cx.err(&raw.host.get_ref()[servers[1]].role, &format!("host[{}].role", servers[1]), "only one host can be the dhcp-server");
+        return cx.err(&raw.get_ref()[servers[1]].role, &format!("host[{}].role", servers[1]), "only one host can be the dhcp-server");
     }
     if servers.is_empty() && hosts.iter().any(|h| h.role == Role::DhcpClient) {
-        return cx.err(&raw.host, "host", "dhcp-client hosts need one host with role = \"dhcp-server\"");
+        return cx.err(raw, "host", "dhcp-client hosts need one host with role = \"dhcp-server\"");
     }
     // Everyone must share the server's subnet, or nobody can reach anybody.
+    let prefix = net.prefix;
     let mask = u32::MAX << (32 - prefix);
-    let net = u32::from(hosts[servers.first().copied().unwrap_or(0)].address) & mask;
-    for (idx, h) in raw.host.get_ref().iter().enumerate() {
-        let a = u32::from(hosts[idx].address);
-        cx.check(a & mask == net, &h.address, &format!("host[{idx}].address"), || {
-            format!("{} is outside the network {}/{prefix}", hosts[idx].address, Ipv4Addr::from(net))
-        })?;
-    }
-    for (a, what) in [(dhcp_range.0, "first"), (dhcp_range.1, "last")] {
-        cx.check(u32::from(a) & mask == net, &n.dhcp_range, "network.dhcp_range", || {
-            format!("the {what} address {a} is outside {}/{prefix}", Ipv4Addr::from(net))
+    let subnet = u32::from(hosts[servers.first().copied().unwrap_or(0)].address) & mask;
+    for (idx, h) in raw.get_ref().iter().enumerate() {
+        let a = hosts[idx].address;
+        cx.check(u32::from(a) & mask == subnet, &h.address, &format!("host[{idx}].address"), || {
+            format!("{a} is outside the network {}/{prefix}", Ipv4Addr::from(subnet))
         })?;
     }
     let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
-    for (idx, h) in raw.host.get_ref().iter().enumerate() {
+    for (idx, h) in raw.get_ref().iter().enumerate() {
         hosts[idx].peers = match &h.peers {
             None => names.iter().filter(|n| **n != hosts[idx].name).cloned().collect(),
             Some(p) => {
@@ -478,7 +458,50 @@ pub fn parse(file: &Path, text: &str) -> Result<ImageConfig, ConfigError> {
             }
         };
     }
-    Ok(ImageConfig { lock_file: file.with_extension("lock"), base, system, network, drive, schedule, image, hosts })
+    Ok(hosts)
+}
+
+/// The DHCP range lies in the server's subnet (checked once the hosts are known).
+fn dhcp_range_in_subnet(cx: &Source, at: &S<Vec<String>>, net: &Network, hosts: &[Host]) -> Result<(), ConfigError> {
+    let Some(server) = hosts.iter().find(|h| h.role == Role::DhcpServer) else { return Ok(()) };
+    let prefix = net.prefix;
+    let mask = u32::MAX << (32 - prefix);
+    let subnet = u32::from(server.address) & mask;
+    for (a, what) in [(net.dhcp_range.0, "first"), (net.dhcp_range.1, "last")] {
+        cx.check(u32::from(a) & mask == subnet, at, "network.dhcp_range", || {
+            format!("the {what} address {a} is outside {}/{prefix}", Ipv4Addr::from(subnet))
+        })?;
+    }
+    Ok(())
+}
+
+/// One `[[host]]` on its own, given the hosts before it (for duplicates).
+fn one_host(cx: &Source, idx: usize, h: &RawHost, before: &[Host]) -> Result<Host, ConfigError> {
+    let key = |k: &str| format!("host[{idx}].{k}");
+    let name = cx.rule(&h.name, &key("name"), rules::host_name)?;
+    cx.check(!before.iter().any(|o| o.name == name), &h.name, &key("name"), || format!("host `{name}` is defined twice"))?;
+    let role = *h.role.get_ref();
+    let address: Ipv4Addr = match h.address.get_ref().parse() {
+        Ok(a) => a,
+        Err(_) => return cx.err(&h.address, &key("address"), format!("`{}` is not an IPv4 address", h.address.get_ref())),
+    };
+    cx.check(!before.iter().any(|o| o.address == address), &h.address, &key("address"), || {
+        format!("{address} is already used by another host")
+    })?;
+    let mac = match (role, &h.mac) {
+        (_, Some(m)) => {
+            let lower = m.get_ref().to_lowercase();
+            let ok = parse_mac(&lower).is_some_and(|b| b[0] & 1 == 0 && b != [0; 6]);
+            cx.check(ok, m, &key("mac"), || format!("`{}` must be a unicast MAC like \"b8:27:eb:00:00:01\"", m.get_ref()))?;
+            cx.check(!before.iter().any(|o| o.mac.as_deref() == Some(&lower)), m, &key("mac"), || {
+                format!("{lower} is already used by another host")
+            })?;
+            Some(lower)
+        }
+        (Role::DhcpClient, None) => return cx.err(&h.role, &key("mac"), "a dhcp-client needs `mac` (its Ethernet address) for its reservation"),
+        (Role::DhcpServer, None) => None,
+    };
+    Ok(Host { name, role, address, mac, peers: Vec::new() })
 }
 
 #[cfg(test)]
@@ -525,5 +548,32 @@ mod tests {
         assert_eq!(e.key, "system.timezone");
         let e = parse_str(&t.replace("mac = \"b8:27:eb:00:00:01\"\n", "")).unwrap_err();
         assert_eq!(e.key, "host[1].mac");
+    }
+
+    #[test]
+    fn enums_are_read_by_serde_and_their_errors_still_name_the_key() {
+        let t = text();
+        let line_of = |needle: &str| t[..t.find(needle).unwrap()].matches('\n').count() + 1;
+        let e = parse_str(&t.replace("architecture = \"arm64\"", "architecture = \"i386\"")).unwrap_err();
+        assert_eq!((e.key.as_str(), e.line), ("base.architecture", Some(line_of("architecture = "))));
+        assert!(e.message.contains("arm64") && e.message.contains("armhf"), "the valid values are listed: {e}");
+        let e = parse_str(&t.replace("role = \"dhcp-client\"", "role = \"client\"")).unwrap_err();
+        assert_eq!(e.key, "host[1].role");
+        assert!(e.message.contains("dhcp-client"), "{e}");
+    }
+
+    #[test]
+    fn the_label_and_name_rules_are_the_agents() {
+        let t = text();
+        // Lower case would never match what Windows writes; the agent refuses it too.
+        let e = parse_str(&t.replace("label = \"PI2PI\"", "label = \"pi2pi\"")).unwrap_err();
+        assert_eq!(e.key, "drive.label");
+        assert!(pi2pi_agent::rules::fat_label("pi2pi").is_err());
+        let e = parse_str(&t.replace("name = \"rpb\"", "name = \"RPB\"")).unwrap_err();
+        assert_eq!(e.key, "host[1].name");
+        // Values reach the base's hooks through the environment; anything a hash cannot hold is refused.
+        let e = parse_str(&t.replace("password_hash = \"\"", "password_hash = \"$y$j9T$a'b\"")).unwrap_err();
+        assert_eq!(e.key, "system.password_hash");
+        assert!(parse_str(&t.replace("password_hash = \"\"", "password_hash = \"$y$j9T$abc./=\"")).is_ok());
     }
 }

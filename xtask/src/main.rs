@@ -29,6 +29,9 @@ use xshell::Shell;
 #[derive(Parser)]
 #[command(about = "pi2pi build and test tasks", arg_required_else_help = true)]
 struct Cli {
+    /// The deployment to build or test (its lock is beside it, `<name>.lock`).
+    #[arg(long, global = true, default_value = "image.toml")]
+    config: PathBuf,
     #[command(subcommand)]
     task: Task,
 }
@@ -61,17 +64,28 @@ enum Task {
     },
     /// Boot one built image in QEMU on this terminal.
     Run { host: String },
-    /// Print measurements: `agent` (throughput vs rsync, latency, RSS, size) or `image` (build times, size).
-    Bench { what: String },
+    /// Print measurements.
+    Bench {
+        #[arg(value_enum)]
+        what: Bench,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Bench {
+    /// The agent against rsync over real sshd: throughput, latency, RSS, binary size.
+    Agent,
+    /// Image builds from a cold and a warm cache: times per stage, sizes.
+    Image,
 }
 
 #[derive(Subcommand)]
 enum TestWhich {
     /// Boot both images together in QEMU and check the whole system.
     Qemu {
-        /// "systemd" or "cron"; both when omitted.
-        #[arg(long)]
-        schedule: Option<String>,
+        /// One schedule; both when omitted.
+        #[arg(long, value_enum)]
+        schedule: Option<config::Schedule>,
     },
 }
 
@@ -83,36 +97,32 @@ fn project_root() -> PathBuf {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let sh = Shell::new()?;
+    // A relative --config is relative to where the user ran the command, not to the root.
+    let config_path = std::env::current_dir()?.join(&cli.config);
     sh.change_dir(project_root());
-    let cfg = config::load(&sh.current_dir().join("image.toml"))?;
+    // Only the tasks that build or boot cards read the config: a broken one must not stop `bench agent`.
+    let load = || config::load(&config_path);
     match cli.task {
         Task::Image { host, update_lock } => {
+            let cfg = load()?;
             let hosts = image::select(&cfg, &host)?;
             let opts = image::Options { update_lock, ..image::Options::default_for(&sh) };
             let built = image::build(&sh, &cfg, &hosts, &opts)?;
             print!("{}", image::summary(&built));
         }
-        Task::Verify { cold } => verify::run(&sh, &cfg, cold)?,
-        Task::Keys => keys::ensure(&sh, &cfg)?,
-        Task::Test { which: None, no_qemu } => test::all(&sh, &cfg, no_qemu)?,
+        Task::Verify { cold } => verify::run(&sh, &load()?, cold)?,
+        Task::Keys => keys::ensure(&sh, &load()?)?,
+        Task::Test { which: None, no_qemu } => test::all(&sh, &load()?, no_qemu)?,
         Task::Test { which: Some(TestWhich::Qemu { schedule }), .. } => {
-            let schedules = match schedule.as_deref() {
-                None => vec![config::Schedule::Systemd, config::Schedule::Cron],
-                Some("systemd") => vec![config::Schedule::Systemd],
-                Some("cron") => vec![config::Schedule::Cron],
-                Some(o) => anyhow::bail!("--schedule {o}: use systemd or cron"),
-            };
+            let cfg = load()?;
             setup::ensure(&sh, cfg.base.arch)?;
-            for s in schedules {
+            for s in schedule.map(|s| vec![s]).unwrap_or(config::Schedule::ALL.to_vec()) {
                 print!("{}", pair::run(&sh, &cfg, s, true)?.render());
             }
         }
-        Task::Run { host } => run::run(&sh, &cfg, &host)?,
-        Task::Bench { what } => match what.as_str() {
-            "agent" => bench::agent(&sh)?,
-            "image" => bench::image(&sh, &cfg)?,
-            o => anyhow::bail!("nothing to benchmark called `{o}`: use `agent` or `image`"),
-        },
+        Task::Run { host } => run::run(&sh, &load()?, &host)?,
+        Task::Bench { what: Bench::Agent } => bench::agent(&sh)?,
+        Task::Bench { what: Bench::Image } => bench::image(&sh, &load()?)?,
     }
     Ok(())
 }

@@ -121,10 +121,7 @@ pub fn run(sh: &Shell, cfg: &ImageConfig, schedule: Schedule, build: bool) -> Re
     ensure!(cfg.hosts.len() == 2, "the pair test needs exactly two hosts in image.toml");
     let mut cfg = cfg.clone();
     cfg.schedule = schedule;
-    let tag = match schedule {
-        Schedule::Systemd => "systemd",
-        Schedule::Cron => "cron",
-    };
+    let tag = schedule.name();
     let root = sh.current_dir();
     let images_dir = if schedule == Schedule::Systemd { root.join("target/images") } else { root.join(format!("target/images-{tag}")) };
     let opts = image::Options {

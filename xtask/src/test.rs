@@ -38,7 +38,7 @@ pub fn all(sh: &Shell, cfg: &ImageConfig, skip_qemu: bool) -> Result<()> {
         });
     ok = ok && phase("verify (reproducible images)", &mut || verify::run(sh, cfg, false));
     if !skip_qemu {
-        for s in [Schedule::Systemd, Schedule::Cron] {
+        for s in Schedule::ALL {
             ok = ok
                 && phase(&format!("qemu pair test ({s:?})"), &mut || {
                     // The systemd images are the ones the "images" phase just wrote; cron is a variant.
