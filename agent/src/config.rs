@@ -144,7 +144,7 @@ impl Config {
 fn abs_path(cx: &Source, s: &Spanned<String>, key: &str) -> Result<PathBuf, ConfigError> {
     let p = PathBuf::from(s.get_ref());
     if !p.is_absolute() {
-        return cx.err(&s, key, format!("`{}` must be an absolute path", s.get_ref()));
+        return cx.err(s, key, format!("`{}` must be an absolute path", s.get_ref()));
     }
     Ok(p)
 }
@@ -197,7 +197,7 @@ fn validate(cx: &Source, raw: RawConfig) -> Result<Config, ConfigError> {
         match v {
             None => Ok(default),
             Some(v) if (lo..=hi).contains(v.get_ref()) => Ok(*v.get_ref()),
-            Some(v) => cx.err(&v, key, format!("{} is out of range: use {lo}..={hi}", v.get_ref())),
+            Some(v) => cx.err(v, key, format!("{} is out of range: use {lo}..={hi}", v.get_ref())),
         }
     };
     let sync = SyncConfig {
@@ -219,7 +219,7 @@ fn validate(cx: &Source, raw: RawConfig) -> Result<Config, ConfigError> {
                     return cx.err(&p.name, &key("host"), "missing: ssh peers need `host` (a name or IP address)");
                 };
                 if host.get_ref().is_empty() || host.get_ref().contains(char::is_whitespace) {
-                    return cx.err(&host, &key("host"), "must be a host name or IP address");
+                    return cx.err(host, &key("host"), "must be a host name or IP address");
                 }
                 let need = |v: &Option<Spanned<String>>, k: &str| -> Result<PathBuf, ConfigError> {
                     match v {

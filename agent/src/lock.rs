@@ -7,7 +7,10 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-pub struct Lock(#[allow(dead_code)] File);
+/// Held, never read: the flock lasts as long as the file stays open.
+pub struct Lock {
+    _held: File,
+}
 
 pub fn acquire(state_dir: &Path) -> Result<Lock> {
     fs::create_dir_all(state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
@@ -35,7 +38,7 @@ pub fn acquire(state_dir: &Path) -> Result<Lock> {
     f.set_len(0)?;
     f.rewind()?;
     write!(f, "{}", std::process::id())?;
-    Ok(Lock(f))
+    Ok(Lock { _held: f })
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -53,10 +53,12 @@ pub fn ensure(sh: &Shell, arch: Arch) -> Result<()> {
     let missing = missing_packages(sh)?;
     let targets = missing_targets(sh)?;
     let binfmt = !Path::new(&format!("/proc/sys/fs/binfmt_misc/{}", arch.binfmt())).exists();
-    // rustfmt for the format check: in rustup's default profile, not in its minimal one.
-    if cmd!(sh, "cargo fmt --version").quiet().ignore_stdout().ignore_stderr().run().is_err() {
-        eprintln!("setup: adding the rustfmt component");
-        proc::run(cmd!(sh, "rustup component add rustfmt"))?;
+    // The format and lint phases' tools: in rustup's default profile, not in its minimal one.
+    for (sub, component) in [("fmt", "rustfmt"), ("clippy", "clippy")] {
+        if cmd!(sh, "cargo {sub} --version").quiet().ignore_stdout().ignore_stderr().run().is_err() {
+            eprintln!("setup: adding the {component} component");
+            proc::run(cmd!(sh, "rustup component add {component}"))?;
+        }
     }
     if missing.is_empty() && targets.is_empty() && !binfmt {
         return Ok(());

@@ -1,7 +1,7 @@
 //! `cargo xtask test`: the README's test command and what `.ci/run` calls. Sets the machine up,
-//! then runs every phase in order, printing each phase's time: the format check, unit and
-//! integration tests, the images, the reproducibility check, and the QEMU pair test with both
-//! schedules.
+//! then runs every phase in order, printing each phase's time: format, lint, unit and integration
+//! tests, the images, the reproducibility check, and the QEMU pair test with both schedules. After
+//! a failure the remaining phases are listed as not run.
 
 use std::time::Instant;
 
@@ -11,51 +11,76 @@ use xshell::{cmd, Shell};
 use crate::config::{ImageConfig, Schedule};
 use crate::{image, pair, proc, setup, verify};
 
+type Phase<'a> = (String, Box<dyn FnOnce() -> Result<()> + 'a>);
+
 pub fn all(sh: &Shell, cfg: &ImageConfig, skip_qemu: bool) -> Result<()> {
-    let started = Instant::now();
-    let mut done: Vec<(String, f64, bool)> = Vec::new();
-    let mut phase = |name: &str, f: &mut dyn FnMut() -> Result<()>| -> bool {
-        eprintln!("\n==> {name}");
-        let t = Instant::now();
-        let r = f();
-        let secs = t.elapsed().as_secs_f64();
-        if let Err(e) = &r {
-            eprintln!("==> {name} FAILED after {secs:.0}s: {e:#}");
-        } else {
-            eprintln!("==> {name} ok ({secs:.0}s)");
-        }
-        done.push((name.to_string(), secs, r.is_ok()));
-        r.is_ok()
-    };
-    let mut ok = phase("setup", &mut || setup::ensure(sh, cfg.base.arch));
-    ok = ok && phase("format (cargo fmt --check)", &mut || proc::run(cmd!(sh, "cargo fmt --all --check")));
-    ok = ok && phase("cargo test", &mut || proc::run(cmd!(sh, "cargo test --workspace --locked")));
-    ok = ok
-        && phase("images", &mut || {
-            let built = image::build(sh, cfg, &image::select(cfg, "all")?, &image::Options::default_for(sh))?;
-            eprint!("{}", image::summary(&built));
-            Ok(())
-        });
-    ok = ok && phase("verify (reproducible images)", &mut || verify::run(sh, cfg, false));
+    let mut phases: Vec<Phase> = vec![
+        ("setup".into(), Box::new(|| setup::ensure(sh, cfg.base.arch))),
+        ("format (cargo fmt --check)".into(), Box::new(|| proc::run(cmd!(sh, "cargo fmt --all --check")))),
+        (
+            "lint (cargo clippy -D warnings)".into(),
+            Box::new(|| proc::run(cmd!(sh, "cargo clippy --workspace --all-targets --locked --quiet -- -D warnings"))),
+        ),
+        ("cargo test".into(), Box::new(|| proc::run(cmd!(sh, "cargo test --workspace --locked")))),
+        (
+            "images".into(),
+            Box::new(|| {
+                let built = image::build(sh, cfg, &image::select(cfg, "all")?, &image::Options::default_for(sh))?;
+                eprint!("{}", image::summary(&built));
+                Ok(())
+            }),
+        ),
+        ("verify (reproducible images)".into(), Box::new(|| verify::run(sh, cfg, false))),
+    ];
     if !skip_qemu {
         for s in Schedule::ALL {
-            ok = ok
-                && phase(&format!("qemu pair test ({s:?})"), &mut || {
+            phases.push((
+                format!("qemu pair test ({})", s.name()),
+                Box::new(move || {
                     // The systemd images are the ones the "images" phase just wrote; cron is a variant.
                     let r = pair::run(sh, cfg, s, s != Schedule::Systemd)?;
                     eprint!("{}", r.render());
                     Ok(())
-                });
+                }),
+            ));
         }
     }
-    eprintln!("\nphases:");
-    for (n, s, good) in &done {
-        eprintln!("  {:<32} {:>6.0}s  {}", n, s, if *good { "ok" } else { "FAILED" });
+    run_phases(phases)
+}
+
+/// Runs phases in order until one fails; prints a table of times with the rest as not run.
+fn run_phases(phases: Vec<Phase>) -> Result<()> {
+    let started = Instant::now();
+    let mut rows: Vec<(String, Option<(f64, bool)>)> = Vec::new();
+    let mut failed = false;
+    for (name, f) in phases {
+        if failed {
+            rows.push((name, None));
+            continue;
+        }
+        eprintln!("\n==> {name}");
+        let t = Instant::now();
+        let r = f();
+        let secs = t.elapsed().as_secs_f64();
+        match &r {
+            Ok(()) => eprintln!("==> {name} ok ({secs:.0}s)"),
+            Err(e) => eprintln!("==> {name} FAILED after {secs:.0}s: {e:#}"),
+        }
+        failed = r.is_err();
+        rows.push((name, Some((secs, r.is_ok()))));
     }
-    eprintln!("  {:<32} {:>6.0}s", "total", started.elapsed().as_secs_f64());
-    let failed = done.iter().filter(|d| !d.2).count();
-    println!("xtask test: {} passed, {} failed", done.len() - failed, failed);
-    if !ok {
+    eprintln!("\nphases:");
+    for (n, r) in &rows {
+        match r {
+            Some((s, good)) => eprintln!("  {:<34} {:>6.0}s  {}", n, s, if *good { "ok" } else { "FAILED" }),
+            None => eprintln!("  {:<34} {:>7}  not run", n, "-"),
+        }
+    }
+    eprintln!("  {:<34} {:>6.0}s", "total", started.elapsed().as_secs_f64());
+    let passed = rows.iter().filter(|r| matches!(r.1, Some((_, true)))).count();
+    let not_run = rows.iter().filter(|r| r.1.is_none()).count();
+    println!("xtask test: {passed} passed, {} failed, {not_run} skipped", rows.len() - passed - not_run);
+    if failed {
         bail!("test phases failed");
     }
     Ok(())

@@ -1,4 +1,5 @@
 //! Test fixtures: real `pi2pi-agent` processes on temporary drives, wired by pipe or by a real sshd.
+// Each test binary includes this module and uses a different part of it.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
