@@ -1,4 +1,4 @@
-//! `run` (the systemd daemon) and `sync --once` (the cron job) around the [`Engine`].
+//! `run` (the systemd daemon) and `sync` (the cron job) around the [`Engine`].
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::engine::{Engine, Hot, PassReport};
 use crate::{lock, status};
 
-/// How long `sync --once` keeps waiting for files that are still being written (cron runs it
+/// How long `sync` keeps waiting for files that are still being written (cron runs it
 /// every minute, so less than that).
 const ONCE_BUDGET: Duration = Duration::from_secs(45);
 

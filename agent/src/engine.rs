@@ -1,5 +1,5 @@
 //! One sync pass: scan `sending/`, decide what each peer still needs, deliver it.
-//! Shared by `sync --once` (cron) and `run` (the daemon, which adds inotify on top).
+//! Shared by `sync` (cron) and `run` (the daemon, which adds inotify on top).
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -69,7 +69,7 @@ pub struct PassReport {
     pub wake_in: Option<Duration>,
     pub waiting: usize,
     pub delivered: usize,
-    /// Errors that should make `sync --once` exit non-zero.
+    /// Errors that should make `sync` exit non-zero.
     pub failures: usize,
 }
 
@@ -320,7 +320,7 @@ impl Engine {
         report
     }
 
-    /// Closes idle sessions (end of `sync --once`, or shutdown).
+    /// Closes idle sessions (end of `sync`, or shutdown).
     pub fn disconnect(&mut self) {
         for ps in &mut self.peers {
             if let Some(s) = ps.session.take() {

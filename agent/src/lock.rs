@@ -1,4 +1,4 @@
-//! One sender at a time: `run` and `sync --once` both hold an exclusive lock in the state directory,
+//! One sender at a time: `run` and `sync` both hold an exclusive lock in the state directory,
 //! so a cron run that overlaps a slow one (or the daemon) leaves at once instead of racing it.
 
 use std::fs::{self, File, OpenOptions};

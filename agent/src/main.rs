@@ -20,11 +20,7 @@ enum Cmd {
     /// Run as a daemon: deliver files as soon as they are written (systemd schedule).
     Run,
     /// One full pass, then exit (cron schedule). Exits 75 if another agent holds the lock.
-    Sync {
-        /// One pass then exit (the only mode of `sync`; `run` is the daemon).
-        #[arg(long, default_value_t = true)]
-        once: bool,
-    },
+    Sync,
     /// Receiving side, speaking the protocol on stdin/stdout (sshd's forced command).
     Serve,
     /// What is pending, delivered and failing; whether the drive and peers are up.
@@ -50,7 +46,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.cmd {
         Cmd::Run => daemon::run(cfg).map(|()| ExitCode::SUCCESS),
-        Cmd::Sync { .. } => daemon::once(cfg).map(|r| if r.failures == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
+        Cmd::Sync => daemon::once(cfg).map(|r| if r.failures == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
         Cmd::Serve => {
             // Not pipes when run by hand from a terminal; then this does nothing.
             pi2pi_agent::transport::widen_pipe(std::io::stdin());

@@ -60,7 +60,7 @@ fn kill_minus_nine_at_random_points_loses_and_duplicates_nothing() {
 
     let (mut resumed, mut killed_sender, mut killed_receiver, mut completed) = (0, 0, 0, 0);
     for point in 0..points() {
-        let mut child = a.cmd(&["sync", "--once"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut child = a.cmd(&["sync"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
         let mut err = child.stderr.take().unwrap();
         let reader = std::thread::spawn(move || {
             let mut s = String::new();

@@ -288,7 +288,7 @@ fn a_file_that_looks_old_but_is_still_being_written_is_not_sent_early() {
     let p = a.sending().join("camera.jpg");
     fs::write(&p, b"").unwrap();
     sh(&format!("touch -d '3 seconds ago' '{}'", p.display()));
-    let sync = a.cmd(&["sync", "--once"]).stderr(Stdio::piped()).spawn().unwrap();
+    let sync = a.cmd(&["sync"]).stderr(Stdio::piped()).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(400));
     let data = content(5, 200_000);
     fs::write(&p, &data).unwrap();

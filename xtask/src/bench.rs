@@ -194,7 +194,7 @@ pub fn agent(sh: &Shell) -> Result<()> {
             std::fs::create_dir_all(&d)?;
         }
         proc::run(cmd!(sh, "sync").quiet())?;
-        runs[0].push(timed(&mut time(&[bin.as_ref(), "--config".as_ref(), a_conf.as_ref(), "sync".as_ref(), "--once".as_ref()]), &report)?);
+        runs[0].push(timed(&mut time(&[bin.as_ref(), "--config".as_ref(), a_conf.as_ref(), "sync".as_ref()]), &report)?);
         if round == 0 {
             let same = cmd!(sh, "diff -rq {a}/sending {b}/receiving").quiet().ignore_stdout().run().is_ok();
             ensure!(same, "the agent's copy differs from the source");
@@ -268,7 +268,7 @@ pub fn agent(sh: &Shell) -> Result<()> {
         "agent benchmark ({files} files, {mib:.0} MiB, ssh on 127.0.0.1; median of {ROUNDS} alternated runs (range); machine CPU time):"
     );
     println!(
-        "  pi2pi-agent sync --once      {agent_s:6.2} s  {:6.1} MiB/s  ({} s)  CPU {agent_cpu:.1} s  peak RSS {agent_kib} KiB",
+        "  pi2pi-agent sync      {agent_s:6.2} s  {:6.1} MiB/s  ({} s)  CPU {agent_cpu:.1} s  peak RSS {agent_kib} KiB",
         mib / agent_s,
         range(&runs[0])
     );

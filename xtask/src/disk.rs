@@ -99,7 +99,10 @@ pub fn root_fs(
             return Ok(bytes);
         }
         let err = String::from_utf8_lossy(&o.stderr);
-        if !err.contains("Could not allocate") && !err.contains("No space") && !err.contains("inode") {
+        // Only "the estimate was too small" is worth a bigger retry: mke2fs -d says it ran out of
+        // blocks or inodes ("Could not allocate block/inode in ext2 filesystem") or space.
+        let too_small = ["Could not allocate block", "Could not allocate inode", "No space left on device"].iter().any(|m| err.contains(m));
+        if !too_small {
             bail!("mke2fs failed: {err}");
         }
         bytes = (bytes * 5 / 4).div_ceil(MIB) * MIB; // estimate too small: retry, deterministically

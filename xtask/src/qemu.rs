@@ -147,7 +147,6 @@ pub struct Vm {
     shell: Option<UnixStream>,
     buf: String,
     seq: u64,
-    pub booted_in: Option<Duration>,
 }
 
 impl Vm {
@@ -172,7 +171,6 @@ impl Vm {
             shell: None,
             buf: String::new(),
             seq: 0,
-            booted_in: None,
         })
     }
 
@@ -238,7 +236,6 @@ impl Vm {
         let left = deadline.saturating_duration_since(Instant::now());
         let (_, state) = self.exec("systemctl is-system-running --wait", left)?;
         let t = started.elapsed();
-        self.booted_in = Some(t);
         let state = state.trim().to_string();
         if state != "running" {
             let (_, failed) = self.exec("systemctl --failed --no-legend --plain", Duration::from_secs(30))?;

@@ -23,7 +23,6 @@ pub struct Stats {
 pub struct BaseFacts {
     pub boot: BTreeMap<String, Vec<u8>>,
     pub passwd: String,
-    pub group: String,
 }
 
 fn norm(p: &Path) -> String {
@@ -36,7 +35,7 @@ const BOOT: &str = "boot/firmware/";
 pub fn read_base_facts(base: &Path) -> Result<BaseFacts> {
     let mut ar =
         tar::Archive::new(BufReader::with_capacity(1 << 20, File::open(base).with_context(|| format!("opening {}", base.display()))?));
-    let mut facts = BaseFacts { boot: BTreeMap::new(), passwd: String::new(), group: String::new() };
+    let mut facts = BaseFacts { boot: BTreeMap::new(), passwd: String::new() };
     for e in ar.entries()? {
         let mut e = e?;
         let path = norm(&e.path()?);
@@ -48,8 +47,6 @@ pub fn read_base_facts(base: &Path) -> Result<BaseFacts> {
             }
         } else if path == "etc/passwd" {
             e.read_to_string(&mut facts.passwd)?;
-        } else if path == "etc/group" {
-            e.read_to_string(&mut facts.group)?;
         }
     }
     if facts.passwd.is_empty() {

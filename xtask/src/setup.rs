@@ -21,9 +21,8 @@ pub const PACKAGES: &[&str] = &[
     "qemu-utils",             // qcow2 overlays
     "mtools",                 // files into the FAT boot partition, no mount
     "dosfstools",             // mkfs.vfat, fsck.vfat
-    "e2fsprogs",              // debugfs for checks
+    "e2fsprogs",              // mke2fs, used when ≥ 1.47.1 (else tools.rs fetches one)
     "libarchive13",           // mke2fs -d <tarball>
-    "fdisk",                  // sfdisk to print the partition table
     "openssh-client",         // ssh-keygen; the agent's transport
     "openssh-server",         // sshd for the agent's integration tests
     "rsync",                  // the agent benchmark's baseline
@@ -32,7 +31,6 @@ pub const PACKAGES: &[&str] = &[
     "gcc-arm-linux-gnueabihf",
     "libc6-dev-arm64-cross",
     "libc6-dev-armhf-cross",
-    "zstd",
     "util-linux", // losetup for the agent's drive tests
 ];
 

@@ -62,7 +62,7 @@ impl Node {
     }
 
     pub fn sync_once(&self) -> Output {
-        self.cmd(&["sync", "--once"]).output().unwrap()
+        self.cmd(&["sync"]).output().unwrap()
     }
 
     pub fn spawn_run(&self) -> Child {
