@@ -141,6 +141,17 @@ pub struct Host {
     pub peers: Vec<String>,
 }
 
+impl Host {
+    /// The Ethernet address a VM gives this host's NIC: the configured one, else (the
+    /// dhcp-server needs none) a fixed locally administered one derived from the name.
+    pub fn nic_mac(&self) -> String {
+        self.mac.clone().unwrap_or_else(|| {
+            let d = crate::cache::sha256_hex(self.name.as_bytes());
+            format!("52:54:00:{}:{}:{}", &d[0..2], &d[2..4], &d[4..6])
+        })
+    }
+}
+
 impl ImageConfig {
     pub fn host(&self, name: &str) -> anyhow::Result<&Host> {
         self.hosts.iter().find(|h| h.name == name).ok_or_else(|| {

@@ -11,7 +11,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::proc;
+use crate::fat::Fat;
+
 use crate::tools::Mke2fs;
 
 pub const SECTOR: u64 = 512;
@@ -57,12 +58,7 @@ pub fn boot_fs(sh: &Shell, files: &BTreeMap<String, Vec<u8>>, mib: u64, volid: u
         f.set_modified(UNIX_EPOCH + Duration::from_secs(epoch))?;
         paths.push(p);
     }
-    let _ = std::fs::remove_file(out);
-    let kib = (mib * 1024).to_string();
-    let volid = format!("{volid:08x}");
-    proc::read(cmd!(sh, "mkfs.vfat --invariant -F 32 -n BOOT -i {volid} -C {out} {kib}"))?;
-    proc::read(cmd!(sh, "mcopy -i {out} -m -o {paths...} ::/").env("MTOOLS_SKIP_CHECK", "1"))?;
-    Ok(())
+    Fat::create(sh, out, "BOOT", mib * 1024, Some(volid))?.copy_in(sh, &paths, "/")
 }
 
 /// ext4 from the tarball. Sized from its contents plus headroom; grows on first boot.

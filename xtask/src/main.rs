@@ -6,6 +6,7 @@ mod bench;
 mod cache;
 mod config;
 mod disk;
+mod fat;
 mod image;
 mod keys;
 mod layers;

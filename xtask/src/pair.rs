@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use sha2::{Digest, Sha256};
-use xshell::{cmd, Shell};
+use xshell::Shell;
 
 use crate::config::{Host, ImageConfig, Role, Schedule};
 use crate::qemu::{self, Vm};
-use crate::{image, proc};
+use crate::fat::Fat;
+use crate::image;
 
 const BOOT_LIMIT: Duration = Duration::from_secs(420);
 const CMD: Duration = Duration::from_secs(60);
@@ -65,17 +66,10 @@ fn test_files(node: &str) -> Vec<(String, Vec<u8>)> {
     ]
 }
 
-fn mtools(sh: &Shell) -> xshell::PushEnv<'_> {
-    sh.push_env("MTOOLS_SKIP_CHECK", "1")
-}
-
 /// A FAT32 USB drive image with the shared label, sending/ (pre-filled) and receiving/.
 fn make_drive(sh: &Shell, path: &Path, label: &str, files: &[(String, Vec<u8>)], stage: &Path) -> Result<()> {
-    let _ = std::fs::remove_file(path);
-    let _m = mtools(sh);
-    let _l = sh.push_env("LANG", "C.UTF-8");
-    proc::read(cmd!(sh, "mkfs.vfat -F 32 -n {label} -C {path} 262144"))?;
-    proc::read(cmd!(sh, "mmd -i {path} ::/sending ::/receiving"))?;
+    let fat = Fat::create(sh, path, label, 262144, None)?;
+    fat.mkdirs(sh, &["sending", "receiving"])?;
     let _ = std::fs::remove_dir_all(stage);
     for (rel, data) in files {
         let p = stage.join("sending").join(rel);
@@ -83,17 +77,14 @@ fn make_drive(sh: &Shell, path: &Path, label: &str, files: &[(String, Vec<u8>)],
         std::fs::write(&p, data)?;
     }
     let entries: Vec<PathBuf> = std::fs::read_dir(stage.join("sending"))?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
-    proc::read(cmd!(sh, "mcopy -s -i {path} {entries...} ::/sending/"))?;
-    Ok(())
+    fat.copy_in(sh, &entries, "sending/")
 }
 
 /// rel path → sha256 of every file under `dir` on a FAT image (read with mtools, from the host).
 fn drive_tree(sh: &Shell, img: &Path, dir: &str, scratch: &Path) -> Result<BTreeMap<String, String>> {
     let _ = std::fs::remove_dir_all(scratch);
     std::fs::create_dir_all(scratch)?;
-    let _m = mtools(sh);
-    let _l = sh.push_env("LANG", "C.UTF-8");
-    proc::read(cmd!(sh, "mcopy -s -n -i {img} ::/{dir} {scratch}"))?;
+    Fat::file(img).copy_out(sh, dir, scratch)?;
     let root = scratch.join(dir);
     let mut out = BTreeMap::new();
     for e in walkdir::WalkDir::new(&root) {
@@ -104,14 +95,6 @@ fn drive_tree(sh: &Shell, img: &Path, dir: &str, scratch: &Path) -> Result<BTree
         }
     }
     Ok(out)
-}
-
-fn mac_of(h: &Host) -> String {
-    h.mac.clone().unwrap_or_else(|| {
-        // The dhcp-server has no MAC in image.toml; any fixed locally administered one will do.
-        let d = Sha256::digest(h.name.as_bytes());
-        format!("52:54:00:{:02x}:{:02x}:{:02x}", d[0], d[1], d[2])
-    })
 }
 
 /// `build`: build the images first; false when the caller has just built them (`cargo xtask test`),
@@ -179,7 +162,7 @@ fn pair(sh: &Shell, cfg: &ImageConfig, hosts: &[&Host], images: &Path, run_dir: 
             name: h.name.clone(),
             image: images.join(format!("{}.img", h.name)),
             usb: Some(dir.join("usb.img")),
-            mac: mac_of(h),
+            mac: h.nic_mac(),
             link: Some((run_dir.join(format!("{}.link", h.name)), run_dir.join(format!("{other}.link")))),
             dir,
             memory_mib: 768,

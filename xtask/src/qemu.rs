@@ -18,9 +18,10 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
+use crate::fat::Fat;
 use crate::proc;
 
 /// What the card's boot partition says to boot.
@@ -30,30 +31,40 @@ pub struct BootFiles {
     pub cmdline: String,
 }
 
-/// Reads kernel, initrd and cmdline.txt out of partition 1 of `image` into `dir`.
+/// Reads what the card boots out of its FAT partition the way the Pi firmware chooses it:
+/// config.txt's `kernel=` and `initramfs`, and cmdline.txt. Copies them into `dir`.
 pub fn boot_files(sh: &Shell, image: &Path, dir: &Path) -> Result<BootFiles> {
     let mut f = std::fs::File::open(image).with_context(|| format!("opening {}", image.display()))?;
     let mbr = mbrman::MBR::read_from(&mut f, 512).context("reading the image's MBR")?;
-    let offset = mbr[1].starting_lba as u64 * 512;
-    let img = format!("{}@@{offset}", image.display());
+    let fat = Fat::partition(image, mbr[1].starting_lba as u64 * 512);
     std::fs::create_dir_all(dir)?;
-    let listing = proc::read(cmd!(sh, "mdir -b -i {img} ::/").env("MTOOLS_SKIP_CHECK", "1"))?;
-    let pick = |prefix: &str| -> Result<String> {
-        listing
-            .lines()
-            .filter_map(|l| l.rsplit('/').next())
-            .find(|n| n.starts_with(prefix))
-            .map(str::to_string)
-            .ok_or_else(|| anyhow!("no {prefix}* on the boot partition of {}", image.display()))
-    };
+    let config = String::from_utf8(fat.read(sh, "config.txt", &dir.join("config.txt"))?).context("config.txt is not UTF-8")?;
+    let (kernel, initrd) = firmware_choice(&config).with_context(|| format!("the config.txt of {}", image.display()))?;
     let mut out = Vec::new();
-    for name in [pick("vmlinuz-")?, pick("initrd.img-")?, "cmdline.txt".to_string()] {
+    for name in [kernel, initrd, "cmdline.txt".to_string()] {
         let dst = dir.join(&name);
-        proc::read(cmd!(sh, "mcopy -o -n -i {img} ::/{name} {dst}").env("MTOOLS_SKIP_CHECK", "1"))?;
+        fat.copy_out(sh, &name, &dst).with_context(|| format!("{name}, named by config.txt, is not on the boot partition"))?;
         out.push(dst);
     }
     let cmdline = std::fs::read_to_string(&out[2])?.trim().to_string();
     Ok(BootFiles { kernel: out[0].clone(), initrd: out[1].clone(), cmdline })
+}
+
+/// The kernel and initramfs the firmware loads, from config.txt (`kernel=<file>`,
+/// `initramfs <file> [followkernel]`; the last line of each wins, as for the firmware).
+/// Conditional sections (`[pi4]` …) are not modelled: the cards' config.txt has none.
+pub fn firmware_choice(config: &str) -> Result<(String, String)> {
+    let (mut kernel, mut initrd) = (None, None);
+    for line in config.lines().map(str::trim) {
+        if let Some(k) = line.strip_prefix("kernel=") {
+            kernel = Some(k.trim().to_string());
+        } else if let Some(rest) = line.strip_prefix("initramfs ") {
+            initrd = rest.split_whitespace().next().map(str::to_string);
+        } else if line.starts_with('[') && line != "[all]" {
+            bail!("config.txt has a conditional section `{line}`, which the harness does not model");
+        }
+    }
+    Ok((kernel.context("config.txt has no kernel= line")?, initrd.context("config.txt has no initramfs line")?))
 }
 
 /// The card's command line with the Pi's consoles swapped for QEMU's PL011, plus `extra`.
@@ -331,6 +342,14 @@ impl Drop for Vm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_firmware_choice_comes_from_config_txt() {
+        let c = "arm_64bit=1\nkernel=vmlinuz-6.12.1-arm64\ninitramfs initrd.img-6.12.1-arm64 followkernel\n";
+        assert_eq!(firmware_choice(c).unwrap(), ("vmlinuz-6.12.1-arm64".into(), "initrd.img-6.12.1-arm64".into()));
+        assert!(firmware_choice("kernel=a\n").is_err());
+        assert!(firmware_choice("[pi4]\nkernel=a\ninitramfs b\n").is_err());
+    }
 
     #[test]
     fn cmdline_swaps_consoles_and_adds_the_harness_shell() {

@@ -4,10 +4,11 @@
 //! USB drive is attached; the NIC's link has no peer. Quit with Ctrl-A X.
 
 use anyhow::{Context, Result};
-use xshell::{cmd, Shell};
+use xshell::Shell;
 
 use crate::config::ImageConfig;
-use crate::{proc, qemu};
+use crate::fat::Fat;
+use crate::qemu;
 
 pub fn run(sh: &Shell, cfg: &ImageConfig, host: &str) -> Result<()> {
     let h = cfg.host(host)?;
@@ -17,8 +18,7 @@ pub fn run(sh: &Shell, cfg: &ImageConfig, host: &str) -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let usb = dir.join("usb.img");
     if !usb.exists() {
-        let label = &cfg.drive.label;
-        proc::read(cmd!(sh, "mkfs.vfat -F 32 -n {label} -C {usb} 131072"))?;
+        Fat::create(sh, &usb, &cfg.drive.label, 131072, None)?;
     }
     let boot = qemu::boot_files(sh, &image, &dir.join("boot"))?;
     let overlay = dir.join("overlay.qcow2");
@@ -27,7 +27,7 @@ pub fn run(sh: &Shell, cfg: &ImageConfig, host: &str) -> Result<()> {
         name: h.name.clone(),
         image,
         usb: Some(usb),
-        mac: h.mac.clone().unwrap_or_else(|| "52:54:00:12:34:56".into()),
+        mac: h.nic_mac(),
         // A NIC on a link with nobody at the other end: eth0 and dnsmasq come up as on a Pi
         // whose cable is unplugged, and nothing can leave the VM.
         link: Some((dir.join("self.link"), dir.join("nobody.link"))),
