@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
 use crate::cache;
-use crate::config::ImageConfig;
+use crate::config::{self, ImageConfig};
 use crate::pins::{BasePins, LockFile};
 use crate::proc;
 
@@ -60,6 +60,47 @@ fn cache_key(cfg: &ImageConfig, lock: Option<&BasePins>, epoch: u64) -> Result<S
     ]))
 }
 
+/// mmdebstrap's options for a base (without hooks, suite, target and mirrors).
+fn mmdebstrap_argv(b: &config::Base) -> Vec<OsString> {
+    let mut include = b.packages.clone();
+    include.extend([b.kernel.clone(), b.firmware.clone()]);
+    let mut argv: Vec<OsString> = vec![
+        "mmdebstrap".into(),
+        "--mode=root".into(),
+        "--variant=minbase".into(),
+        format!("--architectures={}", b.arch.deb()).into(),
+        format!("--components={}", b.components.join(",")).into(),
+        format!("--keyring={}", b.keyring.display()).into(),
+        format!("--include={}", include.join(",")).into(),
+        "--aptopt=Acquire::Retries \"3\"".into(),
+    ];
+    for p in &b.path_exclude {
+        argv.push(format!("--dpkgopt=path-exclude={p}").into());
+        // Packages of bookworm and earlier may still ship /lib; merged-/usr ones ship /usr/lib.
+        if let Some(rest) = p.strip_prefix("/lib/") {
+            argv.push(format!("--dpkgopt=path-exclude=/usr/lib/{rest}").into());
+        }
+    }
+    for p in &b.path_include {
+        argv.push(format!("--dpkgopt=path-include={p}").into());
+    }
+    argv
+}
+
+/// Asks apt (through `mmdebstrap --simulate`: package indices only, nothing installed) whether
+/// the base's package selection can be installed from its suite and mirrors. Seconds, not minutes.
+pub fn resolve(sh: &Shell, b: &config::Base, work: &Path) -> Result<()> {
+    std::fs::create_dir_all(work)?;
+    let mut argv = mmdebstrap_argv(b);
+    argv.push("--simulate".into());
+    argv.push(b.suite.clone().into());
+    argv.push(work.join("simulated.tar").into());
+    argv.extend(b.mirrors.iter().map(OsString::from));
+    let log = work.join(format!("resolve-{}-{}.log", b.suite, b.arch.deb()));
+    proc::run_logged(sh.current_dir().as_path(), &argv, &[], &log, "resolve")
+        .with_context(|| format!("the {} {} package selection does not resolve", b.suite, b.arch.deb()))
+}
+
 pub fn build(sh: &Shell, cfg: &ImageConfig, update_lock: bool, work: &Path, cache: &Path) -> Result<Base> {
     let started = Instant::now();
     let lock_file = &cfg.lock_file;
@@ -96,28 +137,7 @@ pub fn build(sh: &Shell, cfg: &ImageConfig, update_lock: bool, work: &Path, cach
     }
 
     let b = &cfg.base;
-    let mut include = b.packages.clone();
-    include.extend([b.kernel.clone(), b.firmware.clone()]);
-    let mut argv: Vec<OsString> = vec![
-        "mmdebstrap".into(),
-        "--mode=root".into(),
-        "--variant=minbase".into(),
-        format!("--architectures={}", b.arch.deb()).into(),
-        format!("--components={}", b.components.join(",")).into(),
-        format!("--keyring={}", b.keyring.display()).into(),
-        format!("--include={}", include.join(",")).into(),
-        "--aptopt=Acquire::Retries \"3\"".into(),
-    ];
-    for p in &b.path_exclude {
-        argv.push(format!("--dpkgopt=path-exclude={p}").into());
-        // bookworm's packages still ship /lib; the same globs under /usr/lib cover merged-/usr suites.
-        if let Some(rest) = p.strip_prefix("/lib/") {
-            argv.push(format!("--dpkgopt=path-exclude=/usr/lib/{rest}").into());
-        }
-    }
-    for p in &b.path_include {
-        argv.push(format!("--dpkgopt=path-include={p}").into());
-    }
+    let mut argv = mmdebstrap_argv(b);
     for stage in ["setup", "essential", "customize"] {
         argv.push(format!("--{stage}-hook=sh \"$PI2PI_HOOKS/{stage}.sh\" \"$1\"").into());
     }

@@ -537,6 +537,15 @@ mod tests {
     }
 
     #[test]
+    fn the_previous_suite_validates_with_only_the_suite_changed() {
+        let t = text();
+        let other = format!("suite = \"{}\"", crate::test::OTHER_SUITE);
+        let c = parse_str(&t.replace("suite = \"trixie\"", &other)).unwrap();
+        assert_eq!(c.base.suite, crate::test::OTHER_SUITE);
+        assert_eq!(parse_str(&t).unwrap().base.suite, "trixie", "the shipped default is Debian 13");
+    }
+
+    #[test]
     fn errors_name_file_line_and_key() {
         let t = text();
         let line_of = |needle: &str| t[..t.find(needle).unwrap()].matches('\n').count() + 1;

@@ -9,7 +9,10 @@ use anyhow::{bail, Result};
 use xshell::{cmd, Shell};
 
 use crate::config::{ImageConfig, Schedule};
-use crate::{image, pair, proc, setup, verify};
+use crate::{base, image, pair, proc, setup, verify};
+
+/// The previous Debian stable, which README promises stays buildable by changing `base.suite`.
+pub const OTHER_SUITE: &str = "bookworm";
 
 type Phase<'a> = (String, Box<dyn FnOnce() -> Result<()> + 'a>);
 
@@ -22,6 +25,16 @@ pub fn all(sh: &Shell, cfg: &ImageConfig, skip_qemu: bool) -> Result<()> {
             Box::new(|| proc::run(cmd!(sh, "cargo clippy --workspace --all-targets --locked --quiet -- -D warnings"))),
         ),
         ("cargo test".into(), Box::new(|| proc::run(cmd!(sh, "cargo test --workspace --locked")))),
+        (
+            format!("other suite: {OTHER_SUITE} resolves (mmdebstrap --simulate)"),
+            Box::new(|| {
+                // The suite a user may switch back to: the same config with only the suite changed
+                // must still name packages that exist and install together there.
+                let mut base = cfg.base.clone();
+                base.suite = OTHER_SUITE.into();
+                base::resolve(sh, &base, &sh.current_dir().join("target/resolve"))
+            }),
+        ),
         (
             "images".into(),
             Box::new(|| {
