@@ -60,6 +60,7 @@ pub fn build(sh: &Shell, cfg: &ImageConfig, hosts: &[&Host], opts: &Options) -> 
     let base = base::build(sh, cfg, opts.update_lock, &opts.work_dir, &opts.cache_dir)?;
     eprintln!("base: {} packages, {} ({:.0}s)", base.pins.packages.len(), if base.cached { "from cache" } else { "built" }, base.seconds);
     let agent = agent_build::build(sh, cfg.base.arch)?;
+    let agent_bytes = std::fs::read(&agent.binary).with_context(|| format!("reading {}", agent.binary.display()))?;
     let t_facts = Instant::now();
     let facts = rootfs::read_base_facts(&base.tar)?;
     let user_ids = rootfs::user_ids(&facts.passwd, &cfg.system.user)?;
@@ -79,7 +80,7 @@ pub fn build(sh: &Shell, cfg: &ImageConfig, hosts: &[&Host], opts: &Options) -> 
         cfg,
         opts,
         base_tar: &base.tar,
-        agent: &agent.binary,
+        agent: &agent_bytes,
         facts: &facts,
         user_ids,
         kernel,
@@ -121,7 +122,7 @@ struct Shared<'a> {
     cfg: &'a ImageConfig,
     opts: &'a Options,
     base_tar: &'a Path,
-    agent: &'a Path,
+    agent: &'a [u8],
     facts: &'a rootfs::BaseFacts,
     user_ids: (u32, u32),
     kernel: String,
@@ -144,14 +145,14 @@ fn build_host(sh: &Shell, shared: &Shared, host: &Host) -> Result<Built> {
     let work = opts.work_dir.join(&host.name);
     std::fs::create_dir_all(&work)?;
     let ids = disk::Ids::for_host(&host.name);
-    let peer_keys = host.peers.iter().map(|p| cfg.host(p).map(|h| (h, keys::for_host(sh, p)))).collect::<Result<Vec<_>>>()?;
-    let host_keys = keys::for_host(sh, &host.name);
+    let peers = host.peers.iter().map(|p| Ok((cfg.host(p)?, keys::for_host(sh, p).read()?))).collect::<Result<Vec<_>>>()?;
+    let identity = keys::for_host(sh, &host.name).read()?;
     let layer = layers::build(&layers::Inputs {
         cfg,
         host,
         overlays: &sh.current_dir().join("overlays"),
-        keys: &host_keys,
-        peer_keys,
+        identity: &identity,
+        peers,
         agent,
         disk_id: ids.disk_id,
         user_ids,

@@ -15,12 +15,24 @@ pub struct HostKeys {
     pub user_key: PathBuf,
 }
 
+/// One host's key material as it goes onto cards: its own private keys, and the public halves
+/// its peers trust.
+pub struct Identity {
+    pub host_key: Vec<u8>,
+    pub host_pub: String,
+    pub user_key: Vec<u8>,
+    pub user_pub: String,
+}
+
 impl HostKeys {
-    pub fn host_pub(&self) -> Result<String> {
-        read_pub(&self.host_key)
-    }
-    pub fn user_pub(&self) -> Result<String> {
-        read_pub(&self.user_key)
+    pub fn read(&self) -> Result<Identity> {
+        let private = |p: &Path| std::fs::read(p).with_context(|| format!("reading {} (run `cargo xtask keys`)", p.display()));
+        Ok(Identity {
+            host_key: private(&self.host_key)?,
+            host_pub: read_pub(&self.host_key)?,
+            user_key: private(&self.user_key)?,
+            user_pub: read_pub(&self.user_key)?,
+        })
     }
 }
 

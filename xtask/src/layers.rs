@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::config::{Host, ImageConfig, Role, Schedule};
-use crate::keys::HostKeys;
+use crate::keys::Identity;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
@@ -69,9 +69,11 @@ pub struct Inputs<'a> {
     pub cfg: &'a ImageConfig,
     pub host: &'a Host,
     pub overlays: &'a Path,
-    pub keys: &'a HostKeys,
-    pub peer_keys: Vec<(&'a Host, HostKeys)>,
-    pub agent: &'a Path,
+    pub identity: &'a Identity,
+    /// Each peer with its keys (only the public halves are used).
+    pub peers: Vec<(&'a Host, Identity)>,
+    /// The agent binary for the card's architecture.
+    pub agent: &'a [u8],
     pub disk_id: u32,
     /// The user's uid/gid, read from the base's /etc/passwd.
     pub user_ids: (u32, u32),
@@ -156,23 +158,23 @@ pub fn build(i: &Inputs) -> Result<Layer> {
 
     // SSH: this host's pinned host key; its user key; peers' user keys authorised for the
     // receiver only; peers' host keys known under every name they are reached by.
-    let rd = |p: &Path| std::fs::read(p).with_context(|| format!("reading {} (run `cargo xtask keys`)", p.display()));
-    layer.file("etc/ssh/ssh_host_ed25519_key", rd(&i.keys.host_key)?, 0o600, root);
-    layer.file("etc/ssh/ssh_host_ed25519_key.pub", rd(&i.keys.host_key.with_extension("pub"))?, 0o644, root);
+    let id = i.identity;
+    layer.file("etc/ssh/ssh_host_ed25519_key", id.host_key.clone(), 0o600, root);
+    layer.file("etc/ssh/ssh_host_ed25519_key.pub", format!("{}\n", id.host_pub), 0o644, root);
     layer.put(&format!("{home}/.ssh"), Kind::Dir, 0o700, user);
-    layer.file(&format!("{home}/.ssh/id_ed25519"), rd(&i.keys.user_key)?, 0o600, user);
-    layer.file(&format!("{home}/.ssh/id_ed25519.pub"), rd(&i.keys.user_key.with_extension("pub"))?, 0o644, user);
+    layer.file(&format!("{home}/.ssh/id_ed25519"), id.user_key.clone(), 0o600, user);
+    layer.file(&format!("{home}/.ssh/id_ed25519.pub"), format!("{}\n", id.user_pub), 0o644, user);
     let mut authorized = String::from("# pi2pi: peers' agents may only run the receiver.\n");
     let mut known = String::from("# pi2pi: peers' pinned host keys (no \"type yes\").\n");
-    for (peer, keys) in &i.peer_keys {
-        authorized += &format!("restrict,command=\"/usr/local/bin/pi2pi-agent serve\" {}\n", keys.user_pub()?);
+    for (peer, keys) in &i.peers {
+        authorized += &format!("restrict,command=\"/usr/local/bin/pi2pi-agent serve\" {}\n", keys.user_pub);
         let names = format!("{0},{0}.{1},{2}", peer.name, cfg.network.domain, peer.address);
-        known += &format!("{names} {}\n", keys.host_pub()?);
+        known += &format!("{names} {}\n", keys.host_pub);
     }
     layer.file(&format!("{home}/.ssh/authorized_keys"), authorized, 0o600, user);
     layer.file("etc/ssh/ssh_known_hosts", known, 0o644, root);
 
-    layer.file("usr/local/bin/pi2pi-agent", rd(i.agent)?, 0o755, root);
+    layer.file("usr/local/bin/pi2pi-agent", i.agent.to_vec(), 0o755, root);
     layer.put("var/lib/pi2pi", Kind::Dir, 0o755, user);
 
     // Enable units the way `systemctl enable` would, without running it.
@@ -222,6 +224,113 @@ fn render(env: &minijinja::Environment, ctx: &Ctx, rel: &str, data: Vec<u8>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{self, ImageConfig, Schedule};
+
+    fn shipped(schedule: Schedule) -> ImageConfig {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut cfg = config::load(&root.join("image.toml")).unwrap();
+        cfg.schedule = schedule;
+        cfg
+    }
+
+    fn identity(name: &str) -> Identity {
+        Identity {
+            host_key: format!("HOST-PRIVATE-{name}").into_bytes(),
+            host_pub: format!("ssh-ed25519 HOSTPUB{name} root@{name}"),
+            user_key: format!("USER-PRIVATE-{name}").into_bytes(),
+            user_pub: format!("ssh-ed25519 USERPUB{name} pi@{name}"),
+        }
+    }
+
+    /// The layer for `host` as the image stage would build it, with stand-in keys and agent.
+    fn layer_for(cfg: &ImageConfig, host: &str) -> Layer {
+        let h = cfg.host(host).unwrap();
+        let overlays = Path::new(env!("CARGO_MANIFEST_DIR")).join("../overlays");
+        let id = identity(host);
+        let peers = h.peers.iter().map(|p| (cfg.host(p).unwrap(), identity(p))).collect();
+        build(&Inputs {
+            cfg,
+            host: h,
+            overlays: &overlays,
+            identity: &id,
+            peers,
+            agent: b"AGENT",
+            disk_id: 0x1234abcd,
+            user_ids: (1000, 1000),
+            kernel: "vmlinuz-6.12.0-arm64".into(),
+            initrd: "initrd.img-6.12.0-arm64".into(),
+        })
+        .unwrap()
+    }
+
+    fn text<'a>(l: &'a Layer, path: &str) -> &'a str {
+        match l.root.get(path).map(|e| &e.kind) {
+            Some(Kind::File(b)) => std::str::from_utf8(b).unwrap(),
+            other => panic!("{path}: {other:?}"),
+        }
+    }
+
+    fn enabled(l: &Layer, target: &str, unit: &str) -> bool {
+        l.root.contains_key(&format!("etc/systemd/system/{target}.wants/{unit}"))
+    }
+
+    #[test]
+    fn the_dhcp_server_gets_a_static_address_and_dnsmasq_with_the_clients_reservation() {
+        let cfg = shipped(Schedule::Systemd);
+        let a = layer_for(&cfg, "rpa");
+        assert!(text(&a, "etc/dhcpcd.conf").contains("static ip_address=10.0.0.1/8"));
+        let dns = text(&a, "etc/pi2pi/dnsmasq.conf");
+        assert!(dns.contains("dhcp-host=b8:27:eb:00:00:01,10.0.0.49,rpb"), "{dns}");
+        assert!(dns.contains("dhcp-range=10.0.0.100,10.0.0.200,255.0.0.0,12h"), "{dns}");
+        assert!(enabled(&a, "multi-user.target", "pi2pi-dnsmasq.service"));
+        let b = layer_for(&cfg, "rpb");
+        assert!(!b.root.contains_key("etc/pi2pi/dnsmasq.conf") && !b.root.contains_key("etc/systemd/system/pi2pi-dnsmasq.service"));
+        assert!(!enabled(&b, "multi-user.target", "pi2pi-dnsmasq.service"));
+        assert!(!text(&b, "etc/dhcpcd.conf").contains("static ip_address"));
+    }
+
+    #[test]
+    fn the_schedule_picks_the_daemon_or_the_cron_job_never_both() {
+        for host in ["rpa", "rpb"] {
+            let d = layer_for(&shipped(Schedule::Systemd), host);
+            assert!(enabled(&d, "multi-user.target", "pi2pi-agent.service"));
+            assert!(text(&d, "etc/systemd/system/pi2pi-agent.service").contains("ExecStart=/usr/local/bin/pi2pi-agent run"));
+            assert!(!d.root.contains_key("etc/cron.d/pi2pi-agent"));
+            let c = layer_for(&shipped(Schedule::Cron), host);
+            assert!(!enabled(&c, "multi-user.target", "pi2pi-agent.service"));
+            assert!(!c.root.contains_key("etc/systemd/system/pi2pi-agent.service"));
+            assert!(text(&c, "etc/cron.d/pi2pi-agent").contains("* * * * * pi /usr/local/bin/pi2pi-agent sync "));
+        }
+    }
+
+    #[test]
+    fn ssh_trust_is_the_peers_keys_only_and_the_agent_key_runs_the_receiver_only() {
+        let l = layer_for(&shipped(Schedule::Systemd), "rpb");
+        let auth = text(&l, "home/pi/.ssh/authorized_keys");
+        assert!(auth.contains("restrict,command=\"/usr/local/bin/pi2pi-agent serve\" ssh-ed25519 USERPUBrpa pi@rpa"), "{auth}");
+        assert!(!auth.contains("USERPUBrpb"), "a host does not trust itself");
+        let known = text(&l, "etc/ssh/ssh_known_hosts");
+        assert!(known.contains("rpa,rpa.local,10.0.0.1 ssh-ed25519 HOSTPUBrpa"), "{known}");
+        assert_eq!(l.root["home/pi/.ssh/id_ed25519"].mode, 0o600);
+        assert_eq!((l.root["home/pi/.ssh"].uid, l.root["home/pi/.ssh"].mode), (1000, 0o700));
+        assert_eq!(l.root["etc/ssh/ssh_host_ed25519_key"].kind, Kind::File(b"HOST-PRIVATE-rpb".to_vec()));
+        assert_eq!(l.root["usr/local/bin/pi2pi-agent"], Entry { kind: Kind::File(b"AGENT".to_vec()), mode: 0o755, uid: 0, gid: 0 });
+    }
+
+    #[test]
+    fn agent_config_drive_and_boot_files_follow_the_config() {
+        let cfg = shipped(Schedule::Systemd);
+        let l = layer_for(&cfg, "rpa");
+        let agent = pi2pi_agent::config::Config::parse(Path::new("agent.toml"), text(&l, "etc/pi2pi/agent.toml")).unwrap();
+        assert_eq!((agent.node.as_str(), agent.peers.len(), agent.peers[0].name.as_str()), ("rpa", 1, "rpb"));
+        assert_eq!(agent.drive.label, cfg.drive.label);
+        assert!(text(&l, "etc/fstab").contains("LABEL=PI2PI\t/media/pi/PI2PI\tvfat\tnofail"));
+        assert!(text(&l, "etc/udev/rules.d/90-pi2pi-drive.rules").contains("media-pi-PI2PI.mount"));
+        let boot_cfg = std::str::from_utf8(&l.boot["config.txt"]).unwrap();
+        assert!(boot_cfg.contains("kernel=vmlinuz-6.12.0-arm64") && boot_cfg.contains("initramfs initrd.img-6.12.0-arm64"), "{boot_cfg}");
+        assert!(std::str::from_utf8(&l.boot["cmdline.txt"]).unwrap().contains("root=PARTUUID=1234abcd-02"));
+        assert_eq!(l.root["etc/localtime"].kind, Kind::Symlink("/usr/share/zoneinfo/America/New_York".into()));
+    }
 
     #[test]
     fn mount_unit_names_follow_systemd_escaping() {
