@@ -154,11 +154,7 @@ fn sub_dir(cx: &Source, s: Option<&Spanned<String>>, default: &str, key: &str) -
     let v = s.get_ref();
     let ok = !v.is_empty() && !v.starts_with('/') && v.split('/').all(|c| !c.is_empty() && c != "." && c != "..");
     if !ok {
-        return cx.err(
-            s,
-            key,
-            format!("`{v}` must be a relative directory inside the drive (like \"{default}\"), without '..'"),
-        );
+        return cx.err(s, key, format!("`{v}` must be a relative directory inside the drive (like \"{default}\"), without '..'"));
     }
     Ok(PathBuf::from(v))
 }

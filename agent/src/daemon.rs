@@ -11,6 +11,7 @@ use notify::{RecursiveMode, Watcher};
 
 use crate::config::Config;
 use crate::engine::{Engine, Hot, PassReport};
+use crate::status::Mode;
 use crate::{lock, status};
 
 /// How long `sync` keeps waiting for files that are still being written (cron runs it
@@ -20,7 +21,7 @@ const ONCE_BUDGET: Duration = Duration::from_secs(45);
 pub fn once(cfg: Config) -> Result<PassReport> {
     let _lock = lock::acquire(&cfg.state_dir)?;
     let state_dir = cfg.state_dir.clone();
-    let mut engine = Engine::new(cfg, "once")?;
+    let mut engine = Engine::new(cfg, Mode::Once)?;
     let deadline = Instant::now() + ONCE_BUDGET;
     let mut total = 0;
     loop {
@@ -44,7 +45,7 @@ pub fn run(cfg: Config) -> Result<()> {
     let state_dir = cfg.state_dir.clone();
     let sending = cfg.drive.sending.clone();
     let rescan = cfg.sync.rescan;
-    let mut engine = Engine::new(cfg, "run")?;
+    let mut engine = Engine::new(cfg, Mode::Daemon)?;
     let (tx, rx) = mpsc::channel::<notify::Result<notify::Event>>();
     let mut watcher: Option<notify::RecommendedWatcher> = None;
     let mut hot: HashMap<String, Hot> = HashMap::new();

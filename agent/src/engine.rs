@@ -13,11 +13,23 @@ use crate::config::{Config, Peer};
 use crate::proto::Code;
 use crate::session::{Job, Outcome, Session};
 use crate::state::{Entry, Journal};
-use crate::status::{PeerStatus, Status};
+use crate::status::{unix_now, Mode, PeerStatus, Skipped, Status};
 use crate::{drive, fsutil, paths};
 
-/// (size, mtime ns, ctime ns, inode): changes whenever the file is written.
-type Sig = (u64, i64, i64, u64);
+/// Stat signature: changes whenever the file is written (ctime cannot be set back by `cp -p`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Sig {
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+    ino: u64,
+}
+
+/// When a file was first seen with its current signature (monotonic clock).
+struct Seen {
+    sig: Sig,
+    since: Instant,
+}
 
 /// A regular file found in `sending/`.
 #[derive(Debug, Clone)]
@@ -26,7 +38,6 @@ pub struct Found {
     pub path: PathBuf,
     pub size: u64,
     pub mtime_ns: i64,
-    /// Stat signature: any write changes it (ctime cannot be set back by `cp -p`).
     sig: Sig,
 }
 
@@ -49,9 +60,9 @@ pub struct Engine {
     peers: Vec<PeerState>,
     /// First time each stat signature was seen (monotonic), for quiescence without trusting the
     /// wall clock: a Pi has no RTC and its clock can jump at boot.
-    seen: HashMap<String, (Sig, Instant)>,
+    seen: HashMap<String, Seen>,
     pub drive_error: Option<String>,
-    mode: &'static str,
+    mode: Mode,
 }
 
 struct PeerState {
@@ -73,8 +84,15 @@ pub struct PassReport {
     pub failures: usize,
 }
 
+impl PassReport {
+    /// Something needs another look in `w`: keep the earliest such time.
+    fn wake(&mut self, w: Duration) {
+        self.wake_in = Some(self.wake_in.map_or(w, |x| x.min(w)));
+    }
+}
+
 impl Engine {
-    pub fn new(cfg: Config, mode: &'static str) -> Result<Engine> {
+    pub fn new(cfg: Config, mode: Mode) -> Result<Engine> {
         let mut peers = Vec::new();
         for p in &cfg.peers {
             let journal = Journal::open(&cfg.state_dir, &p.name)?;
@@ -134,7 +152,7 @@ impl Engine {
                 path: e.path().to_path_buf(),
                 size: md.len(),
                 mtime_ns,
-                sig: (md.len(), mtime_ns, ctime_ns, md.ino()),
+                sig: Sig { size: md.len(), mtime_ns, ctime_ns, ino: md.ino() },
             });
         }
         out
@@ -149,19 +167,38 @@ impl Engine {
         }
         let files = self.scan();
         let now = Instant::now();
-        let settle = self.cfg.sync.settle;
+        let ready = self.ready(&files, hot, now, &mut report);
+        let collisions: HashMap<&str, &str> =
+            paths::case_collisions(files.iter().map(|f| f.rel.as_str())).into_iter().flat_map(|(a, b)| [(a, b), (b, a)]).collect();
+        let retry_max = self.cfg.sync.retry_max;
+        for ps in &mut self.peers {
+            if let Some(at) = ps.retry_at.filter(|t| *t > now) {
+                report.wake(at - now);
+                report.failures += 1;
+                continue;
+            }
+            let jobs = jobs_for(ps, &ready, &collisions, &self.cfg.drive.sending);
+            ps.status.pending = jobs.iter().map(|j| j.rel.to_string()).collect();
+            if !jobs.is_empty() {
+                deliver(ps, &jobs, &mut self.seen, retry_max, &mut report);
+            }
+        }
+        report
+    }
 
-        // Quiescence: unchanged for `settle` and not held open by a writer.
-        let mut ready = Vec::new();
+    /// The files that are quiescent: their signature unchanged for `settle` (observed, not read
+    /// from file times: FAT keeps them to 2 s, a Pi's clock jumps at boot) and not held open by
+    /// a writer. The others are counted as waiting, with when to look again.
+    fn ready<'f>(&mut self, files: &'f [Found], hot: &HashMap<String, Hot>, now: Instant, report: &mut PassReport) -> Vec<&'f Found> {
+        let settle = self.cfg.sync.settle;
         let live: HashSet<&str> = files.iter().map(|f| f.rel.as_str()).collect();
         self.seen.retain(|k, _| live.contains(k.as_str()));
-        for f in &files {
-            // Only an observed lack of change counts: file times cannot say how long a file has
-            // been still (FAT keeps them to 2 s, a Pi's clock jumps at boot).
+        let mut ready = Vec::new();
+        for f in files {
             let first = match self.seen.get(&f.rel) {
-                Some((sig, t)) if *sig == f.sig => *t,
+                Some(s) if s.sig == f.sig => s.since,
                 _ => {
-                    self.seen.insert(f.rel.clone(), (f.sig, now));
+                    self.seen.insert(f.rel.clone(), Seen { sig: f.sig, since: now });
                     now
                 }
             };
@@ -173,151 +210,10 @@ impl Engine {
                 ready.push(f);
             } else {
                 report.waiting += 1;
-                let w = due - now;
-                report.wake_in = Some(report.wake_in.map_or(w, |x: Duration| x.min(w)));
+                report.wake(due - now);
             }
         }
-
-        let collisions: HashMap<&str, &str> =
-            paths::case_collisions(files.iter().map(|f| f.rel.as_str())).into_iter().flat_map(|(a, b)| [(a, b), (b, a)]).collect();
-        let sending = self.cfg.drive.sending.clone();
-
-        for ps in &mut self.peers {
-            if ps.retry_at.is_some_and(|t| t > now) {
-                let w = ps.retry_at.unwrap() - now;
-                report.wake_in = Some(report.wake_in.map_or(w, |x| x.min(w)));
-                report.failures += 1;
-                continue;
-            }
-            // What this peer still needs.
-            let mut jobs = Vec::new();
-            for f in &ready {
-                // Same size and mtime means unchanged, except for a file modified in the last few
-                // seconds: FAT's 2 s mtime cannot tell two writes in one window apart, so re-hash.
-                let settled_mtime = wall_age(f.mtime_ns).is_none_or(|age| age >= FAT_MTIME_SLACK);
-                let mut known = None;
-                match ps.journal.get(&f.rel) {
-                    Some(Entry::Delivered { size, mtime_ns, .. }) if *size == f.size && *mtime_ns == f.mtime_ns && settled_mtime => {
-                        continue
-                    }
-                    // A skip is about the name or the size, not the content: no re-hash needed.
-                    Some(Entry::Skipped { size, mtime_ns, .. }) if *size == f.size && *mtime_ns == f.mtime_ns => continue,
-                    // Same size, other mtime: maybe only touched. Read it to know.
-                    Some(Entry::Delivered { size, sha256, mtime_ns, .. }) if *size == f.size => match fsutil::hash_file(&f.path) {
-                        Ok((h, n)) if n == f.size => {
-                            if hex::encode(h) == *sha256 {
-                                // Touched but not changed: remember the new mtime, send nothing.
-                                if *mtime_ns != f.mtime_ns {
-                                    let sha256 = sha256.clone();
-                                    record(ps, Entry::Delivered { path: f.rel.clone(), size: f.size, mtime_ns: f.mtime_ns, sha256 });
-                                }
-                                continue;
-                            }
-                            known = Some(h);
-                        }
-                        Ok(_) => continue, // changed while hashing: next pass
-                        Err(e) => {
-                            tracing::warn!("{}: cannot read: {e}", f.path.display());
-                            continue;
-                        }
-                    },
-                    _ => {}
-                }
-                if let Some(reason) = unsendable(f, &collisions) {
-                    tracing::error!(peer = %ps.peer.name, "{}: {reason}; skipped until it changes", sending.join(&f.rel).display());
-                    record(ps, Entry::Skipped { path: f.rel.clone(), size: f.size, mtime_ns: f.mtime_ns, reason });
-                    continue;
-                }
-                jobs.push(Job { path: &f.path, rel: &f.rel, size: f.size, mtime_ns: f.mtime_ns, sha256: known });
-            }
-            ps.status.pending = jobs.iter().map(|j| j.rel.to_string()).collect();
-            if jobs.is_empty() {
-                continue;
-            }
-            let mut session = match ps.session.take() {
-                Some(s) => s,
-                None => match Session::connect(&ps.peer) {
-                    Ok(s) => {
-                        tracing::info!(peer = %ps.peer.name, "connected to {}", s.peer_node);
-                        ps.status.connected = true;
-                        s
-                    }
-                    Err(e) => {
-                        fail(ps, format!("{e:#}"), self.cfg.sync.retry_max);
-                        report.failures += 1;
-                        continue;
-                    }
-                },
-            };
-            let started = Instant::now();
-            let retry_max = self.cfg.sync.retry_max;
-            let seen = &mut self.seen;
-            let mut settled = vec![false; jobs.len()];
-            let result = session.deliver(&jobs, |i, outcome| {
-                let j = &jobs[i];
-                let (resumed_from, sha256, verb) = match outcome {
-                    Outcome::Stored { resumed_from, sha256 } => (resumed_from, sha256, "delivered"),
-                    Outcome::Had { sha256 } => (j.size, sha256, "already there"),
-                    Outcome::Refused(reason) => {
-                        tracing::error!(peer = %ps.peer.name, "{}: refused by peer: {reason}; skipped until it changes", j.path.display());
-                        record(ps, Entry::Skipped { path: j.rel.to_string(), size: j.size, mtime_ns: j.mtime_ns, reason });
-                        settled[i] = true;
-                        return true;
-                    }
-                    // It will be picked up again once it settles.
-                    Outcome::Changed(why) => {
-                        tracing::info!(peer = %ps.peer.name, "{}: {why}; will send it once it settles", j.path.display());
-                        seen.remove(j.rel);
-                        return true;
-                    }
-                    Outcome::Failed(code, msg) => {
-                        report.failures += 1;
-                        return match code {
-                            Code::Checksum | Code::Protocol => {
-                                tracing::warn!(peer = %ps.peer.name, "{msg}; will retry");
-                                seen.remove(j.rel);
-                                true
-                            }
-                            // Peer-wide trouble (full or missing drive): back off for this peer.
-                            _ => {
-                                fail(ps, msg, retry_max);
-                                false
-                            }
-                        };
-                    }
-                };
-                tracing::info!(peer = %ps.peer.name, path = %j.rel, bytes = j.size, resumed_from, ms = started.elapsed().as_millis() as u64, "{verb}");
-                record(ps, Entry::Delivered { path: j.rel.to_string(), size: j.size, mtime_ns: j.mtime_ns, sha256: hex::encode(sha256) });
-                ps.status.delivered_total += 1;
-                ps.status.last_delivered = Some(j.rel.to_string());
-                ps.status.last_delivered_unix = unix_now();
-                ps.status.last_error = None;
-                ps.backoff = Duration::ZERO;
-                report.delivered += 1;
-                settled[i] = true;
-                true
-            });
-            if let Err(e) = ps.journal.sync() {
-                tracing::error!("cannot sync delivery journal: {e:#}");
-            }
-            ps.status.pending = jobs.iter().zip(&settled).filter(|(_, s)| !**s).map(|(j, _)| j.rel.to_string()).collect();
-            match result {
-                Ok(()) => ps.session = Some(session),
-                Err(e) => {
-                    let why = session.last_stderr();
-                    session.close();
-                    let msg = if why.is_empty() {
-                        format!("link to {} lost: {e:#}", ps.peer.name)
-                    } else {
-                        format!("link to {} lost: {e:#} ({why})", ps.peer.name)
-                    };
-                    ps.status.connected = false;
-                    fail(ps, msg, retry_max);
-                    report.failures += 1;
-                }
-            }
-        }
-        report
+        ready
     }
 
     /// Closes idle sessions (end of `sync`, or shutdown).
@@ -334,7 +230,7 @@ impl Engine {
         Status {
             node: self.cfg.node.clone(),
             pid: std::process::id(),
-            mode: self.mode.to_string(),
+            mode: self.mode,
             updated_unix: unix_now(),
             drive_error: self.drive_error.clone(),
             peers: self
@@ -346,7 +242,7 @@ impl Engine {
                         .journal
                         .entries()
                         .filter_map(|e| match e {
-                            Entry::Skipped { path, reason, .. } => Some((path.clone(), reason.clone())),
+                            Entry::Skipped { path, reason, .. } => Some(Skipped { path: path.clone(), reason: reason.clone() }),
                             _ => None,
                         })
                         .collect();
@@ -355,6 +251,158 @@ impl Engine {
                 .collect(),
         }
     }
+}
+
+/// What `ps` still needs of the ready files. Files it has (by the journal, or by content when
+/// only their mtime moved) and files FAT32 cannot hold (recorded as skipped) are left out.
+fn jobs_for<'f>(ps: &mut PeerState, ready: &[&'f Found], collisions: &HashMap<&str, &str>, sending: &std::path::Path) -> Vec<Job<'f>> {
+    let mut jobs = Vec::new();
+    for f in ready {
+        let Some(known) = still_needed(ps, f) else { continue };
+        if let Some(reason) = unsendable(f, collisions) {
+            tracing::error!(peer = %ps.peer.name, "{}: {reason}; skipped until it changes", sending.join(&f.rel).display());
+            record(ps, Entry::Skipped { path: f.rel.clone(), size: f.size, mtime_ns: f.mtime_ns, reason });
+            continue;
+        }
+        jobs.push(Job { path: &f.path, rel: &f.rel, size: f.size, mtime_ns: f.mtime_ns, sha256: known });
+    }
+    jobs
+}
+
+/// Whether `f` must be sent to `ps`: `None` if not, else `Some(hash if already computed)`.
+fn still_needed(ps: &mut PeerState, f: &Found) -> Option<Option<[u8; 32]>> {
+    // Same size and mtime means unchanged, except for a file modified in the last few seconds:
+    // FAT's 2 s mtime cannot tell two writes in one window apart, so re-hash those.
+    let settled_mtime = wall_age(f.mtime_ns).is_none_or(|age| age >= FAT_MTIME_SLACK);
+    match ps.journal.get(&f.rel) {
+        Some(Entry::Delivered { size, mtime_ns, .. }) if *size == f.size && *mtime_ns == f.mtime_ns && settled_mtime => None,
+        // A skip is about the name or the size, not the content: no re-hash needed.
+        Some(Entry::Skipped { size, mtime_ns, .. }) if *size == f.size && *mtime_ns == f.mtime_ns => None,
+        // Same size, other mtime: maybe only touched. Read it to know.
+        Some(Entry::Delivered { size, sha256, mtime_ns, .. }) if *size == f.size => match fsutil::hash_file(&f.path) {
+            Ok((h, n)) if n == f.size => {
+                if hex::encode(h) != *sha256 {
+                    return Some(Some(h));
+                }
+                // Touched but not changed: remember the new mtime, send nothing.
+                if *mtime_ns != f.mtime_ns {
+                    let sha256 = sha256.clone();
+                    record(ps, Entry::Delivered { path: f.rel.clone(), size: f.size, mtime_ns: f.mtime_ns, sha256 });
+                }
+                None
+            }
+            Ok(_) => None, // changed while hashing: next pass
+            Err(e) => {
+                tracing::warn!("{}: cannot read: {e}", f.path.display());
+                None
+            }
+        },
+        _ => Some(None),
+    }
+}
+
+/// Sends `jobs` to `ps` over its open session (or a new one), applying each outcome as it comes.
+fn deliver(ps: &mut PeerState, jobs: &[Job], seen: &mut HashMap<String, Seen>, retry_max: Duration, report: &mut PassReport) {
+    let Some(mut session) = session_for(ps, retry_max, report) else { return };
+    let started = Instant::now();
+    let mut settled = vec![false; jobs.len()];
+    let result = session.deliver(jobs, |i, outcome| {
+        let applied = apply_outcome(ps, &jobs[i], outcome, started, retry_max, report);
+        if applied.retry_after_settle {
+            seen.remove(jobs[i].rel);
+        }
+        settled[i] = applied.settled;
+        applied.go_on
+    });
+    if let Err(e) = ps.journal.sync() {
+        tracing::error!("cannot sync delivery journal: {e:#}");
+    }
+    ps.status.pending = jobs.iter().zip(&settled).filter(|(_, s)| !**s).map(|(j, _)| j.rel.to_string()).collect();
+    match result {
+        Ok(()) => ps.session = Some(session),
+        Err(e) => {
+            let why = session.last_stderr();
+            session.close();
+            let msg = if why.is_empty() {
+                format!("link to {} lost: {e:#}", ps.peer.name)
+            } else {
+                format!("link to {} lost: {e:#} ({why})", ps.peer.name)
+            };
+            ps.status.connected = false;
+            fail(ps, msg, retry_max);
+            report.failures += 1;
+        }
+    }
+}
+
+/// The peer's open session, or a new connection; `None` (and a backoff) if it cannot be reached.
+fn session_for(ps: &mut PeerState, retry_max: Duration, report: &mut PassReport) -> Option<Session> {
+    if let Some(s) = ps.session.take() {
+        return Some(s);
+    }
+    match Session::connect(&ps.peer) {
+        Ok(s) => {
+            tracing::info!(peer = %ps.peer.name, "connected to {}", s.peer_node);
+            ps.status.connected = true;
+            Some(s)
+        }
+        Err(e) => {
+            fail(ps, format!("{e:#}"), retry_max);
+            report.failures += 1;
+            None
+        }
+    }
+}
+
+/// What one outcome means for the pass.
+struct Applied {
+    /// Nothing more to do for this file until it changes.
+    settled: bool,
+    /// Forget its quiescence: it changed, or must be sent again once it settles.
+    retry_after_settle: bool,
+    /// Keep delivering this batch (false: the peer as a whole is in trouble).
+    go_on: bool,
+}
+
+/// Records one file's outcome in the journal, the status and the report.
+fn apply_outcome(ps: &mut PeerState, j: &Job, outcome: Outcome, started: Instant, retry_max: Duration, report: &mut PassReport) -> Applied {
+    let (resumed_from, sha256, verb) = match outcome {
+        Outcome::Stored { resumed_from, sha256 } => (resumed_from, sha256, "delivered"),
+        Outcome::Had { sha256 } => (j.size, sha256, "already there"),
+        Outcome::Refused(reason) => {
+            tracing::error!(peer = %ps.peer.name, "{}: refused by peer: {reason}; skipped until it changes", j.path.display());
+            record(ps, Entry::Skipped { path: j.rel.to_string(), size: j.size, mtime_ns: j.mtime_ns, reason });
+            return Applied { settled: true, retry_after_settle: false, go_on: true };
+        }
+        Outcome::Changed(why) => {
+            tracing::info!(peer = %ps.peer.name, "{}: {why}; will send it once it settles", j.path.display());
+            return Applied { settled: false, retry_after_settle: true, go_on: true };
+        }
+        Outcome::Failed(code, msg) => {
+            report.failures += 1;
+            return match code {
+                Code::Checksum | Code::Protocol => {
+                    tracing::warn!(peer = %ps.peer.name, "{msg}; will retry");
+                    Applied { settled: false, retry_after_settle: true, go_on: true }
+                }
+                // Peer-wide trouble (full or missing drive): back off for this peer.
+                _ => {
+                    fail(ps, msg, retry_max);
+                    Applied { settled: false, retry_after_settle: false, go_on: false }
+                }
+            };
+        }
+    };
+    tracing::info!(peer = %ps.peer.name, path = %j.rel, bytes = j.size, resumed_from, ms = started.elapsed().as_millis() as u64, "{verb}");
+    record(ps, Entry::Delivered { path: j.rel.to_string(), size: j.size, mtime_ns: j.mtime_ns, sha256: hex::encode(sha256) });
+    ps.status.delivered_total += 1;
+    ps.status.resumed_total += u64::from(resumed_from > 0 && resumed_from < j.size);
+    ps.status.last_delivered = Some(j.rel.to_string());
+    ps.status.last_delivered_unix = unix_now();
+    ps.status.last_error = None;
+    ps.backoff = Duration::ZERO;
+    report.delivered += 1;
+    Applied { settled: true, retry_after_settle: false, go_on: true }
 }
 
 fn unsendable(f: &Found, collisions: &HashMap<&str, &str>) -> Option<String> {
@@ -380,10 +428,6 @@ fn fail(ps: &mut PeerState, msg: String, max: Duration) {
     ps.retry_at = Some(Instant::now() + ps.backoff);
     ps.status.last_error = Some(msg);
     ps.status.last_error_unix = unix_now();
-}
-
-pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// How long ago a wall-clock time (ns since the epoch) was; `None` if it is in the future.

@@ -124,7 +124,8 @@ pub fn host_name(s: &str) -> Result<(), String> {
         && !s.starts_with('-')
         && !s.ends_with('-')
         && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    ok.then_some(()).ok_or_else(|| format!("`{s}` is not a host name: use 1-63 lower-case letters, digits or '-', not starting or ending with '-'"))
+    ok.then_some(())
+        .ok_or_else(|| format!("`{s}` is not a host name: use 1-63 lower-case letters, digits or '-', not starting or ending with '-'"))
 }
 
 /// A FAT32 volume label the drive can be found by (`/dev/disk/by-label/<LABEL>`): 1-11 upper-case

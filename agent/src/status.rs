@@ -10,11 +10,23 @@ use serde::{Deserialize, Serialize};
 use crate::config::Config;
 use crate::state::{Entry, Journal};
 
+/// How the sender runs: its status says whether a daemon is expected to be alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// `pi2pi-agent run` under systemd.
+    #[default]
+    #[serde(rename = "run")]
+    Daemon,
+    /// `pi2pi-agent sync` from cron: one pass, then exit.
+    Once,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Status {
     pub node: String,
     pub pid: u32,
-    pub mode: String,
+    pub mode: Mode,
     pub updated_unix: u64,
     pub drive_error: Option<String>,
     pub peers: Vec<PeerStatus>,
@@ -25,12 +37,26 @@ pub struct PeerStatus {
     pub name: String,
     pub connected: bool,
     pub delivered_total: u64,
+    /// Deliveries by this process that continued a kept partial copy instead of starting over.
+    #[serde(default)]
+    pub resumed_total: u64,
     pub last_delivered: Option<String>,
     pub last_delivered_unix: u64,
     pub last_error: Option<String>,
     pub last_error_unix: u64,
     pub pending: Vec<String>,
-    pub skipped: Vec<(String, String)>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// A file the sender will not send until it changes, and why.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Skipped {
+    pub path: String,
+    pub reason: String,
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 pub fn write(dir: &Path, st: &Status) -> Result<()> {
@@ -51,7 +77,7 @@ pub fn read(dir: &Path) -> Option<Status> {
 pub fn report(cfg: &Config, json: bool) -> Result<String> {
     let drive = crate::drive::check(&cfg.drive, None);
     let st = read(&cfg.state_dir);
-    let alive = st.as_ref().is_some_and(|s| Path::new(&format!("/proc/{}", s.pid)).exists() && s.mode == "run");
+    let alive = st.as_ref().is_some_and(|s| Path::new(&format!("/proc/{}", s.pid)).exists() && s.mode == Mode::Daemon);
     if json {
         let v = serde_json::json!({
             "node": cfg.node,
@@ -74,11 +100,11 @@ pub fn report(cfg: &Config, json: bool) -> Result<String> {
     }
     match &st {
         Some(s) => line(format!(
-            "agent:  {} (pid {}, mode {}, last pass {}s ago)",
+            "agent:  {} (pid {}, mode {:?}, last pass {}s ago)",
             if alive { "running" } else { "not running" },
             s.pid,
             s.mode,
-            crate::engine::unix_now().saturating_sub(s.updated_unix)
+            unix_now().saturating_sub(s.updated_unix)
         )),
         None => line("agent:  has not run yet".into()),
     }

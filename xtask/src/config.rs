@@ -323,9 +323,12 @@ fn base(cx: &Source, b: &RawBase) -> Result<Base, ConfigError> {
     cx.check(keyring.is_absolute() && keyring.exists(), &b.keyring, "base.keyring", || {
         format!("`{}` must be an existing keyring file (Debian's is /usr/share/keyrings/debian-archive-keyring.gpg)", keyring.display())
     })?;
-    cx.check(!b.components.get_ref().is_empty() && b.components.get_ref().iter().all(|c| is_pkg(c)), &b.components, "base.components", || {
-        "list archive components like \"main\"".into()
-    })?;
+    cx.check(
+        !b.components.get_ref().is_empty() && b.components.get_ref().iter().all(|c| is_pkg(c)),
+        &b.components,
+        "base.components",
+        || "list archive components like \"main\"".into(),
+    )?;
     for (v, key) in [(&b.kernel, "base.kernel"), (&b.firmware, "base.firmware")] {
         cx.check(is_pkg(v.get_ref()), v, key, || format!("`{}` is not a Debian package name", v.get_ref()))?;
     }
@@ -377,7 +380,10 @@ fn system(cx: &Source, s: &RawSystem) -> Result<System, ConfigError> {
         }
     };
     let loc = s.locale.get_ref();
-    let ok = loc.len() >= 5 && loc.as_bytes()[2] == b'_' && loc.ends_with(".UTF-8") && loc.bytes().all(|c| c.is_ascii_alphanumeric() || b"_.-@".contains(&c));
+    let ok = loc.len() >= 5
+        && loc.as_bytes()[2] == b'_'
+        && loc.ends_with(".UTF-8")
+        && loc.bytes().all(|c| c.is_ascii_alphanumeric() || b"_.-@".contains(&c));
     cx.check(ok, &s.locale, "system.locale", || format!("`{loc}` must look like \"en_US.UTF-8\""))?;
     let tz = s.timezone.get_ref();
     cx.check(
@@ -429,7 +435,11 @@ fn image(cx: &Source, i: &RawImage) -> Result<ImageParams, ConfigError> {
     cx.check((64..=2048).contains(i.boot_mib.get_ref()), &i.boot_mib, "image.boot_mib", || "must be 64..=2048".into())?;
     cx.check(*i.root_headroom_mib.get_ref() <= 8192, &i.root_headroom_mib, "image.root_headroom_mib", || "must be at most 8192".into())?;
     cx.check(*i.max_bytes.get_ref() >= 1 << 28, &i.max_bytes, "image.max_bytes", || "must be at least 256 MiB".into())?;
-    Ok(ImageParams { boot_mib: *i.boot_mib.get_ref(), root_headroom_mib: *i.root_headroom_mib.get_ref(), max_bytes: *i.max_bytes.get_ref() })
+    Ok(ImageParams {
+        boot_mib: *i.boot_mib.get_ref(),
+        root_headroom_mib: *i.root_headroom_mib.get_ref(),
+        max_bytes: *i.max_bytes.get_ref(),
+    })
 }
 
 /// The `[[host]]` list: each host alone, then what holds between them (one server, one subnet, peers).
@@ -509,7 +519,9 @@ fn one_host(cx: &Source, idx: usize, h: &RawHost, before: &[Host]) -> Result<Hos
             })?;
             Some(lower)
         }
-        (Role::DhcpClient, None) => return cx.err(&h.role, &key("mac"), "a dhcp-client needs `mac` (its Ethernet address) for its reservation"),
+        (Role::DhcpClient, None) => {
+            return cx.err(&h.role, &key("mac"), "a dhcp-client needs `mac` (its Ethernet address) for its reservation")
+        }
         (Role::DhcpServer, None) => None,
     };
     Ok(Host { name, role, address, mac, peers: Vec::new() })

@@ -14,9 +14,9 @@ use sha2::{Digest, Sha256};
 use xshell::Shell;
 
 use crate::config::{Host, ImageConfig, Role, Schedule};
-use crate::qemu::{self, Vm};
 use crate::fat::Fat;
 use crate::image;
+use crate::qemu::{self, Vm};
 
 const BOOT_LIMIT: Duration = Duration::from_secs(420);
 const CMD: Duration = Duration::from_secs(60);

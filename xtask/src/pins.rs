@@ -178,7 +178,9 @@ impl BasePins {
                 Some(got) if (&got.version, &got.arch) == (&want.version, &want.arch) && got.sha256 != want.sha256 => {
                     out.push(format!("{p} {}: the archive's .deb has SHA-256 {}, the lock says {}", want.version, got.sha256, want.sha256))
                 }
-                Some(got) if got.version != want.version => out.push(format!("{p}: locked {}, the archive gave {}", want.version, got.version)),
+                Some(got) if got.version != want.version => {
+                    out.push(format!("{p}: locked {}, the archive gave {}", want.version, got.version))
+                }
                 _ => {}
             }
         }

@@ -119,6 +119,34 @@ pub fn tree(root: &Path) -> BTreeMap<String, String> {
     out
 }
 
+/// rel path → (inode, mtime) of every file the receiver holds under its final name: a file
+/// written again (even with the same bytes) gets a new inode, because it arrives by rename.
+pub fn written(root: &Path) -> BTreeMap<String, (u64, std::time::SystemTime)> {
+    use std::os::unix::fs::MetadataExt;
+    walk(root)
+        .into_iter()
+        .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with(".pi2pi-"))
+        .filter_map(|p| {
+            let md = fs::metadata(&p).ok()?;
+            Some((p.strip_prefix(root).unwrap().to_str().unwrap().to_string(), (md.ino(), md.modified().unwrap())))
+        })
+        .collect()
+}
+
+/// The paths whose receiver copy was written between two `written` snapshots (new or replaced).
+pub fn rewritten(
+    before: &BTreeMap<String, (u64, std::time::SystemTime)>,
+    after: &BTreeMap<String, (u64, std::time::SystemTime)>,
+) -> Vec<String> {
+    after.iter().filter(|(k, v)| before.get(*k) != Some(v)).map(|(k, _)| k.clone()).collect()
+}
+
+/// The sender's last status.json for its one peer.
+pub fn peer_status(n: &Node) -> pi2pi_agent::status::PeerStatus {
+    let st = pi2pi_agent::status::read(&n.state).expect("status.json");
+    st.peers.into_iter().next().expect("one peer")
+}
+
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut v = Vec::new();
     if let Ok(rd) = fs::read_dir(dir) {
