@@ -1,5 +1,5 @@
 //! The receiver's answers to the sender: one locked output shared by the session and the commit
-//! thread, and the `Reply` a failed offer or transfer ends in.
+//! thread, and the `Setback` a failed offer or transfer ends in.
 
 use std::io::{self, BufWriter, Write};
 use std::sync::{Mutex, MutexGuard};
@@ -11,26 +11,27 @@ use crate::proto::{write_msg, Code, Msg};
 
 pub type Out<W> = Mutex<BufWriter<W>>;
 
-/// Why an offer or transfer did not succeed: an answer for the sender, or a broken session.
-pub enum Reply {
-    Send(Msg),
-    Fatal(anyhow::Error),
+/// Why an offer or transfer did not succeed: an answer the sender gets (that file fails, the
+/// session goes on), or a broken session (the sender reconnects).
+pub enum Setback {
+    Answer(Msg),
+    Broken(anyhow::Error),
 }
 
-impl From<io::Error> for Reply {
-    fn from(e: io::Error) -> Reply {
-        Reply::Fatal(e.into())
+impl From<io::Error> for Setback {
+    fn from(e: io::Error) -> Setback {
+        Setback::Broken(e.into())
     }
 }
 
-pub fn refused(id: u32, code: Code, message: impl Into<String>) -> Reply {
-    Reply::Send(Msg::Refused { id, code, message: message.into() })
+pub fn refused(id: u32, code: Code, message: impl Into<String>) -> Setback {
+    Setback::Answer(Msg::Refused { id, code, message: message.into() })
 }
-pub fn failed(id: u32, code: Code, message: impl Into<String>) -> Reply {
-    Reply::Send(Msg::Failed { id, code, message: message.into() })
+pub fn failed(id: u32, code: Code, message: impl Into<String>) -> Setback {
+    Setback::Answer(Msg::Failed { id, code, message: message.into() })
 }
-pub fn io_failed(id: u32, what: &str, path: &str, e: io::Error) -> Reply {
-    Reply::Send(io_failure(id, what, path, &e))
+pub fn io_failed(id: u32, what: &str, path: &str, e: io::Error) -> Setback {
+    Setback::Answer(io_failure(id, what, path, &e))
 }
 
 /// The `Failed` for an I/O error: `NoSpace` when the drive is full, so the sender backs off.

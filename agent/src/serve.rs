@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 use crate::commit::{commit, Pending};
 use crate::config::Config;
 use crate::proto::{read_msg, write_msg, Code, Hash, Msg, VERSION};
-use crate::reply::{answer, emit, failed, io_failed, refused, Out, Reply};
+use crate::reply::{answer, emit, failed, io_failed, refused, Out, Setback};
 use crate::{drive, fsutil, paths};
 
 const RESOLVE: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_SYMLINKS).union(ResolveFlags::NO_MAGICLINKS);
@@ -80,7 +80,7 @@ pub fn serve(cfg: &Config, input: impl Read + Send + 'static, output: impl Write
             }
             Ok(())
         });
-        let session = Session {
+        let session = Receiver {
             cfg,
             out,
             commits: commit_tx,
@@ -99,7 +99,7 @@ pub fn serve(cfg: &Config, input: impl Read + Send + 'static, output: impl Write
     })
 }
 
-struct Session<'a, W: Write> {
+struct Receiver<'a, W: Write> {
     cfg: &'a Config,
     out: &'a Out<W>,
     commits: SyncSender<Vec<Pending>>,
@@ -130,7 +130,7 @@ struct Accepted {
     hasher: Sha256,
 }
 
-impl<W: Write> Session<'_, W> {
+impl<W: Write> Receiver<'_, W> {
     fn run(mut self, rx: &Frames) -> Result<()> {
         loop {
             let next = match rx.try_recv() {
@@ -162,8 +162,8 @@ impl<W: Write> Session<'_, W> {
                             emit(self.out, &Msg::Accept { id, have: a.have, have_sha256, existing }, true)?;
                             self.accepted.push_back(a);
                         }
-                        Err(Reply::Send(m)) => answer(self.out, &path, m)?,
-                        Err(Reply::Fatal(e)) => return Err(e),
+                        Err(Setback::Answer(m)) => answer(self.out, &path, m)?,
+                        Err(Setback::Broken(e)) => return Err(e),
                     }
                 }
                 Some(Msg::Skip { id }) => {
@@ -177,8 +177,8 @@ impl<W: Write> Session<'_, W> {
                     match self.receive(a, from, rx) {
                         Ok(Some(p)) => self.add(p, size),
                         Ok(None) => {} // aborted by the sender
-                        Err(Reply::Send(m)) => answer(self.out, &path, m)?,
-                        Err(Reply::Fatal(e)) => return Err(e),
+                        Err(Setback::Answer(m)) => answer(self.out, &path, m)?,
+                        Err(Setback::Broken(e)) => return Err(e),
                     }
                 }
                 Some(m) => bail!("protocol error: unexpected {} outside a transfer", name_of(&m)),
@@ -230,7 +230,7 @@ impl<W: Write> Session<'_, W> {
 
     /// Decides whether an offer can be taken, and from where; with the hash of a file of the
     /// offered size already under the final name, if there is one.
-    fn accept(&mut self, id: u32, path: &str, size: u64) -> Result<(Accepted, Option<Hash>), Reply> {
+    fn accept(&mut self, id: u32, path: &str, size: u64) -> Result<(Accepted, Option<Hash>), Setback> {
         let parts = paths::check_relative(path).map_err(|e| refused(id, Code::BadPath, format!("{path}: {e}")))?;
         if size > paths::FAT32_MAX_FILE {
             return Err(refused(id, Code::TooLarge, format!("{path}: {size} bytes is over FAT32's 4 GiB - 1 limit")));
@@ -292,10 +292,10 @@ impl<W: Write> Session<'_, W> {
     }
 
     /// Writes one transfer into its temporary file and verifies it. `Ok(None)`: the sender aborted.
-    fn receive(&mut self, a: Accepted, from: u64, rx: &Frames) -> Result<Option<Pending>, Reply> {
+    fn receive(&mut self, a: Accepted, from: u64, rx: &Frames) -> Result<Option<Pending>, Setback> {
         let Accepted { id, path, size, dir, name, temp, have, mut hasher } = a;
         if from != 0 && from != have {
-            return Err(Reply::Fatal(anyhow!("{path}: sender asked to start at {from}; only 0 or {have} are possible")));
+            return Err(Setback::Broken(anyhow!("{path}: sender asked to start at {from}; only 0 or {have} are possible")));
         }
         let unlink_temp = || {
             let _ = rustix::fs::unlinkat(&*dir, temp.as_str(), AtFlags::empty());
@@ -320,7 +320,7 @@ impl<W: Write> Session<'_, W> {
             match recv(rx, &path)? {
                 Msg::Data(d) => {
                     if d.len() as u64 > left {
-                        return Err(Reply::Fatal(anyhow!("{path}: sender sent more than the offered size")));
+                        return Err(Setback::Broken(anyhow!("{path}: sender sent more than the offered size")));
                     }
                     left -= d.len() as u64;
                     // After a write error keep draining the stream so the session stays usable.
@@ -363,28 +363,28 @@ impl<W: Write> Session<'_, W> {
                     unlink_temp();
                     return Ok(None);
                 }
-                m => return Err(Reply::Fatal(anyhow!("{path}: unexpected {} during transfer {id}", name_of(&m)))),
+                m => return Err(Setback::Broken(anyhow!("{path}: unexpected {} during transfer {id}", name_of(&m)))),
             }
         }
     }
 }
 
-fn recv(rx: &Frames, path: &str) -> Result<Msg, Reply> {
+fn recv(rx: &Frames, path: &str) -> Result<Msg, Setback> {
     match rx.recv_timeout(Duration::from_secs(3600)) {
         Ok(Ok(Some(m))) => Ok(m),
-        Ok(Ok(None)) | Err(RecvTimeoutError::Disconnected) => Err(Reply::Fatal(anyhow!("{path}: sender went away mid-transfer"))),
-        Ok(Err(e)) => Err(Reply::Fatal(anyhow::Error::new(e).context(format!("{path}: reading data")))),
-        Err(RecvTimeoutError::Timeout) => Err(Reply::Fatal(anyhow!("{path}: no data from the sender for an hour"))),
+        Ok(Ok(None)) | Err(RecvTimeoutError::Disconnected) => Err(Setback::Broken(anyhow!("{path}: sender went away mid-transfer"))),
+        Ok(Err(e)) => Err(Setback::Broken(anyhow::Error::new(e).context(format!("{path}: reading data")))),
+        Err(RecvTimeoutError::Timeout) => Err(Setback::Broken(anyhow!("{path}: no data from the sender for an hour"))),
     }
 }
 
 /// Reads a transfer's frames up to its `Done` or `Abort` without keeping them.
-fn drain(rx: &Frames, path: &str) -> Result<(), Reply> {
+fn drain(rx: &Frames, path: &str) -> Result<(), Setback> {
     loop {
         match recv(rx, path)? {
             Msg::Data(_) => {}
             Msg::Done { .. } | Msg::Abort { .. } => return Ok(()),
-            m => return Err(Reply::Fatal(anyhow!("{path}: unexpected {} during transfer", name_of(&m)))),
+            m => return Err(Setback::Broken(anyhow!("{path}: unexpected {} during transfer", name_of(&m)))),
         }
     }
 }
