@@ -18,7 +18,7 @@ const SETUP: &str = include_str!("../hooks/setup.sh");
 const ESSENTIAL: &str = include_str!("../hooks/essential.sh");
 const CUSTOMIZE: &str = include_str!("../hooks/customize.sh");
 
-pub struct Base {
+pub struct BuiltBase {
     pub tar: PathBuf,
     pub pins: BasePins,
     pub cached: bool,
@@ -101,7 +101,7 @@ pub fn resolve(sh: &Shell, b: &config::Base, work: &Path) -> Result<()> {
         .with_context(|| format!("the {} {} package selection does not resolve", b.suite, b.arch.deb()))
 }
 
-pub fn build(sh: &Shell, cfg: &ImageConfig, update_lock: bool, work: &Path, cache: &Path) -> Result<Base> {
+pub fn build(sh: &Shell, cfg: &ImageConfig, update_lock: bool, work: &Path, cache: &Path) -> Result<BuiltBase> {
     let started = Instant::now();
     let lock_file = &cfg.lock_file;
     let mut lock = LockFile::read(lock_file)?;
@@ -115,7 +115,7 @@ pub fn build(sh: &Shell, cfg: &ImageConfig, update_lock: bool, work: &Path, cach
     if tar.exists() {
         let pins = BasePins::read_single(&name(&key).with_extension("lock")).context("a cached base without its pins")?;
         write_lock(lock_file, &mut lock, &pins)?;
-        return Ok(Base { tar, pins, cached: true, seconds: started.elapsed().as_secs_f64() });
+        return Ok(BuiltBase { tar, pins, cached: true, seconds: started.elapsed().as_secs_f64() });
     }
 
     let out = work.join("base");
@@ -181,7 +181,7 @@ pub fn build(sh: &Shell, cfg: &ImageConfig, update_lock: bool, work: &Path, cach
         std::fs::write(next.with_extension("lock"), built.render())?;
     }
     write_lock(lock_file, &mut lock, &built)?;
-    Ok(Base { tar, pins: built, cached: false, seconds: started.elapsed().as_secs_f64() })
+    Ok(BuiltBase { tar, pins: built, cached: false, seconds: started.elapsed().as_secs_f64() })
 }
 
 /// Puts this base's section into the lock file (other bases' sections stay) if it changed.

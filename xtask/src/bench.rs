@@ -6,7 +6,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -48,7 +48,7 @@ fn dataset(dir: &Path) -> Result<(usize, u64)> {
 }
 
 struct Sshd {
-    child: Child,
+    child: duct::Handle,
     port: u16,
     key: PathBuf,
     known_hosts: PathBuf,
@@ -69,7 +69,6 @@ impl Sshd {
 impl Drop for Sshd {
     fn drop(&mut self) {
         let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -97,7 +96,8 @@ fn start_sshd(sh: &Shell, dir: &Path, serve: &str) -> Result<(Sshd, PathBuf)> {
             dir.join("authorized_keys").display()
         ),
     )?;
-    let child = Command::new("/usr/sbin/sshd").args(["-D", "-e", "-f"]).arg(dir.join("sshd_config")).stderr(Stdio::null()).spawn()?;
+    let argv: Vec<OsString> = vec!["/usr/sbin/sshd".into(), "-D".into(), "-e".into(), "-f".into(), dir.join("sshd_config").into()];
+    let child = proc::spawn(dir, &argv, &dir.join("sshd.log"))?;
     for _ in 0..100 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return Ok((Sshd { child, port, key: agent_key, known_hosts: dir.join("known_hosts") }, rsync_key));
@@ -135,11 +135,11 @@ struct Run {
     cpu: f64,
 }
 
-fn timed(c: &mut Command, report: &Path) -> Result<Run> {
+fn timed(argv: &[OsString], report: &Path) -> Result<Run> {
     let (t, cpu) = (Instant::now(), busy_cpu());
-    let status = c.status()?;
+    let status = proc::run_inherited(argv, &[("PI2PI_LOG", "warn".into())])?;
     let (secs, cpu) = (t.elapsed().as_secs_f64(), busy_cpu() - cpu);
-    ensure!(status.success(), "{c:?} failed with {status}");
+    ensure!(status.success(), "{argv:?} failed with {status}");
     let kib = std::fs::read_to_string(report)?.trim().lines().last().unwrap_or("0").trim().parse().unwrap_or(0);
     Ok(Run { secs, kib, cpu })
 }
@@ -169,10 +169,11 @@ pub fn agent(sh: &Shell) -> Result<()> {
         sshd.port
     );
     let report = dir.join("time.txt");
-    let time = |argv: &[&std::ffi::OsStr]| {
-        let mut c = Command::new("/usr/bin/time");
-        c.arg("-f").arg("%M").arg("-o").arg(&report).args(argv).env("PI2PI_LOG", "warn");
-        c
+    // /usr/bin/time -f %M: the timed process's peak RSS, written to `report`.
+    let time = |argv: &[&std::ffi::OsStr]| -> Vec<OsString> {
+        let mut v: Vec<OsString> = vec!["/usr/bin/time".into(), "-f".into(), "%M".into(), "-o".into(), report.clone().into()];
+        v.extend(argv.iter().map(|a| a.to_os_string()));
+        v
     };
     let src = format!("{}/", a.join("sending").display());
     let r2 = dir.join("rsync-fsync-dst");
@@ -194,16 +195,16 @@ pub fn agent(sh: &Shell) -> Result<()> {
             std::fs::create_dir_all(&d)?;
         }
         proc::run(cmd!(sh, "sync").quiet())?;
-        runs[0].push(timed(&mut time(&[bin.as_ref(), "--config".as_ref(), a_conf.as_ref(), "sync".as_ref()]), &report)?);
+        runs[0].push(timed(&time(&[bin.as_ref(), "--config".as_ref(), a_conf.as_ref(), "sync".as_ref()]), &report)?);
         if round == 0 {
             let same = cmd!(sh, "diff -rq {a}/sending {b}/receiving").quiet().ignore_stdout().run().is_ok();
             ensure!(same, "the agent's copy differs from the source");
         }
         proc::run(cmd!(sh, "sync").quiet())?;
-        runs[1].push(timed(&mut rsync(&[], &r), &report)?);
+        runs[1].push(timed(&rsync(&[], &r), &report)?);
         // The like-for-like baseline: rsync made durable too (the agent syncs every file).
         proc::run(cmd!(sh, "sync").quiet())?;
-        runs[2].push(timed(&mut rsync(&["--fsync"], &r2), &report)?);
+        runs[2].push(timed(&rsync(&["--fsync"], &r2), &report)?);
         let last = |i: usize| runs[i].last().map_or(0.0, |r: &Run| r.secs);
         eprintln!("bench: round {}: agent {:.2} s, rsync {:.2} s, rsync --fsync {:.2} s", round + 1, last(0), last(1), last(2));
     }
@@ -233,7 +234,8 @@ pub fn agent(sh: &Shell) -> Result<()> {
     let (sshd2, _) = start_sshd(sh, &dir.join("ssh2"), &format!("{} --config {} serve", bin.display(), lb_conf.display()))?;
     let peer2 = sshd2.peer();
     node_config(&lat_conf, "rpa", &la, &dir.join("la-state"), &peer2)?;
-    let mut daemon = Command::new(&bin).arg("--config").arg(&lat_conf).arg("run").env("PI2PI_LOG", "warn").spawn()?;
+    let daemon_argv: Vec<OsString> = vec![bin.clone().into(), "--config".into(), lat_conf.clone().into(), "run".into()];
+    let daemon = proc::spawn(&dir, &daemon_argv, &dir.join("latency-daemon.log"))?;
     std::thread::sleep(Duration::from_secs(1));
     let mut lat = Vec::new();
     for i in 0..20 {
@@ -252,13 +254,12 @@ pub fn agent(sh: &Shell) -> Result<()> {
         lat.push(t.elapsed().as_secs_f64());
         std::thread::sleep(Duration::from_millis(300));
     }
-    let daemon_kib = std::fs::read_to_string(format!("/proc/{}/status", daemon.id()))?
+    let daemon_kib = std::fs::read_to_string(format!("/proc/{}/status", daemon.pids()[0]))?
         .lines()
         .find(|l| l.starts_with("VmHWM:"))
         .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
         .unwrap_or(0);
     let _ = daemon.kill();
-    let _ = daemon.wait();
     drop((sshd, sshd2));
     lat.sort_by(|x, y| x.partial_cmp(y).unwrap());
 
@@ -329,7 +330,7 @@ pub fn image(sh: &Shell, cfg: &ImageConfig) -> Result<()> {
     for (b, w) in cold.iter().zip(&warm) {
         let p = &b.path;
         let on_disk = cmd!(sh, "du -k {p}").read().unwrap_or_default();
-        let stages = |b: &image::Built| b.stages.iter().map(|(n, s)| format!("{n} {s:.1}s")).collect::<Vec<_>>().join(", ");
+        let stages = |b: &image::Built| b.stages.iter().map(image::Lap::to_string).collect::<Vec<_>>().join(", ");
         println!(
             "  {}.img: {} bytes raw ({:.0} MiB, goal <= 1024), {} KiB allocated\n    cold stages: {}\n    warm stages: {}",
             b.host,

@@ -37,8 +37,20 @@ pub struct Built {
     pub path: PathBuf,
     pub bytes: u64,
     pub sha256: String,
-    /// (stage, seconds)
-    pub stages: Vec<(&'static str, f64)>,
+    pub stages: Vec<Lap>,
+}
+
+/// How long one stage took.
+#[derive(Debug, Clone, Copy)]
+pub struct Lap {
+    pub stage: &'static str,
+    pub seconds: f64,
+}
+
+impl std::fmt::Display for Lap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {:.1}s", self.stage, self.seconds)
+    }
 }
 
 pub fn select<'a>(cfg: &'a ImageConfig, which: &str) -> Result<Vec<&'a Host>> {
@@ -87,7 +99,9 @@ pub fn build(sh: &Shell, cfg: &ImageConfig, hosts: &[&Host], opts: &Options) -> 
         initrd,
         mke2fs: &mke2fs,
         epoch,
-        stages: vec![("setup", setup_s), ("base", base.seconds), ("agent", agent.seconds), ("facts", facts_s)],
+        stages: [("setup", setup_s), ("base", base.seconds), ("agent", agent.seconds), ("facts", facts_s)]
+            .map(|(stage, seconds)| Lap { stage, seconds })
+            .to_vec(),
     };
     // Hosts are independent and their stages single-threaded (mke2fs, mcopy, hashing): build as
     // many at once as there are cores, each with its own Shell (a Shell is not Sync).
@@ -129,7 +143,7 @@ struct Shared<'a> {
     initrd: String,
     mke2fs: &'a tools::Mke2fs,
     epoch: u64,
-    stages: Vec<(&'static str, f64)>,
+    stages: Vec<Lap>,
 }
 
 /// Stages 3-6 for one host.
@@ -138,8 +152,8 @@ fn build_host(sh: &Shell, shared: &Shared, host: &Host) -> Result<Built> {
     let (user_ids, epoch) = (*user_ids, *epoch);
     let mut stages = shared.stages.clone();
     let mut stage = Instant::now();
-    let mut lap = |name: &'static str, stages: &mut Vec<(&'static str, f64)>| {
-        stages.push((name, stage.elapsed().as_secs_f64()));
+    let mut lap = |name: &'static str, stages: &mut Vec<Lap>| {
+        stages.push(Lap { stage: name, seconds: stage.elapsed().as_secs_f64() });
         stage = Instant::now();
     };
     let work = opts.work_dir.join(&host.name);
@@ -219,8 +233,8 @@ fn write_sums(dir: &Path, built: &[Built]) -> Result<()> {
 pub fn summary(built: &[Built]) -> String {
     let mut s = String::new();
     for b in built {
-        let total: f64 = b.stages.iter().map(|(_, t)| t).sum();
-        let stages: Vec<String> = b.stages.iter().map(|(n, t)| format!("{n} {t:.1}s")).collect();
+        let total: f64 = b.stages.iter().map(|l| l.seconds).sum();
+        let stages: Vec<String> = b.stages.iter().map(Lap::to_string).collect();
         s += &format!(
             "{}: {} ({} bytes, {:.0} MiB)\n  sha256 {}\n  build {:.1}s: {}\n",
             b.host,

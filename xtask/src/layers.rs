@@ -128,7 +128,7 @@ pub fn build(i: &Inputs) -> Result<Layer> {
     let mut layer = Layer::default();
 
     for dir in [i.overlays.join("common"), i.overlays.join(&i.host.name)] {
-        for (rel, data, exec) in read_tree(&dir)? {
+        for OverlayFile { rel, data, exec } in read_tree(&dir)? {
             let Some((path, data)) = render(&env, &ctx, &rel, data)? else { continue };
             let mode = if path.starts_with("etc/sudoers.d/") {
                 0o440
@@ -140,7 +140,7 @@ pub fn build(i: &Inputs) -> Result<Layer> {
             layer.file(&path, data, mode, root);
         }
     }
-    for (rel, data, _) in read_tree(&i.overlays.join("boot"))? {
+    for OverlayFile { rel, data, .. } in read_tree(&i.overlays.join("boot"))? {
         if let Some((path, data)) = render(&env, &ctx, &rel, data)? {
             layer.boot.insert(path, data);
         }
@@ -191,8 +191,17 @@ pub fn build(i: &Inputs) -> Result<Layer> {
     Ok(layer)
 }
 
-/// Files below `dir` as (relative path, bytes, executable), sorted; a missing dir is empty.
-fn read_tree(dir: &Path) -> Result<Vec<(String, Vec<u8>, bool)>> {
+/// One file of an overlay directory.
+struct OverlayFile {
+    /// Path below the overlay directory.
+    rel: String,
+    data: Vec<u8>,
+    /// Executable in git: installed 0755.
+    exec: bool,
+}
+
+/// Files below `dir`, sorted by path; a missing dir is empty.
+fn read_tree(dir: &Path) -> Result<Vec<OverlayFile>> {
     use std::os::unix::fs::PermissionsExt;
     let mut out = Vec::new();
     if !dir.exists() {
@@ -205,7 +214,7 @@ fn read_tree(dir: &Path) -> Result<Vec<(String, Vec<u8>, bool)>> {
         }
         let rel = e.path().strip_prefix(dir)?.to_str().context("overlay path is not UTF-8")?.to_string();
         let exec = e.metadata()?.permissions().mode() & 0o111 != 0;
-        out.push((rel, std::fs::read(e.path())?, exec));
+        out.push(OverlayFile { rel, data: std::fs::read(e.path())?, exec });
     }
     Ok(out)
 }

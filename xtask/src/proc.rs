@@ -80,7 +80,18 @@ pub fn run_logged(dir: &Path, argv: &[OsString], envs: &[(&str, String)], log: &
     }
 }
 
-/// Starts a long-lived process (a VM) with stdout/stderr in `log`; the caller owns its lifetime.
+/// Runs a command with this terminal's stdin/stdout/stderr (an interactive VM, a timed
+/// benchmark run) and returns its exit status, whatever it is.
+pub fn run_inherited(argv: &[OsString], envs: &[(&str, String)]) -> Result<std::process::ExitStatus> {
+    let (prog, args) = argv.split_first().context("empty command")?;
+    let mut expr = duct::cmd(prog, args).unchecked();
+    for (k, v) in envs {
+        expr = expr.env(k, v);
+    }
+    Ok(expr.run().with_context(|| format!("cannot start {}", prog.to_string_lossy()))?.status)
+}
+
+/// Starts a long-lived process (a VM, a server) with stdout/stderr in `log`; the caller owns its lifetime.
 pub fn spawn(dir: &Path, argv: &[OsString], log: &Path) -> Result<duct::Handle> {
     let (prog, args) = argv.split_first().context("empty command")?;
     let f = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;

@@ -3,12 +3,12 @@
 //! command line, as the harness does; a real Pi's cmdline.txt has no such thing). A fresh blank
 //! USB drive is attached; the NIC's link has no peer. Quit with Ctrl-A X.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use xshell::Shell;
 
 use crate::config::ImageConfig;
 use crate::fat::Fat;
-use crate::qemu;
+use crate::{proc, qemu};
 
 pub fn run(sh: &Shell, cfg: &ImageConfig, host: &str) -> Result<()> {
     let h = cfg.host(host)?;
@@ -38,7 +38,7 @@ pub fn run(sh: &Shell, cfg: &ImageConfig, host: &str) -> Result<()> {
     let mut argv = qemu::argv(&spec, &boot, &append, &overlay, "stdio,id=con,mux=on,signal=off");
     argv.extend(["-mon".into(), "chardev=con,mode=readline".into()]);
     eprintln!("Booting {host} (Ctrl-A X quits; a root shell appears on this console once systemd starts)");
-    let status = std::process::Command::new(&argv[0]).args(&argv[1..]).status().context("starting qemu-system-aarch64")?;
+    let status = proc::run_inherited(&argv, &[])?;
     anyhow::ensure!(status.success(), "QEMU exited with {status}");
     Ok(())
 }
