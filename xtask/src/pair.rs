@@ -143,190 +143,281 @@ pub fn run(sh: &Shell, cfg: &ImageConfig, schedule: Schedule, build: bool) -> Re
     result
 }
 
+/// The two VMs and what the checks need to know about them.
+struct Pair<'a> {
+    sh: &'a Shell,
+    cfg: &'a ImageConfig,
+    hosts: &'a [&'a Host],
+    schedule: Schedule,
+    specs: Vec<qemu::Spec>,
+    boots: Vec<qemu::BootFiles>,
+    /// What each host's drive was pre-filled with.
+    files: Vec<Vec<(String, Vec<u8>)>>,
+    vms: Vec<Vm>,
+    server: usize,
+    client: usize,
+}
+
 fn pair(sh: &Shell, cfg: &ImageConfig, hosts: &[&Host], images: &Path, run_dir: &Path, schedule: Schedule, t0: Instant) -> Result<Report> {
-    let sync_limit = match schedule {
-        Schedule::Systemd => Duration::from_secs(180),
-        Schedule::Cron => Duration::from_secs(240),
-    };
-    let mount = &cfg.drive.mount_point;
-    let mut specs = Vec::new();
-    let mut files = Vec::new();
-    for (i, h) in hosts.iter().enumerate() {
-        let dir = run_dir.join(&h.name);
-        std::fs::create_dir_all(&dir)?;
-        let f = test_files(&h.name);
-        make_drive(sh, &dir.join("usb.img"), &cfg.drive.label, &f, &dir.join("stage"))?;
-        files.push(f);
-        let other = &hosts[1 - i].name;
-        specs.push(qemu::Spec {
-            name: h.name.clone(),
-            image: images.join(format!("{}.img", h.name)),
-            usb: Some(dir.join("usb.img")),
-            mac: h.nic_mac(),
-            link: Some((run_dir.join(format!("{}.link", h.name)), run_dir.join(format!("{other}.link")))),
-            dir,
-            memory_mib: 768,
-        });
-    }
-    let mut boots = Vec::new();
-    for s in &specs {
-        boots.push(qemu::boot_files(sh, &s.image, &s.dir.join("boot"))?);
-        qemu::overlay(sh, &s.image, &s.dir.join("overlay.qcow2"))?;
-    }
-    let started = Instant::now();
-    let mut vms: Vec<Vm> = Vec::new();
-    for (s, b) in specs.iter().zip(&boots) {
-        vms.push(Vm::start(sh, s, b, &s.dir.join("overlay.qcow2"))?);
-    }
-    let mut boot_times = Vec::new();
-    for vm in vms.iter_mut() {
-        let t = vm.wait_booted(started, BOOT_LIMIT)?;
-        eprintln!("qemu: {} booted in {:.0}s", vm.name, t.as_secs_f64());
-        boot_times.push((vm.name.clone(), t));
-    }
+    let mut p = Pair::start(sh, cfg, hosts, images, run_dir, schedule)?;
+    let boot = p.wait_booted()?;
     let both_up = Instant::now();
-
-    // 1. Services.
-    for (vm, h) in vms.iter_mut().zip(hosts) {
-        vm.ok("systemctl is-active ssh", CMD)?;
-        let (dns, _) = vm.exec("systemctl is-active pi2pi-dnsmasq", CMD)?;
-        match h.role {
-            Role::DhcpServer => ensure!(dns == 0, "{}: dnsmasq is not active on the dhcp-server", h.name),
-            Role::DhcpClient => ensure!(dns != 0, "{}: dnsmasq runs on a dhcp-client", h.name),
-        }
-        if schedule == Schedule::Systemd {
-            vm.ok("systemctl is-active pi2pi-agent", CMD)?;
-        } else {
-            let (c, _) = vm.exec("systemctl is-enabled pi2pi-agent", CMD)?;
-            ensure!(c != 0, "{}: pi2pi-agent.service is enabled with the cron schedule", h.name);
-            vm.ok("systemctl is-active cron && test -f /etc/cron.d/pi2pi-agent", CMD)?;
-        }
-        vm.ok(&format!("findmnt -no FSTYPE {mount} | grep -qx vfat"), CMD).context("the USB drive is not mounted")?;
-    }
-
-    // 2. Addresses: static on the server, leased (by MAC) on the client.
-    let server = hosts.iter().position(|h| h.role == Role::DhcpServer).context("no dhcp-server")?;
-    let client = 1 - server;
-    let iface = &cfg.network.interface;
-    let want = |h: &Host| format!("inet {}/{}", h.address, cfg.network.prefix);
-    let addr_deadline = Instant::now() + Duration::from_secs(120);
-    for (i, vm) in vms.iter_mut().enumerate() {
-        loop {
-            let out = vm.ok(&format!("ip -4 addr show dev {iface}"), CMD)?;
-            if out.contains(&want(hosts[i])) {
-                break;
-            }
-            ensure!(Instant::now() < addr_deadline, "{}: {iface} never got {}:\n{out}", hosts[i].name, want(hosts[i]));
-            std::thread::sleep(Duration::from_secs(2));
-        }
-    }
-    let leases = vms[server].ok("cat /var/lib/misc/dnsmasq.leases", CMD)?;
-    let c = hosts[client];
-    ensure!(
-        leases.contains(c.mac.as_deref().unwrap_or("-")) && leases.contains(&c.address.to_string()),
-        "{}'s lease file has no lease of {} to {:?}:\n{leases}",
-        hosts[server].name,
-        c.address,
-        c.mac
-    );
-
-    // 3. Names, and SSH: no prompt, and the key runs the receiver only.
-    for (i, vm) in vms.iter_mut().enumerate() {
-        for h in hosts {
-            let name = format!("{}.{}", h.name, cfg.network.domain);
-            let out = vm.ok(&format!("getent hosts {name}"), CMD)?;
-            ensure!(out.contains(&h.address.to_string()), "{}: {name} resolves to {out}", hosts[i].name);
-        }
-        let peer = format!("{}.{}", hosts[1 - i].name, cfg.network.domain);
-        let user = &cfg.system.user;
-        let (code, out) = vm.exec(
-            &format!("sudo -u {user} ssh -o BatchMode=yes -i /home/{user}/.ssh/id_ed25519 {user}@{peer} 'echo SHELL-$((6*7))'"),
-            CMD,
-        )?;
-        ensure!(code != 255, "{}: ssh to {peer} failed (exit 255):\n{out}", hosts[i].name);
-        ensure!(!out.contains("SHELL-42"), "{}: the agent key got a shell on {peer}:\n{out}", hosts[i].name);
-    }
-
-    // 4. Every pre-filled file arrives on the other side (checked in the guest first).
-    let expect =
-        |i: usize| -> BTreeMap<String, String> { files[i].iter().map(|(p, d)| (p.clone(), hex::encode(Sha256::digest(d)))).collect() };
-    let deadline = Instant::now() + sync_limit;
-    for (i, vm) in vms.iter_mut().enumerate() {
-        let want = expect(1 - i);
-        loop {
-            let got = guest_tree(vm, &format!("{mount}/receiving"))?;
-            if got == want {
-                break;
-            }
-            if Instant::now() > deadline {
-                let (_, status) = vm.exec("pi2pi-agent status; journalctl -b --no-pager -t pi2pi-agent -u pi2pi-agent | tail -30", CMD)?;
-                bail!("{}: receiving/ after {sync_limit:?}:\n{got:#?}\nexpected:\n{want:#?}\n{status}", vm.name);
-            }
-            std::thread::sleep(Duration::from_secs(2));
-        }
-    }
+    p.check_services()?;
+    p.check_addresses()?;
+    p.check_names_and_ssh()?;
+    p.wait_prefilled()?;
     let synced = both_up.elapsed();
     eprintln!("qemu: prefilled files synced both ways {:.0}s after boot", synced.as_secs_f64());
+    let latencies = p.measure_latency()?;
+    p.check_reboot_sends_nothing_twice()?;
+    p.stop_and_compare_drives(run_dir)?;
+    Ok(Report { schedule, boot, synced_after_boot: synced, latencies, wall: t0.elapsed() })
+}
 
-    // 5. A file written after boot: latency from its close on one Pi to its arrival on the other.
-    let rounds = if schedule == Schedule::Systemd { 3 } else { 1 };
-    let mut latencies = Vec::new();
-    for n in 0..rounds {
-        let name = format!("late-{n}.bin");
-        let sum = vms[server]
-            .ok(&format!("f={mount}/sending/{name}; head -c 300000 /dev/urandom > $f.tmp && mv $f.tmp $f && sha256sum < $f"), CMD)?;
-        let took = wait_arrival(&mut vms[client], &format!("{mount}/receiving/{name}"), &sum, sync_limit)?;
-        latencies.push(took);
-        eprintln!("qemu: {name} arrived after {:.2}s", took.as_secs_f64());
-    }
-    // (The writer uses a temporary name and mv, as a careful writer does; the agent never sends
-    // `*.tmp` that vanish, and would only deliver a complete `late-N.bin`.)
-
-    // 6. Reboot the client: sync goes on, nothing is sent twice.
-    let journal = |vm: &mut Vm, peer: &str| -> Result<usize> {
-        Ok(vm.ok(&format!("cat /var/lib/pi2pi/{peer}.journal 2>/dev/null | wc -l"), CMD)?.trim().parse().unwrap_or(0))
-    };
-    let before_server = journal(&mut vms[server], &hosts[client].name)?;
-    let before_client = journal(&mut vms[client], &hosts[server].name)?;
-    vms[client].stop("reboot", Duration::from_secs(120))?;
-    let restarted = Instant::now();
-    let v = Vm::start(sh, &specs[client], &boots[client], &specs[client].dir.join("overlay.qcow2"))?;
-    vms[client] = v;
-    let t = vms[client].wait_booted(restarted, BOOT_LIMIT)?;
-    eprintln!("qemu: {} rebooted in {:.0}s", hosts[client].name, t.as_secs_f64());
-    let name = "after-reboot.bin";
-    let sum = vms[server].ok(&format!("head -c 50000 /dev/urandom > {mount}/sending/{name} && sha256sum < {mount}/sending/{name}"), CMD)?;
-    wait_arrival(&mut vms[client], &format!("{mount}/receiving/{name}"), &sum, sync_limit).context("after the reboot")?;
-    let after_server = journal(&mut vms[server], &hosts[client].name)?;
-    let after_client = journal(&mut vms[client], &hosts[server].name)?;
-    ensure!(
-        after_server == before_server + 1,
-        "{} recorded {} deliveries after the reboot, expected 1 (re-sent files?)",
-        hosts[server].name,
-        after_server - before_server
-    );
-    ensure!(
-        after_client == before_client,
-        "{} delivered {} files again after its reboot",
-        hosts[client].name,
-        after_client - before_client
-    );
-    for vm in &vms {
-        vm.check_console()?;
+impl Pair<'_> {
+    fn start<'a>(
+        sh: &'a Shell,
+        cfg: &'a ImageConfig,
+        hosts: &'a [&'a Host],
+        images: &Path,
+        run_dir: &Path,
+        schedule: Schedule,
+    ) -> Result<Pair<'a>> {
+        let server = hosts.iter().position(|h| h.role == Role::DhcpServer).context("no dhcp-server")?;
+        let (mut specs, mut files, mut boots) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, h) in hosts.iter().enumerate() {
+            let dir = run_dir.join(&h.name);
+            std::fs::create_dir_all(&dir)?;
+            let f = test_files(&h.name);
+            make_drive(sh, &dir.join("usb.img"), &cfg.drive.label, &f, &dir.join("stage"))?;
+            files.push(f);
+            let other = &hosts[1 - i].name;
+            let spec = qemu::Spec {
+                name: h.name.clone(),
+                image: images.join(format!("{}.img", h.name)),
+                usb: Some(dir.join("usb.img")),
+                mac: h.nic_mac(),
+                link: Some((run_dir.join(format!("{}.link", h.name)), run_dir.join(format!("{other}.link")))),
+                dir,
+                memory_mib: 768,
+            };
+            boots.push(qemu::boot_files(sh, &spec.image, &spec.dir.join("boot"))?);
+            qemu::overlay(sh, &spec.image, &spec.dir.join("overlay.qcow2"))?;
+            specs.push(spec);
+        }
+        let mut vms = Vec::new();
+        for (s, b) in specs.iter().zip(&boots) {
+            vms.push(Vm::start(sh, s, b, &s.dir.join("overlay.qcow2"))?);
+        }
+        Ok(Pair { sh, cfg, hosts, schedule, specs, boots, files, vms, server, client: 1 - server })
     }
 
-    // Clean shutdown, then compare both drives from the host.
-    for vm in vms.iter_mut() {
-        vm.stop("poweroff", Duration::from_secs(120))?;
+    fn wait_booted(&mut self) -> Result<Vec<(String, Duration)>> {
+        let started = Instant::now();
+        let mut times = Vec::new();
+        for vm in self.vms.iter_mut() {
+            let t = vm.wait_booted(started, BOOT_LIMIT)?;
+            eprintln!("qemu: {} booted in {:.0}s", vm.name, t.as_secs_f64());
+            times.push((vm.name.clone(), t));
+        }
+        Ok(times)
     }
-    for i in 0..2 {
-        let scratch = run_dir.join("compare");
-        let sent = drive_tree(sh, &specs[i].dir.join("usb.img"), "sending", &scratch.join("a"))?;
-        let got = drive_tree(sh, &specs[1 - i].dir.join("usb.img"), "receiving", &scratch.join("b"))?;
-        ensure!(sent == got, "{}'s sending/ and {}'s receiving/ differ on disk:\n{sent:#?}\n{got:#?}", hosts[i].name, hosts[1 - i].name);
-        let _ = std::fs::remove_dir_all(&scratch);
+
+    fn sync_limit(&self) -> Duration {
+        match self.schedule {
+            Schedule::Systemd => Duration::from_secs(180),
+            Schedule::Cron => Duration::from_secs(240),
+        }
     }
-    Ok(Report { schedule, boot: boot_times, synced_after_boot: synced, latencies, wall: t0.elapsed() })
+
+    /// sshd everywhere, dnsmasq on the server only, the agent as the schedule says, the drive mounted.
+    fn check_services(&mut self) -> Result<()> {
+        let mount = &self.cfg.drive.mount_point;
+        for (vm, h) in self.vms.iter_mut().zip(self.hosts) {
+            vm.ok("systemctl is-active ssh", CMD)?;
+            let (dns, _) = vm.exec("systemctl is-active pi2pi-dnsmasq", CMD)?;
+            match h.role {
+                Role::DhcpServer => ensure!(dns == 0, "{}: dnsmasq is not active on the dhcp-server", h.name),
+                Role::DhcpClient => ensure!(dns != 0, "{}: dnsmasq runs on a dhcp-client", h.name),
+            }
+            if self.schedule == Schedule::Systemd {
+                vm.ok("systemctl is-active pi2pi-agent", CMD)?;
+            } else {
+                let (c, _) = vm.exec("systemctl is-enabled pi2pi-agent", CMD)?;
+                ensure!(c != 0, "{}: pi2pi-agent.service is enabled with the cron schedule", h.name);
+                vm.ok("systemctl is-active cron && test -f /etc/cron.d/pi2pi-agent", CMD)?;
+            }
+            vm.ok(&format!("findmnt -no FSTYPE {mount} | grep -qx vfat"), CMD).context("the USB drive is not mounted")?;
+        }
+        Ok(())
+    }
+
+    /// Static address on the server, leased (reserved by MAC) on the client.
+    fn check_addresses(&mut self) -> Result<()> {
+        let (cfg, hosts) = (self.cfg, self.hosts);
+        let iface = &cfg.network.interface;
+        let want = |h: &Host| format!("inet {}/{}", h.address, cfg.network.prefix);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        for (i, vm) in self.vms.iter_mut().enumerate() {
+            loop {
+                let out = vm.ok(&format!("ip -4 addr show dev {iface}"), CMD)?;
+                if out.contains(&want(hosts[i])) {
+                    break;
+                }
+                ensure!(Instant::now() < deadline, "{}: {iface} never got {}:\n{out}", hosts[i].name, want(hosts[i]));
+                std::thread::sleep(Duration::from_secs(2));
+            }
+        }
+        let leases = self.vms[self.server].ok("cat /var/lib/misc/dnsmasq.leases", CMD)?;
+        let c = hosts[self.client];
+        ensure!(
+            leases.contains(c.mac.as_deref().unwrap_or("-")) && leases.contains(&c.address.to_string()),
+            "{}'s lease file has no lease of {} to {:?}:\n{leases}",
+            hosts[self.server].name,
+            c.address,
+            c.mac
+        );
+        Ok(())
+    }
+
+    /// Every name resolves on both; the agent key logs in with no prompt but runs the receiver only.
+    fn check_names_and_ssh(&mut self) -> Result<()> {
+        let (cfg, hosts) = (self.cfg, self.hosts);
+        for (i, vm) in self.vms.iter_mut().enumerate() {
+            for h in hosts {
+                let name = format!("{}.{}", h.name, cfg.network.domain);
+                let out = vm.ok(&format!("getent hosts {name}"), CMD)?;
+                ensure!(out.contains(&h.address.to_string()), "{}: {name} resolves to {out}", hosts[i].name);
+            }
+            let peer = format!("{}.{}", hosts[1 - i].name, cfg.network.domain);
+            let user = &cfg.system.user;
+            let (code, out) = vm.exec(
+                &format!("sudo -u {user} ssh -o BatchMode=yes -i /home/{user}/.ssh/id_ed25519 {user}@{peer} 'echo SHELL-$((6*7))'"),
+                CMD,
+            )?;
+            ensure!(code != 255, "{}: ssh to {peer} failed (exit 255):\n{out}", hosts[i].name);
+            ensure!(!out.contains("SHELL-42"), "{}: the agent key got a shell on {peer}:\n{out}", hosts[i].name);
+        }
+        Ok(())
+    }
+
+    /// Every pre-filled file arrives on the other side (checked in the guest; host-side at the end).
+    fn wait_prefilled(&mut self) -> Result<()> {
+        let mount = &self.cfg.drive.mount_point;
+        let limit = self.sync_limit();
+        let deadline = Instant::now() + limit;
+        for i in 0..2 {
+            let want: BTreeMap<String, String> =
+                self.files[1 - i].iter().map(|(p, d)| (p.clone(), hex::encode(Sha256::digest(d)))).collect();
+            let vm = &mut self.vms[i];
+            loop {
+                let got = guest_tree(vm, &format!("{mount}/receiving"))?;
+                if got == want {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let (_, status) = vm.exec("pi2pi-agent status; journalctl -b --no-pager -t pi2pi-agent -u pi2pi-agent | tail -30", CMD)?;
+                    bail!("{}: receiving/ after {:?}:\n{got:#?}\nexpected:\n{want:#?}\n{status}", vm.name, limit);
+                }
+                std::thread::sleep(Duration::from_secs(2));
+            }
+        }
+        Ok(())
+    }
+
+    /// Files written after boot: time from their close on the server to their arrival on the client.
+    /// (The writer uses a temporary name and mv, as a careful writer does; the agent never sends
+    /// `*.tmp` files that vanish, and would only deliver a complete `late-N.bin`.)
+    fn measure_latency(&mut self) -> Result<Vec<Duration>> {
+        let mount = &self.cfg.drive.mount_point;
+        let rounds = if self.schedule == Schedule::Systemd { 3 } else { 1 };
+        let limit = self.sync_limit();
+        let mut latencies = Vec::new();
+        for n in 0..rounds {
+            let name = format!("late-{n}.bin");
+            let sum = self.vms[self.server]
+                .ok(&format!("f={mount}/sending/{name}; head -c 300000 /dev/urandom > $f.tmp && mv $f.tmp $f && sha256sum < $f"), CMD)?;
+            let took = wait_arrival(&mut self.vms[self.client], &format!("{mount}/receiving/{name}"), &sum, limit)?;
+            latencies.push(took);
+            eprintln!("qemu: {name} arrived after {:.2}s", took.as_secs_f64());
+        }
+        Ok(latencies)
+    }
+
+    /// Reboots the client: sync goes on, and no receiver writes any file a second time (judged by
+    /// the files themselves: the times of each file under receiving/, which a new copy changes).
+    fn check_reboot_sends_nothing_twice(&mut self) -> Result<()> {
+        let mount = self.cfg.drive.mount_point.clone();
+        let receiving = format!("{mount}/receiving");
+        let before: Vec<_> = self.vms.iter_mut().map(|vm| guest_written(vm, &receiving)).collect::<Result<_>>()?;
+        let c = self.client;
+        self.vms[c].stop("reboot", Duration::from_secs(120))?;
+        let restarted = Instant::now();
+        self.vms[c] = Vm::start(self.sh, &self.specs[c], &self.boots[c], &self.specs[c].dir.join("overlay.qcow2"))?;
+        let t = self.vms[c].wait_booted(restarted, BOOT_LIMIT)?;
+        eprintln!("qemu: {} rebooted in {:.0}s", self.hosts[c].name, t.as_secs_f64());
+        let name = "after-reboot.bin";
+        let sum = self.vms[self.server].ok(&format!("head -c 50000 /dev/urandom > {mount}/sending/{name} && sha256sum < {mount}/sending/{name}"), CMD)?;
+        let limit = self.sync_limit();
+        wait_arrival(&mut self.vms[c], &format!("{receiving}/{name}"), &sum, limit).context("after the reboot")?;
+        // Both senders idle (nothing pending, no pass running): a resend would have happened by now.
+        for vm in self.vms.iter_mut() {
+            wait_idle(vm, limit)?;
+        }
+        for (i, vm) in self.vms.iter_mut().enumerate() {
+            let after = guest_written(vm, &receiving)?;
+            let changed: Vec<&String> = after.iter().filter(|(k, v)| before[i].get(*k) != Some(v)).map(|(k, _)| k).collect();
+            let expected: Vec<&str> = if i == c { vec![name] } else { vec![] };
+            ensure!(
+                changed.iter().map(|s| s.as_str()).collect::<Vec<_>>() == expected,
+                "{}: receiving/ files written after the reboot: {changed:?}, expected only {expected:?} (re-sent files?)",
+                self.hosts[i].name
+            );
+        }
+        for vm in &self.vms {
+            vm.check_console()?;
+        }
+        Ok(())
+    }
+
+    /// Clean shutdown, then each sending/ and the peer's receiving/ compared from the host.
+    fn stop_and_compare_drives(&mut self, run_dir: &Path) -> Result<()> {
+        for vm in self.vms.iter_mut() {
+            vm.stop("poweroff", Duration::from_secs(120))?;
+        }
+        let hosts = self.hosts;
+        for i in 0..2 {
+            let scratch = run_dir.join("compare");
+            let sent = drive_tree(self.sh, &self.specs[i].dir.join("usb.img"), "sending", &scratch.join("a"))?;
+            let got = drive_tree(self.sh, &self.specs[1 - i].dir.join("usb.img"), "receiving", &scratch.join("b"))?;
+            ensure!(sent == got, "{}'s sending/ and {}'s receiving/ differ on disk:\n{sent:#?}\n{got:#?}", hosts[i].name, hosts[1 - i].name);
+            let _ = std::fs::remove_dir_all(&scratch);
+        }
+        Ok(())
+    }
+}
+
+/// Waits until the guest's sender has nothing pending for any peer and no `sync` pass is running.
+fn wait_idle(vm: &mut Vm, limit: Duration) -> Result<()> {
+    let t = Instant::now();
+    loop {
+        let (running, _) = vm.exec("pgrep -f 'pi2pi-agent sync' >/dev/null", CMD)?;
+        let status = vm.ok("cat /var/lib/pi2pi/status.json", CMD)?;
+        let st: pi2pi_agent::status::Status = serde_json::from_str(&status).with_context(|| format!("{}: status.json: {status}", vm.name))?;
+        if running != 0 && st.peers.iter().all(|p| p.pending.is_empty()) {
+            return Ok(());
+        }
+        ensure!(t.elapsed() < limit, "{}: the agent did not go idle within {limit:?}: {status}", vm.name);
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// rel path → "size mtime ctime" of every file below `dir` in the guest. The receiver writes a
+/// delivery into a new file and renames it into place (and keeps no sender times), so a file
+/// delivered again shows new times.
+fn guest_written(vm: &mut Vm, dir: &str) -> Result<BTreeMap<String, String>> {
+    let out = vm.ok(&format!("cd '{dir}' && find . -type f -printf '%P\\t%s %T@ %C@\\n'"), CMD)?;
+    Ok(out.lines().filter_map(|l| l.split_once('\t')).map(|(p, v)| (p.to_string(), v.to_string())).collect())
 }
 
 /// Polls `vm` until `path` has the content whose `sha256sum` output is `sum`; returns the wait.
