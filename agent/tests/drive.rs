@@ -74,11 +74,16 @@ fn bare_receiver() -> (tempfile::TempDir, PathBuf, Node, Node) {
     (t, by_label, a, b)
 }
 
+/// True when this test cannot run here (not root): it says so, and under CI (`CI` set), where
+/// it must run, it fails instead of passing silently.
 fn skip_unless_root() -> bool {
-    if !is_root() {
-        eprintln!("SKIPPED: loop-mounting drive images needs root (CI runs as root)");
+    if is_root() {
+        return false;
     }
-    !is_root()
+    let why = "loop-mounting drive images needs root";
+    assert!(std::env::var_os("CI").is_none(), "{why}, and CI must run this test");
+    eprintln!("SKIPPED: {why} (CI runs as root)");
+    true
 }
 
 #[test]
