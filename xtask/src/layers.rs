@@ -188,8 +188,16 @@ pub fn build(i: &Inputs) -> Result<Layer> {
     for (target, unit) in wants {
         layer.put(&format!("etc/systemd/system/{target}.wants/{unit}"), Kind::Symlink(format!("/etc/systemd/system/{unit}")), 0o777, root);
     }
+    // Masked the way `systemctl mask` would: timers that can only fail on a Pi with no archive to
+    // reach (and would wake it, and write to the SD card, for nothing).
+    for unit in OFFLINE_MASKED {
+        layer.put(&format!("etc/systemd/system/{unit}"), Kind::Symlink("/dev/null".into()), 0o777, root);
+    }
     Ok(layer)
 }
+
+/// Units masked on every card: the cards are offline, so apt's download and upgrade timers fail.
+pub const OFFLINE_MASKED: &[&str] = &["apt-daily.timer", "apt-daily-upgrade.timer"];
 
 /// One file of an overlay directory.
 struct OverlayFile {
@@ -339,6 +347,7 @@ mod tests {
         assert!(boot_cfg.contains("kernel=vmlinuz-6.12.0-arm64") && boot_cfg.contains("initramfs initrd.img-6.12.0-arm64"), "{boot_cfg}");
         assert!(std::str::from_utf8(&l.boot["cmdline.txt"]).unwrap().contains("root=PARTUUID=1234abcd-02"));
         assert_eq!(l.root["etc/localtime"].kind, Kind::Symlink("/usr/share/zoneinfo/America/New_York".into()));
+        assert_eq!(l.root["etc/systemd/system/apt-daily.timer"].kind, Kind::Symlink("/dev/null".into()), "offline: no apt timers");
     }
 
     #[test]
