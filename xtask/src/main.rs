@@ -18,6 +18,7 @@ mod rootfs;
 mod run;
 mod setup;
 mod test;
+mod time32;
 mod tools;
 mod verify;
 
@@ -82,6 +83,8 @@ enum Bench {
 
 #[derive(Subcommand)]
 enum TestWhich {
+    /// The 32-bit (armv7) agent, run under qemu-arm, reads file times past 2038 right.
+    Time32,
     /// Boot both images together in QEMU and check the whole system.
     Qemu {
         /// One schedule; both when omitted.
@@ -114,6 +117,7 @@ fn main() -> Result<()> {
         Task::Verify { cold } => verify::run(&sh, &load()?, cold)?,
         Task::Keys => keys::ensure(&sh, &load()?)?,
         Task::Test { which: None, no_qemu } => test::all(&sh, &load()?, no_qemu)?,
+        Task::Test { which: Some(TestWhich::Time32), .. } => time32::check(&sh, config::Arch::Armhf)?,
         Task::Test { which: Some(TestWhich::Qemu { schedule }), .. } => {
             let cfg = load()?;
             setup::ensure(&sh, cfg.base.arch)?;

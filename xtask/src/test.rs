@@ -8,8 +8,8 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use xshell::{cmd, Shell};
 
-use crate::config::{ImageConfig, Schedule};
-use crate::{base, image, pair, proc, setup, verify};
+use crate::config::{Arch, ImageConfig, Schedule};
+use crate::{base, image, pair, proc, setup, time32, verify};
 
 /// The previous Debian stable, which README promises stays buildable by changing `base.suite`.
 pub const OTHER_SUITE: &str = "bookworm";
@@ -35,6 +35,7 @@ pub fn all(sh: &Shell, cfg: &ImageConfig, skip_qemu: bool) -> Result<()> {
                 base::resolve(sh, &base, &sh.current_dir().join("target/resolve"))
             }),
         ),
+        ("32-bit agent: file times past 2038 (armv7 under qemu-arm)".into(), Box::new(|| time32::check(sh, Arch::Armhf))),
         (
             "images".into(),
             Box::new(|| {
