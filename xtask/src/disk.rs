@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
@@ -44,20 +44,33 @@ pub fn boot_fs(sh: &Shell, files: &BTreeMap<String, Vec<u8>>, mib: u64, volid: u
     let stage = work.join("boot-files");
     let _ = std::fs::remove_dir_all(&stage);
     std::fs::create_dir_all(&stage)?;
-    let mut paths = Vec::new();
     let total: u64 = files.values().map(|v| v.len() as u64).sum();
     if total + 4 * MIB > mib * MIB {
         bail!("the boot files need {} MiB; raise image.boot_mib (now {mib})", total / MIB + 5);
     }
+    // mcopy -m keeps these times: the only timestamps on the partition.
+    let at_epoch = |p: &Path| -> Result<()> { Ok(File::open(p)?.set_modified(UNIX_EPOCH + Duration::from_secs(epoch))?) };
+    let mut dirs = std::collections::BTreeSet::new();
     for (name, data) in files {
-        anyhow::ensure!(!name.contains('/'), "boot file {name}: subdirectories are not supported");
+        // Subdirectories (the firmware's overlays/) are made as the files need them.
+        anyhow::ensure!(!name.starts_with('/') && !name.split('/').any(|c| c.is_empty() || c == ".."), "boot file `{name}`: bad path");
         let p = stage.join(name);
+        for d in p.parent().into_iter().flat_map(|d| d.ancestors()).take_while(|d| *d != stage) {
+            dirs.insert(d.to_path_buf());
+        }
+        std::fs::create_dir_all(p.parent().unwrap_or(&stage))?;
         let f = File::create(&p)?;
         (&f).write_all(data)?;
-        // mcopy -m keeps this time: the only timestamps on the partition.
-        f.set_modified(UNIX_EPOCH + Duration::from_secs(epoch))?;
-        paths.push(p);
+        drop(f);
+        at_epoch(&p)?;
     }
+    // Deepest first, so making a child does not move its parent's time again.
+    for d in dirs.iter().rev() {
+        at_epoch(d)?;
+    }
+    let paths: Vec<PathBuf> = std::fs::read_dir(&stage)?.map(|e| e.map(|e| e.path())).collect::<std::io::Result<_>>()?;
+    let mut paths = paths;
+    paths.sort();
     Fat::create(sh, out, "BOOT", mib * 1024, Some(volid))?.copy_in(sh, &paths, "/")
 }
 
