@@ -193,6 +193,9 @@ pub fn build(i: &Inputs) -> Result<Layer> {
     for unit in OFFLINE_MASKED {
         layer.put(&format!("etc/systemd/system/{unit}"), Kind::Symlink("/dev/null".into()), 0o777, root);
     }
+    // systemd 257's ssh generator offers sshd on AF_VSOCK for VMs; a Pi has no vsock, and the
+    // generator says "Failed to query local AF_VSOCK CID" on every boot. sshd runs as a service.
+    layer.put("etc/systemd/system-generators/systemd-ssh-generator", Kind::Symlink("/dev/null".into()), 0o777, root);
     Ok(layer)
 }
 

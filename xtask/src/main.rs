@@ -3,6 +3,7 @@
 mod agent_build;
 mod base;
 mod bench;
+mod board;
 mod cache;
 mod config;
 mod disk;
@@ -24,7 +25,7 @@ mod verify;
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use xshell::Shell;
 
@@ -83,6 +84,8 @@ enum Bench {
 
 #[derive(Subcommand)]
 enum TestWhich {
+    /// Boot every built card on QEMU's model of its Pi (raspi3b for arm64), twice.
+    Board,
     /// The 32-bit (armv7) agent, run under qemu-arm, reads file times past 2038 right.
     Time32,
     /// Boot both images together in QEMU and check the whole system.
@@ -117,6 +120,12 @@ fn main() -> Result<()> {
         Task::Verify { cold } => verify::run(&sh, &load()?, cold)?,
         Task::Keys => keys::ensure(&sh, &load()?)?,
         Task::Test { which: None, no_qemu } => test::all(&sh, &load()?, no_qemu)?,
+        Task::Test { which: Some(TestWhich::Board), .. } => {
+            let cfg = load()?;
+            let built = image::build(&sh, &cfg, &image::select(&cfg, "all")?, &image::Options::default_for(&sh))?;
+            let dir = built.first().and_then(|b| b.path.parent()).context("no cards built")?.to_path_buf();
+            print!("{}", board::render(&board::run(&sh, &cfg, &dir)?));
+        }
         Task::Test { which: Some(TestWhich::Time32), .. } => time32::check(&sh, config::Arch::Armhf)?,
         Task::Test { which: Some(TestWhich::Qemu { schedule }), .. } => {
             let cfg = load()?;

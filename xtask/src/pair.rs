@@ -263,7 +263,7 @@ impl Pair<'_> {
         let deadline = Instant::now() + Duration::from_secs(120);
         for (i, vm) in self.vms.iter_mut().enumerate() {
             loop {
-                let out = vm.ok(&format!("ip -4 addr show dev {iface}"), CMD)?;
+                let out = vm.ok(&format!("ip -c=never -4 addr show dev {iface}"), CMD)?;
                 if out.contains(&want(hosts[i])) {
                     break;
                 }

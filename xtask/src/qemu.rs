@@ -34,9 +34,7 @@ pub struct BootFiles {
 /// Reads what the card boots out of its FAT partition the way the Pi firmware chooses it:
 /// config.txt's `kernel=` and `initramfs`, and cmdline.txt. Copies them into `dir`.
 pub fn boot_files(sh: &Shell, image: &Path, dir: &Path) -> Result<BootFiles> {
-    let mut f = std::fs::File::open(image).with_context(|| format!("opening {}", image.display()))?;
-    let mbr = mbrman::MBR::read_from(&mut f, 512).context("reading the image's MBR")?;
-    let fat = Fat::partition(image, mbr[1].starting_lba as u64 * 512);
+    let fat = fat_of(image)?;
     std::fs::create_dir_all(dir)?;
     let config = String::from_utf8(fat.read(sh, "config.txt", &dir.join("config.txt"))?).context("config.txt is not UTF-8")?;
     let (kernel, initrd) = firmware_choice(&config).with_context(|| format!("the config.txt of {}", image.display()))?;
@@ -48,6 +46,13 @@ pub fn boot_files(sh: &Shell, image: &Path, dir: &Path) -> Result<BootFiles> {
     }
     let cmdline = std::fs::read_to_string(&out[2])?.trim().to_string();
     Ok(BootFiles { kernel: out[0].clone(), initrd: out[1].clone(), cmdline })
+}
+
+/// The card's boot partition (partition 1 of its MBR).
+pub fn fat_of(image: &Path) -> Result<Fat> {
+    let mut f = std::fs::File::open(image).with_context(|| format!("opening {}", image.display()))?;
+    let mbr = mbrman::MBR::read_from(&mut f, 512).with_context(|| format!("reading the MBR of {}", image.display()))?;
+    Ok(Fat::partition(image, mbr[1].starting_lba as u64 * 512))
 }
 
 /// The kernel and initramfs the firmware loads, from config.txt (`kernel=<file>`,
@@ -131,7 +136,7 @@ pub fn argv(spec: &Spec, boot: &BootFiles, append: &str, overlay: &Path, console
     push("-device");
     push("virtio-serial-pci");
     push("-chardev");
-    push(&format!("socket,id=sh,path={},server=on,wait=off", spec.dir.join("shell.sock").display()));
+    push(&format!("socket,id=sh,path={},server=on,wait=off", spec.dir.join(SHELL_SOCK).display()));
     push("-device");
     push("virtconsole,chardev=sh");
     a
@@ -144,8 +149,15 @@ pub fn overlay(sh: &Shell, image: &Path, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Kernel command-line additions that give the harness its shell on hvc0 (see module docs).
-pub const HARNESS_APPEND: &str = "systemd.debug_shell=hvc0 systemd.mask=serial-getty@hvc0.service";
+/// Kernel command-line additions that give the harness its shell on hvc0 (see module docs), and
+/// turn off the soft-lockup detector: it measures wall time, which an emulated CPU on a busy
+/// host loses in chunks, so it cries "BUG: soft lockup" where a Pi would not.
+pub const HARNESS_APPEND: &str = "systemd.debug_shell=hvc0 systemd.mask=serial-getty@hvc0.service nosoftlockup";
+
+/// Where a VM's serial console is written, in its directory.
+pub const CONSOLE_LOG: &str = "console.log";
+/// The harness shell's socket, in the VM's directory.
+pub const SHELL_SOCK: &str = "shell.sock";
 
 /// Console lines that fail a run whatever the test was doing.
 const FATAL: &[&str] = &["Kernel panic", "Internal error: Oops", "BUG: ", "end Kernel panic", "Failed to start", "emergency mode"];
@@ -161,23 +173,27 @@ pub struct Vm {
 }
 
 impl Vm {
+    /// Boots a card on `-M virt` as the pair test does (see the module docs).
     pub fn start(sh: &Shell, spec: &Spec, boot: &BootFiles, overlay: &Path) -> Result<Vm> {
-        std::fs::create_dir_all(&spec.dir)?;
-        let console_log = spec.dir.join("console.log");
-        // A reboot continues the same log, so the report shows both boots.
-        let console = format!("file,id=con,path={},append=on", console_log.display());
         if let Some((local, _)) = &spec.link {
             let _ = std::fs::remove_file(local);
         }
-        let _ = std::fs::remove_file(spec.dir.join("shell.sock"));
         let append = qemu_cmdline(&boot.cmdline, HARNESS_APPEND);
-        let argv = argv(spec, boot, &append, overlay, &console);
-        std::fs::write(spec.dir.join("qemu.cmdline"), argv.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ") + "\n")?;
-        let handle = proc::spawn(sh.current_dir().as_path(), &argv, &spec.dir.join("qemu.log"))?;
+        let console = format!("file,id=con,path={},append=on", spec.dir.join(CONSOLE_LOG).display());
+        Vm::launch(sh, &spec.name, &spec.dir, &argv(spec, boot, &append, overlay, &console))
+    }
+
+    /// Starts QEMU with `argv`, which must send the guest's console to `<dir>/console.log` (appended
+    /// to, so a reboot continues the same log) and offer the harness shell on `<dir>/shell.sock`.
+    pub fn launch(sh: &Shell, name: &str, dir: &Path, argv: &[OsString]) -> Result<Vm> {
+        std::fs::create_dir_all(dir)?;
+        let _ = std::fs::remove_file(dir.join(SHELL_SOCK));
+        std::fs::write(dir.join("qemu.cmdline"), argv.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ") + "\n")?;
+        let handle = proc::spawn(sh.current_dir().as_path(), argv, &dir.join("qemu.log"))?;
         Ok(Vm {
-            name: spec.name.clone(),
-            dir: spec.dir.clone(),
-            console_log,
+            name: name.to_string(),
+            dir: dir.to_path_buf(),
+            console_log: dir.join(CONSOLE_LOG),
             handle: Some(handle),
             shell: None,
             buf: String::new(),
@@ -209,7 +225,7 @@ impl Vm {
     /// Waits for the guest's shell, then for systemd to finish booting; returns the time taken.
     pub fn wait_booted(&mut self, started: Instant, limit: Duration) -> Result<Duration> {
         let deadline = started + limit;
-        let sock = self.dir.join("shell.sock");
+        let sock = self.dir.join(SHELL_SOCK);
         while self.shell.is_none() {
             if let Some(why) = self.exited() {
                 bail!("{}: QEMU {why} before the guest came up", self.name);
@@ -235,7 +251,7 @@ impl Vm {
             }
             if last.elapsed() > Duration::from_secs(3) {
                 // `$((6*7))` is expanded by the shell, so the echo of our input cannot match.
-                self.send("stty -echo -onlcr 2>/dev/null; PS1=''; PS2=''; export PS1 PS2 SYSTEMD_PAGER=cat; echo @@READY$((6*7))\n")?;
+                self.send("stty -echo -onlcr 2>/dev/null; PS1=''; PS2=''; export PS1 PS2 SYSTEMD_PAGER=cat TERM=dumb NO_COLOR=1 SYSTEMD_COLORS=0; echo @@READY$((6*7))\n")?;
                 last = Instant::now();
             }
             self.pump(Duration::from_millis(500))?;

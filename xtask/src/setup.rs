@@ -23,6 +23,7 @@ pub const PACKAGES: &[&str] = &[
     "dosfstools",             // mkfs.vfat, fsck.vfat
     "e2fsprogs",              // mke2fs, used when ≥ 1.47.1 (else tools.rs fetches one)
     "libarchive13",           // mke2fs -d <tarball>
+    "fdisk",                  // sfdisk: the board test reads the grown partition table
     "openssh-client",         // ssh-keygen; the agent's transport
     "openssh-server",         // sshd for the agent's integration tests
     "rsync",                  // the agent benchmark's baseline

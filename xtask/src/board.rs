@@ -1,0 +1,257 @@
+//! `cargo xtask test board`: every card of the deployment booted the way its Pi boots it, on
+//! QEMU's model of its board family, twice.
+//!
+//! - The card is the SD card: a sparse copy of the .img padded to a power of two (QEMU's SD model
+//!   needs one), bigger than the image so that the first boot has room to grow into.
+//! - Kernel, initramfs and dtb come from the card's FAT partition as the firmware picks them:
+//!   config.txt's `kernel=` and `initramfs`, and the board's upstream dtb name (`upstream_kernel=1`).
+//!   The kernel command line is cmdline.txt as written plus harness-only additions a Pi never
+//!   sees: a root shell on the console's serial port for the checks, `maxcpus=1` (QEMU's raspi
+//!   models always emulate all of the board's cores; on a 2-core host four emulated cores starve
+//!   each other into soft lockups) and `nosoftlockup` (see `qemu::HARNESS_APPEND`).
+//! - On the Pi 3 device tree the PL011 UART belongs to Bluetooth (a serdev, no tty), so the console
+//!   and the harness shell share the mini UART (ttyS1, QEMU's second serial port); everything the
+//!   guest prints there is kept in console.log.
+//! - A FAT32 drive with the configured label is attached as USB storage on the model's dwc2 host.
+//! - Checks, boot 1: root from the SD card, multi-user with no failed unit, the drive fsck'd and
+//!   mounted where configured, the agent's status says the drive is ready, no console line that a
+//!   Pi owner would read as an error of ours. After a clean power-off, from the host: the root
+//!   partition and its ext4 filesystem both reach the end of the SD card (sfdisk, dumpe2fs).
+//!   Boot 2: the same checks, and the partition table and filesystem size are unchanged.
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use xshell::{cmd, Shell};
+
+use crate::config::{Arch, Host, ImageConfig};
+use crate::fat::Fat;
+use crate::proc;
+use crate::qemu::{self, Vm, CONSOLE_LOG, SHELL_SOCK};
+
+const BOOT_LIMIT: Duration = Duration::from_secs(600);
+const CMD: Duration = Duration::from_secs(60);
+
+/// QEMU's model of a board family, and where its console is.
+struct Model {
+    qemu: &'static str,
+    machine: &'static str,
+    /// The dtb the firmware loads for this board with `upstream_kernel=1`.
+    dtb: &'static str,
+    /// QEMU's serial port index of the card's console (`console=` in cmdline.txt).
+    console_tty: &'static str,
+}
+
+fn model_for(arch: Arch) -> Model {
+    match arch {
+        // Pi 3 B (and, with the same SoC, Zero 2 W): the mini UART is ttyS1 and QEMU's 2nd port.
+        Arch::Arm64 => Model { qemu: "qemu-system-aarch64", machine: "raspi3b", dtb: "bcm2837-rpi-3-b.dtb", console_tty: "ttyS1" },
+        Arch::Armhf => Model { qemu: "qemu-system-arm", machine: "raspi2b", dtb: "bcm2836-rpi-2-b.dtb", console_tty: "ttyAMA0" },
+    }
+}
+
+/// What one boot showed.
+pub struct BootReport {
+    pub host: String,
+    pub boot: u32,
+    pub seconds: f64,
+    /// Console lines mentioning an error or failure that were judged not ours (shown in the report).
+    pub noted: Vec<String>,
+}
+
+/// Boots every card of `cfg` (built in `images`) on its board model, two cards at a time.
+pub fn run(sh: &Shell, cfg: &ImageConfig, images: &Path) -> Result<Vec<BootReport>> {
+    let run_dir = sh.current_dir().join("target/board");
+    let _ = std::fs::remove_dir_all(&run_dir);
+    let root = sh.current_dir();
+    let mut reports = Vec::new();
+    for chunk in cfg.hosts.chunks(2) {
+        let results: Vec<Result<Vec<BootReport>>> = std::thread::scope(|s| {
+            let handles: Vec<_> = chunk
+                .iter()
+                .map(|h| {
+                    let (root, run_dir) = (&root, &run_dir);
+                    s.spawn(move || -> Result<Vec<BootReport>> {
+                        let sh = Shell::new()?;
+                        sh.change_dir(root);
+                        let dir = run_dir.join(&h.name);
+                        let r = card(&sh, cfg, h, &images.join(format!("{}.img", h.name)), &dir);
+                        if r.is_err() {
+                            eprintln!("board: {} failed; console log and QEMU command line kept in {}", h.name, dir.display());
+                        }
+                        r.with_context(|| format!("{} on {}", h.name, model_for(cfg.base.arch).machine))
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a board test panicked")))).collect()
+        });
+        for r in results {
+            reports.extend(r?);
+        }
+    }
+    Ok(reports)
+}
+
+/// Both boots of one card and the host-side checks after each.
+fn card(sh: &Shell, cfg: &ImageConfig, host: &Host, image: &Path, dir: &Path) -> Result<Vec<BootReport>> {
+    ensure!(image.exists(), "{} is missing: run `cargo xtask image all`", image.display());
+    std::fs::create_dir_all(dir)?;
+    let model = model_for(cfg.base.arch);
+    let sd = dir.join("sd.img");
+    let image_len = std::fs::metadata(image)?.len();
+    let card_len = (image_len + 1).next_power_of_two();
+    proc::read(cmd!(sh, "cp --sparse=always {image} {sd}"))?;
+    std::fs::OpenOptions::new().write(true).open(&sd)?.set_len(card_len)?;
+    let usb = dir.join("usb.img");
+    let fat = Fat::create(sh, &usb, &cfg.drive.label, 65536, None)?;
+    fat.mkdirs(sh, &["sending", "receiving"])?;
+
+    let boot = qemu::boot_files(sh, image, &dir.join("boot"))?;
+    let dtb = dir.join("boot").join(model.dtb);
+    qemu::fat_of(image)?.copy_out(sh, model.dtb, &dtb).with_context(|| format!("{} is not on the boot partition", model.dtb))?;
+
+    let mut reports = Vec::new();
+    let mut after_first = None;
+    for n in 1..=2 {
+        let started = Instant::now();
+        let mut vm = Vm::launch(sh, &host.name, dir, &argv(&model, &boot, &dtb, &sd, &usb, dir))?;
+        vm.wait_booted(started, BOOT_LIMIT).with_context(|| format!("boot {n}"))?;
+        let seconds = started.elapsed().as_secs_f64();
+        eprintln!("board: {} booted on {} in {seconds:.0}s (boot {n})", host.name, model.machine);
+        check_running(&mut vm, cfg).with_context(|| format!("boot {n}"))?;
+        vm.stop("poweroff", Duration::from_secs(180)).with_context(|| format!("boot {n}: power-off"))?;
+        let noted = console_errors(&vm.console(), host)?;
+        let layout = Layout::read(sh, &sd)?;
+        layout.fills(card_len).with_context(|| format!("after boot {n}"))?;
+        if let Some(first) = &after_first {
+            ensure!(&layout == first, "the second boot changed the card: {first:?} then {layout:?}");
+        }
+        after_first = Some(layout);
+        // Keep each boot's console apart for the report.
+        std::fs::rename(dir.join(CONSOLE_LOG), dir.join(format!("console-boot{n}.log")))?;
+        reports.push(BootReport { host: host.name.clone(), boot: n, seconds, noted });
+    }
+    for f in [&sd, &usb] {
+        let _ = std::fs::remove_file(f);
+    }
+    Ok(reports)
+}
+
+/// The QEMU command line for one boot of the card on `model`.
+fn argv(model: &Model, boot: &qemu::BootFiles, dtb: &Path, sd: &Path, usb: &Path, dir: &Path) -> Vec<OsString> {
+    let append = format!(
+        "{} maxcpus=1 nosoftlockup systemd.debug_shell={tty} systemd.mask=serial-getty@{tty}.service",
+        boot.cmdline,
+        tty = model.console_tty
+    );
+    let shell = format!("socket,id=con,path={},server=on,wait=off,logfile={},logappend=on", dir.join(SHELL_SOCK).display(), dir.join(CONSOLE_LOG).display());
+    let mut a: Vec<String> = vec![model.qemu.into(), "-M".into(), model.machine.into(), "-nodefaults".into(), "-display".into(), "none".into(), "-no-reboot".into()];
+    a.extend(["-kernel".into(), boot.kernel.display().to_string(), "-initrd".into(), boot.initrd.display().to_string()]);
+    a.extend(["-dtb".into(), dtb.display().to_string(), "-append".into(), append]);
+    a.extend(["-drive".into(), format!("if=sd,format=raw,file={}", sd.display())]);
+    a.extend(["-drive".into(), format!("if=none,id=usb,format=raw,file={}", usb.display()), "-device".into(), "usb-storage,drive=usb,removable=on".into()]);
+    a.extend(["-chardev".into(), shell]);
+    // The console's port carries the shell; the other port goes nowhere.
+    let ports = if model.console_tty == "ttyS1" { ["null", "chardev:con"] } else { ["chardev:con", "null"] };
+    for p in ports {
+        a.extend(["-serial".into(), p.into()]);
+    }
+    a.into_iter().map(OsString::from).collect()
+}
+
+/// In the guest: root from the SD card, every unit fine, the drive fsck'd and mounted, the agent
+/// seeing it.
+fn check_running(vm: &mut Vm, cfg: &ImageConfig) -> Result<()> {
+    // The shell shares the console: from here on keep kernel messages off it, so that command
+    // output is not interleaved with them (the boot's messages are already in console.log).
+    vm.ok("dmesg -n 1", CMD)?;
+    let root = vm.ok("findmnt -no SOURCE /", CMD)?;
+    ensure!(root.lines().any(|l| l.trim() == "/dev/mmcblk0p2"), "root is not mounted from the SD card: {root}");
+    let mount = &cfg.drive.mount_point;
+    vm.ok(&format!("findmnt -no FSTYPE {mount} | grep -qx vfat"), CMD).context("the USB drive is not mounted")?;
+    // The fstab entry's fsck ran for the drive and passed (systemd-fsck@<device>.service).
+    let fsck = vm.ok("systemctl list-units --all --plain --no-legend 'systemd-fsck@*' | grep -i label", CMD).unwrap_or_default();
+    ensure!(fsck.contains(&cfg.drive.label) && fsck.contains("exited"), "no successful boot-time fsck of the drive: {fsck}");
+    let status = vm.ok("pi2pi-agent status --json", CMD)?;
+    let json = &status[status.find('{').context("no JSON from pi2pi-agent status")?..];
+    let v: serde_json::Value = serde_json::from_str(json.trim()).with_context(|| format!("pi2pi-agent status: {status}"))?;
+    ensure!(v["drive_ready"] == serde_json::Value::Bool(true), "the agent does not see the drive: {status}");
+    Ok(())
+}
+
+/// Console lines that read as errors. Ours (our units, our config files, the drive, the root
+/// filesystem's growth) fail the test; the rest (the emulated board lacking hardware a Pi has)
+/// are returned for the report.
+fn console_errors(console: &str, host: &Host) -> Result<Vec<String>> {
+    const OURS: &[&str] = &["pi2pi", "dnsmasq", "dhcpcd", "ssh", "fstab", "growfs", "growroot", "PI2PI", "mmcblk0p2", "Failed to start", "FAILED", "emergency"];
+    let mut noted = Vec::new();
+    for l in console.lines() {
+        let lower = l.to_lowercase();
+        if !(lower.contains("error") || lower.contains("fail") || lower.contains("warn")) {
+            continue;
+        }
+        if OURS.iter().any(|o| l.contains(o)) {
+            bail!("{}: console line reads as an error of ours: {}", host.name, l.trim());
+        }
+        noted.push(l.trim().to_string());
+    }
+    Ok(noted)
+}
+
+/// The card's partition table and root filesystem size, read from the host after power-off.
+#[derive(Debug, PartialEq, Eq)]
+struct Layout {
+    /// (start, size) of partition 2 in 512-byte sectors.
+    root_part: (u64, u64),
+    /// The ext4 filesystem's size in bytes (block count × block size).
+    root_fs_bytes: u64,
+    table: String,
+}
+
+impl Layout {
+    fn read(sh: &Shell, sd: &Path) -> Result<Layout> {
+        let table = proc::read(cmd!(sh, "sfdisk --json {sd}"))?;
+        let v: serde_json::Value = serde_json::from_str(&table)?;
+        let p = &v["partitiontable"]["partitions"][1];
+        let (start, size) = (p["start"].as_u64().context("no partition 2")?, p["size"].as_u64().context("no partition 2")?);
+        let spec = format!("{}?offset={}", sd.display(), start * 512);
+        let head = proc::read(cmd!(sh, "dumpe2fs -h {spec}"))?;
+        let field = |name: &str| -> Result<u64> {
+            head.lines()
+                .find_map(|l| l.strip_prefix(name).map(|v| v.trim().parse::<u64>()))
+                .with_context(|| format!("dumpe2fs printed no `{name}`"))?
+                .with_context(|| format!("dumpe2fs `{name}`"))
+        };
+        let root_fs_bytes = field("Block count:")? * field("Block size:")?;
+        Ok(Layout { root_part: (start, size), root_fs_bytes, table })
+    }
+
+    /// The root partition ends within 1 MiB of the card's end, and its filesystem fills it
+    /// (to within one 4 MiB step: resize2fs rounds down to whole block groups' worth of blocks).
+    fn fills(&self, card_len: u64) -> Result<()> {
+        let (start, size) = self.root_part;
+        let part_end = (start + size) * 512;
+        ensure!(card_len - part_end < 1 << 20, "partition 2 ends at {part_end} of a {card_len}-byte card: not grown\n{}", self.table);
+        let part_bytes = size * 512;
+        ensure!(
+            part_bytes - self.root_fs_bytes.min(part_bytes) < 4 << 20,
+            "the root filesystem is {} bytes in a {part_bytes}-byte partition: not grown",
+            self.root_fs_bytes
+        );
+        Ok(())
+    }
+}
+
+/// One line per boot, with the console lines that were noted but not judged ours.
+pub fn render(reports: &[BootReport]) -> String {
+    let mut s = String::new();
+    for r in reports {
+        s += &format!("board: {} boot {}: {:.0}s to multi-user; {} console lines noted\n", r.host, r.boot, r.seconds, r.noted.len());
+        for l in &r.noted {
+            s += &format!("    {l}\n");
+        }
+    }
+    s
+}
