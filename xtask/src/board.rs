@@ -8,7 +8,8 @@
 //!   The kernel command line is cmdline.txt as written plus harness-only additions a Pi never
 //!   sees: a root shell on the console's serial port for the checks, `maxcpus=1` (QEMU's raspi
 //!   models always emulate all of the board's cores; on a 2-core host four emulated cores starve
-//!   each other into soft lockups) and `nosoftlockup` (see `qemu::HARNESS_APPEND`).
+//!   each other into soft lockups), `nosoftlockup` (see `qemu::HARNESS_APPEND`) and a longer wait
+//!   for devices (udev on the emulated board is minutes slow, where a Pi's takes seconds).
 //! - On the Pi 3 device tree the PL011 UART belongs to Bluetooth (a serdev, no tty), so the console
 //!   and the harness shell share the mini UART (ttyS1, QEMU's second serial port); everything the
 //!   guest prints there is kept in console.log.
@@ -32,6 +33,9 @@ use crate::proc;
 use crate::qemu::{self, Vm, CONSOLE_LOG, SHELL_SOCK};
 
 const BOOT_LIMIT: Duration = Duration::from_secs(600);
+/// How long systemd waits for a device (default 90 s). Emulated, the Pi 3's udev takes minutes to
+/// announce the SD card's partitions; a real Pi takes a second or two.
+const DEVICE_TIMEOUT_S: u32 = 400;
 const CMD: Duration = Duration::from_secs(60);
 
 /// QEMU's model of a board family, and where its console is.
@@ -142,7 +146,7 @@ fn card(sh: &Shell, cfg: &ImageConfig, host: &Host, image: &Path, dir: &Path) ->
 /// The QEMU command line for one boot of the card on `model`.
 fn argv(model: &Model, boot: &qemu::BootFiles, dtb: &Path, sd: &Path, usb: &Path, dir: &Path) -> Vec<OsString> {
     let append = format!(
-        "{} maxcpus=1 nosoftlockup systemd.debug_shell={tty} systemd.mask=serial-getty@{tty}.service",
+        "{} maxcpus=1 nosoftlockup systemd.default_device_timeout_sec={DEVICE_TIMEOUT_S} systemd.debug_shell={tty} systemd.mask=serial-getty@{tty}.service",
         boot.cmdline,
         tty = model.console_tty
     );
