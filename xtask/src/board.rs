@@ -28,6 +28,7 @@ use anyhow::{bail, ensure, Context, Result};
 use xshell::{cmd, Shell};
 
 use crate::config::{Arch, Host, ImageConfig};
+use crate::boards;
 use crate::fat::Fat;
 use crate::proc;
 use crate::qemu::{self, Vm, CONSOLE_LOG, SHELL_SOCK};
@@ -44,16 +45,19 @@ struct Model {
     machine: &'static str,
     /// The dtb the firmware loads for this board with `upstream_kernel=1`.
     dtb: &'static str,
-    /// QEMU's serial port index of the card's console (`console=` in cmdline.txt).
+    /// The tty of the card's console (`console=` in cmdline.txt) on this board's device tree.
     console_tty: &'static str,
 }
 
-fn model_for(arch: Arch) -> Model {
-    match arch {
-        // Pi 3 B (and, with the same SoC, Zero 2 W): the mini UART is ttyS1 and QEMU's 2nd port.
-        Arch::Arm64 => Model { qemu: "qemu-system-aarch64", machine: "raspi3b", dtb: "bcm2837-rpi-3-b.dtb", console_tty: "ttyS1" },
-        Arch::Armhf => Model { qemu: "qemu-system-arm", machine: "raspi2b", dtb: "bcm2836-rpi-2-b.dtb", console_tty: "ttyAMA0" },
-    }
+fn model_for(arch: Arch) -> Result<Model> {
+    let board = boards::emulated(arch).with_context(|| format!("QEMU models none of the boards a {} card is for", arch.deb()))?;
+    let machine = board.qemu_machine.unwrap_or_default();
+    Ok(match arch {
+        // Pi 3: the PL011 belongs to Bluetooth; the console is the mini UART, ttyS1, QEMU's 2nd port.
+        Arch::Arm64 => Model { qemu: "qemu-system-aarch64", machine, dtb: board.dtb, console_tty: "ttyS1" },
+        // Pi 2: the PL011 is the console, ttyAMA0, QEMU's 1st port.
+        Arch::Armhf => Model { qemu: "qemu-system-arm", machine, dtb: board.dtb, console_tty: "ttyAMA0" },
+    })
 }
 
 /// What one boot showed.
@@ -85,7 +89,7 @@ pub fn run(sh: &Shell, cfg: &ImageConfig, images: &Path) -> Result<Vec<BootRepor
                         if r.is_err() {
                             eprintln!("board: {} failed; console log and QEMU command line kept in {}", h.name, dir.display());
                         }
-                        r.with_context(|| format!("{} on {}", h.name, model_for(cfg.base.arch).machine))
+                        r.with_context(|| format!("{} on its board model", h.name))
                     })
                 })
                 .collect();
@@ -102,7 +106,7 @@ pub fn run(sh: &Shell, cfg: &ImageConfig, images: &Path) -> Result<Vec<BootRepor
 fn card(sh: &Shell, cfg: &ImageConfig, host: &Host, image: &Path, dir: &Path) -> Result<Vec<BootReport>> {
     ensure!(image.exists(), "{} is missing: run `cargo xtask image all`", image.display());
     std::fs::create_dir_all(dir)?;
-    let model = model_for(cfg.base.arch);
+    let model = model_for(cfg.base.arch)?;
     let sd = dir.join("sd.img");
     let image_len = std::fs::metadata(image)?.len();
     let card_len = (image_len + 1).next_power_of_two();

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use xshell::Shell;
 
 use crate::config::{Host, ImageConfig};
-use crate::{agent_build, base, disk, keys, layers, rootfs, setup, tools};
+use crate::{agent_build, base, boards, disk, keys, layers, rootfs, setup, tools};
 
 pub struct Options {
     pub update_lock: bool,
@@ -180,6 +180,7 @@ fn build_host(sh: &Shell, shared: &Shared, host: &Host) -> Result<Built> {
     // The firmware's own config.txt/cmdline.txt give way to ours.
     let mut boot: BTreeMap<String, Vec<u8>> = facts.boot.clone();
     boot.extend(layer.boot.clone());
+    boards::check_boot_partition(cfg.base.arch, &boot)?;
     let boot_img = work.join("boot.vfat");
     disk::boot_fs(sh, &boot, cfg.image.boot_mib, ids.boot_volid, epoch, &work, &boot_img)?;
     let root_img = work.join("root.ext4");

@@ -4,6 +4,7 @@ mod agent_build;
 mod base;
 mod bench;
 mod board;
+mod boards;
 mod cache;
 mod config;
 mod disk;
