@@ -344,7 +344,7 @@ mod tests {
         let agent = pi2pi_agent::config::Config::parse(Path::new("agent.toml"), text(&l, "etc/pi2pi/agent.toml")).unwrap();
         assert_eq!((agent.node.as_str(), agent.peers.len(), agent.peers[0].name.as_str()), ("rpa", 1, "rpb"));
         assert_eq!(agent.drive.label, cfg.drive.label);
-        assert!(text(&l, "etc/fstab").contains("LABEL=PI2PI\t/media/pi/PI2PI\tvfat\tnofail"));
+        assert!(text(&l, "etc/fstab").contains("LABEL=PI2PI\t/media/pi/PI2PI\tvfat\tnoauto,nofail"));
         assert!(text(&l, "etc/udev/rules.d/90-pi2pi-drive.rules").contains("media-pi-PI2PI.mount"));
         let boot_cfg = std::str::from_utf8(&l.boot["config.txt"]).unwrap();
         assert!(boot_cfg.contains("kernel=vmlinuz-6.12.0-arm64") && boot_cfg.contains("initramfs initrd.img-6.12.0-arm64"), "{boot_cfg}");
