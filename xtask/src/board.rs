@@ -178,7 +178,7 @@ fn check_running(vm: &mut Vm, cfg: &ImageConfig) -> Result<()> {
     let root = vm.ok("findmnt -no SOURCE /", CMD)?;
     ensure!(root.lines().any(|l| l.trim() == "/dev/mmcblk0p2"), "root is not mounted from the SD card: {root}");
     let mount = &cfg.drive.mount_point;
-    vm.ok(&format!("findmnt -no FSTYPE {mount} | grep -qx vfat"), CMD).context("the USB drive is not mounted")?;
+    qemu::wait_mounted(vm, mount, "vfat")?;
     // The fstab entry's fsck ran for the drive and passed (systemd-fsck@<device>.service).
     let fsck = vm.ok("systemctl list-units --all --plain --no-legend 'systemd-fsck@*' | grep -i label", CMD).unwrap_or_default();
     ensure!(fsck.contains(&cfg.drive.label) && fsck.contains("exited"), "no successful boot-time fsck of the drive: {fsck}");

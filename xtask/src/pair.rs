@@ -247,7 +247,7 @@ impl Pair<'_> {
                 ensure!(c != 0, "{}: pi2pi-agent.service is enabled with the cron schedule", h.name);
                 vm.ok("systemctl is-active cron && test -f /etc/cron.d/pi2pi-agent", CMD)?;
             }
-            vm.ok(&format!("findmnt -no FSTYPE {mount} | grep -qx vfat"), CMD).context("the USB drive is not mounted")?;
+            qemu::wait_mounted(vm, mount, "vfat")?;
             let timers = crate::layers::OFFLINE_MASKED.join(" ");
             let (_, state) = vm.exec(&format!("systemctl is-enabled {timers}"), CMD)?;
             ensure!(state.lines().all(|l| l.trim() == "masked"), "{}: {timers} should be masked on an offline card: {state}", h.name);
