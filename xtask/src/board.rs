@@ -130,7 +130,9 @@ fn card(sh: &Shell, cfg: &ImageConfig, host: &Host, image: &Path, dir: &Path) ->
         eprintln!("board: {} booted on {} in {seconds:.0}s (boot {n})", host.name, model.machine);
         check_running(&mut vm, cfg).with_context(|| format!("boot {n}"))?;
         vm.stop("poweroff", Duration::from_secs(180)).with_context(|| format!("boot {n}: power-off"))?;
-        let noted = console_errors(&vm.console(), host)?;
+        // The boot's part of the console: what came before the harness shell answered.
+        let console = vm.console();
+        let noted = console_errors(console.split(qemu::READY).next().unwrap_or(""), host)?;
         let layout = Layout::read(sh, &sd)?;
         layout.fills(card_len).with_context(|| format!("after boot {n}"))?;
         if let Some(first) = &after_first {
@@ -179,9 +181,13 @@ fn check_running(vm: &mut Vm, cfg: &ImageConfig) -> Result<()> {
     ensure!(root.lines().any(|l| l.trim() == "/dev/mmcblk0p2"), "root is not mounted from the SD card: {root}");
     let mount = &cfg.drive.mount_point;
     qemu::wait_mounted(vm, mount, "vfat")?;
-    // The fstab entry's fsck ran for the drive and passed (systemd-fsck@<device>.service).
-    let fsck = vm.ok("systemctl list-units --all --plain --no-legend 'systemd-fsck@*' | grep -i label", CMD).unwrap_or_default();
-    ensure!(fsck.contains(&cfg.drive.label) && fsck.contains("exited"), "no successful boot-time fsck of the drive: {fsck}");
+    // The fstab entry's fsck ran for the drive, before its mount, and passed.
+    let label = &cfg.drive.label;
+    let fsck = vm.ok(&format!("systemctl show -p ActiveState,Result \"systemd-fsck@$(systemd-escape --path /dev/disk/by-label/{label}).service\""), CMD)?;
+    ensure!(
+        fsck.lines().any(|l| l.trim() == "ActiveState=active") && fsck.lines().any(|l| l.trim() == "Result=success"),
+        "no successful fsck of the drive before it was mounted: {fsck}"
+    );
     let status = vm.ok("pi2pi-agent status --json", CMD)?;
     let json = &status[status.find('{').context("no JSON from pi2pi-agent status")?..];
     let v: serde_json::Value = serde_json::from_str(json.trim()).with_context(|| format!("pi2pi-agent status: {status}"))?;

@@ -154,6 +154,10 @@ pub fn overlay(sh: &Shell, image: &Path, path: &Path) -> Result<()> {
 /// host loses in chunks, so it cries "BUG: soft lockup" where a Pi would not.
 pub const HARNESS_APPEND: &str = "systemd.debug_shell=hvc0 systemd.mask=serial-getty@hvc0.service nosoftlockup";
 
+/// What the harness shell prints once it is ready (`$((6*7))` expanded, so the echo of the
+/// command itself cannot match).
+pub const READY: &str = "@@READY42";
+
 /// Where a VM's serial console is written, in its directory.
 pub const CONSOLE_LOG: &str = "console.log";
 /// The harness shell's socket, in the VM's directory.
@@ -255,8 +259,8 @@ impl Vm {
                 last = Instant::now();
             }
             self.pump(Duration::from_millis(500))?;
-            if let Some(i) = self.buf.find("@@READY42") {
-                self.buf.drain(..i + 9);
+            if let Some(i) = self.buf.find(READY) {
+                self.buf.drain(..i + READY.len());
                 break;
             }
         }
