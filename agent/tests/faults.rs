@@ -26,6 +26,8 @@ fn gone(pid: u32) -> bool {
     }
 }
 
+// One piece on purpose: a single scenario (kill, check, write the next generation) whose
+// counters and version history run through the whole loop.
 #[test]
 fn kill_minus_nine_at_random_points_loses_and_duplicates_nothing() {
     let t = tempfile::tempdir().unwrap();

@@ -224,44 +224,8 @@ pub fn agent(sh: &Shell) -> Result<()> {
     let mut ratios: Vec<f64> = runs[0].iter().zip(&runs[1]).map(|(a, r)| r.secs / a.secs).collect();
     ratios.sort_by(|p, q| p.total_cmp(q));
 
-    // Latency: the daemon, one small file at a time, close → visible at the receiver.
-    let lat_conf = dir.join("lat.toml");
-    let (la, lb) = (dir.join("la"), dir.join("lb"));
-    std::fs::create_dir_all(la.join("sending"))?;
-    std::fs::create_dir_all(lb.join("receiving"))?;
-    let lb_conf = dir.join("lb.toml");
-    node_config(&lb_conf, "rpb", &lb, &dir.join("lb-state"), "")?;
-    let (sshd2, _) = start_sshd(sh, &dir.join("ssh2"), &format!("{} --config {} serve", bin.display(), lb_conf.display()))?;
-    let peer2 = sshd2.peer();
-    node_config(&lat_conf, "rpa", &la, &dir.join("la-state"), &peer2)?;
-    let daemon_argv: Vec<OsString> = vec![bin.clone().into(), "--config".into(), lat_conf.clone().into(), "run".into()];
-    let daemon = proc::spawn(&dir, &daemon_argv, &dir.join("latency-daemon.log"))?;
-    std::thread::sleep(Duration::from_secs(1));
-    let mut lat = Vec::new();
-    for i in 0..20 {
-        let name = format!("small-{i}.txt");
-        let t;
-        {
-            let mut f = std::fs::File::create(la.join("sending").join(&name))?;
-            f.write_all(&vec![b'x'; 4096])?;
-            drop(f);
-            t = Instant::now();
-        }
-        while !lb.join("receiving").join(&name).exists() {
-            ensure!(t.elapsed() < Duration::from_secs(20), "{name} never arrived");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        lat.push(t.elapsed().as_secs_f64());
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    let daemon_kib = std::fs::read_to_string(format!("/proc/{}/status", daemon.pids()[0]))?
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .unwrap_or(0);
-    let _ = daemon.kill();
-    drop((sshd, sshd2));
-    lat.sort_by(|x, y| x.partial_cmp(y).unwrap());
+    drop(sshd);
+    let (lat, daemon_kib) = latency(sh, &bin, &dir)?;
 
     let size = |t: &str| std::fs::metadata(root.join(format!("target/{t}/release/pi2pi-agent"))).map(|m| m.len()).unwrap_or(0);
     let mib = bytes as f64 / (1 << 20) as f64;
@@ -301,6 +265,50 @@ pub fn agent(sh: &Shell) -> Result<()> {
     );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// Latency: the daemon, one small file at a time, from its close to its being visible at the
+/// receiver (sorted seconds), and the daemon's peak RSS in KiB.
+fn latency(sh: &Shell, bin: &Path, dir: &Path) -> Result<(Vec<f64>, u64)> {
+    let lat_conf = dir.join("lat.toml");
+    let (la, lb) = (dir.join("la"), dir.join("lb"));
+    std::fs::create_dir_all(la.join("sending"))?;
+    std::fs::create_dir_all(lb.join("receiving"))?;
+    let lb_conf = dir.join("lb.toml");
+    node_config(&lb_conf, "rpb", &lb, &dir.join("lb-state"), "")?;
+    let (sshd2, _) = start_sshd(sh, &dir.join("ssh2"), &format!("{} --config {} serve", bin.display(), lb_conf.display()))?;
+    let peer2 = sshd2.peer();
+    node_config(&lat_conf, "rpa", &la, &dir.join("la-state"), &peer2)?;
+    let daemon_argv: Vec<OsString> = vec![bin.into(), "--config".into(), lat_conf.clone().into(), "run".into()];
+    let daemon = proc::spawn(&dir, &daemon_argv, &dir.join("latency-daemon.log"))?;
+    std::thread::sleep(Duration::from_secs(1));
+    let mut lat = Vec::new();
+    for i in 0..20 {
+        let name = format!("small-{i}.txt");
+        let t;
+        {
+            let mut f = std::fs::File::create(la.join("sending").join(&name))?;
+            f.write_all(&vec![b'x'; 4096])?;
+            drop(f);
+            t = Instant::now();
+        }
+        while !lb.join("receiving").join(&name).exists() {
+            ensure!(t.elapsed() < Duration::from_secs(20), "{name} never arrived");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        lat.push(t.elapsed().as_secs_f64());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let daemon_kib = std::fs::read_to_string(format!("/proc/{}/status", daemon.pids()[0]))?
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    let _ = daemon.kill();
+    drop(sshd2);
+    lat.sort_by(|x, y| x.partial_cmp(y).unwrap());
+
+    Ok((lat, daemon_kib))
 }
 
 pub fn image(sh: &Shell, cfg: &ImageConfig) -> Result<()> {
