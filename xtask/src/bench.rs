@@ -4,9 +4,9 @@
 //! through the same ssh; close-to-arrival latency of small files with the daemon; RSS; binary size.
 //! image: cold build of every image with an empty cache, then a rebuild after an agent-only change.
 
+use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -144,6 +144,9 @@ fn timed(argv: &[OsString], report: &Path) -> Result<Run> {
     Ok(Run { secs, kib, cpu })
 }
 
+/// Single runs on a shared machine vary by ±10 % or more: alternate the three, report medians.
+const ROUNDS: usize = 5;
+
 pub fn agent(sh: &Shell) -> Result<()> {
     crate::setup::ensure(sh, crate::config::Arch::Arm64)?;
     proc::run(cmd!(sh, "cargo build --quiet --release --locked -p pi2pi-agent"))?;
@@ -184,8 +187,6 @@ pub fn agent(sh: &Shell) -> Result<()> {
         argv.extend(["-e".as_ref(), ssh.as_ref(), src.as_ref(), std::ffi::OsStr::new(&dst)]);
         time(&argv)
     };
-    // Single runs on a shared machine vary by ±10 % or more: alternate the three, report medians.
-    const ROUNDS: usize = 5;
     let mut runs: [Vec<Run>; 3] = Default::default();
     for round in 0..ROUNDS {
         // Each run starts from an empty destination (and the agent from an empty journal), with
@@ -208,6 +209,30 @@ pub fn agent(sh: &Shell) -> Result<()> {
         let last = |i: usize| runs[i].last().map_or(0.0, |r: &Run| r.secs);
         eprintln!("bench: round {}: agent {:.2} s, rsync {:.2} s, rsync --fsync {:.2} s", round + 1, last(0), last(1), last(2));
     }
+    drop(sshd);
+    let (lat, daemon_kib) = latency(sh, &bin, &dir)?;
+
+    let size = |t: &str| std::fs::metadata(root.join(format!("target/{t}/release/pi2pi-agent"))).map(|m| m.len()).unwrap_or(0);
+    print_throughput(files, bytes, &runs);
+    println!(
+        "  latency close->arrival (4 KiB, daemon, settle 300 ms): median {:.3} s, p90 {:.3} s, max {:.3} s (goal <= 1 s)",
+        lat[lat.len() / 2],
+        lat[lat.len() * 9 / 10],
+        lat[lat.len() - 1]
+    );
+    println!("  daemon peak RSS {daemon_kib} KiB");
+    println!(
+        "  binary size: aarch64-musl (static) {} bytes, armv7-gnueabihf (static) {} bytes, x86_64 {} bytes",
+        size("aarch64-unknown-linux-musl"),
+        size("armv7-unknown-linux-gnueabihf"),
+        size(".")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// The throughput table: medians of the alternated runs, ranges, CPU time, ratios.
+fn print_throughput(files: usize, bytes: u64, runs: &[Vec<Run>; 3]) {
     let agent_kib = runs[0].iter().map(|r| r.kib).max().unwrap_or(0);
     let median = |v: &[Run], f: fn(&Run) -> f64| {
         let mut x: Vec<f64> = v.iter().map(f).collect();
@@ -224,10 +249,6 @@ pub fn agent(sh: &Shell) -> Result<()> {
     let mut ratios: Vec<f64> = runs[0].iter().zip(&runs[1]).map(|(a, r)| r.secs / a.secs).collect();
     ratios.sort_by(|p, q| p.total_cmp(q));
 
-    drop(sshd);
-    let (lat, daemon_kib) = latency(sh, &bin, &dir)?;
-
-    let size = |t: &str| std::fs::metadata(root.join(format!("target/{t}/release/pi2pi-agent"))).map(|m| m.len()).unwrap_or(0);
     let mib = bytes as f64 / (1 << 20) as f64;
     println!(
         "agent benchmark ({files} files, {mib:.0} MiB, ssh on 127.0.0.1; median of {ROUNDS} alternated runs (range); machine CPU time):"
@@ -250,21 +271,6 @@ pub fn agent(sh: &Shell) -> Result<()> {
         ratios[ratios.len() - 1],
         rsync_fsync_s / agent_s
     );
-    println!(
-        "  latency close->arrival (4 KiB, daemon, settle 300 ms): median {:.3} s, p90 {:.3} s, max {:.3} s (goal <= 1 s)",
-        lat[lat.len() / 2],
-        lat[lat.len() * 9 / 10],
-        lat[lat.len() - 1]
-    );
-    println!("  daemon peak RSS {daemon_kib} KiB");
-    println!(
-        "  binary size: aarch64-musl (static) {} bytes, armv7-gnueabihf (static) {} bytes, x86_64 {} bytes",
-        size("aarch64-unknown-linux-musl"),
-        size("armv7-unknown-linux-gnueabihf"),
-        size(".")
-    );
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(())
 }
 
 /// Latency: the daemon, one small file at a time, from its close to its being visible at the
@@ -280,7 +286,7 @@ fn latency(sh: &Shell, bin: &Path, dir: &Path) -> Result<(Vec<f64>, u64)> {
     let peer2 = sshd2.peer();
     node_config(&lat_conf, "rpa", &la, &dir.join("la-state"), &peer2)?;
     let daemon_argv: Vec<OsString> = vec![bin.into(), "--config".into(), lat_conf.clone().into(), "run".into()];
-    let daemon = proc::spawn(&dir, &daemon_argv, &dir.join("latency-daemon.log"))?;
+    let daemon = proc::spawn(dir, &daemon_argv, &dir.join("latency-daemon.log"))?;
     std::thread::sleep(Duration::from_secs(1));
     let mut lat = Vec::new();
     for i in 0..20 {

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::config::{Arch, Host, ImageConfig};
 use crate::boards;
+use crate::config::{Arch, Host, ImageConfig};
 use crate::fat::Fat;
 use crate::proc;
 use crate::qemu::{self, Vm, CONSOLE_LOG, SHELL_SOCK};
@@ -156,12 +156,29 @@ fn argv(model: &Model, boot: &qemu::BootFiles, dtb: &Path, sd: &Path, usb: &Path
         boot.cmdline,
         tty = model.console_tty
     );
-    let shell = format!("socket,id=con,path={},server=on,wait=off,logfile={},logappend=on", dir.join(SHELL_SOCK).display(), dir.join(CONSOLE_LOG).display());
-    let mut a: Vec<String> = vec![model.qemu.into(), "-M".into(), model.machine.into(), "-nodefaults".into(), "-display".into(), "none".into(), "-no-reboot".into()];
+    let shell = format!(
+        "socket,id=con,path={},server=on,wait=off,logfile={},logappend=on",
+        dir.join(SHELL_SOCK).display(),
+        dir.join(CONSOLE_LOG).display()
+    );
+    let mut a: Vec<String> = vec![
+        model.qemu.into(),
+        "-M".into(),
+        model.machine.into(),
+        "-nodefaults".into(),
+        "-display".into(),
+        "none".into(),
+        "-no-reboot".into(),
+    ];
     a.extend(["-kernel".into(), boot.kernel.display().to_string(), "-initrd".into(), boot.initrd.display().to_string()]);
     a.extend(["-dtb".into(), dtb.display().to_string(), "-append".into(), append]);
     a.extend(["-drive".into(), format!("if=sd,format=raw,file={}", sd.display())]);
-    a.extend(["-drive".into(), format!("if=none,id=usb,format=raw,file={}", usb.display()), "-device".into(), "usb-storage,drive=usb,removable=on".into()]);
+    a.extend([
+        "-drive".into(),
+        format!("if=none,id=usb,format=raw,file={}", usb.display()),
+        "-device".into(),
+        "usb-storage,drive=usb,removable=on".into(),
+    ]);
     a.extend(["-chardev".into(), shell]);
     // The console's port carries the shell; the other port goes nowhere.
     let ports = if model.console_tty == "ttyS1" { ["null", "chardev:con"] } else { ["chardev:con", "null"] };
@@ -183,7 +200,10 @@ fn check_running(vm: &mut Vm, cfg: &ImageConfig) -> Result<()> {
     qemu::wait_mounted(vm, mount, "vfat")?;
     // The fstab entry's fsck ran for the drive, before its mount, and passed.
     let label = &cfg.drive.label;
-    let fsck = vm.ok(&format!("systemctl show -p ActiveState,Result \"systemd-fsck@$(systemd-escape --path /dev/disk/by-label/{label}).service\""), CMD)?;
+    let fsck = vm.ok(
+        &format!("systemctl show -p ActiveState,Result \"systemd-fsck@$(systemd-escape --path /dev/disk/by-label/{label}).service\""),
+        CMD,
+    )?;
     ensure!(
         fsck.lines().any(|l| l.trim() == "ActiveState=active") && fsck.lines().any(|l| l.trim() == "Result=success"),
         "no successful fsck of the drive before it was mounted: {fsck}"
@@ -199,7 +219,20 @@ fn check_running(vm: &mut Vm, cfg: &ImageConfig) -> Result<()> {
 /// filesystem's growth) fail the test; the rest (the emulated board lacking hardware a Pi has)
 /// are returned for the report.
 fn console_errors(console: &str, host: &Host) -> Result<Vec<String>> {
-    const OURS: &[&str] = &["pi2pi", "dnsmasq", "dhcpcd", "ssh", "fstab", "growfs", "growroot", "PI2PI", "mmcblk0p2", "Failed to start", "FAILED", "emergency"];
+    const OURS: &[&str] = &[
+        "pi2pi",
+        "dnsmasq",
+        "dhcpcd",
+        "ssh",
+        "fstab",
+        "growfs",
+        "growroot",
+        "PI2PI",
+        "mmcblk0p2",
+        "Failed to start",
+        "FAILED",
+        "emergency",
+    ];
     let mut noted = Vec::new();
     for l in console.lines() {
         let lower = l.to_lowercase();

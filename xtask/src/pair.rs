@@ -319,7 +319,8 @@ impl Pair<'_> {
                     break;
                 }
                 if Instant::now() > deadline {
-                    let (_, status) = vm.exec("pi2pi-agent status; journalctl -b --no-pager -t pi2pi-agent -u pi2pi-agent | tail -30", CMD)?;
+                    let (_, status) =
+                        vm.exec("pi2pi-agent status; journalctl -b --no-pager -t pi2pi-agent -u pi2pi-agent | tail -30", CMD)?;
                     bail!("{}: receiving/ after {:?}:\n{got:#?}\nexpected:\n{want:#?}\n{status}", vm.name, limit);
                 }
                 std::thread::sleep(Duration::from_secs(2));
@@ -360,7 +361,8 @@ impl Pair<'_> {
         let t = self.vms[c].wait_booted(restarted, BOOT_LIMIT)?;
         eprintln!("qemu: {} rebooted in {:.0}s", self.hosts[c].name, t.as_secs_f64());
         let name = "after-reboot.bin";
-        let sum = self.vms[self.server].ok(&format!("head -c 50000 /dev/urandom > {mount}/sending/{name} && sha256sum < {mount}/sending/{name}"), CMD)?;
+        let sum = self.vms[self.server]
+            .ok(&format!("head -c 50000 /dev/urandom > {mount}/sending/{name} && sha256sum < {mount}/sending/{name}"), CMD)?;
         let limit = self.sync_limit();
         wait_arrival(&mut self.vms[c], &format!("{receiving}/{name}"), &sum, limit).context("after the reboot")?;
         // Both senders idle (nothing pending, no pass running): a resend would have happened by now.
@@ -393,7 +395,12 @@ impl Pair<'_> {
             let scratch = run_dir.join("compare");
             let sent = drive_tree(self.sh, &self.specs[i].dir.join("usb.img"), "sending", &scratch.join("a"))?;
             let got = drive_tree(self.sh, &self.specs[1 - i].dir.join("usb.img"), "receiving", &scratch.join("b"))?;
-            ensure!(sent == got, "{}'s sending/ and {}'s receiving/ differ on disk:\n{sent:#?}\n{got:#?}", hosts[i].name, hosts[1 - i].name);
+            ensure!(
+                sent == got,
+                "{}'s sending/ and {}'s receiving/ differ on disk:\n{sent:#?}\n{got:#?}",
+                hosts[i].name,
+                hosts[1 - i].name
+            );
             let _ = std::fs::remove_dir_all(&scratch);
         }
         Ok(())
@@ -406,7 +413,8 @@ fn wait_idle(vm: &mut Vm, limit: Duration) -> Result<()> {
     loop {
         let (running, _) = vm.exec("pgrep -f 'pi2pi-agent sync' >/dev/null", CMD)?;
         let status = vm.ok("cat /var/lib/pi2pi/status.json", CMD)?;
-        let st: pi2pi_agent::status::Status = serde_json::from_str(&status).with_context(|| format!("{}: status.json: {status}", vm.name))?;
+        let st: pi2pi_agent::status::Status =
+            serde_json::from_str(&status).with_context(|| format!("{}: status.json: {status}", vm.name))?;
         if running != 0 && st.peers.iter().all(|p| p.pending.is_empty()) {
             return Ok(());
         }

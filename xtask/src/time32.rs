@@ -17,7 +17,8 @@ use crate::config::Arch;
 use crate::{agent_build, proc, setup};
 
 /// (file name, date for `touch -d`)
-const DATED: &[(&str, &str)] = &[("dos-era.txt", "1980-01-02 00:00:00 UTC"), ("before.txt", "2037-12-31 23:59:58 UTC"), ("after.txt", "2040-02-29 12:00:00 UTC")];
+const DATED: &[(&str, &str)] =
+    &[("dos-era.txt", "1980-01-02 00:00:00 UTC"), ("before.txt", "2037-12-31 23:59:58 UTC"), ("after.txt", "2040-02-29 12:00:00 UTC")];
 
 pub fn check(sh: &Shell, arch: Arch) -> Result<()> {
     setup::ensure(sh, arch)?;
