@@ -88,8 +88,8 @@ pub fn run(sh: &Shell, cfg: &ImageConfig, images: &Path) -> Result<Vec<BootRepor
                         sh.change_dir(root);
                         let dir = run_dir.join(&h.name);
                         let r = card(&sh, cfg, h, &images.join(format!("{}.img", h.name)), &dir);
-                        if r.is_err() {
-                            eprintln!("board: {} failed; console log and QEMU command line kept in {}", h.name, dir.display());
+                        if let Err(e) = &r {
+                            eprintln!("board: {} failed: {e:#}\n  console log and QEMU command line kept in {}", h.name, dir.display());
                         }
                         r.with_context(|| format!("{} on its board model", h.name))
                     })

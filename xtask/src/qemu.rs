@@ -267,7 +267,9 @@ impl Vm {
         let left = deadline.saturating_duration_since(Instant::now());
         let (_, state) = self.exec("systemctl is-system-running --wait", left)?;
         let t = started.elapsed();
-        let state = state.trim().to_string();
+        // The last line: on a board whose shell shares the console, systemd's own boot messages
+        // can come before the answer.
+        let state = state.lines().map(str::trim).filter(|l| !l.is_empty()).last().unwrap_or("").to_string();
         if state != "running" {
             let (_, failed) = self.exec("systemctl --failed --no-legend --plain", Duration::from_secs(30))?;
             bail!("{}: system is `{state}` after boot; failed units:\n{failed}", self.name);
