@@ -269,7 +269,7 @@ impl Vm {
         let t = started.elapsed();
         // The last line: on a board whose shell shares the console, systemd's own boot messages
         // can come before the answer.
-        let state = state.lines().map(str::trim).filter(|l| !l.is_empty()).next_back().unwrap_or("").to_string();
+        let state = state.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or("").to_string();
         if state != "running" {
             let (_, failed) = self.exec("systemctl --failed --no-legend --plain", Duration::from_secs(30))?;
             bail!("{}: system is `{state}` after boot; failed units:\n{failed}", self.name);
