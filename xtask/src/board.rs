@@ -131,7 +131,7 @@ fn card(sh: &Shell, cfg: &ImageConfig, host: &Host, image: &Path, dir: &Path) ->
         let seconds = started.elapsed().as_secs_f64();
         eprintln!("board: {} booted on {} in {seconds:.0}s (boot {n})", host.name, model.machine);
         check_running(&mut vm, cfg).with_context(|| format!("boot {n}"))?;
-        vm.stop("poweroff", Duration::from_secs(180)).with_context(|| format!("boot {n}: power-off"))?;
+        vm.stop("poweroff", Duration::from_secs(300)).with_context(|| format!("boot {n}: power-off"))?;
         // The boot's part of the console: what came before the harness shell answered.
         let console = vm.console();
         let noted = console_errors(console.split(qemu::READY).next().unwrap_or(""), host)?;

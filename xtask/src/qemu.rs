@@ -334,17 +334,26 @@ impl Vm {
     /// Asks the guest to power off (or reboot) and waits for QEMU to exit.
     pub fn stop(&mut self, how: &str, limit: Duration) -> Result<()> {
         let _ = self.send(&format!("systemctl {how}\n"));
-        self.shell = None;
-        self.buf.clear();
+        // Keep the shell open and drained until QEMU exits: closing it at once can drop the end of
+        // the command (a UART takes 16 bytes at a time), and an unread console stalls the guest.
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             if self.exited().is_some() {
                 self.handle = None;
+                self.shell = None;
+                self.buf.clear();
                 return Ok(());
             }
-            std::thread::sleep(Duration::from_millis(250));
+            if self.shell.is_some() && self.pump(Duration::from_millis(250)).is_err() {
+                self.shell = None; // the guest closed it on its way down
+            }
+            self.buf.clear();
+            if self.shell.is_none() {
+                std::thread::sleep(Duration::from_millis(250));
+            }
         }
         self.kill();
+        self.shell = None;
         bail!("{}: did not {how} within {limit:?}", self.name)
     }
 
