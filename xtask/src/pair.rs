@@ -330,8 +330,10 @@ impl Pair<'_> {
     }
 
     /// Files written after boot: time from their close on the server to their arrival on the client.
-    /// (The writer uses a temporary name and mv, as a careful writer does; the agent never sends
-    /// `*.tmp` files that vanish, and would only deliver a complete `late-N.bin`.)
+    /// The writer stages each file outside sending/ on the same drive and moves it in, as a careful
+    /// writer does: a temporary written inside sending/ is a file like any other, and once closed
+    /// and still for the settle time it is delivered (a slow `mv` under emulation once let
+    /// `late-2.bin.tmp` go out; deletions are not propagated, so it stayed at the receiver).
     fn measure_latency(&mut self) -> Result<Vec<Duration>> {
         let mount = &self.cfg.drive.mount_point;
         let rounds = if self.schedule == Schedule::Systemd { 3 } else { 1 };
@@ -340,7 +342,7 @@ impl Pair<'_> {
         for n in 0..rounds {
             let name = format!("late-{n}.bin");
             let sum = self.vms[self.server]
-                .ok(&format!("f={mount}/sending/{name}; head -c 300000 /dev/urandom > $f.tmp && mv $f.tmp $f && sha256sum < $f"), CMD)?;
+                .ok(&format!("t={mount}/.{name}.part; f={mount}/sending/{name}; head -c 300000 /dev/urandom > $t && mv $t $f && sha256sum < $f"), CMD)?;
             let took = wait_arrival(&mut self.vms[self.client], &format!("{mount}/receiving/{name}"), &sum, limit)?;
             latencies.push(took);
             eprintln!("qemu: {name} arrived after {:.2}s", took.as_secs_f64());
