@@ -90,6 +90,17 @@ pub struct Network {
     pub dhcp_range: (Ipv4Addr, Ipv4Addr),
 }
 
+impl Network {
+    /// The netmask of `prefix` as a number (`/8` → 0xff000000).
+    pub fn mask(&self) -> u32 {
+        u32::MAX << (32 - self.prefix)
+    }
+    /// The network `a` is in under this prefix.
+    pub fn subnet_of(&self, a: Ipv4Addr) -> u32 {
+        u32::from(a) & self.mask()
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Drive {
     pub label: String,
@@ -459,11 +470,10 @@ fn hosts(cx: &Source, raw: &S<Vec<RawHost>>, net: &Network) -> Result<Vec<Host>,
     }
     // Everyone must share the server's subnet, or nobody can reach anybody.
     let prefix = net.prefix;
-    let mask = u32::MAX << (32 - prefix);
-    let subnet = u32::from(hosts[servers.first().copied().unwrap_or(0)].address) & mask;
+    let subnet = net.subnet_of(hosts[servers.first().copied().unwrap_or(0)].address);
     for (idx, h) in raw.get_ref().iter().enumerate() {
         let a = hosts[idx].address;
-        cx.check(u32::from(a) & mask == subnet, &h.address, &format!("host[{idx}].address"), || {
+        cx.check(net.subnet_of(a) == subnet, &h.address, &format!("host[{idx}].address"), || {
             format!("{a} is outside the network {}/{prefix}", Ipv4Addr::from(subnet))
         })?;
     }
@@ -486,10 +496,9 @@ fn hosts(cx: &Source, raw: &S<Vec<RawHost>>, net: &Network) -> Result<Vec<Host>,
 fn dhcp_range_in_subnet(cx: &Source, at: &S<Vec<String>>, net: &Network, hosts: &[Host]) -> Result<(), ConfigError> {
     let Some(server) = hosts.iter().find(|h| h.role == Role::DhcpServer) else { return Ok(()) };
     let prefix = net.prefix;
-    let mask = u32::MAX << (32 - prefix);
-    let subnet = u32::from(server.address) & mask;
+    let subnet = net.subnet_of(server.address);
     for (a, what) in [(net.dhcp_range.0, "first"), (net.dhcp_range.1, "last")] {
-        cx.check(u32::from(a) & mask == subnet, at, "network.dhcp_range", || {
+        cx.check(net.subnet_of(a) == subnet, at, "network.dhcp_range", || {
             format!("the {what} address {a} is outside {}/{prefix}", Ipv4Addr::from(subnet))
         })?;
     }

@@ -101,14 +101,13 @@ fn mount_unit(path: &str) -> String {
 
 pub fn build(i: &Inputs) -> Result<Layer> {
     let cfg = i.cfg;
-    let prefix = cfg.network.prefix;
     let ctx = Ctx {
         host: i.host,
         hosts: &cfg.hosts,
         peers: i.host.peers.iter().filter_map(|p| cfg.hosts.iter().find(|h| &h.name == p)).collect(),
         server: cfg.server(),
         network: &cfg.network,
-        netmask: std::net::Ipv4Addr::from(u32::MAX << (32 - prefix)).to_string(),
+        netmask: std::net::Ipv4Addr::from(cfg.network.mask()).to_string(),
         drive: &cfg.drive,
         drive_mount_unit: mount_unit(&cfg.drive.mount_point),
         system: &cfg.system,

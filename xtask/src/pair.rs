@@ -341,8 +341,12 @@ impl Pair<'_> {
         let mut latencies = Vec::new();
         for n in 0..rounds {
             let name = format!("late-{n}.bin");
-            let sum = self.vms[self.server]
-                .ok(&format!("t={mount}/.{name}.part; f={mount}/sending/{name}; head -c 300000 /dev/urandom > $t && mv $t $f && sha256sum < $f"), CMD)?;
+            let sum = self.vms[self.server].ok(
+                &format!(
+                    "t={mount}/.{name}.part; f={mount}/sending/{name}; head -c 300000 /dev/urandom > $t && mv $t $f && sha256sum < $f"
+                ),
+                CMD,
+            )?;
             let took = wait_arrival(&mut self.vms[self.client], &format!("{mount}/receiving/{name}"), &sum, limit)?;
             latencies.push(took);
             eprintln!("qemu: {name} arrived after {:.2}s", took.as_secs_f64());
