@@ -91,7 +91,8 @@ enum TestWhich {
     Time32,
     /// Boot both images together in QEMU and check the whole system.
     Qemu {
-        /// One schedule; both when omitted.
+        /// Both cards on this schedule; when omitted, the dhcp-server on the configured one and
+        /// the client on the other, so one boot covers both.
         #[arg(long, value_enum)]
         schedule: Option<config::Schedule>,
     },
@@ -131,9 +132,7 @@ fn main() -> Result<()> {
         Task::Test { which: Some(TestWhich::Qemu { schedule }), .. } => {
             let cfg = load()?;
             setup::ensure(&sh, cfg.base.arch)?;
-            for s in schedule.map(|s| vec![s]).unwrap_or(config::Schedule::ALL.to_vec()) {
-                print!("{}", pair::run(&sh, &cfg, s, true)?.render());
-            }
+            print!("{}", pair::run(&sh, &cfg, &pair::schedules(&cfg, schedule), true)?.render());
         }
         Task::Run { host } => run::run(&sh, &load()?, &host)?,
         Task::Bench { what: Bench::Agent } => bench::agent(&sh)?,

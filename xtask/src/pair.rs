@@ -2,7 +2,13 @@
 //! system: addresses and DHCP, names, SSH trust and its restriction, delivery both ways
 //! (compared from the host by reading the USB disk images), latency, and a reboot.
 //!
-//! Runs under target/qemu/<schedule>/. On failure the console logs, the QEMU command lines and
+//! Each card runs the agent on its own schedule. By default the dhcp-server keeps the configured
+//! schedule and the client runs the other one, so one boot of the pair proves both (the daemon
+//! in one direction, the cron job in the other) in the time of one; `--schedule` gives both cards
+//! the same one. A card whose schedule differs from the configuration is built as a variant into
+//! target/images-<schedule>/.
+//!
+//! Runs under target/qemu/<schedules>/. On failure the console logs, the QEMU command lines and
 //! report.txt stay there; on success the big overlay and drive images are removed.
 
 use std::collections::BTreeMap;
@@ -22,27 +28,49 @@ const BOOT_LIMIT: Duration = Duration::from_secs(420);
 const CMD: Duration = Duration::from_secs(60);
 
 pub struct Report {
-    pub schedule: Schedule,
+    /// Each host and the schedule its agent ran on.
+    pub schedules: Vec<(String, Schedule)>,
     pub boot: Vec<(String, Duration)>,
     pub synced_after_boot: Duration,
-    pub latencies: Vec<Duration>,
+    /// New-file latencies by the sender's schedule.
+    pub latencies: Vec<(Schedule, Duration)>,
     pub wall: Duration,
 }
 
 impl Report {
     pub fn render(&self) -> String {
-        let mut lat: Vec<f64> = self.latencies.iter().map(|d| d.as_secs_f64()).collect();
-        lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let mut lat = String::new();
+        for s in Schedule::ALL {
+            let mut l: Vec<f64> = self.latencies.iter().filter(|(k, _)| *k == s).map(|(_, d)| d.as_secs_f64()).collect();
+            if l.is_empty() {
+                continue;
+            }
+            l.sort_by(|a, b| a.total_cmp(b));
+            let all = l.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(" ");
+            lat += &format!("; new-file latency from a {} sender median {:.2}s (all: {all})", s.name(), l[l.len() / 2]);
+        }
         format!(
-            "pair test ({:?}): boot {}; prefilled files synced {:.1}s after both booted; new-file latency median {:.2}s (all: {}); wall {:.0}s\n",
-            self.schedule,
+            "pair test ({}): boot {}; prefilled files synced {:.1}s after both booted{lat}; wall {:.0}s\n",
+            self.schedules.iter().map(|(h, s)| format!("{h} {}", s.name())).collect::<Vec<_>>().join(", "),
             self.boot.iter().map(|(n, d)| format!("{n} {:.0}s", d.as_secs_f64())).collect::<Vec<_>>().join(", "),
             self.synced_after_boot.as_secs_f64(),
-            lat.get(lat.len() / 2).copied().unwrap_or(f64::NAN),
-            lat.iter().map(|l| format!("{l:.2}")).collect::<Vec<_>>().join(" "),
             self.wall.as_secs_f64()
         )
     }
+}
+
+/// The schedule of each host (in config order): both the same, or, when `uniform` is None, the
+/// configured one on the dhcp-server and the other one on the client.
+pub fn schedules(cfg: &ImageConfig, uniform: Option<Schedule>) -> Vec<Schedule> {
+    let other = Schedule::ALL.into_iter().find(|s| *s != cfg.schedule).unwrap_or(cfg.schedule);
+    cfg.hosts
+        .iter()
+        .map(|h| match (uniform, h.role) {
+            (Some(s), _) => s,
+            (None, Role::DhcpServer) => cfg.schedule,
+            (None, Role::DhcpClient) => other,
+        })
+        .collect()
 }
 
 /// Test files for one drive: names with spaces, UTF-8 and subdirectories, 0 bytes to tens of MB.
@@ -97,34 +125,40 @@ fn drive_tree(sh: &Shell, img: &Path, dir: &str, scratch: &Path) -> Result<BTree
     Ok(out)
 }
 
-/// `build`: build the images first; false when the caller has just built them (`cargo xtask test`),
-/// so the test boots exactly the files `cargo xtask image` wrote.
-pub fn run(sh: &Shell, cfg: &ImageConfig, schedule: Schedule, build: bool) -> Result<Report> {
+/// `schedules`: one per host (see [`schedules`]). `build`: build the configured schedule's images
+/// first; false when the caller has just built them (`cargo xtask test`), so the test boots exactly
+/// the files `cargo xtask image` wrote. Variants for another schedule are always built.
+pub fn run(sh: &Shell, cfg: &ImageConfig, schedules: &[Schedule], build: bool) -> Result<Report> {
     let t0 = Instant::now();
     ensure!(cfg.hosts.len() == 2, "the pair test needs exactly two hosts in image.toml");
-    let mut cfg = cfg.clone();
-    cfg.schedule = schedule;
-    let tag = schedule.name();
+    ensure!(schedules.len() == 2, "one schedule per host");
     let root = sh.current_dir();
-    let images_dir = if schedule == Schedule::Systemd { root.join("target/images") } else { root.join(format!("target/images-{tag}")) };
-    let opts = image::Options {
-        out_dir: images_dir.clone(),
-        work_dir: root.join(format!("target/image-build-{tag}")),
-        ..image::Options::default_for(sh)
-    };
     let hosts: Vec<&Host> = cfg.hosts.iter().collect();
-    if build {
-        image::build(sh, &cfg, &hosts, &opts)?;
-    }
-    for h in &hosts {
-        let img = images_dir.join(format!("{}.img", h.name));
+    let mut images = Vec::new();
+    for (h, &s) in hosts.iter().zip(schedules) {
+        let configured = s == cfg.schedule;
+        let dir = if configured { root.join("target/images") } else { root.join(format!("target/images-{}", s.name())) };
+        if configured && build {
+            image::build(sh, cfg, &[h], &image::Options::default_for(sh))?;
+        } else if !configured {
+            let variant = ImageConfig { schedule: s, ..cfg.clone() };
+            let opts = image::Options {
+                out_dir: dir.clone(),
+                work_dir: root.join(format!("target/image-build-{}", s.name())),
+                ..image::Options::default_for(sh)
+            };
+            image::build(sh, &variant, &[h], &opts)?;
+        }
+        let img = dir.join(format!("{}.img", h.name));
         ensure!(img.exists(), "{} is missing: run `cargo xtask image all`", img.display());
+        images.push(img);
     }
 
+    let tag = schedules.iter().map(|s| s.name()).collect::<Vec<_>>().join("-");
     let run_dir = root.join(format!("target/qemu/{tag}"));
     let _ = std::fs::remove_dir_all(&run_dir);
     std::fs::create_dir_all(&run_dir)?;
-    let result = pair(sh, &cfg, &hosts, &images_dir, &run_dir, schedule, t0);
+    let result = pair(sh, cfg, &hosts, &images, schedules, &run_dir, t0);
     match &result {
         Ok(r) => {
             std::fs::write(run_dir.join("report.txt"), r.render())?;
@@ -148,7 +182,8 @@ struct Pair<'a> {
     sh: &'a Shell,
     cfg: &'a ImageConfig,
     hosts: &'a [&'a Host],
-    schedule: Schedule,
+    /// Each host's schedule, in host order.
+    schedules: &'a [Schedule],
     specs: Vec<qemu::Spec>,
     boots: Vec<qemu::BootFiles>,
     /// What each host's drive was pre-filled with.
@@ -158,8 +193,16 @@ struct Pair<'a> {
     client: usize,
 }
 
-fn pair(sh: &Shell, cfg: &ImageConfig, hosts: &[&Host], images: &Path, run_dir: &Path, schedule: Schedule, t0: Instant) -> Result<Report> {
-    let mut p = Pair::start(sh, cfg, hosts, images, run_dir, schedule)?;
+fn pair(
+    sh: &Shell,
+    cfg: &ImageConfig,
+    hosts: &[&Host],
+    images: &[PathBuf],
+    schedules: &[Schedule],
+    run_dir: &Path,
+    t0: Instant,
+) -> Result<Report> {
+    let mut p = Pair::start(sh, cfg, hosts, images, schedules, run_dir)?;
     let boot = p.wait_booted()?;
     let both_up = Instant::now();
     p.check_services()?;
@@ -171,7 +214,8 @@ fn pair(sh: &Shell, cfg: &ImageConfig, hosts: &[&Host], images: &Path, run_dir: 
     let latencies = p.measure_latency()?;
     p.check_reboot_sends_nothing_twice()?;
     p.stop_and_compare_drives(run_dir)?;
-    Ok(Report { schedule, boot, synced_after_boot: synced, latencies, wall: t0.elapsed() })
+    let schedules = hosts.iter().zip(schedules).map(|(h, s)| (h.name.clone(), *s)).collect();
+    Ok(Report { schedules, boot, synced_after_boot: synced, latencies, wall: t0.elapsed() })
 }
 
 impl Pair<'_> {
@@ -179,9 +223,9 @@ impl Pair<'_> {
         sh: &'a Shell,
         cfg: &'a ImageConfig,
         hosts: &'a [&'a Host],
-        images: &Path,
+        images: &[PathBuf],
+        schedules: &'a [Schedule],
         run_dir: &Path,
-        schedule: Schedule,
     ) -> Result<Pair<'a>> {
         let server = hosts.iter().position(|h| h.role == Role::DhcpServer).context("no dhcp-server")?;
         let (mut specs, mut files, mut boots) = (Vec::new(), Vec::new(), Vec::new());
@@ -194,7 +238,7 @@ impl Pair<'_> {
             let other = &hosts[1 - i].name;
             let spec = qemu::Spec {
                 name: h.name.clone(),
-                image: images.join(format!("{}.img", h.name)),
+                image: images[i].clone(),
                 usb: Some(dir.join("usb.img")),
                 mac: h.nic_mac(),
                 link: Some((run_dir.join(format!("{}.link", h.name)), run_dir.join(format!("{other}.link")))),
@@ -209,7 +253,7 @@ impl Pair<'_> {
         for (s, b) in specs.iter().zip(&boots) {
             vms.push(Vm::start(sh, s, b, &s.dir.join("overlay.qcow2"))?);
         }
-        Ok(Pair { sh, cfg, hosts, schedule, specs, boots, files, vms, server, client: 1 - server })
+        Ok(Pair { sh, cfg, hosts, schedules, specs, boots, files, vms, server, client: 1 - server })
     }
 
     fn wait_booted(&mut self) -> Result<Vec<(String, Duration)>> {
@@ -223,8 +267,9 @@ impl Pair<'_> {
         Ok(times)
     }
 
-    fn sync_limit(&self) -> Duration {
-        match self.schedule {
+    /// How long a file may take to arrive from `sender`, whose schedule sets the pace.
+    fn sync_limit(&self, sender: usize) -> Duration {
+        match self.schedules[sender] {
             Schedule::Systemd => Duration::from_secs(180),
             Schedule::Cron => Duration::from_secs(240),
         }
@@ -233,14 +278,14 @@ impl Pair<'_> {
     /// sshd everywhere, dnsmasq on the server only, the agent as the schedule says, the drive mounted.
     fn check_services(&mut self) -> Result<()> {
         let mount = &self.cfg.drive.mount_point;
-        for (vm, h) in self.vms.iter_mut().zip(self.hosts) {
+        for ((vm, h), schedule) in self.vms.iter_mut().zip(self.hosts).zip(self.schedules) {
             vm.ok("systemctl is-active ssh", CMD)?;
             let (dns, _) = vm.exec("systemctl is-active pi2pi-dnsmasq", CMD)?;
             match h.role {
                 Role::DhcpServer => ensure!(dns == 0, "{}: dnsmasq is not active on the dhcp-server", h.name),
                 Role::DhcpClient => ensure!(dns != 0, "{}: dnsmasq runs on a dhcp-client", h.name),
             }
-            if self.schedule == Schedule::Systemd {
+            if *schedule == Schedule::Systemd {
                 vm.ok("systemctl is-active pi2pi-agent", CMD)?;
             } else {
                 let (c, _) = vm.exec("systemctl is-enabled pi2pi-agent", CMD)?;
@@ -307,9 +352,10 @@ impl Pair<'_> {
     /// Every pre-filled file arrives on the other side (checked in the guest; host-side at the end).
     fn wait_prefilled(&mut self) -> Result<()> {
         let mount = &self.cfg.drive.mount_point;
-        let limit = self.sync_limit();
-        let deadline = Instant::now() + limit;
+        let started = Instant::now();
         for i in 0..2 {
+            let limit = self.sync_limit(1 - i);
+            let deadline = started + limit;
             let want: BTreeMap<String, String> =
                 self.files[1 - i].iter().map(|(p, d)| (p.clone(), hex::encode(Sha256::digest(d)))).collect();
             let vm = &mut self.vms[i];
@@ -329,27 +375,31 @@ impl Pair<'_> {
         Ok(())
     }
 
-    /// Files written after boot: time from their close on the server to their arrival on the client.
+    /// Files written after boot: time from their close on one card to their arrival on the other,
+    /// from each card in turn (three from a daemon, one from a cron job: a minute each).
     /// The writer stages each file outside sending/ on the same drive and moves it in, as a careful
     /// writer does: a temporary written inside sending/ is a file like any other, and once closed
     /// and still for the settle time it is delivered (a slow `mv` under emulation once let
     /// `late-2.bin.tmp` go out; deletions are not propagated, so it stayed at the receiver).
-    fn measure_latency(&mut self) -> Result<Vec<Duration>> {
-        let mount = &self.cfg.drive.mount_point;
-        let rounds = if self.schedule == Schedule::Systemd { 3 } else { 1 };
-        let limit = self.sync_limit();
+    fn measure_latency(&mut self) -> Result<Vec<(Schedule, Duration)>> {
+        let mount = self.cfg.drive.mount_point.clone();
         let mut latencies = Vec::new();
-        for n in 0..rounds {
-            let name = format!("late-{n}.bin");
-            let sum = self.vms[self.server].ok(
-                &format!(
-                    "t={mount}/.{name}.part; f={mount}/sending/{name}; head -c 300000 /dev/urandom > $t && mv $t $f && sha256sum < $f"
-                ),
-                CMD,
-            )?;
-            let took = wait_arrival(&mut self.vms[self.client], &format!("{mount}/receiving/{name}"), &sum, limit)?;
-            latencies.push(took);
-            eprintln!("qemu: {name} arrived after {:.2}s", took.as_secs_f64());
+        for sender in [self.server, self.client] {
+            let schedule = self.schedules[sender];
+            let rounds = if schedule == Schedule::Systemd { 3 } else { 1 };
+            let limit = self.sync_limit(sender);
+            for n in 0..rounds {
+                let name = format!("late-{}-{n}.bin", self.hosts[sender].name);
+                let sum = self.vms[sender].ok(
+                    &format!(
+                        "t={mount}/.{name}.part; f={mount}/sending/{name}; head -c 300000 /dev/urandom > $t && mv $t $f && sha256sum < $f"
+                    ),
+                    CMD,
+                )?;
+                let took = wait_arrival(&mut self.vms[1 - sender], &format!("{mount}/receiving/{name}"), &sum, limit)?;
+                latencies.push((schedule, took));
+                eprintln!("qemu: {name} ({} sender) arrived after {:.2}s", schedule.name(), took.as_secs_f64());
+            }
         }
         Ok(latencies)
     }
@@ -369,11 +419,12 @@ impl Pair<'_> {
         let name = "after-reboot.bin";
         let sum = self.vms[self.server]
             .ok(&format!("head -c 50000 /dev/urandom > {mount}/sending/{name} && sha256sum < {mount}/sending/{name}"), CMD)?;
-        let limit = self.sync_limit();
+        let limit = self.sync_limit(self.server);
         wait_arrival(&mut self.vms[c], &format!("{receiving}/{name}"), &sum, limit).context("after the reboot")?;
         // Both senders idle (nothing pending, no pass running): a resend would have happened by now.
-        for vm in self.vms.iter_mut() {
-            wait_idle(vm, limit)?;
+        for i in 0..2 {
+            let limit = self.sync_limit(i);
+            wait_idle(&mut self.vms[i], limit)?;
         }
         for (i, vm) in self.vms.iter_mut().enumerate() {
             let after = guest_written(vm, &receiving)?;
