@@ -352,6 +352,22 @@ mod tests {
         assert_eq!(l.root["etc/systemd/system/apt-daily.timer"].kind, Kind::Symlink("/dev/null".into()), "offline: no apt timers");
     }
 
+    /// systemd-growfs-root (from `x-systemd.growfs` on /) resizes ext4 to its partition once; if it
+    /// runs before pi2pi-growroot has grown the partition it finds nothing to do, and the card
+    /// stays small until a second boot (seen on the first boot of a card on `raspi3b`: "resizing
+    /// filesystem from 177152 to 177152 blocks", then "Starting pi2pi-growroot").
+    #[test]
+    fn the_partition_grows_before_the_filesystem_in_the_same_boot() {
+        let l = layer_for(&shipped(Schedule::Systemd), "rpa");
+        let root_line = text(&l, "etc/fstab").lines().find(|f| f.split_whitespace().nth(1) == Some("/")).map(str::to_string);
+        assert!(root_line.as_deref().is_some_and(|f| f.contains("x-systemd.growfs")), "fstab: {root_line:?}");
+        let unit = text(&l, "etc/systemd/system/pi2pi-growroot.service");
+        let before: Vec<&str> = unit.lines().filter_map(|u| u.strip_prefix("Before=")).flat_map(str::split_whitespace).collect();
+        assert!(before.contains(&"systemd-growfs-root.service"), "pi2pi-growroot is not ordered before systemd-growfs-root: {unit}");
+        assert!(unit.contains("DefaultDependencies=no"), "with default dependencies it could not run before local-fs.target");
+        assert!(enabled(&l, "local-fs.target", "pi2pi-growroot.service"));
+    }
+
     #[test]
     fn mount_unit_names_follow_systemd_escaping() {
         assert_eq!(mount_unit("/media/pi/PI2PI"), "media-pi-PI2PI.mount");
