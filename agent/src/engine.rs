@@ -71,7 +71,16 @@ struct PeerState {
     session: Option<Session>,
     retry_at: Option<Instant>,
     backoff: Duration,
+    /// Files the peer failed to take for a reason of their own (an I/O error on that file at the
+    /// receiver): each waits out its own backoff while the others go on.
+    held: HashMap<String, Hold>,
     status: PeerStatus,
+}
+
+/// When a held file is offered again, and how long it waited last time.
+struct Hold {
+    until: Instant,
+    backoff: Duration,
 }
 
 #[derive(Debug, Default)]
@@ -101,7 +110,15 @@ impl Engine {
                 delivered_total: journal.entries().filter(|e| matches!(e, Entry::Delivered { .. })).count() as u64,
                 ..Default::default()
             };
-            peers.push(PeerState { peer: p.clone(), journal, session: None, retry_at: None, backoff: Duration::ZERO, status });
+            peers.push(PeerState {
+                peer: p.clone(),
+                journal,
+                session: None,
+                retry_at: None,
+                backoff: Duration::ZERO,
+                held: HashMap::new(),
+                status,
+            });
         }
         Ok(Engine { cfg, peers, seen: HashMap::new(), drive_error: None, mode })
     }
@@ -177,8 +194,9 @@ impl Engine {
                 report.failures += 1;
                 continue;
             }
+            let (ready, held) = unheld(ps, &ready, now, &mut report);
             let jobs = jobs_for(ps, &ready, &collisions, &self.cfg.drive.sending);
-            ps.status.pending = jobs.iter().map(|j| j.rel.to_string()).collect();
+            ps.status.pending = jobs.iter().map(|j| j.rel.to_string()).chain(held).collect();
             if !jobs.is_empty() {
                 deliver(ps, &jobs, &mut self.seen, retry_max, &mut report);
             }
@@ -251,6 +269,23 @@ impl Engine {
                 .collect(),
         }
     }
+}
+
+/// The ready files `ps` is not holding back, and the names of those it is (still pending). A
+/// held file's retry time is a reason to wake, and (for `sync`) a failure of this pass.
+fn unheld<'f>(ps: &PeerState, ready: &[&'f Found], now: Instant, report: &mut PassReport) -> (Vec<&'f Found>, Vec<String>) {
+    let (mut out, mut held) = (Vec::with_capacity(ready.len()), Vec::new());
+    for f in ready {
+        match ps.held.get(&f.rel) {
+            Some(h) if h.until > now => {
+                report.wake(h.until - now);
+                report.failures += 1;
+                held.push(f.rel.clone());
+            }
+            _ => out.push(*f),
+        }
+    }
+    (out, held)
 }
 
 /// What `ps` still needs of the ready files. Files it has (by the journal, or by content when
@@ -381,9 +416,19 @@ fn apply_outcome(ps: &mut PeerState, j: &Job, outcome: Outcome, started: Instant
         Outcome::Failed(code, msg) => {
             report.failures += 1;
             return match code {
+                // A transfer that went wrong on the way: this file is offered again once settled.
                 Code::Checksum | Code::Protocol => {
                     tracing::warn!(peer = %ps.peer.name, "{msg}; will retry");
                     Applied { settled: false, retry_after_settle: true, go_on: true }
+                }
+                // The receiver cannot write or read this one file (a bad sector, a read-only
+                // directory): the others go on; this one waits out its own backoff, so that a file
+                // that keeps failing neither holds up the peer nor is retried in a tight loop.
+                Code::Io => {
+                    hold(ps, j.rel, retry_max, &msg);
+                    ps.status.last_error = Some(msg);
+                    ps.status.last_error_unix = unix_now();
+                    Applied { settled: false, retry_after_settle: false, go_on: true }
                 }
                 // Peer-wide trouble (full or missing drive): back off for this peer.
                 _ => {
@@ -395,6 +440,7 @@ fn apply_outcome(ps: &mut PeerState, j: &Job, outcome: Outcome, started: Instant
     };
     tracing::info!(peer = %ps.peer.name, path = %j.rel, bytes = j.size, resumed_from, ms = started.elapsed().as_millis() as u64, "{verb}");
     record(ps, Entry::Delivered { path: j.rel.to_string(), size: j.size, mtime_ns: j.mtime_ns, sha256: hex::encode(sha256) });
+    ps.held.remove(j.rel);
     ps.status.delivered_total += 1;
     ps.status.resumed_total += u64::from(resumed_from > 0 && resumed_from < j.size);
     ps.status.last_delivered = Some(j.rel.to_string());
@@ -422,6 +468,14 @@ fn record(ps: &mut PeerState, e: Entry) {
 }
 
 /// Capped exponential backoff: 1 s, 2 s, 4 s … `max`.
+/// Holds `rel` back from `ps` for a doubling backoff (1 s up to `max`).
+fn hold(ps: &mut PeerState, rel: &str, max: Duration, msg: &str) {
+    let h = ps.held.entry(rel.to_string()).or_insert(Hold { until: Instant::now(), backoff: Duration::ZERO });
+    h.backoff = (h.backoff * 2).clamp(Duration::from_secs(1), max);
+    h.until = Instant::now() + h.backoff;
+    tracing::warn!(peer = %ps.peer.name, "{msg}; this file again in {:?}, the others go on", h.backoff);
+}
+
 fn fail(ps: &mut PeerState, msg: String, max: Duration) {
     ps.backoff = (ps.backoff * 2).clamp(Duration::from_secs(1), max);
     tracing::warn!(peer = %ps.peer.name, "{msg}; retrying in {:?}", ps.backoff);

@@ -266,8 +266,9 @@ impl<W: Write> Receiver<'_, W> {
                 return Err(refused(id, Code::NotRegular, format!("{path}: exists and is not a regular file")));
             }
             Ok(st) if st.st_size as u64 == size => {
+                // Unreadable (a bad sector): that file fails, the session and the others go on.
                 let f = open_beneath(&dir, name, OFlags::RDONLY).map_err(|e| io_failed(id, "cannot read", path, e))?;
-                let (h, _) = fsutil::hash_reader(&mut File::from(f), u64::MAX)?;
+                let (h, _) = fsutil::hash_reader(&mut File::from(f), u64::MAX).map_err(|e| io_failed(id, "cannot read", path, e))?;
                 existing = Some(h.finalize().into());
             }
             _ => {}
@@ -279,8 +280,14 @@ impl<W: Write> Receiver<'_, W> {
         let (mut have, mut hasher) = (0, Sha256::new());
         if let Ok(st) = rustix::fs::statat(&dir, temp.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
             if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile && (st.st_size as u64) <= size && st.st_size > 0 {
-                let f = open_beneath(&dir, &temp, OFlags::RDONLY).map_err(|e| io_failed(id, "cannot read", path, e))?;
-                (hasher, have) = fsutil::hash_reader(&mut File::from(f), st.st_size as u64)?;
+                // A kept prefix that cannot be read back is not kept: the transfer starts from zero
+                // and rewrites the temporary.
+                let read =
+                    open_beneath(&dir, &temp, OFlags::RDONLY).and_then(|f| fsutil::hash_reader(&mut File::from(f), st.st_size as u64));
+                match read {
+                    Ok(kept) => (hasher, have) = kept,
+                    Err(e) => tracing::warn!("{path}: the partial copy cannot be read ({e}); starting over"),
+                }
             }
         }
         let free = rustix::fs::fstatvfs(&dir).map(|s| s.f_bavail.saturating_mul(s.f_frsize)).unwrap_or(u64::MAX);

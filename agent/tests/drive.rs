@@ -168,3 +168,59 @@ fn full_receiver_is_a_clear_error_and_a_later_retry_loses_nothing() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(fs::read(b.receiving().join("big.bin")).unwrap(), big);
 }
+
+/// One file the receiver cannot write (here: its directory is a read-only bind mount, EROFS; on a
+/// Pi, a bad sector's EIO) fails alone. The files around it are delivered, it stays pending, a
+/// new file goes over at once (the failure is that file's, not the peer's: no peer-wide backoff),
+/// and it goes over once it can be written.
+#[test]
+fn an_io_error_on_one_file_at_the_receiver_does_not_hold_up_the_others() {
+    if skip_unless_root() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let a = Node::new(t.path(), "rpa");
+    let b = Node::new(t.path(), "rpb");
+    b.write_config("require_mount = false", "");
+    a.write_config("require_mount = false", &pipe_peer(&b));
+    // A long retry cap, so that a peer-wide backoff would be seen in the new file's delay.
+    let cfg = fs::read_to_string(&a.config).unwrap().replace("retry_max_secs = 2", "retry_max_secs = 30");
+    fs::write(&a.config, cfg).unwrap();
+    let stuck = b.receiving().join("stuck");
+    fs::create_dir_all(&stuck).unwrap();
+    sh(&format!("mount --bind '{0}' '{0}' && mount -o remount,bind,ro '{0}'", stuck.display()));
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let mut ro = Some(Unmount(stuck.clone()));
+    write_file(&a.sending(), "a-before.txt", &content(10, 50_000));
+    write_file(&a.sending(), "stuck/photo.jpg", &content(11, 50_000));
+    write_file(&a.sending(), "z-after.txt", &content(12, 50_000));
+
+    let mut daemon = KillOnDrop(a.spawn_run());
+    let arrived = |rel: &str, seed: u64| fs::read(b.receiving().join(rel)).ok() == Some(content(seed, 50_000));
+    assert!(
+        wait_until(Duration::from_secs(10), || arrived("a-before.txt", 10) && arrived("z-after.txt", 12)),
+        "held up by another file's I/O error"
+    );
+    // Let the stuck file fail a few times (a peer-wide backoff would be 8-16 s by now).
+    std::thread::sleep(Duration::from_secs(8));
+    assert!(!stuck.join("photo.jpg").exists());
+    assert_eq!(peer_status(&a).pending, vec!["stuck/photo.jpg".to_string()], "the failed file is not pending");
+    write_file(&a.sending(), "late.txt", &content(13, 50_000));
+    let t0 = std::time::Instant::now();
+    assert!(wait_until(Duration::from_secs(20), || arrived("late.txt", 13)));
+    let late = t0.elapsed();
+    assert!(late < Duration::from_secs(5), "a new file waited {late:?}: the peer was backed off over one file");
+
+    ro.take();
+    assert!(
+        wait_until(Duration::from_secs(35), || fs::read(stuck.join("photo.jpg")).ok() == Some(content(11, 50_000))),
+        "never delivered once writable"
+    );
+    let _ = daemon.0.kill();
+    let _ = daemon.0.wait();
+}
