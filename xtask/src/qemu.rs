@@ -272,7 +272,11 @@ impl Vm {
         let state = state.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or("").to_string();
         if state != "running" {
             let (_, failed) = self.exec("systemctl --failed --no-legend --plain", Duration::from_secs(30))?;
-            bail!("{}: system is `{state}` after boot; failed units:\n{failed}", self.name);
+            // What the failed units said, for the report (the console shows only their names).
+            let units: Vec<&str> = failed.lines().filter_map(|l| l.split_whitespace().next()).collect();
+            let (_, journal) = self
+                .exec(&format!("journalctl -b --no-pager -o short-monotonic -n 60 -u {}", units.join(" -u ")), Duration::from_secs(60))?;
+            bail!("{}: system is `{state}` after boot; failed units:\n{failed}\ntheir journal:\n{journal}", self.name);
         }
         Ok(t)
     }
