@@ -1,6 +1,14 @@
 //! Stage 2: the agent, cross-compiled for the image's architecture (static: musl on aarch64,
-//! glibc crt-static on armv7). `cross` is used when a container engine is present; this machine
-//! kind has none, so Debian's cross linkers (configured in .cargo/config.toml) do the linking.
+//! glibc crt-static on armv7 and ARMv6). `cross` is used when a container engine is present; this
+//! machine kind has none, so Debian's cross linkers (configured in .cargo/config.toml) do the
+//! linking.
+//!
+//! ARMv6 (Pi 1, Zero, Zero W): rustup serves no prebuilt standard library for
+//! `arm-unknown-linux-gnueabi`, and only the one stable toolchain can be fetched. The standard
+//! library is therefore compiled from that toolchain's own `rust-src` component with cargo's
+//! `-Z build-std`, which a stable toolchain accepts under `RUSTC_BOOTSTRAP=1`. This is the
+//! standard library of exactly the compiler that builds the agent (no second toolchain, no
+//! download), and the flag is scoped to this one build.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -28,7 +36,13 @@ pub fn build(sh: &Shell, arch: Arch) -> Result<Agent> {
     } else {
         "cargo"
     };
-    proc::run(cmd!(sh, "{tool} build --quiet --release --locked -p pi2pi-agent --target {target}"))?;
+    if arch.std_from_source() {
+        // cross has no image for this; the std from source is built by cargo itself.
+        let _bootstrap = sh.push_env("RUSTC_BOOTSTRAP", "1");
+        proc::run(cmd!(sh, "cargo build --quiet --release --locked -p pi2pi-agent --target {target} -Z build-std=std,panic_abort"))?;
+    } else {
+        proc::run(cmd!(sh, "{tool} build --quiet --release --locked -p pi2pi-agent --target {target}"))?;
+    }
     let binary = sh.current_dir().join(format!("target/{target}/release/pi2pi-agent"));
     anyhow::ensure!(binary.exists(), "{} was not built", binary.display());
     Ok(Agent { binary, seconds: started.elapsed().as_secs_f64() })

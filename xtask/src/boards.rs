@@ -51,10 +51,20 @@ const ARMHF: &[Board] = &[
     board("pi4-b", "bcm2711-rpi-4-b.dtb", VC6, None),
 ];
 
+/// Boards an ARMv6 armel card boots: Debian's `linux-image-rpi` is built for the BCM2835 (Pi 1,
+/// Zero, Zero W; its dtbs are the upstream bcm2835 ones).
+const ARMEL: &[Board] = &[
+    board("pi-zero", "bcm2835-rpi-zero.dtb", VC4, Some("raspi0")),
+    board("pi-zero-w", "bcm2835-rpi-zero-w.dtb", VC4, None),
+    board("pi1-b-plus", "bcm2835-rpi-b-plus.dtb", VC4, None),
+    board("pi1-a-plus", "bcm2835-rpi-a-plus.dtb", VC4, None),
+];
+
 pub fn for_arch(arch: Arch) -> &'static [Board] {
     match arch {
         Arch::Arm64 => ARM64,
         Arch::Armhf => ARMHF,
+        Arch::Armel => ARMEL,
     }
 }
 

@@ -48,6 +48,8 @@ pub struct Base {
 pub enum Arch {
     Arm64,
     Armhf,
+    /// ARMv6 and older (Pi 1, Zero, Zero W): Debian's armel port, soft-float.
+    Armel,
 }
 
 impl Arch {
@@ -56,19 +58,27 @@ impl Arch {
         match self {
             Arch::Arm64 => "arm64",
             Arch::Armhf => "armhf",
+            Arch::Armel => "armel",
         }
     }
-    /// Static where the toolchain allows: musl on aarch64, glibc with crt-static on armv7.
+    /// Static where the toolchain allows: musl on aarch64, glibc with crt-static on armv7 and
+    /// ARMv6 (`arm-unknown-linux-gnueabi` is ARMv6 with armel's soft-float calling convention).
     pub fn rust_target(self) -> &'static str {
         match self {
             Arch::Arm64 => "aarch64-unknown-linux-musl",
             Arch::Armhf => "armv7-unknown-linux-gnueabihf",
+            Arch::Armel => "arm-unknown-linux-gnueabi",
         }
+    }
+    /// rustup serves no prebuilt standard library for the target: the agent's build compiles
+    /// it from the toolchain's own `rust-src` (see agent_build.rs).
+    pub fn std_from_source(self) -> bool {
+        self == Arch::Armel
     }
     pub fn binfmt(self) -> &'static str {
         match self {
             Arch::Arm64 => "qemu-aarch64",
-            Arch::Armhf => "qemu-arm",
+            Arch::Armhf | Arch::Armel => "qemu-arm",
         }
     }
 }

@@ -87,7 +87,8 @@ enum Bench {
 enum TestWhich {
     /// Boot every built card on QEMU's model of its Pi (raspi3b for arm64), twice.
     Board,
-    /// The 32-bit (armv7) agent, run under qemu-arm, reads file times past 2038 right.
+    /// The 32-bit agents (armv7, and ARMv6 on the Pi Zero's CPU), run under qemu-arm, read file
+    /// times past 2038 right.
     Time32,
     /// Boot both images together in QEMU and check the whole system.
     Qemu {
@@ -126,9 +127,11 @@ fn main() -> Result<()> {
             let cfg = load()?;
             let built = image::build(&sh, &cfg, &image::select(&cfg, "all")?, &image::Options::default_for(&sh))?;
             let dir = built.first().and_then(|b| b.path.parent()).context("no cards built")?.to_path_buf();
-            print!("{}", board::render(&board::run(&sh, &cfg, &dir)?));
+            print!("{}", board::render(&board::test(&sh, &cfg, &dir)?));
         }
-        Task::Test { which: Some(TestWhich::Time32), .. } => time32::check(&sh, config::Arch::Armhf)?,
+        Task::Test { which: Some(TestWhich::Time32), .. } => {
+            [config::Arch::Armhf, config::Arch::Armel].into_iter().try_for_each(|a| time32::check(&sh, a))?
+        }
         Task::Test { which: Some(TestWhich::Qemu { schedule }), .. } => {
             let cfg = load()?;
             setup::ensure(&sh, cfg.base.arch)?;

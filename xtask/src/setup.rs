@@ -30,8 +30,10 @@ pub const PACKAGES: &[&str] = &[
     "time",                   // peak RSS in the agent benchmark
     "gcc-aarch64-linux-gnu",  // cross linkers for the agent
     "gcc-arm-linux-gnueabihf",
+    "gcc-arm-linux-gnueabi",
     "libc6-dev-arm64-cross",
     "libc6-dev-armhf-cross",
+    "libc6-dev-armel-cross",
     "util-linux", // losetup for the agent's drive tests
 ];
 
@@ -58,6 +60,11 @@ pub fn ensure(sh: &Shell, arch: Arch) -> Result<()> {
             eprintln!("setup: adding the {component} component");
             proc::run(cmd!(sh, "rustup component add {component}"))?;
         }
+    }
+    // The ARMv6 agent's standard library is compiled from the toolchain's sources.
+    if !proc::read(cmd!(sh, "rustup component list --installed"))?.lines().any(|l| l.trim().starts_with("rust-src")) {
+        eprintln!("setup: adding the rust-src component");
+        proc::run(cmd!(sh, "rustup component add rust-src"))?;
     }
     if missing.is_empty() && targets.is_empty() && !binfmt {
         return Ok(());

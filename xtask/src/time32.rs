@@ -6,6 +6,11 @@
 //! sender's delivery journal with the host's own stat of the same files. The receiver is the
 //! host's own build: qemu-user 7.2 does not emulate `openat2`, which the receiver relies on (a
 //! Pi's kernel has it), and the receiver does not look at file times.
+//!
+//! The ARMv6 agent (Pi 1, Zero) runs on qemu-arm's model of the Pi Zero's own core, the
+//! ARM1176JZF-S, not on binfmt's default (a CPU with every extension): an ARMv7-only instruction
+//! in it, from the standard library or a dependency, stops it with SIGILL here as it would on
+//! the Pi. Its ELF attributes must also say ARMv6.
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -44,7 +49,15 @@ pub fn check(sh: &Shell, arch: Arch) -> Result<()> {
         std::fs::write(&p, format!("{name} dated {date}\n"))?;
         proc::read(xshell::cmd!(sh, "touch -d {date} {p}"))?;
     }
-    let argv: Vec<OsString> = vec![agent.clone().into(), "--config".into(), dir.join("a.toml").into(), "sync".into()];
+    if let Some(cpu) = emulated_cpu(arch) {
+        check_elf_arch(sh, &agent, "v6")?;
+        eprintln!("time32: running the {} agent on qemu-arm -cpu {cpu}", arch.deb());
+    }
+    let mut argv: Vec<OsString> = match emulated_cpu(arch) {
+        Some(cpu) => vec!["qemu-arm-static".into(), "-cpu".into(), cpu.into()],
+        None => Vec::new(),
+    };
+    argv.extend([agent.clone().into(), "--config".into(), dir.join("a.toml").into(), "sync".into()]);
     let status = proc::run_inherited(&argv, &[("PI2PI_LOG", "warn".into())])?;
     ensure!(status.success(), "the {} agent's sync failed ({status})", arch.deb());
 
@@ -63,6 +76,20 @@ pub fn check(sh: &Shell, arch: Arch) -> Result<()> {
         ensure!(std::fs::read(dir.join("b/receiving").join(name)).ok() == Some(sent), "{name} did not arrive intact");
     }
     eprintln!("time32: the {} agent reads times before 1981, at the end of 2037 and after 2038 as the host does", arch.deb());
+    Ok(())
+}
+
+/// The CPU qemu-arm must emulate for the agent of `arch` to prove it runs on its oldest Pi
+/// (None: binfmt's default will do).
+fn emulated_cpu(arch: Arch) -> Option<&'static str> {
+    (arch == Arch::Armel).then_some("arm1176")
+}
+
+/// The binary's ARM build attributes name `want` (readelf: `Tag_CPU_arch: v6`).
+fn check_elf_arch(sh: &Shell, binary: &Path, want: &str) -> Result<()> {
+    let attrs = proc::read(xshell::cmd!(sh, "readelf -A {binary}"))?;
+    let arch = attrs.lines().find_map(|l| l.trim().strip_prefix("Tag_CPU_arch:")).map(str::trim);
+    ensure!(arch == Some(want), "{} is built for {arch:?}, not ARM {want}", binary.display());
     Ok(())
 }
 
