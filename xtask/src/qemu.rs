@@ -265,11 +265,9 @@ impl Vm {
             }
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        let (_, state) = self.exec("systemctl is-system-running --wait", left)?;
+        let (_, out) = self.exec("echo \"@@STATE=$(systemctl is-system-running --wait)\"", left)?;
         let t = started.elapsed();
-        // The last line: on a board whose shell shares the console, systemd's own boot messages
-        // can come before the answer.
-        let state = state.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or("").to_string();
+        let state = system_state(&out);
         if state != "running" {
             let (_, failed) = self.exec("systemctl --failed --no-legend --plain", Duration::from_secs(30))?;
             // What the failed units said, for the report (the console shows only their names).
@@ -391,6 +389,15 @@ impl Drop for Vm {
     }
 }
 
+/// systemd's state word from the output of `echo "@@STATE=$(systemctl is-system-running)"`. On a
+/// board whose shell shares the console, kernel messages can come before, after or between the
+/// lines of the answer (seen: "Bluetooth: SCO socket layer initialized" as the last line), so the
+/// answer is found by its marker and cut at the end of the word.
+fn system_state(out: &str) -> String {
+    let Some(i) = out.rfind("@@STATE=") else { return String::new() };
+    out[i + "@@STATE=".len()..].chars().take_while(|c| c.is_ascii_alphabetic()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -407,5 +414,14 @@ mod tests {
     fn cmdline_swaps_consoles_and_adds_the_harness_shell() {
         let c = qemu_cmdline("console=tty0 console=ttyS1,115200 root=PARTUUID=ab-02 rootwait", HARNESS_APPEND);
         assert_eq!(c, format!("console=ttyAMA0,115200 root=PARTUUID=ab-02 rootwait panic=5 {HARNESS_APPEND}"));
+    }
+
+    #[test]
+    fn the_system_state_is_found_among_kernel_messages() {
+        let out = "[  160.1] usb 1-1: new device\n@@STATE=running\n[  164.275808] Bluetooth: SCO socket layer initialized\n";
+        assert_eq!(system_state(out), "running");
+        assert_eq!(system_state("@@STATE=degraded[  9.1] x\n"), "degraded");
+        assert_eq!(system_state("@@STATE=$(systemctl is-system-running --wait)\n@@STATE=starting\n"), "starting");
+        assert_eq!(system_state("nothing"), "");
     }
 }
