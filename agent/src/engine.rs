@@ -468,16 +468,21 @@ fn record(ps: &mut PeerState, e: Entry) {
 }
 
 /// Capped exponential backoff: 1 s, 2 s, 4 s … `max`.
+/// The next wait after `prev`: double it, from 1 s up to `max`.
+fn doubled(prev: Duration, max: Duration) -> Duration {
+    (prev * 2).clamp(Duration::from_secs(1), max)
+}
+
 /// Holds `rel` back from `ps` for a doubling backoff (1 s up to `max`).
 fn hold(ps: &mut PeerState, rel: &str, max: Duration, msg: &str) {
     let h = ps.held.entry(rel.to_string()).or_insert(Hold { until: Instant::now(), backoff: Duration::ZERO });
-    h.backoff = (h.backoff * 2).clamp(Duration::from_secs(1), max);
+    h.backoff = doubled(h.backoff, max);
     h.until = Instant::now() + h.backoff;
     tracing::warn!(peer = %ps.peer.name, "{msg}; this file again in {:?}, the others go on", h.backoff);
 }
 
 fn fail(ps: &mut PeerState, msg: String, max: Duration) {
-    ps.backoff = (ps.backoff * 2).clamp(Duration::from_secs(1), max);
+    ps.backoff = doubled(ps.backoff, max);
     tracing::warn!(peer = %ps.peer.name, "{msg}; retrying in {:?}", ps.backoff);
     ps.retry_at = Some(Instant::now() + ps.backoff);
     ps.status.last_error = Some(msg);

@@ -129,9 +129,7 @@ fn main() -> Result<()> {
             let dir = built.first().and_then(|b| b.path.parent()).context("no cards built")?.to_path_buf();
             print!("{}", board::render(&board::test(&sh, &cfg, &dir)?));
         }
-        Task::Test { which: Some(TestWhich::Time32), .. } => {
-            [config::Arch::Armhf, config::Arch::Armel].into_iter().try_for_each(|a| time32::check(&sh, a))?
-        }
+        Task::Test { which: Some(TestWhich::Time32), .. } => time32::check_all(&sh)?,
         Task::Test { which: Some(TestWhich::Qemu { schedule }), .. } => {
             let cfg = load()?;
             setup::ensure(&sh, cfg.base.arch)?;

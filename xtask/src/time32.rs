@@ -25,6 +25,11 @@ use crate::{agent_build, proc, setup};
 const DATED: &[(&str, &str)] =
     &[("dos-era.txt", "1980-01-02 00:00:00 UTC"), ("before.txt", "2037-12-31 23:59:58 UTC"), ("after.txt", "2040-02-29 12:00:00 UTC")];
 
+/// Every 32-bit agent we build: armv7 (armhf) and ARMv6 (armel).
+pub fn check_all(sh: &Shell) -> Result<()> {
+    [Arch::Armhf, Arch::Armel].into_iter().try_for_each(|a| check(sh, a))
+}
+
 pub fn check(sh: &Shell, arch: Arch) -> Result<()> {
     setup::ensure(sh, arch)?;
     let agent = agent_build::build(sh, arch)?.binary;
