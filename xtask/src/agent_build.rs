@@ -9,11 +9,15 @@
 //! `-Z build-std`, which a stable toolchain accepts under `RUSTC_BOOTSTRAP=1`. This is the
 //! standard library of exactly the compiler that builds the agent (no second toolchain, no
 //! download), and the flag is scoped to this one build.
+//!
+//! The binary's bytes must not depend on where things are on the builder: panic messages carry
+//! source paths (dependencies under `$CARGO_HOME/registry`, a from-source std under the
+//! toolchain's sysroot), so those prefixes are remapped to fixed names.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use xshell::{cmd, Shell};
 
 use crate::config::Arch;
@@ -36,14 +40,36 @@ pub fn build(sh: &Shell, arch: Arch) -> Result<Agent> {
     } else {
         "cargo"
     };
+    let remap = remap_paths(sh, target)?;
     if arch.std_from_source() {
         // cross has no image for this; the std from source is built by cargo itself.
         let _bootstrap = sh.push_env("RUSTC_BOOTSTRAP", "1");
-        proc::run(cmd!(sh, "cargo build --quiet --release --locked -p pi2pi-agent --target {target} -Z build-std=std,panic_abort"))?;
+        proc::run(cmd!(
+            sh,
+            "cargo build --quiet --release --locked -p pi2pi-agent --target {target} {remap} -Z build-std=std,panic_abort"
+        ))?;
     } else {
-        proc::run(cmd!(sh, "{tool} build --quiet --release --locked -p pi2pi-agent --target {target}"))?;
+        proc::run(cmd!(sh, "{tool} build --quiet --release --locked -p pi2pi-agent --target {target} {remap}"))?;
     }
     let binary = sh.current_dir().join(format!("target/{target}/release/pi2pi-agent"));
     anyhow::ensure!(binary.exists(), "{} was not built", binary.display());
     Ok(Agent { binary, seconds: started.elapsed().as_secs_f64() })
+}
+
+/// `--config` adding `--remap-path-prefix` for the builder's own directories to the target's
+/// rustflags (cargo joins it to .cargo/config.toml's, where an environment RUSTFLAGS would
+/// replace them).
+fn remap_paths(sh: &Shell, target: &str) -> Result<String> {
+    let cargo_home = match std::env::var_os("CARGO_HOME") {
+        Some(h) => PathBuf::from(h),
+        None => PathBuf::from(std::env::var_os("HOME").context("neither CARGO_HOME nor HOME is set")?).join(".cargo"),
+    };
+    let sysroot = PathBuf::from(proc::read(cmd!(sh, "rustc --print sysroot"))?.trim());
+    // Not the checkout: cargo names the workspace's own sources by relative paths already, and
+    // a flag naming it would change with the checkout's path and rebuild every dependency.
+    let flags: Vec<toml::Value> = [(cargo_home, "/cargo"), (sysroot, "/rust")]
+        .into_iter()
+        .map(|(from, to)| toml::Value::String(format!("--remap-path-prefix={}={to}", from.display())))
+        .collect();
+    Ok(format!("--config=target.{target}.rustflags={}", toml::Value::Array(flags)))
 }

@@ -17,47 +17,63 @@ pub struct Board {
     pub dtb: &'static str,
     /// Files of the VideoCore firmware this board's boot ROM and GPU need.
     pub firmware: &'static [&'static str],
+    /// The serial port on its GPIO header (pins 8/10) as the upstream device tree names it: the
+    /// PL011 (ttyAMA0), or the mini UART (ttyS1) on boards whose PL011 drives Bluetooth.
+    pub serial: &'static str,
     /// QEMU's model of it, if QEMU 7.2 has one.
     pub qemu_machine: Option<&'static str>,
+    /// Raspberry Pi Imager's family for it (its device tag is `<family>-<bits>bit`): the Zero
+    /// is a `pi1`, the Zero 2 W a `pi3`, the 400 and CM4 `pi4`.
+    pub imager_family: &'static str,
 }
 
 const VC4: &[&str] = &["bootcode.bin", "start.elf", "fixup.dat"];
 // The Pi 4 family's boot ROM reads its EEPROM, not bootcode.bin.
 const VC6: &[&str] = &["start4.elf", "fixup4.dat"];
 
-const fn board(name: &'static str, dtb: &'static str, firmware: &'static [&'static str], qemu_machine: Option<&'static str>) -> Board {
-    Board { name, dtb, firmware, qemu_machine }
+pub const PL011: &str = "ttyAMA0";
+pub const MINI_UART: &str = "ttyS1";
+
+const fn board(
+    name: &'static str,
+    dtb: &'static str,
+    firmware: &'static [&'static str],
+    serial: &'static str,
+    qemu_machine: Option<&'static str>,
+    imager_family: &'static str,
+) -> Board {
+    Board { name, dtb, firmware, serial, qemu_machine, imager_family }
 }
 
 /// Boards a 64-bit card (Debian's arm64 kernel and raspi-firmware) boots. Not the Pi 5: its dtb
 /// ships, but kernel 6.12 has no driver for its RP1 I/O chip (Ethernet, USB), so it would boot
 /// with no network and no USB drive.
 const ARM64: &[Board] = &[
-    board("pi3-b", "bcm2837-rpi-3-b.dtb", VC4, Some("raspi3b")),
-    board("pi3-b-plus", "bcm2837-rpi-3-b-plus.dtb", VC4, None),
-    board("pi3-a-plus", "bcm2837-rpi-3-a-plus.dtb", VC4, None),
-    board("cm3", "bcm2837-rpi-cm3-io3.dtb", VC4, None),
-    board("pi-zero-2-w", "bcm2837-rpi-zero-2-w.dtb", VC4, None),
-    board("pi4-b", "bcm2711-rpi-4-b.dtb", VC6, None),
-    board("pi-400", "bcm2711-rpi-400.dtb", VC6, None),
-    board("cm4", "bcm2711-rpi-cm4-io.dtb", VC6, None),
+    board("pi3-b", "bcm2837-rpi-3-b.dtb", VC4, MINI_UART, Some("raspi3b"), "pi3"),
+    board("pi3-b-plus", "bcm2837-rpi-3-b-plus.dtb", VC4, MINI_UART, None, "pi3"),
+    board("pi3-a-plus", "bcm2837-rpi-3-a-plus.dtb", VC4, MINI_UART, None, "pi3"),
+    board("cm3", "bcm2837-rpi-cm3-io3.dtb", VC4, PL011, None, "pi3"),
+    board("pi-zero-2-w", "bcm2837-rpi-zero-2-w.dtb", VC4, MINI_UART, None, "pi3"),
+    board("pi4-b", "bcm2711-rpi-4-b.dtb", VC6, MINI_UART, None, "pi4"),
+    board("pi-400", "bcm2711-rpi-400.dtb", VC6, MINI_UART, None, "pi4"),
+    board("cm4", "bcm2711-rpi-cm4-io.dtb", VC6, MINI_UART, None, "pi4"),
 ];
 
 /// Boards a 32-bit armhf card boots: Debian's armmp-lpae kernel needs a Cortex-A7 or later
 /// (Pi 2 and newer); the Pi 1 and Zero are ARMv6.
 const ARMHF: &[Board] = &[
-    board("pi2-b", "bcm2836-rpi-2-b.dtb", VC4, Some("raspi2b")),
-    board("pi3-b", "bcm2837-rpi-3-b.dtb", VC4, None),
-    board("pi4-b", "bcm2711-rpi-4-b.dtb", VC6, None),
+    board("pi2-b", "bcm2836-rpi-2-b.dtb", VC4, PL011, Some("raspi2b"), "pi2"),
+    board("pi3-b", "bcm2837-rpi-3-b.dtb", VC4, MINI_UART, None, "pi3"),
+    board("pi4-b", "bcm2711-rpi-4-b.dtb", VC6, MINI_UART, None, "pi4"),
 ];
 
 /// Boards an ARMv6 armel card boots: Debian's `linux-image-rpi` is built for the BCM2835 (Pi 1,
 /// Zero, Zero W; its dtbs are the upstream bcm2835 ones).
 const ARMEL: &[Board] = &[
-    board("pi-zero", "bcm2835-rpi-zero.dtb", VC4, Some("raspi0")),
-    board("pi-zero-w", "bcm2835-rpi-zero-w.dtb", VC4, None),
-    board("pi1-b-plus", "bcm2835-rpi-b-plus.dtb", VC4, None),
-    board("pi1-a-plus", "bcm2835-rpi-a-plus.dtb", VC4, None),
+    board("pi-zero", "bcm2835-rpi-zero.dtb", VC4, PL011, Some("raspi0"), "pi1"),
+    board("pi-zero-w", "bcm2835-rpi-zero-w.dtb", VC4, MINI_UART, None, "pi1"),
+    board("pi1-b-plus", "bcm2835-rpi-b-plus.dtb", VC4, PL011, None, "pi1"),
+    board("pi1-a-plus", "bcm2835-rpi-a-plus.dtb", VC4, PL011, None, "pi1"),
 ];
 
 pub fn for_arch(arch: Arch) -> &'static [Board] {
@@ -71,6 +87,21 @@ pub fn for_arch(arch: Arch) -> &'static [Board] {
 /// The board the board test boots a card of `arch` as (the first one QEMU models).
 pub fn emulated(arch: Arch) -> Option<&'static Board> {
     for_arch(arch).iter().find(|b| b.qemu_machine.is_some())
+}
+
+/// The kernel's consoles for a card of `arch`, as `console=` values in command-line order: the
+/// screen, the GPIO serial port of every board the card is for, and last the first board's
+/// (Linux makes the last one that exists /dev/console, where systemd writes its status; a port a
+/// board lacks, or one its Bluetooth holds, is skipped there). Debian's raspi-firmware writes
+/// both ports for the same reason when left to guess.
+pub fn consoles(arch: Arch) -> Vec<String> {
+    let boards = for_arch(arch);
+    let mut serial: Vec<&str> = Vec::new();
+    for b in boards.iter().skip(1).chain(boards.first()) {
+        serial.retain(|s| *s != b.serial);
+        serial.push(b.serial);
+    }
+    std::iter::once("tty0".to_string()).chain(serial.into_iter().map(|s| format!("{s},115200"))).collect()
 }
 
 /// Every file each supported board needs is on the boot partition (`files`: its contents by
@@ -124,5 +155,12 @@ mod tests {
         p.insert("config.txt".into(), b"upstream_kernel=1\n".to_vec());
         assert!(check_boot_partition(Arch::Arm64, &p).unwrap_err().to_string().contains("arm_64bit=1"));
         assert_eq!(emulated(Arch::Arm64).unwrap().qemu_machine, Some("raspi3b"));
+    }
+
+    #[test]
+    fn the_first_boards_serial_port_is_the_last_console() {
+        assert_eq!(consoles(Arch::Arm64), ["tty0", "ttyAMA0,115200", "ttyS1,115200"]);
+        assert_eq!(consoles(Arch::Armhf), ["tty0", "ttyS1,115200", "ttyAMA0,115200"]);
+        assert_eq!(consoles(Arch::Armel), ["tty0", "ttyS1,115200", "ttyAMA0,115200"]);
     }
 }

@@ -75,6 +75,20 @@ impl Arch {
     pub fn std_from_source(self) -> bool {
         self == Arch::Armel
     }
+    /// Its word size, as Raspberry Pi Imager's device tags name it.
+    pub fn bits(self) -> u32 {
+        match self {
+            Arch::Arm64 => 64,
+            Arch::Armhf | Arch::Armel => 32,
+        }
+    }
+    /// QEMU's system emulator for boards of this architecture.
+    pub fn qemu_system(self) -> &'static str {
+        match self {
+            Arch::Arm64 => "qemu-system-aarch64",
+            Arch::Armhf | Arch::Armel => "qemu-system-arm",
+        }
+    }
     pub fn binfmt(self) -> &'static str {
         match self {
             Arch::Arm64 => "qemu-aarch64",
@@ -144,6 +158,9 @@ pub struct ImageParams {
     pub boot_mib: u64,
     pub root_headroom_mib: u64,
     pub max_bytes: u64,
+    /// Where the shipped files will be served from (ends in `/`), for rpi-imager.json's URLs;
+    /// empty: the entries name the bare file.
+    pub download_url: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,6 +168,16 @@ pub struct ImageParams {
 pub enum Role {
     DhcpServer,
     DhcpClient,
+}
+
+impl Role {
+    /// What the role does, in words (the Imager list's descriptions).
+    pub fn describe(self) -> &'static str {
+        match self {
+            Role::DhcpServer => "static address, DHCP and DNS for the link",
+            Role::DhcpClient => "address from the DHCP server",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -174,6 +201,11 @@ impl Host {
 }
 
 impl ImageConfig {
+    /// The config file itself (its lock is beside it).
+    pub fn file(&self) -> PathBuf {
+        self.lock_file.with_extension("toml")
+    }
+
     pub fn host(&self, name: &str) -> anyhow::Result<&Host> {
         self.hosts.iter().find(|h| h.name == name).ok_or_else(|| {
             let names: Vec<&str> = self.hosts.iter().map(|h| h.name.as_str()).collect();
@@ -259,6 +291,7 @@ struct RawImage {
     boot_mib: S<u64>,
     root_headroom_mib: S<u64>,
     max_bytes: S<u64>,
+    download_url: Option<S<String>>,
 }
 
 #[derive(Deserialize)]
@@ -456,10 +489,20 @@ fn image(cx: &Source, i: &RawImage) -> Result<ImageParams, ConfigError> {
     cx.check((64..=2048).contains(i.boot_mib.get_ref()), &i.boot_mib, "image.boot_mib", || "must be 64..=2048".into())?;
     cx.check(*i.root_headroom_mib.get_ref() <= 8192, &i.root_headroom_mib, "image.root_headroom_mib", || "must be at most 8192".into())?;
     cx.check(*i.max_bytes.get_ref() >= 1 << 28, &i.max_bytes, "image.max_bytes", || "must be at least 256 MiB".into())?;
+    if let Some(u) = &i.download_url {
+        let url = u.get_ref();
+        let ok = ["http://", "https://", "file:///"].iter().any(|p| url.starts_with(p))
+            && url.ends_with('/')
+            && !url.contains(char::is_whitespace);
+        cx.check(ok, u, "image.download_url", || {
+            format!("`{url}` must be an http://, https:// or file:/// URL of a directory, ending in `/`")
+        })?;
+    }
     Ok(ImageParams {
         boot_mib: *i.boot_mib.get_ref(),
         root_headroom_mib: *i.root_headroom_mib.get_ref(),
         max_bytes: *i.max_bytes.get_ref(),
+        download_url: i.download_url.as_ref().map(|u| u.get_ref().clone()).unwrap_or_default(),
     })
 }
 
@@ -599,6 +642,20 @@ mod tests {
         assert_eq!(e.key, "system.timezone");
         let e = parse_str(&t.replace("mac = \"b8:27:eb:00:00:01\"\n", "")).unwrap_err();
         assert_eq!(e.key, "host[1].mac");
+    }
+
+    #[test]
+    fn the_download_url_is_a_directory_url() {
+        let t = text();
+        let with = |u: &str| parse_str(&t.replace("# download_url = \"https://example.org/pi2pi/\"", &format!("download_url = \"{u}\"")));
+        assert_eq!(parse_str(&t).unwrap().image.download_url, "", "unset by default: bare file names");
+        assert_eq!(with("https://example.org/pi2pi/").unwrap().image.download_url, "https://example.org/pi2pi/");
+        assert!(with("file:///srv/pi2pi/").is_ok());
+        for bad in ["https://example.org/pi2pi", "ftp://example.org/", "/srv/pi2pi/"] {
+            let e = with(bad).unwrap_err();
+            assert_eq!(e.key, "image.download_url", "{bad}");
+            assert!(e.message.contains("ending in `/`"), "{e}");
+        }
     }
 
     #[test]

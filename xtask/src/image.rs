@@ -1,5 +1,7 @@
 //! `cargo xtask image <host|all>`: runs the stages in order and writes target/images/<host>.img,
-//! SHA256SUMS and a summary. Stage 6 (checks) lives here: the size limit and the checksums.
+//! what is shipped beside it (`<host>.img.xz`, `.img.bmap`, rpi-imager.json: ship.rs),
+//! SHA256SUMS over all of them, and a summary. Stage 6 (checks) lives here: the size limit and
+//! the checksums.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,7 +12,7 @@ use sha2::{Digest, Sha256};
 use xshell::Shell;
 
 use crate::config::{Host, ImageConfig};
-use crate::{agent_build, base, boards, disk, keys, layers, rootfs, setup, tools};
+use crate::{agent_build, base, boards, disk, keys, layers, rootfs, setup, ship, tools};
 
 pub struct Options {
     pub update_lock: bool,
@@ -18,6 +20,9 @@ pub struct Options {
     pub work_dir: PathBuf,
     /// Where the base and tools are cached (`cache::dir()` unless a cold build is wanted).
     pub cache_dir: PathBuf,
+    /// Also write what ships beside the images (.img.xz, .bmap, rpi-imager.json); off for the
+    /// test harness's variant cards, which are booted, never flashed.
+    pub ship: bool,
 }
 
 impl Options {
@@ -28,6 +33,7 @@ impl Options {
             out_dir: root.join("target/images"),
             work_dir: root.join("target/image-build"),
             cache_dir: crate::cache::dir(),
+            ship: true,
         }
     }
 }
@@ -37,6 +43,8 @@ pub struct Built {
     pub path: PathBuf,
     pub bytes: u64,
     pub sha256: String,
+    /// The size of `<host>.img.xz`.
+    pub xz_bytes: u64,
     pub stages: Vec<Lap>,
 }
 
@@ -65,6 +73,8 @@ pub fn build(sh: &Shell, cfg: &ImageConfig, hosts: &[&Host], opts: &Options) -> 
     let t = Instant::now();
     setup::ensure(sh, cfg.base.arch)?;
     keys::ensure(sh, cfg)?;
+    // Every build starts from an empty build directory (what `verify` compares).
+    let _ = std::fs::remove_dir_all(&opts.work_dir);
     std::fs::create_dir_all(&opts.work_dir)?;
     std::fs::create_dir_all(&opts.out_dir)?;
     let setup_s = t.elapsed().as_secs_f64();
@@ -127,8 +137,34 @@ pub fn build(sh: &Shell, cfg: &ImageConfig, hosts: &[&Host], opts: &Options) -> 
             built.push(r?);
         }
     }
-    write_sums(&opts.out_dir, &built)?;
+    if opts.ship {
+        ship_all(sh, cfg, &opts.out_dir, &mut built, epoch)?;
+    } else {
+        let sums: Vec<(PathBuf, String)> = built.iter().map(|b| (b.path.clone(), b.sha256.clone())).collect();
+        write_sums(&opts.out_dir, &sums)?;
+    }
     Ok(built)
+}
+
+/// The compressed images, block maps and Imager list beside the images, then SHA256SUMS over
+/// every file written.
+fn ship_all(sh: &Shell, cfg: &ImageConfig, dir: &Path, built: &mut [Built], epoch: u64) -> Result<()> {
+    let mut sums = Vec::new();
+    let mut entries = Vec::new();
+    for b in built.iter_mut() {
+        let shipped = ship::package(sh, &b.path).with_context(|| format!("compressing {}", b.path.display()))?;
+        b.xz_bytes = std::fs::metadata(&shipped.xz)?.len();
+        b.stages.push(Lap { stage: "xz", seconds: shipped.xz_seconds });
+        b.stages.push(Lap { stage: "bmap", seconds: shipped.bmap_seconds });
+        sums.push((b.path.clone(), b.sha256.clone()));
+        for f in [&shipped.xz, &shipped.bmap] {
+            sums.push((f.clone(), sha256_file(f)?));
+        }
+        entries.push(ship::imager_entry(cfg, cfg.host(&b.host)?, &b.path, &b.sha256, epoch)?);
+    }
+    let list = ship::write_imager_list(dir, entries)?;
+    sums.push((list.clone(), sha256_file(&list)?));
+    write_sums(dir, &sums)
 }
 
 /// Inputs every host's build shares (read-only).
@@ -204,7 +240,7 @@ fn build_host(sh: &Shell, shared: &Shared, host: &Host) -> Result<Built> {
     for f in [&root_img, &boot_img, &root_tar] {
         let _ = std::fs::remove_file(f);
     }
-    Ok(Built { host: host.name.clone(), path: img, bytes, sha256, stages })
+    Ok(Built { host: host.name.clone(), path: img, bytes, sha256, xz_bytes: 0, stages })
 }
 
 pub fn sha256_file(p: &Path) -> Result<String> {
@@ -214,8 +250,9 @@ pub fn sha256_file(p: &Path) -> Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
-/// SHA256SUMS in `sha256sum -c` format; lines for hosts not rebuilt now are kept.
-fn write_sums(dir: &Path, built: &[Built]) -> Result<()> {
+/// SHA256SUMS in `sha256sum -c` format over `files` (path, hash); lines for files not written
+/// now (other hosts' cards) are kept while those files exist.
+fn write_sums(dir: &Path, files: &[(PathBuf, String)]) -> Result<()> {
     let path = dir.join("SHA256SUMS");
     let mut lines: BTreeMap<String, String> = std::fs::read_to_string(&path)
         .unwrap_or_default()
@@ -223,8 +260,9 @@ fn write_sums(dir: &Path, built: &[Built]) -> Result<()> {
         .filter_map(|l| l.split_once("  ").map(|(h, n)| (n.to_string(), h.to_string())))
         .filter(|(n, _)| dir.join(n).exists())
         .collect();
-    for b in built {
-        lines.insert(b.path.file_name().unwrap().to_string_lossy().into_owned(), b.sha256.clone());
+    for (f, sha) in files {
+        let name = f.file_name().with_context(|| format!("{} has no file name", f.display()))?;
+        lines.insert(name.to_string_lossy().into_owned(), sha.clone());
     }
     let text: String = lines.iter().map(|(n, h)| format!("{h}  {n}\n")).collect();
     std::fs::write(&path, text)?;
@@ -237,11 +275,12 @@ pub fn summary(built: &[Built]) -> String {
         let total: f64 = b.stages.iter().map(|l| l.seconds).sum();
         let stages: Vec<String> = b.stages.iter().map(Lap::to_string).collect();
         s += &format!(
-            "{}: {} ({} bytes, {:.0} MiB)\n  sha256 {}\n  build {:.1}s: {}\n",
+            "{}: {} ({} bytes, {:.0} MiB{})\n  sha256 {}\n  build {:.1}s: {}\n",
             b.host,
             b.path.display(),
             b.bytes,
             b.bytes as f64 / (1 << 20) as f64,
+            if b.xz_bytes > 0 { format!("; .img.xz {:.1} MB", b.xz_bytes as f64 / 1e6) } else { String::new() },
             b.sha256,
             total,
             stages.join(", ")

@@ -60,6 +60,8 @@ struct Ctx<'a> {
     system: &'a crate::config::System,
     schedule: Schedule,
     arch: &'static str,
+    /// `console=` values, in order (see `boards::consoles`).
+    consoles: Vec<String>,
     disk_id: String,
     kernel: String,
     initrd: String,
@@ -113,6 +115,7 @@ pub fn build(i: &Inputs) -> Result<Layer> {
         system: &cfg.system,
         schedule: cfg.schedule,
         arch: cfg.base.arch.deb(),
+        consoles: crate::boards::consoles(cfg.base.arch),
         disk_id: format!("{:08x}", i.disk_id),
         kernel: i.kernel.clone(),
         initrd: i.initrd.clone(),
@@ -347,7 +350,10 @@ mod tests {
         assert!(text(&l, "etc/udev/rules.d/90-pi2pi-drive.rules").contains("media-pi-PI2PI.mount"));
         let boot_cfg = std::str::from_utf8(&l.boot["config.txt"]).unwrap();
         assert!(boot_cfg.contains("kernel=vmlinuz-6.12.0-arm64") && boot_cfg.contains("initramfs initrd.img-6.12.0-arm64"), "{boot_cfg}");
-        assert!(std::str::from_utf8(&l.boot["cmdline.txt"]).unwrap().contains("root=PARTUUID=1234abcd-02"));
+        let cmdline = std::str::from_utf8(&l.boot["cmdline.txt"]).unwrap();
+        assert!(cmdline.starts_with("console=tty0 console=ttyAMA0,115200 console=ttyS1,115200 root=PARTUUID=1234abcd-02 "), "{cmdline}");
+        // A kernel upgrade on the Pi rewrites cmdline.txt from this: the same consoles, in the same order.
+        assert!(text(&l, "etc/default/raspi-firmware").contains("CONSOLES=\"tty0 ttyAMA0,115200 ttyS1,115200\""));
         assert_eq!(l.root["etc/localtime"].kind, Kind::Symlink("/usr/share/zoneinfo/America/New_York".into()));
         assert_eq!(l.root["etc/systemd/system/apt-daily.timer"].kind, Kind::Symlink("/dev/null".into()), "offline: no apt timers");
     }

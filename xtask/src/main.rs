@@ -9,6 +9,7 @@ mod cache;
 mod config;
 mod disk;
 mod fat;
+mod flash;
 mod image;
 mod keys;
 mod layers;
@@ -19,6 +20,7 @@ mod qemu;
 mod rootfs;
 mod run;
 mod setup;
+mod ship;
 mod test;
 mod time32;
 mod tools;
@@ -42,13 +44,22 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Build flashable card images: target/images/<host>.img and SHA256SUMS.
+    /// Build flashable card images: target/images/<host>.img, .img.xz, .img.bmap, rpi-imager.json, SHA256SUMS.
     Image {
         /// A host from image.toml, or `all`.
         host: String,
         /// Accept newer packages from the archive and rewrite image.lock.
         #[arg(long)]
         update_lock: bool,
+        /// Where the images and what ships with them go (default target/images).
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+        /// Where intermediate files go (default target/image-build).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+        /// Where the base and tools are cached (default ~/.cache/pi2pi, or PI2PI_CACHE).
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
     },
     /// Build every image twice from empty build directories and compare the bytes.
     Verify {
@@ -58,6 +69,20 @@ enum Task {
     },
     /// Make missing SSH keys in keys/ (git-ignored).
     Keys,
+    /// Write a built card to an SD card (or a file): shows the device and asks, refuses one in
+    /// use, writes the mapped blocks with bmaptool, reads them back and compares.
+    Flash {
+        /// A host from the config (its card is target/images/<host>.img).
+        host: String,
+        /// The SD card's device, e.g. /dev/sdb (the whole device, not a partition).
+        device: PathBuf,
+        /// Do not ask before writing.
+        #[arg(long)]
+        yes: bool,
+        /// Write a device that is not removable or is larger than 256 GB (never one in use).
+        #[arg(long)]
+        force: bool,
+    },
     /// Run the tests. With no argument: everything (what CI runs).
     Test {
         #[command(subcommand)]
@@ -99,29 +124,47 @@ enum TestWhich {
     },
 }
 
-/// The repository root, whatever directory cargo was started from.
+/// The repository root, whatever directory cargo was started from: where xtask was built from,
+/// or `PI2PI_ROOT` (verify's second build sees the checkout at another path).
 fn project_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    match std::env::var_os("PI2PI_ROOT") {
+        Some(r) => PathBuf::from(r),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf(),
+    }
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let sh = Shell::new()?;
     // A relative --config is relative to where the user ran the command, not to the root.
-    let config_path = std::env::current_dir()?.join(&cli.config);
+    let cwd = std::env::current_dir()?;
+    let config_path = cwd.join(&cli.config);
     sh.change_dir(project_root());
     // Only the tasks that build or boot cards read the config: a broken one must not stop `bench agent`.
     let load = || config::load(&config_path);
     match cli.task {
-        Task::Image { host, update_lock } => {
+        Task::Image { host, update_lock, out_dir, work_dir, cache_dir } => {
             let cfg = load()?;
             let hosts = image::select(&cfg, &host)?;
-            let opts = image::Options { update_lock, ..image::Options::default_for(&sh) };
+            let d = image::Options::default_for(&sh);
+            let opts = image::Options {
+                update_lock,
+                out_dir: out_dir.map(|p| cwd.join(p)).unwrap_or(d.out_dir),
+                work_dir: work_dir.map(|p| cwd.join(p)).unwrap_or(d.work_dir),
+                cache_dir: cache_dir.map(|p| cwd.join(p)).unwrap_or(d.cache_dir),
+                ..d
+            };
             let built = image::build(&sh, &cfg, &hosts, &opts)?;
             print!("{}", image::summary(&built));
         }
-        Task::Verify { cold } => verify::run(&sh, &load()?, cold)?,
+        Task::Verify { cold } => verify::run(&sh, &load()?, cold, None)?,
         Task::Keys => keys::ensure(&sh, &load()?)?,
+        Task::Flash { host, device, yes, force } => {
+            let cfg = load()?;
+            let img = image::Options::default_for(&sh).out_dir.join(format!("{}.img", cfg.host(&host)?.name));
+            setup::ensure(&sh, cfg.base.arch)?;
+            flash::run(&sh, &img, &cwd.join(device), &flash::Options { yes, force })?;
+        }
         Task::Test { which: None, no_qemu } => test::all(&sh, &load()?, no_qemu)?,
         Task::Test { which: Some(TestWhich::Board), .. } => {
             let cfg = load()?;

@@ -145,6 +145,7 @@ pub fn run(sh: &Shell, cfg: &ImageConfig, schedules: &[Schedule], build: bool) -
             let opts = image::Options {
                 out_dir: dir.clone(),
                 work_dir: root.join(format!("target/image-build-{}", s.name())),
+                ship: false,
                 ..image::Options::default_for(sh)
             };
             image::build(sh, &variant, &[h], &opts)?;

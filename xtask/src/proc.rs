@@ -104,3 +104,16 @@ pub fn spawn(dir: &Path, argv: &[OsString], log: &Path) -> Result<duct::Handle> 
         .start()
         .with_context(|| format!("cannot start {}", prog.to_string_lossy()))
 }
+
+/// A byte-count progress bar on a terminal; hidden otherwise, so CI logs stay line-oriented.
+pub fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    let style = indicatif::ProgressStyle::with_template("{msg}: {bytes}/{total_bytes} {wide_bar} {eta}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.set_message(what.to_string());
+    bar
+}

@@ -35,6 +35,8 @@ pub const PACKAGES: &[&str] = &[
     "libc6-dev-armhf-cross",
     "libc6-dev-armel-cross",
     "util-linux", // losetup for the agent's drive tests
+    "xz-utils",   // <host>.img.xz
+    "bmap-tools", // <host>.img.bmap, and the round-trip check with `bmaptool copy`
 ];
 
 pub const RUST_TARGETS: &[&str] = &["aarch64-unknown-linux-musl", "armv7-unknown-linux-gnueabihf"];

@@ -11,7 +11,7 @@ use anyhow::{bail, Result};
 use xshell::{cmd, Shell};
 
 use crate::config::ImageConfig;
-use crate::{base, board, image, pair, proc, setup, time32, verify};
+use crate::{base, board, image, pair, proc, setup, ship, time32, verify};
 
 /// The previous Debian stable, which README promises stays buildable by changing `base.suite`.
 pub const OTHER_SUITE: &str = "bookworm";
@@ -46,7 +46,19 @@ pub fn all(sh: &Shell, cfg: &ImageConfig, skip_qemu: bool) -> Result<()> {
                 Ok(())
             }),
         ),
-        ("verify (reproducible images)".into(), Box::new(|| verify::run(sh, cfg, false))),
+        (
+            "shipped files (bmaptool copy round-trip, Imager list)".into(),
+            Box::new(|| {
+                let images = image::Options::default_for(sh).out_dir;
+                let n = ship::check(sh, cfg, &images, &sh.current_dir().join("target/ship-check"))?;
+                eprintln!("ship: {n} cards: bmaptool copy of each .img.xz with its .bmap is the .img; rpi-imager.json matches the files");
+                Ok(())
+            }),
+        ),
+        (
+            format!("verify (reproducible: a second build, {})", verify::VARIED),
+            Box::new(|| verify::run(sh, cfg, false, Some(&image::Options::default_for(sh).out_dir))),
+        ),
     ];
     if !skip_qemu {
         let schedules = pair::schedules(cfg, None);
@@ -62,7 +74,7 @@ pub fn all(sh: &Shell, cfg: &ImageConfig, skip_qemu: bool) -> Result<()> {
             }),
         ));
         phases.push((
-            "board test (each card on its Pi's QEMU model, two boots)".into(),
+            "board test (each card on its Pi's QEMU model; an armhf variant on raspi2b)".into(),
             Box::new(|| {
                 let images = image::Options::default_for(sh).out_dir;
                 eprint!("{}", board::render(&board::test(sh, cfg, &images)?));

@@ -1,0 +1,272 @@
+//! What is written beside the raw images so that every flashing tool takes them:
+//! `<host>.img.xz` (Raspberry Pi Imager, balenaEtcher, `bmaptool`), `<host>.img.bmap` (bmaptool
+//! writes only the blocks in use) and `rpi-imager.json` (Imager's custom repository list). All of
+//! it is reproducible: image.rs lists every file in SHA256SUMS and `cargo xtask verify` compares
+//! them.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+use xshell::{cmd, Shell};
+
+use crate::boards;
+use crate::config::{Host, ImageConfig};
+use crate::proc;
+
+/// xz's preset. Measured on a 770 MiB trixie card here (2 cores): -1 24 s, 158 MB; -3 48 s,
+/// 148 MB; -6 100 s, 137 MB. Most of the data is compressed already (kernel modules, initramfs),
+/// so higher presets buy little, and every build (and verify's second) pays the time.
+const XZ_PRESET: &str = "-1";
+/// A fixed block size makes xz's multi-threaded output depend only on it and the preset, not on
+/// the number of cores (xz -T1 would write a single-block stream instead; 5.4 keeps `-T0`
+/// multi-threaded even on one core). Checked by a test, as `verify` builds on all cores.
+const XZ_BLOCK: &str = "--block-size=32MiB";
+
+const XZ_THREADS: &str = "-T0";
+
+pub const IMAGER_LIST: &str = "rpi-imager.json";
+
+/// The files shipped for one image.
+pub struct Shipped {
+    pub xz: PathBuf,
+    pub bmap: PathBuf,
+    pub xz_seconds: f64,
+    pub bmap_seconds: f64,
+}
+
+/// `<img>.xz` and `<img>.bmap` beside `img`.
+pub fn package(sh: &Shell, img: &Path) -> Result<Shipped> {
+    let xz = suffixed(img, ".xz");
+    let bmap = img.with_extension("img.bmap");
+    let t = std::time::Instant::now();
+    proc::read(cmd!(sh, "xz {XZ_THREADS} {XZ_BLOCK} {XZ_PRESET} --keep --force {img}"))?;
+    let xz_seconds = t.elapsed().as_secs_f64();
+    // bmaptool maps the image's holes: the .img is written sparse (disk.rs), so the map is the
+    // blocks the filesystems use.
+    let t = std::time::Instant::now();
+    proc::read(cmd!(sh, "bmaptool -q create -o {bmap} {img}"))?;
+    Ok(Shipped { xz, bmap, xz_seconds, bmap_seconds: t.elapsed().as_secs_f64() })
+}
+
+fn suffixed(p: &Path, suffix: &str) -> PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// One entry of Imager's `os_list`. No `init_format`: Imager would then offer its "OS
+/// customisation" (user, hostname, SSH keys, Wi-Fi through firstrun.sh or cloud-init), which
+/// would overwrite what the card was built with (its name in the peers' configs, its pinned
+/// host key); without it Imager writes the card as built.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct ImagerEntry {
+    pub name: String,
+    pub description: String,
+    pub url: String,
+    pub extract_size: u64,
+    pub extract_sha256: String,
+    pub image_download_size: u64,
+    pub image_download_sha256: String,
+    pub release_date: String,
+    pub devices: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ImagerList {
+    pub os_list: Vec<ImagerEntry>,
+}
+
+/// The list entry for `host`'s card from its files.
+pub fn imager_entry(cfg: &ImageConfig, host: &Host, img: &Path, img_sha256: &str, epoch: u64) -> Result<ImagerEntry> {
+    let xz = suffixed(img, ".xz");
+    let file = xz.file_name().context("image has no file name")?.to_string_lossy().into_owned();
+    Ok(ImagerEntry {
+        name: format!("pi2pi {} ({})", host.name, cfg.base.arch.deb()),
+        description: format!(
+            "{}: {} at {}. Debian {} ({}), built by pi2pi; flash as is (no OS customisation).",
+            host.name,
+            host.role.describe(),
+            host.address,
+            cfg.base.suite,
+            cfg.base.arch.deb()
+        ),
+        url: format!("{}{file}", cfg.image.download_url),
+        extract_size: std::fs::metadata(img)?.len(),
+        extract_sha256: img_sha256.to_string(),
+        image_download_size: std::fs::metadata(&xz).with_context(|| format!("{} is missing", xz.display()))?.len(),
+        image_download_sha256: crate::image::sha256_file(&xz)?,
+        release_date: date_of(epoch)?,
+        devices: imager_devices(cfg),
+    })
+}
+
+/// Imager's device tags for the boards the card boots (`pi3-64bit`, `pi1-32bit`, …).
+pub fn imager_devices(cfg: &ImageConfig) -> Vec<String> {
+    let bits = cfg.base.arch.bits();
+    let mut tags: Vec<String> = Vec::new();
+    for b in boards::for_arch(cfg.base.arch) {
+        let tag = format!("{}-{bits}bit", b.imager_family);
+        if !tags.contains(&tag) {
+            tags.push(tag);
+        }
+    }
+    tags
+}
+
+/// YYYY-MM-DD (UTC) of a Unix time: the build's epoch, so the date is the packages' date, not
+/// the day of the build.
+fn date_of(epoch: u64) -> Result<String> {
+    let d = time::OffsetDateTime::from_unix_timestamp(i64::try_from(epoch)?)?.date();
+    Ok(format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day()))
+}
+
+/// Writes `rpi-imager.json` in `dir` with `entries` (by name) merged into the entries already
+/// there whose files still exist, so that building one host keeps the others listed.
+pub fn write_imager_list(dir: &Path, entries: Vec<ImagerEntry>) -> Result<PathBuf> {
+    let path = dir.join(IMAGER_LIST);
+    let mut list: Vec<ImagerEntry> = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<ImagerList>(&t).ok())
+        .map(|l| l.os_list)
+        .unwrap_or_default();
+    list.retain(|old| !entries.iter().any(|e| e.name == old.name) && dir.join(file_of(&old.url)).exists());
+    list.extend(entries);
+    list.sort_by(|a, b| a.name.cmp(&b.name));
+    let text = serde_json::to_string_pretty(&ImagerList { os_list: list })? + "\n";
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+fn file_of(url: &str) -> &str {
+    url.rsplit('/').next().unwrap_or(url)
+}
+
+/// The checks a user's tools make: `bmaptool copy` of each `.img.xz` with its `.bmap` gives the
+/// `.img` byte for byte, and every `rpi-imager.json` entry's sizes and hashes match the files,
+/// its date is the locked packages' date and its device tags are the boards of `cfg`'s cards.
+/// `scratch` holds the copies.
+pub fn check(sh: &Shell, cfg: &ImageConfig, dir: &Path, scratch: &Path) -> Result<usize> {
+    std::fs::create_dir_all(scratch)?;
+    let lock = crate::pins::LockFile::read(&cfg.lock_file)?;
+    let pins = lock
+        .get(&cfg.base.suite, cfg.base.arch.deb())
+        .with_context(|| format!("{} has no section for this base", cfg.lock_file.display()))?;
+    let date = date_of(pins.source_date_epoch)?;
+    let devices = imager_devices(cfg);
+    let text = std::fs::read_to_string(dir.join(IMAGER_LIST)).with_context(|| format!("reading {}", dir.join(IMAGER_LIST).display()))?;
+    let list: ImagerList = serde_json::from_str(&text).with_context(|| format!("{} is not an Imager list", IMAGER_LIST))?;
+    ensure!(!list.os_list.is_empty(), "{IMAGER_LIST} lists no card");
+    for e in &list.os_list {
+        let xz = dir.join(file_of(&e.url));
+        let img = xz.with_extension("");
+        let bmap = img.with_extension("img.bmap");
+        let copy = scratch.join(img.file_name().context("no file name")?);
+        let _ = std::fs::remove_file(&copy);
+        proc::read(cmd!(sh, "bmaptool -q copy --bmap {bmap} {xz} {copy}"))?;
+        let copied = crate::image::sha256_file(&copy)?;
+        let _ = std::fs::remove_file(&copy);
+        ensure!(copied == crate::image::sha256_file(&img)?, "bmaptool copy of {} differs from {}", xz.display(), img.display());
+        ensure!(copied == e.extract_sha256, "{}: extract_sha256 {} is not the image's {copied}", e.name, e.extract_sha256);
+        ensure!(e.extract_size == std::fs::metadata(&img)?.len(), "{}: extract_size is not the image's size", e.name);
+        ensure!(e.image_download_size == std::fs::metadata(&xz)?.len(), "{}: image_download_size is not the .img.xz's size", e.name);
+        ensure!(e.image_download_sha256 == crate::image::sha256_file(&xz)?, "{}: image_download_sha256 is not the .img.xz's", e.name);
+        ensure!(e.devices == devices, "{}: device tags {:?}, but the card boots {devices:?}", e.name, e.devices);
+        ensure!(e.release_date == date, "{}: release_date {} is not the locked packages' date {date}", e.name, e.release_date);
+    }
+    Ok(list.os_list.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Seek, SeekFrom, Write};
+
+    use super::*;
+    use crate::config::Arch;
+
+    fn shipped_config() -> ImageConfig {
+        crate::config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../image.toml")).unwrap()
+    }
+
+    /// What `verify` would not see, building on all cores both times: the compressed bytes are
+    /// the same with one thread (what `-T0` gives on a one-core machine) and with four.
+    #[test]
+    fn compressed_images_do_not_depend_on_the_core_count() {
+        if std::process::Command::new("xz").arg("--version").output().is_err() {
+            assert!(std::env::var_os("CI").is_none(), "xz is needed (cargo xtask installs it)");
+            eprintln!("skipped: no xz");
+            return;
+        }
+        // 40 MiB of varied data: two 32 MiB blocks.
+        let mut data = Vec::with_capacity(40 << 20);
+        let mut x: u32 = 1;
+        while data.len() < 40 << 20 {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            data.extend_from_slice(format!("{} ", x >> 20).as_bytes());
+        }
+        let sh = Shell::new().unwrap();
+        let packed = |threads: &str| cmd!(sh, "xz {threads} {XZ_BLOCK} {XZ_PRESET} --stdout").stdin(&data).output().unwrap().stdout;
+        let (one, four) = (packed("-T+1"), packed("-T4"));
+        assert!(!one.is_empty() && one == four, "xz wrote different bytes on one thread and on four");
+        assert_eq!(XZ_THREADS, "-T0", "the build's setting is the one tested");
+    }
+
+    #[test]
+    fn device_tags_follow_the_boards_of_the_architecture() {
+        let mut cfg = shipped_config();
+        let tags = |cfg: &ImageConfig| imager_devices(cfg).join(" ");
+        cfg.base.arch = Arch::Arm64;
+        assert_eq!(tags(&cfg), "pi3-64bit pi4-64bit");
+        cfg.base.arch = Arch::Armhf;
+        assert_eq!(tags(&cfg), "pi2-32bit pi3-32bit pi4-32bit");
+        cfg.base.arch = Arch::Armel;
+        assert_eq!(tags(&cfg), "pi1-32bit");
+    }
+
+    /// A small sparse image through the real tools: xz, bmaptool create, the Imager list, then
+    /// the check (bmaptool copy back, fields against the files), which must also catch a list
+    /// that does not match.
+    #[test]
+    fn a_shipped_image_round_trips_and_a_wrong_list_is_caught() {
+        let have = |t: &str| std::process::Command::new(t).arg("--version").output().is_ok_and(|o| o.status.success());
+        if !(have("xz") && have("bmaptool")) {
+            assert!(std::env::var_os("CI").is_none(), "xz and bmaptool are needed (cargo xtask installs them)");
+            eprintln!("skipped: xz or bmaptool missing (cargo xtask installs them)");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("pi2pi-ship-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = shipped_config();
+        let host = &cfg.hosts[0];
+        let img = dir.join(format!("{}.img", host.name));
+        let mut f = std::fs::File::create(&img).unwrap();
+        f.write_all(&[0x55; 4096]).unwrap();
+        f.seek(SeekFrom::Start(6 << 20)).unwrap(); // a hole between the two written ranges
+        f.write_all(b"end of the card").unwrap();
+        f.set_len(8 << 20).unwrap();
+        drop(f);
+        let sh = Shell::new().unwrap();
+        package(&sh, &img).unwrap();
+        let lock = crate::pins::LockFile::read(&cfg.lock_file).unwrap();
+        let epoch = lock.get(&cfg.base.suite, cfg.base.arch.deb()).unwrap().source_date_epoch;
+        let sha = crate::image::sha256_file(&img).unwrap();
+        write_imager_list(&dir, vec![imager_entry(&cfg, host, &img, &sha, epoch).unwrap()]).unwrap();
+        assert_eq!(check(&sh, &cfg, &dir, &dir.join("scratch")).unwrap(), 1);
+
+        let list_path = dir.join(IMAGER_LIST);
+        let mut list: ImagerList = serde_json::from_str(&std::fs::read_to_string(&list_path).unwrap()).unwrap();
+        list.os_list[0].extract_size += 1;
+        std::fs::write(&list_path, serde_json::to_string(&list).unwrap()).unwrap();
+        let e = check(&sh, &cfg, &dir, &dir.join("scratch")).unwrap_err().to_string();
+        assert!(e.contains("extract_size"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn dates_of_epochs() {
+        assert_eq!(date_of(0).unwrap(), "1970-01-01");
+        assert_eq!(date_of(951_782_400).unwrap(), "2000-02-29");
+        assert_eq!(date_of(4_107_542_399).unwrap(), "2100-02-28");
+    }
+}
