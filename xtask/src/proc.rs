@@ -117,3 +117,27 @@ pub fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
     bar.set_message(what.to_string());
     bar
 }
+
+/// A spinner with the elapsed time on a terminal, cleared when dropped; nothing otherwise.
+pub struct Spinner(indicatif::ProgressBar);
+
+impl Spinner {
+    pub fn new(what: &str) -> Spinner {
+        if !std::io::stderr().is_terminal() {
+            return Spinner(indicatif::ProgressBar::hidden());
+        }
+        let bar = indicatif::ProgressBar::new_spinner();
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}") {
+            bar.set_style(style);
+        }
+        bar.set_message(what.to_string());
+        bar.enable_steady_tick(std::time::Duration::from_millis(250));
+        Spinner(bar)
+    }
+}
+
+impl Drop for Spinner {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
+}

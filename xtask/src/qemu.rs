@@ -228,6 +228,7 @@ impl Vm {
 
     /// Waits for the guest's shell, then for systemd to finish booting; returns the time taken.
     pub fn wait_booted(&mut self, started: Instant, limit: Duration) -> Result<Duration> {
+        let _spinner = crate::proc::Spinner::new(&format!("{}: booting", self.name));
         let deadline = started + limit;
         let sock = self.dir.join(SHELL_SOCK);
         while self.shell.is_none() {

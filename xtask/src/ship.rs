@@ -40,7 +40,8 @@ pub fn package(sh: &Shell, img: &Path) -> Result<Shipped> {
     let xz = suffixed(img, ".xz");
     let bmap = img.with_extension("img.bmap");
     let t = std::time::Instant::now();
-    proc::read(cmd!(sh, "xz {XZ_THREADS} {XZ_BLOCK} {XZ_PRESET} --keep --force {img}"))?;
+    // -v: progress on a terminal, one summary line otherwise.
+    proc::read(cmd!(sh, "xz -v {XZ_THREADS} {XZ_BLOCK} {XZ_PRESET} --keep --force {img}"))?;
     let xz_seconds = t.elapsed().as_secs_f64();
     // bmaptool maps the image's holes: the .img is written sparse (disk.rs), so the map is the
     // blocks the filesystems use.
