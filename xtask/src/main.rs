@@ -134,6 +134,11 @@ fn project_root() -> PathBuf {
 }
 
 fn main() -> Result<()> {
+    // Files the build's tools create (mmdebstrap's hooks, tar, mke2fs's inputs) take their mode
+    // from the umask: the builder's own (077 under `verify`'s second build) made one file of the
+    // base 0600 instead of 0644. Every build uses Debian's default.
+    // SAFETY: umask only sets this process's file mode creation mask.
+    unsafe { libc::umask(0o022) };
     let cli = Cli::parse();
     let sh = Shell::new()?;
     // A relative --config is relative to where the user ran the command, not to the root.

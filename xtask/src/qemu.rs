@@ -206,7 +206,7 @@ impl Vm {
     }
 
     pub fn console(&self) -> String {
-        std::fs::read_to_string(&self.console_log).unwrap_or_default()
+        read_console(&self.console_log)
     }
 
     /// Fails if the console shows a panic, an oops or a failed unit.
@@ -369,6 +369,13 @@ impl Vm {
 
 /// Waits (up to 2 minutes: USB enumerates slowly under emulation) for `fstype` to be mounted at
 /// `mount` in the guest; the drive is mounted by udev when it appears, not by the boot itself.
+/// Everything a guest printed so far. Lossy: a UART's first byte can be line noise (the Pi 3's
+/// mini UART began with 0xb2), and a strict UTF-8 read then returned nothing at all, which every
+/// console check passed.
+fn read_console(path: &Path) -> String {
+    std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+}
+
 pub fn wait_mounted(vm: &mut Vm, mount: &str, fstype: &str) -> Result<()> {
     let t = Instant::now();
     loop {
@@ -402,6 +409,15 @@ fn system_state(out: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_console_with_line_noise_is_still_read() {
+        let p = std::env::temp_dir().join(format!("pi2pi-console-{}.log", std::process::id()));
+        std::fs::write(&p, b"\xb2[    0.000000] Booting Linux\nKernel panic - not syncing\n").unwrap();
+        let text = read_console(&p);
+        let _ = std::fs::remove_file(&p);
+        assert!(text.lines().any(|l| l.contains("Kernel panic")), "{text:?}");
+    }
 
     #[test]
     fn the_firmware_choice_comes_from_config_txt() {
