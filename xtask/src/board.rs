@@ -1,7 +1,7 @@
 //! `cargo xtask test board`: every card of the deployment booted the way its Pi boots it, on
-//! QEMU's model of its board family, two cards at a time; and, for an arm64 deployment, an armhf
-//! variant of its first card (Debian's LPAE kernel) on `raspi2b`, since nothing else boots a
-//! 32-bit card. The deployment's first card boots twice.
+//! QEMU's model of its board family, two cards at a time; and with `--armhf`, for an arm64
+//! deployment, an armhf variant of its first card (Debian's LPAE kernel) on `raspi2b`, since
+//! nothing else boots a 32-bit card. The deployment's first card boots twice.
 //!
 //! - The card is the SD card: a sparse copy of the .img padded to a power of two (QEMU's SD model
 //!   needs one), bigger than the image so that the first boot has room to grow into.
@@ -90,11 +90,13 @@ impl Card<'_> {
     }
 }
 
-/// The board test: every card of the deployment (already built in `images`), and the first card
-/// built for armhf when the deployment is not (nothing else boots a 32-bit card).
-pub fn test(sh: &Shell, cfg: &ImageConfig, images: &Path) -> Result<Vec<BootReport>> {
+/// The board test: every card of the deployment (already built in `images`), and with `armhf`
+/// the first card built for armhf when the deployment is not (nothing else boots a 32-bit card).
+/// Not in CI yet: on raspi2b the harness's shell on the PL011 once never received input in a
+/// boot that otherwise reached multi-user (see the session notes).
+pub fn test(sh: &Shell, cfg: &ImageConfig, images: &Path, armhf: bool) -> Result<Vec<BootReport>> {
     let mut all = cards(cfg, images);
-    let variant = armhf_variant(cfg);
+    let variant = if armhf { armhf_variant(cfg) } else { None };
     if let Some(v) = &variant {
         let dir = build_variant(sh, v)?;
         let mut c = cards(v, &dir);
@@ -280,7 +282,10 @@ fn check_running(vm: &mut Vm, cfg: &ImageConfig) -> Result<()> {
     let root = vm.ok("findmnt -no SOURCE /", CMD)?;
     ensure!(root.lines().any(|l| l.trim() == "/dev/mmcblk0p2"), "root is not mounted from the SD card: {root}");
     let mount = &cfg.drive.mount_point;
-    qemu::wait_mounted(vm, mount, "vfat")?;
+    if let Err(e) = qemu::wait_mounted(vm, mount, "vfat") {
+        replug_after_failed_enumeration(vm).context(e)?;
+        qemu::wait_mounted(vm, mount, "vfat")?;
+    }
     // The fstab entry's fsck ran for the drive, before its mount, and passed.
     let label = &cfg.drive.label;
     let fsck = vm.ok(
@@ -295,6 +300,22 @@ fn check_running(vm: &mut Vm, cfg: &ImageConfig) -> Result<()> {
     let json = &status[status.find('{').context("no JSON from pi2pi-agent status")?..];
     let v: serde_json::Value = serde_json::from_str(json.trim()).with_context(|| format!("pi2pi-agent status: {status}"))?;
     ensure!(v["drive_ready"] == serde_json::Value::Bool(true), "the agent does not see the drive: {status}");
+    Ok(())
+}
+
+/// QEMU's dwc2 model can lose a device's first enumeration when the host is loaded (seen in CI:
+/// "usb 1-1: new full-speed USB device number 2 using dwc2", then only "dwc2 …: Not connected",
+/// and no disk); a Pi's controller does not. Only in that case, and saying so, the harness asks
+/// the kernel to enumerate again (the root hub de-authorised and authorised), once.
+fn replug_after_failed_enumeration(vm: &mut Vm) -> Result<()> {
+    let (_, log) = vm.exec("dmesg | grep -c 'dwc2 .*: Not connected'; ls /sys/block | grep -c '^sd'", CMD)?;
+    let counts: Vec<u32> = log.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    ensure!(counts.len() == 2 && counts[0] > 0 && counts[1] == 0, "the drive was not mounted, and not for a lost USB enumeration");
+    eprintln!(
+        "board: {}: the emulated dwc2 lost the USB drive's enumeration ({} \"Not connected\"); enumerating again",
+        vm.name, counts[0]
+    );
+    vm.ok("echo 0 > /sys/bus/usb/devices/usb1/authorized && sleep 2 && echo 1 > /sys/bus/usb/devices/usb1/authorized", CMD)?;
     Ok(())
 }
 

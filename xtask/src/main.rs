@@ -110,8 +110,12 @@ enum Bench {
 
 #[derive(Subcommand)]
 enum TestWhich {
-    /// Boot every built card on QEMU's model of its Pi (raspi3b for arm64), twice.
-    Board,
+    /// Boot every built card on QEMU's model of its Pi (raspi3b for arm64; the first twice).
+    Board {
+        /// Also build the first card for armhf and boot it on raspi2b (the Pi 2).
+        #[arg(long)]
+        armhf: bool,
+    },
     /// The 32-bit agents (armv7, and ARMv6 on the Pi Zero's CPU), run under qemu-arm, read file
     /// times past 2038 right.
     Time32,
@@ -171,11 +175,11 @@ fn main() -> Result<()> {
             flash::run(&sh, &img, &cwd.join(device), &flash::Options { yes, force })?;
         }
         Task::Test { which: None, no_qemu } => test::all(&sh, &load()?, no_qemu)?,
-        Task::Test { which: Some(TestWhich::Board), .. } => {
+        Task::Test { which: Some(TestWhich::Board { armhf }), .. } => {
             let cfg = load()?;
             let built = image::build(&sh, &cfg, &image::select(&cfg, "all")?, &image::Options::default_for(&sh))?;
             let dir = built.first().and_then(|b| b.path.parent()).context("no cards built")?.to_path_buf();
-            print!("{}", board::render(&board::test(&sh, &cfg, &dir)?));
+            print!("{}", board::render(&board::test(&sh, &cfg, &dir, armhf)?));
         }
         Task::Test { which: Some(TestWhich::Time32), .. } => time32::check_all(&sh)?,
         Task::Test { which: Some(TestWhich::Qemu { schedule }), .. } => {
