@@ -140,8 +140,7 @@ pub struct Options {
 
 /// Writes `img` (with its `.img.xz` and `.img.bmap` beside it) to `target`, after the checks.
 pub fn run(sh: &Shell, img: &Path, target: &Path, opts: &Options) -> Result<()> {
-    let xz = PathBuf::from(format!("{}.xz", img.display()));
-    let bmap = img.with_extension("img.bmap");
+    let (xz, bmap) = (crate::ship::xz_of(img), crate::ship::bmap_of(img));
     for f in [img, &xz, &bmap] {
         ensure!(f.exists(), "{} is missing: run `cargo xtask image` first", f.display());
     }

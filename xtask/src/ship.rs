@@ -37,8 +37,7 @@ pub struct Shipped {
 
 /// `<img>.xz` and `<img>.bmap` beside `img`.
 pub fn package(sh: &Shell, img: &Path) -> Result<Shipped> {
-    let xz = suffixed(img, ".xz");
-    let bmap = img.with_extension("img.bmap");
+    let (xz, bmap) = (xz_of(img), bmap_of(img));
     let t = std::time::Instant::now();
     // -v: progress on a terminal, one summary line otherwise.
     proc::read(cmd!(sh, "xz -v {XZ_THREADS} {XZ_BLOCK} {XZ_PRESET} --keep --force {img}"))?;
@@ -48,6 +47,14 @@ pub fn package(sh: &Shell, img: &Path) -> Result<Shipped> {
     let t = std::time::Instant::now();
     proc::read(cmd!(sh, "bmaptool -q create -o {bmap} {img}"))?;
     Ok(Shipped { xz, bmap, xz_seconds, bmap_seconds: t.elapsed().as_secs_f64() })
+}
+
+/// Where a card's compressed image and block map are: beside it, `<host>.img.xz`, `<host>.img.bmap`.
+pub fn xz_of(img: &Path) -> PathBuf {
+    suffixed(img, ".xz")
+}
+pub fn bmap_of(img: &Path) -> PathBuf {
+    suffixed(img, ".bmap")
 }
 
 fn suffixed(p: &Path, suffix: &str) -> PathBuf {
