@@ -22,12 +22,22 @@ enum Cmd {
     /// One full pass, then exit (cron schedule). Exits 75 if another agent holds the lock.
     Sync,
     /// Receiving side, speaking the protocol on stdin/stdout (sshd's forced command).
-    Serve,
+    Serve {
+        /// Put what arrives in receiving/<NAME>/ (a host taking files from several senders
+        /// gives each its own directory, set by the forced command of that sender's key).
+        #[arg(long, value_name = "NAME", value_parser = sender_dir)]
+        into: Option<String>,
+    },
     /// What is pending, delivered and failing; whether the drive and peers are up.
     Status {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `--into`'s value is one directory name, by the host-name rule (never a path).
+fn sender_dir(s: &str) -> Result<String, String> {
+    pi2pi_agent::rules::host_name(s).map(|()| s.to_string())
 }
 
 fn main() -> ExitCode {
@@ -47,11 +57,11 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Run => daemon::run(cfg).map(|()| ExitCode::SUCCESS),
         Cmd::Sync => daemon::once(cfg).map(|r| if r.failures == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
-        Cmd::Serve => {
+        Cmd::Serve { into } => {
             // Not pipes when run by hand from a terminal; then this does nothing.
             pi2pi_agent::transport::widen_pipe(std::io::stdin());
             pi2pi_agent::transport::widen_pipe(std::io::stdout());
-            serve::serve(&cfg, std::io::stdin(), std::io::stdout()).map(|()| ExitCode::SUCCESS)
+            serve::serve(&cfg, into.as_deref(), std::io::stdin(), std::io::stdout()).map(|()| ExitCode::SUCCESS)
         }
         Cmd::Status { json } => status::report(&cfg, json).map(|s| {
             print!("{s}");

@@ -40,8 +40,9 @@ const WRITEBACK_SLICE: u64 = 8 << 20;
 
 type Frames = Rx<io::Result<Option<Msg>>>;
 
-/// Runs one session on the given streams until the sender says `Bye` or closes the stream.
-pub fn serve(cfg: &Config, input: impl Read + Send + 'static, output: impl Write + Send) -> Result<()> {
+/// Runs one session on the given streams until the sender says `Bye` or closes the stream. With
+/// `into`, every path is taken below `receiving/<into>/` (made when the first file comes).
+pub fn serve(cfg: &Config, into: Option<&str>, input: impl Read + Send + 'static, output: impl Write + Send) -> Result<()> {
     // Smaller than a chunk, so most data is read from the pipe straight into its own buffer.
     let mut r = BufReader::with_capacity(64 * 1024, input);
     let mut w = BufWriter::new(output);
@@ -82,6 +83,7 @@ pub fn serve(cfg: &Config, input: impl Read + Send + 'static, output: impl Write
         });
         let session = Receiver {
             cfg,
+            into,
             out,
             commits: commit_tx,
             probed: false,
@@ -101,6 +103,8 @@ pub fn serve(cfg: &Config, input: impl Read + Send + 'static, output: impl Write
 
 struct Receiver<'a, W: Write> {
     cfg: &'a Config,
+    /// The sender's own directory under receiving/, if it has one.
+    into: Option<&'a str>,
     out: &'a Out<W>,
     commits: SyncSender<Vec<Pending>>,
     /// The write probe (a create and unlink on the drive) runs once per session.
@@ -245,6 +249,8 @@ impl<W: Write> Receiver<'_, W> {
             .map_err(|e| failed(id, Code::DriveNotReady, format!("{}: {e}", root_dir.display())))?;
         let (dirs, name) = parts.split_at(parts.len() - 1);
         let name = name[0];
+        let dirs: Vec<&str> = self.into.into_iter().chain(dirs.iter().copied()).collect();
+        let dirs = dirs.as_slice();
         let dir = open_dirs(&root, dirs).map_err(|e| match e.kind() {
             io::ErrorKind::NotADirectory => refused(id, Code::NotRegular, format!("{path}: a parent is not a directory")),
             _ if e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error())

@@ -134,7 +134,11 @@ fn daemon_delivers_a_new_file_soon_after_it_is_closed() {
 }
 
 fn serve_session(b: &Node, frames: &[Msg]) -> Vec<Msg> {
-    let mut child = b.cmd(&["serve"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    serve_session_with(b, &["serve"], frames)
+}
+
+fn serve_session_with(b: &Node, args: &[&str], frames: &[Msg]) -> Vec<Msg> {
+    let mut child = b.cmd(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
     let mut input = Vec::new();
     write_msg(&mut input, &Msg::Hello { version: VERSION }).unwrap();
     for f in frames {
@@ -245,6 +249,35 @@ fn serve_answers_a_pipelined_batch() {
     let got = tree(&b.receiving());
     assert_eq!(got.keys().collect::<Vec<_>>(), ["a.txt", "big.bin", "d/b.txt", "old.txt"], "{got:?}");
     assert_eq!(fs::read(b.receiving().join("big.bin")).unwrap(), b"0123456789");
+}
+
+/// A cluster's manager takes each worker's files into receiving/<worker>/ (the forced command of
+/// that worker's key says which); `--into` names one directory, never a path.
+#[test]
+fn serve_into_keeps_each_senders_files_in_its_own_directory() {
+    let (_t, _a, b) = pair();
+    let frames = |body: &[u8]| {
+        vec![
+            Msg::Offer { id: 1, path: "d/x.txt".into(), size: body.len() as u64 },
+            Msg::Start { id: 1, from: 0 },
+            Msg::Data(body.to_vec()),
+            Msg::Done { id: 1, sha256: sha(body) },
+            Msg::Bye,
+        ]
+    };
+    for (sender, body) in [("worker1", &b"one"[..]), ("worker2", &b"two"[..])] {
+        let replies = serve_session_with(&b, &["serve", "--into", sender], &frames(body));
+        assert!(replies.contains(&Msg::Stored { id: 1 }), "{replies:?}");
+    }
+    let got = tree(&b.receiving());
+    assert_eq!(got.keys().collect::<Vec<_>>(), ["worker1/d/x.txt", "worker2/d/x.txt"], "{got:?}");
+    assert_eq!(fs::read(b.receiving().join("worker2/d/x.txt")).unwrap(), b"two");
+    for bad in ["../x", "a/b", "", "Worker1"] {
+        let out = b.cmd(&["serve", "--into", bad]).stdin(Stdio::null()).output().unwrap();
+        assert!(!out.status.success(), "--into {bad:?} was taken");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--into"), "the error names the option");
+    }
+    assert_eq!(tree(&b.receiving()).len(), 2, "a refused --into wrote nothing");
 }
 
 /// Partial transfers of files the sender no longer has do not pile up: a temporary untouched for

@@ -76,6 +76,21 @@ const ARMEL: &[Board] = &[
     board("pi1-a-plus", "bcm2835-rpi-a-plus.dtb", VC4, PL011, None, "pi1"),
 ];
 
+/// Boards whose USB port works as a device (an OTG port that a host's cable makes a gadget): the
+/// Zeros, which is what a cluster's workers are.
+const USB_GADGET: &[&str] = &["pi-zero", "pi-zero-w", "pi-zero-2-w"];
+
+impl Board {
+    pub fn usb_gadget(&self) -> bool {
+        USB_GADGET.contains(&self.name)
+    }
+}
+
+/// The architectures whose cards boot the board `name` (empty: no such board).
+pub fn arches_of(name: &str) -> Vec<Arch> {
+    Arch::ALL.into_iter().filter(|a| for_arch(*a).iter().any(|b| b.name == name)).collect()
+}
+
 pub fn for_arch(arch: Arch) -> &'static [Board] {
     match arch {
         Arch::Arm64 => ARM64,
@@ -119,6 +134,14 @@ pub fn check_boot_partition(arch: Arch, files: &BTreeMap<String, Vec<u8>>) -> Re
     if !config.lines().any(|l| l.trim() == "upstream_kernel=1") {
         missing.push("config.txt needs upstream_kernel=1 (the dtb names above are the upstream ones)".into());
     }
+    // With the GPU's least memory the firmware loads its cut-down build instead of start.elf.
+    if config.lines().any(|l| l.trim() == "gpu_mem=16") {
+        for f in ["start_cd.elf", "fixup_cd.dat"] {
+            if !files.contains_key(f) {
+                missing.push(format!("config.txt's gpu_mem=16 needs {f}"));
+            }
+        }
+    }
     if arch == Arch::Arm64 && !config.lines().any(|l| l.trim() == "arm_64bit=1") {
         missing.push("config.txt needs arm_64bit=1 for a 64-bit kernel".into());
     }
@@ -154,6 +177,9 @@ mod tests {
         let mut p = partition(Arch::Arm64);
         p.insert("config.txt".into(), b"upstream_kernel=1\n".to_vec());
         assert!(check_boot_partition(Arch::Arm64, &p).unwrap_err().to_string().contains("arm_64bit=1"));
+        let mut p = partition(Arch::Arm64);
+        p.insert("config.txt".into(), b"arm_64bit=1\nupstream_kernel=1\ngpu_mem=16\n".to_vec());
+        assert!(check_boot_partition(Arch::Arm64, &p).unwrap_err().to_string().contains("gpu_mem=16 needs start_cd.elf"));
         assert_eq!(emulated(Arch::Arm64).unwrap().qemu_machine, Some("raspi3b"));
     }
 

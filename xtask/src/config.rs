@@ -53,6 +53,16 @@ pub enum Arch {
 }
 
 impl Arch {
+    pub const ALL: [Arch; 3] = [Arch::Arm64, Arch::Armhf, Arch::Armel];
+
+    /// In words, for messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Arch::Arm64 => "arm64 (64-bit)",
+            Arch::Armhf => "armhf (32-bit ARMv7)",
+            Arch::Armel => "armel (ARMv6)",
+        }
+    }
     /// The name Debian (and image.toml) use.
     pub fn deb(self) -> &'static str {
         match self {
@@ -108,21 +118,32 @@ pub struct System {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Network {
+    pub domain: String,
+    /// The pair's cable; a cluster has none (its links are its workers').
+    pub lan: Option<Lan>,
+}
+
+/// The one cable between a pair's hosts (`[network]`'s interface, prefix and dhcp_range).
+#[derive(Debug, Clone, Serialize)]
+pub struct Lan {
     pub interface: String,
     pub prefix: u8,
-    pub domain: String,
     pub dhcp_range: (Ipv4Addr, Ipv4Addr),
 }
 
-impl Network {
+impl Lan {
     /// The netmask of `prefix` as a number (`/8` → 0xff000000).
     pub fn mask(&self) -> u32 {
-        u32::MAX << (32 - self.prefix)
+        mask(self.prefix)
     }
     /// The network `a` is in under this prefix.
     pub fn subnet_of(&self, a: Ipv4Addr) -> u32 {
         u32::from(a) & self.mask()
     }
+}
+
+fn mask(prefix: u8) -> u32 {
+    u32::MAX << (32 - prefix)
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -166,17 +187,37 @@ pub struct ImageParams {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
+    /// A pair's host with a static address, serving DHCP and DNS on the cable.
     DhcpServer,
+    /// A pair's host with its address from the dhcp-server, reserved by MAC.
     DhcpClient,
+    /// A cluster's hub: one USB gadget link per worker, routing between them, NAT to its uplink.
+    Manager,
+    /// A cluster's Pi Zero: a USB Ethernet gadget on its link to the manager.
+    Worker,
 }
 
 impl Role {
+    /// Its name in image.toml.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::DhcpServer => "dhcp-server",
+            Role::DhcpClient => "dhcp-client",
+            Role::Manager => "manager",
+            Role::Worker => "worker",
+        }
+    }
     /// What the role does, in words (the Imager list's descriptions).
     pub fn describe(self) -> &'static str {
         match self {
             Role::DhcpServer => "static address, DHCP and DNS for the link",
             Role::DhcpClient => "address from the DHCP server",
+            Role::Manager => "cluster manager: a USB Ethernet link per worker, routing and NAT",
+            Role::Worker => "cluster worker: USB Ethernet gadget on its link to the manager",
         }
+    }
+    pub fn in_cluster(self) -> bool {
+        matches!(self, Role::Manager | Role::Worker)
     }
 }
 
@@ -184,15 +225,63 @@ impl Role {
 pub struct Host {
     pub name: String,
     pub role: Role,
-    pub address: Ipv4Addr,
+    /// Where the other hosts reach it. None for a cluster's manager, which has an address on each
+    /// worker's link instead (see [`ImageConfig::address_seen_by`]).
+    pub address: Option<Ipv4Addr>,
+    /// A dhcp-client's Ethernet address (its DHCP reservation).
     pub mac: Option<String>,
     pub peers: Vec<String>,
+    /// The board it is for, when the file names one (always, for a worker).
+    pub board: Option<&'static str>,
+    /// A manager's interface to the world, the only one its workers' traffic is NATed out of.
+    pub uplink: Option<String>,
+    /// A worker's USB cable to the manager.
+    pub link: Option<Link>,
+}
+
+/// One worker's USB gadget link: a /24 (or the configured subnet) of its own, the manager at .1
+/// on `ethpiN`, the worker at .2 on `usb0`; each side's interface has a fixed Ethernet address,
+/// which is how the manager names it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Link {
+    pub number: u32,
+    pub subnet: Ipv4Addr,
+    pub prefix: u8,
+    pub manager: Ipv4Addr,
+    pub worker: Ipv4Addr,
+    /// g_ether's `host_addr`: the manager's end (its `ethpiN`).
+    pub host_mac: String,
+    /// g_ether's `dev_addr`: the worker's `usb0`.
+    pub dev_mac: String,
+    /// The manager's name for the link.
+    pub interface: String,
+}
+
+impl Link {
+    /// Both ends of the link are in one subnet: (first, last) address of it.
+    fn range(&self) -> (u32, u32) {
+        let first = u32::from(self.subnet);
+        (first, first | !mask(self.prefix))
+    }
 }
 
 impl Host {
-    /// The Ethernet address a VM gives this host's NIC: the configured one, else (the
-    /// dhcp-server needs none) a fixed locally administered one derived from the name.
+    /// Where it is, in words (the Imager list's descriptions).
+    pub fn place(&self) -> String {
+        match (&self.link, &self.uplink, self.address) {
+            (Some(l), ..) => format!("at {} on USB link {}", l.worker, l.number),
+            (None, Some(u), _) => format!("gateway of its workers' links, uplink {u}"),
+            (None, None, Some(a)) => format!("at {a}"),
+            (None, None, None) => String::new(),
+        }
+    }
+    /// The Ethernet address a VM gives this host's NIC: a worker's gadget address, else the
+    /// configured one, else (the dhcp-server needs none) a fixed locally administered one
+    /// derived from the name.
     pub fn nic_mac(&self) -> String {
+        if let Some(l) = &self.link {
+            return l.dev_mac.clone();
+        }
         self.mac.clone().unwrap_or_else(|| {
             let d = crate::cache::sha256_hex(self.name.as_bytes());
             format!("52:54:00:{}:{}:{}", &d[0..2], &d[2..4], &d[4..6])
@@ -214,6 +303,18 @@ impl ImageConfig {
     }
     pub fn server(&self) -> Option<&Host> {
         self.hosts.iter().find(|h| h.role == Role::DhcpServer)
+    }
+    /// The pair's cable; an error for a cluster's file (what needs it is pair-only).
+    pub fn lan(&self) -> anyhow::Result<&Lan> {
+        self.network.lan.as_ref().ok_or_else(|| anyhow::anyhow!("{} describes a cluster, not a pair", self.file_name()))
+    }
+    pub fn manager(&self) -> Option<&Host> {
+        self.hosts.iter().find(|h| h.role == Role::Manager)
+    }
+    /// The address `from` reaches `to` at: `to`'s own, or for a cluster's manager, its end of
+    /// `from`'s link (None: `from` has no link to it, i.e. it is the manager itself).
+    pub fn address_seen_by(&self, from: &Host, to: &Host) -> Option<Ipv4Addr> {
+        to.address.or_else(|| from.link.as_ref().map(|l| l.manager))
     }
     /// The config file's name, for messages (`image.toml`).
     pub fn file_name(&self) -> String {
@@ -266,10 +367,11 @@ struct RawSystem {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawNetwork {
-    interface: S<String>,
-    prefix: S<u8>,
     domain: S<String>,
-    dhcp_range: S<Vec<String>>,
+    // The pair's cable: all three or none.
+    interface: Option<S<String>>,
+    prefix: Option<S<u8>>,
+    dhcp_range: Option<S<Vec<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -299,9 +401,50 @@ struct RawImage {
 struct RawHost {
     name: S<String>,
     role: S<Role>,
-    address: S<String>,
+    address: Option<S<String>>,
     mac: Option<S<String>>,
     peers: Option<S<Vec<String>>>,
+    board: Option<S<String>>,
+    uplink: Option<S<String>>,
+    link: Option<S<u32>>,
+    subnet: Option<S<String>>,
+    host_mac: Option<S<String>>,
+    dev_mac: Option<S<String>>,
+}
+
+impl RawHost {
+    /// The keys only some roles take, with where each is (if set) and the roles it is for.
+    fn role_keys(&self) -> [(&'static str, Option<usize>, &'static [Role]); 7] {
+        const PAIR: &[Role] = &[Role::DhcpServer, Role::DhcpClient];
+        fn at<T>(v: &Option<S<T>>) -> Option<usize> {
+            v.as_ref().map(|s| s.span().start)
+        }
+        [
+            ("address", at(&self.address), PAIR),
+            ("mac", at(&self.mac), PAIR),
+            ("uplink", at(&self.uplink), &[Role::Manager]),
+            ("link", at(&self.link), &[Role::Worker]),
+            ("subnet", at(&self.subnet), &[Role::Worker]),
+            ("host_mac", at(&self.host_mac), &[Role::Worker]),
+            ("dev_mac", at(&self.dev_mac), &[Role::Worker]),
+        ]
+    }
+    /// Where role key `k` is in the file, if it is set.
+    fn offset(&self, k: &str) -> Option<usize> {
+        self.role_keys().into_iter().find(|(key, ..)| *key == k).and_then(|(_, at, _)| at)
+    }
+}
+
+/// Every Ethernet address a host's config gives it, by key.
+fn macs(h: &Host) -> Vec<(&'static str, &str)> {
+    let mut v = Vec::new();
+    if let Some(m) = &h.mac {
+        v.push(("mac", m.as_str()));
+    }
+    if let Some(l) = &h.link {
+        v.extend([("host_mac", l.host_mac.as_str()), ("dev_mac", l.dev_mac.as_str())]);
+    }
+    v
 }
 
 fn is_pkg(s: &str) -> bool {
@@ -317,6 +460,92 @@ fn user_name(s: &str) -> Result<(), String> {
         return Err("must not be root: the cards log in as an ordinary user with sudo".into());
     }
     Ok(())
+}
+
+/// A unicast Ethernet address, lower case.
+fn mac(cx: &Source, m: &S<String>, key: &str) -> Result<String, ConfigError> {
+    let lower = m.get_ref().to_lowercase();
+    let ok = parse_mac(&lower).is_some_and(|b| b[0] & 1 == 0 && b != [0; 6]);
+    cx.check(ok, m, key, || format!("`{}` must be a unicast MAC like \"b8:27:eb:00:00:01\"", m.get_ref()))?;
+    Ok(lower)
+}
+
+/// A stable, locally administered unicast address for `what` of host `name` (a worker's gadget
+/// ends, when the file gives none): the same on every build, different for every name.
+fn derived_mac(name: &str, what: &str) -> String {
+    let d = crate::cache::sha256_hex(format!("pi2pi {what} {name}").as_bytes());
+    let first = (u8::from_str_radix(&d[0..2], 16).expect("hex") & 0xfc) | 0x02;
+    format!("{first:02x}:{}:{}:{}:{}:{}", &d[2..4], &d[4..6], &d[6..8], &d[8..10], &d[10..12])
+}
+
+/// The board `at` names, which must be one the base's architecture boots.
+fn board(cx: &Source, at: &S<String>, key: &str, arch: Arch) -> Result<&'static crate::boards::Board, ConfigError> {
+    let name = at.get_ref();
+    let ours = crate::boards::for_arch(arch);
+    if let Some(b) = ours.iter().find(|b| b.name == name) {
+        return Ok(b);
+    }
+    let list = ours.iter().map(|b| b.name).collect::<Vec<_>>().join(", ");
+    let msg = match crate::boards::arches_of(name).first() {
+        Some(other) => format!(
+            "`{name}` needs an {} card, and this file's base is {} (base.architecture); {} cards boot: {list}",
+            other.describe(),
+            arch.describe(),
+            arch.deb()
+        ),
+        None => format!("`{name}` is not a board pi2pi knows; {} cards boot: {list}", arch.deb()),
+    };
+    cx.err(at, key, msg)
+}
+
+/// A worker's link: its number, its subnet (given, or 10.0.(10+N).0/24 as the seed numbers
+/// them), and the two gadget addresses (given, or derived from its name).
+fn link(cx: &Source, idx: usize, h: &RawHost, name: &str) -> Result<Link, ConfigError> {
+    let key = |k: &str| format!("host[{idx}].{k}");
+    let Some(n) = &h.link else {
+        return cx.err(
+            &h.role,
+            &key("link"),
+            "a worker needs `link = N`: its cable's number (the manager's ethpiN; subnet 10.0.(10+N).0/24 unless `subnet` is set)",
+        );
+    };
+    let number = *n.get_ref();
+    cx.check((1..=245).contains(&number), n, &key("link"), || format!("{number} must be 1..=245 (10.0.(10+N).0/24)"))?;
+    let (subnet, prefix) = match &h.subnet {
+        None => (Ipv4Addr::new(10, 0, 10 + number as u8, 0), 24),
+        Some(s) => {
+            let parsed = s.get_ref().split_once('/').and_then(|(a, p)| Some((a.parse::<Ipv4Addr>().ok()?, p.parse::<u8>().ok()?)));
+            match parsed {
+                Some((a, p)) if (8..=30).contains(&p) && u32::from(a) & !mask(p) == 0 => (a, p),
+                _ => {
+                    return cx.err(s, &key("subnet"), format!("`{}` must be a network like \"10.0.11.0/24\" (prefix 8..=30)", s.get_ref()))
+                }
+            }
+        }
+    };
+    let gadget_mac = |given: &Option<S<String>>, k: &str| match given {
+        Some(m) => mac(cx, m, &key(k)),
+        None => Ok(derived_mac(name, k)),
+    };
+    let (host_mac, dev_mac) = (gadget_mac(&h.host_mac, "host_mac")?, gadget_mac(&h.dev_mac, "dev_mac")?);
+    if host_mac == dev_mac {
+        return cx.err_at(
+            h.offset("dev_mac").or(h.offset("host_mac")),
+            &key("dev_mac"),
+            "must differ from host_mac: they are the two ends of the link",
+        );
+    }
+    let first = u32::from(subnet);
+    Ok(Link {
+        number,
+        subnet,
+        prefix,
+        manager: Ipv4Addr::from(first + 1),
+        worker: Ipv4Addr::from(first + 2),
+        host_mac,
+        dev_mac,
+        interface: format!("ethpi{number}"),
+    })
 }
 
 fn parse_mac(s: &str) -> Option<[u8; 6]> {
@@ -342,12 +571,12 @@ pub fn load(path: &Path) -> Result<ImageConfig, ConfigError> {
 pub fn parse(file: &Path, text: &str) -> Result<ImageConfig, ConfigError> {
     let cx = Source { file, text };
     let raw: Raw = toml::from_str(text).map_err(|e| ConfigError::from_toml(file, text, &e))?;
+    let base = base(&cx, &raw.base)?;
     let network = network(&cx, &raw.network)?;
-    let hosts = hosts(&cx, &raw.host, &network)?;
-    dhcp_range_in_subnet(&cx, &raw.network.dhcp_range, &network, &hosts)?;
+    let hosts = hosts(&cx, &raw.host, &raw.network, &network, base.arch)?;
     Ok(ImageConfig {
         lock_file: file.with_extension("lock"),
-        base: base(&cx, &raw.base)?,
+        base,
         system: system(&cx, &raw.system)?,
         network,
         drive: drive(&cx, &raw.drive)?,
@@ -454,26 +683,38 @@ fn system(cx: &Source, s: &RawSystem) -> Result<System, ConfigError> {
 }
 
 fn network(cx: &Source, n: &RawNetwork) -> Result<Network, ConfigError> {
-    cx.check(rules::host_name(n.interface.get_ref()).is_ok(), &n.interface, "network.interface", || {
-        "must be an interface name like \"eth0\"".into()
-    })?;
-    let prefix = *n.prefix.get_ref();
-    cx.check((1..=30).contains(&prefix), &n.prefix, "network.prefix", || format!("{prefix} must be 1..=30"))?;
     cx.check(rules::host_name(n.domain.get_ref()).is_ok(), &n.domain, "network.domain", || {
         "must be a single DNS label like \"local\"".into()
     })?;
-    let range: Vec<Option<Ipv4Addr>> = n.dhcp_range.get_ref().iter().map(|a| a.parse().ok()).collect();
-    let dhcp_range = match range.as_slice() {
-        [Some(a), Some(b)] if a <= b => (*a, *b),
+    let lan = match (&n.interface, &n.prefix, &n.dhcp_range) {
+        (None, None, None) => None,
+        (Some(i), Some(p), Some(r)) => Some(lan(cx, i, p, r)?),
         _ => {
-            return cx.err(
-                &n.dhcp_range,
-                "network.dhcp_range",
-                "must be two IPv4 addresses, first <= last, like [\"10.0.0.100\", \"10.0.0.200\"]",
-            )
+            let missing: Vec<&str> =
+                [("interface", n.interface.is_some()), ("prefix", n.prefix.is_some()), ("dhcp_range", n.dhcp_range.is_some())]
+                    .into_iter()
+                    .filter_map(|(k, set)| (!set).then_some(k))
+                    .collect();
+            return cx.err(&n.domain, &format!("network.{}", missing[0]), "a pair's cable needs interface, prefix and dhcp_range together");
         }
     };
-    Ok(Network { interface: n.interface.get_ref().clone(), prefix, domain: n.domain.get_ref().clone(), dhcp_range })
+    Ok(Network { domain: n.domain.get_ref().clone(), lan })
+}
+
+fn lan(cx: &Source, interface: &S<String>, prefix: &S<u8>, range: &S<Vec<String>>) -> Result<Lan, ConfigError> {
+    cx.check(rules::host_name(interface.get_ref()).is_ok(), interface, "network.interface", || {
+        "must be an interface name like \"eth0\"".into()
+    })?;
+    let p = *prefix.get_ref();
+    cx.check((1..=30).contains(&p), prefix, "network.prefix", || format!("{p} must be 1..=30"))?;
+    let ends: Vec<Option<Ipv4Addr>> = range.get_ref().iter().map(|a| a.parse().ok()).collect();
+    let dhcp_range = match ends.as_slice() {
+        [Some(a), Some(b)] if a <= b => (*a, *b),
+        _ => {
+            return cx.err(range, "network.dhcp_range", "must be two IPv4 addresses, first <= last, like [\"10.0.0.100\", \"10.0.0.200\"]")
+        }
+    };
+    Ok(Lan { interface: interface.get_ref().clone(), prefix: p, dhcp_range })
 }
 
 fn drive(cx: &Source, d: &RawDrive) -> Result<Drive, ConfigError> {
@@ -506,36 +747,47 @@ fn image(cx: &Source, i: &RawImage) -> Result<ImageParams, ConfigError> {
     })
 }
 
-/// The `[[host]]` list: each host alone, then what holds between them (one server, one subnet, peers).
-fn hosts(cx: &Source, raw: &S<Vec<RawHost>>, net: &Network) -> Result<Vec<Host>, ConfigError> {
+/// The `[[host]]` list: each host alone, then what holds between them: one kind of deployment,
+/// its one server or manager, addresses and links that do not collide, peers.
+fn hosts(cx: &Source, raw: &S<Vec<RawHost>>, raw_net: &RawNetwork, net: &Network, arch: Arch) -> Result<Vec<Host>, ConfigError> {
     cx.check(!raw.get_ref().is_empty(), raw, "host", || "define at least one [[host]]".into())?;
     let mut hosts: Vec<Host> = Vec::new();
     for (idx, h) in raw.get_ref().iter().enumerate() {
-        let host = one_host(cx, idx, h, &hosts)?;
+        let host = one_host(cx, idx, h, &hosts, arch)?;
         hosts.push(host);
     }
-    let servers: Vec<usize> = (0..hosts.len()).filter(|&i| hosts[i].role == Role::DhcpServer).collect();
-    if servers.len() > 1 {
-        return cx.err(&raw.get_ref()[servers[1]].role, &format!("host[{}].role", servers[1]), "only one host can be the dhcp-server");
+    let cluster = hosts[0].role.in_cluster();
+    if let Some(idx) = hosts.iter().position(|h| h.role.in_cluster() != cluster) {
+        return cx.err(
+            &raw.get_ref()[idx].role,
+            &format!("host[{idx}].role"),
+            "a file describes a pair (dhcp-server, dhcp-client) or a cluster (manager, worker), not both",
+        );
     }
-    if servers.is_empty() && hosts.iter().any(|h| h.role == Role::DhcpClient) {
-        return cx.err(raw, "host", "dhcp-client hosts need one host with role = \"dhcp-server\"");
-    }
-    // Everyone must share the server's subnet, or nobody can reach anybody.
-    let prefix = net.prefix;
-    let subnet = net.subnet_of(hosts[servers.first().copied().unwrap_or(0)].address);
-    for (idx, h) in raw.get_ref().iter().enumerate() {
-        let a = hosts[idx].address;
-        cx.check(net.subnet_of(a) == subnet, &h.address, &format!("host[{idx}].address"), || {
-            format!("{a} is outside the network {}/{prefix}", Ipv4Addr::from(subnet))
-        })?;
+    if cluster {
+        one_hub(cx, raw, &hosts, Role::Manager, Role::Worker)?;
+        links_apart(cx, raw, &hosts)?;
+    } else {
+        one_hub(cx, raw, &hosts, Role::DhcpServer, Role::DhcpClient)?;
+        pair_on_one_subnet(cx, raw, raw_net, net, &hosts)?;
     }
     let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
     for (idx, h) in raw.get_ref().iter().enumerate() {
+        let me = &hosts[idx];
         hosts[idx].peers = match &h.peers {
-            None => names.iter().filter(|n| **n != hosts[idx].name).cloned().collect(),
+            // A pair delivers both ways; a cluster's workers deliver to the manager.
+            None => hosts
+                .iter()
+                .filter(|o| o.name != me.name && (!cluster || (me.role == Role::Worker && o.role == Role::Manager)))
+                .map(|o| o.name.clone())
+                .collect(),
             Some(p) => {
-                if let Some(bad) = p.get_ref().iter().find(|x| !names.contains(x) || **x == hosts[idx].name) {
+                // Its key logs in to the workers (a shell); one key cannot also be forced to run
+                // only the receiver there.
+                cx.check(me.role != Role::Manager || p.get_ref().is_empty(), p, &format!("host[{idx}].peers"), || {
+                    "a manager's key logs in to its workers, so its agent delivers to no one; workers deliver to it".into()
+                })?;
+                if let Some(bad) = p.get_ref().iter().find(|x| !names.contains(x) || **x == me.name) {
                     return cx.err(p, &format!("host[{idx}].peers"), format!("`{bad}` is not another host in this file"));
                 }
                 p.get_ref().clone()
@@ -545,50 +797,136 @@ fn hosts(cx: &Source, raw: &S<Vec<RawHost>>, net: &Network) -> Result<Vec<Host>,
     Ok(hosts)
 }
 
-/// The DHCP range lies in the server's subnet (checked once the hosts are known).
-fn dhcp_range_in_subnet(cx: &Source, at: &S<Vec<String>>, net: &Network, hosts: &[Host]) -> Result<(), ConfigError> {
-    let Some(server) = hosts.iter().find(|h| h.role == Role::DhcpServer) else { return Ok(()) };
-    let prefix = net.prefix;
-    let subnet = net.subnet_of(server.address);
-    for (a, what) in [(net.dhcp_range.0, "first"), (net.dhcp_range.1, "last")] {
-        cx.check(net.subnet_of(a) == subnet, at, "network.dhcp_range", || {
+/// At most one hub (dhcp-server, manager), and exactly one if there are spokes.
+fn one_hub(cx: &Source, raw: &S<Vec<RawHost>>, hosts: &[Host], hub: Role, spoke: Role) -> Result<(), ConfigError> {
+    let hubs: Vec<usize> = (0..hosts.len()).filter(|&i| hosts[i].role == hub).collect();
+    if hubs.len() > 1 {
+        return cx.err(
+            &raw.get_ref()[hubs[1]].role,
+            &format!("host[{}].role", hubs[1]),
+            format!("only one host can be the {}", hub.name()),
+        );
+    }
+    if hubs.is_empty() && hosts.iter().any(|h| h.role == spoke) {
+        return cx.err(raw, "host", format!("{} hosts need one host with role = \"{}\"", spoke.name(), hub.name()));
+    }
+    Ok(())
+}
+
+/// A pair: the cable is configured, and every address and the DHCP range are on the server's
+/// subnet, or nobody can reach anybody.
+fn pair_on_one_subnet(cx: &Source, raw: &S<Vec<RawHost>>, raw_net: &RawNetwork, net: &Network, hosts: &[Host]) -> Result<(), ConfigError> {
+    let Some(lan) = &net.lan else {
+        return cx.err(&raw_net.domain, "network.interface", "a pair needs its cable: network.interface, prefix and dhcp_range");
+    };
+    let prefix = lan.prefix;
+    let server = hosts.iter().find(|h| h.role == Role::DhcpServer).unwrap_or(&hosts[0]);
+    let subnet = lan.subnet_of(server.address.expect("pair hosts have addresses"));
+    for (idx, h) in raw.get_ref().iter().enumerate() {
+        let a = hosts[idx].address.expect("pair hosts have addresses");
+        let at = h.address.as_ref().expect("pair hosts have addresses");
+        cx.check(lan.subnet_of(a) == subnet, at, &format!("host[{idx}].address"), || {
+            format!("{a} is outside the network {}/{prefix}", Ipv4Addr::from(subnet))
+        })?;
+    }
+    let at = raw_net.dhcp_range.as_ref().expect("checked with the lan");
+    for (a, what) in [(lan.dhcp_range.0, "first"), (lan.dhcp_range.1, "last")] {
+        cx.check(lan.subnet_of(a) == subnet, at, "network.dhcp_range", || {
             format!("the {what} address {a} is outside {}/{prefix}", Ipv4Addr::from(subnet))
         })?;
     }
     Ok(())
 }
 
+/// A cluster: no two workers on one cable number or on overlapping subnets.
+fn links_apart(cx: &Source, raw: &S<Vec<RawHost>>, hosts: &[Host]) -> Result<(), ConfigError> {
+    for (idx, h) in hosts.iter().enumerate() {
+        let Some(l) = &h.link else { continue };
+        for o in &hosts[..idx] {
+            let Some(ol) = &o.link else { continue };
+            let r = &raw.get_ref()[idx];
+            if l.number == ol.number {
+                let at = r.link.as_ref().expect("workers have links");
+                return cx.err(at, &format!("host[{idx}].link"), format!("link {} is already {}'s", l.number, o.name));
+            }
+            let ((a0, a1), (b0, b1)) = (l.range(), ol.range());
+            if a0 <= b1 && b0 <= a1 {
+                let key = format!("host[{idx}].{}", if r.subnet.is_some() { "subnet" } else { "link" });
+                let offset = r.subnet.as_ref().map(|s| s.span().start).or(r.link.as_ref().map(|s| s.span().start));
+                return cx.err_at(
+                    offset,
+                    &key,
+                    format!("{}/{} overlaps {}'s link {}/{}", l.subnet, l.prefix, o.name, ol.subnet, ol.prefix),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// One `[[host]]` on its own, given the hosts before it (for duplicates).
-fn one_host(cx: &Source, idx: usize, h: &RawHost, before: &[Host]) -> Result<Host, ConfigError> {
+fn one_host(cx: &Source, idx: usize, h: &RawHost, before: &[Host], arch: Arch) -> Result<Host, ConfigError> {
     let key = |k: &str| format!("host[{idx}].{k}");
     let name = cx.rule(&h.name, &key("name"), rules::host_name)?;
     cx.check(!before.iter().any(|o| o.name == name), &h.name, &key("name"), || format!("host `{name}` is defined twice"))?;
     let role = *h.role.get_ref();
-    let address: Ipv4Addr = match h.address.get_ref().parse() {
-        Ok(a) => a,
-        Err(_) => return cx.err(&h.address, &key("address"), format!("`{}` is not an IPv4 address", h.address.get_ref())),
-    };
-    cx.check(!before.iter().any(|o| o.address == address), &h.address, &key("address"), || {
-        format!("{address} is already used by another host")
-    })?;
-    let mac = match (role, &h.mac) {
-        (_, Some(m)) => {
-            let lower = m.get_ref().to_lowercase();
-            let ok = parse_mac(&lower).is_some_and(|b| b[0] & 1 == 0 && b != [0; 6]);
-            cx.check(ok, m, &key("mac"), || format!("`{}` must be a unicast MAC like \"b8:27:eb:00:00:01\"", m.get_ref()))?;
-            cx.check(!before.iter().any(|o| o.mac.as_deref() == Some(&lower)), m, &key("mac"), || {
-                format!("{lower} is already used by another host")
+    for (k, offset, roles) in h.role_keys() {
+        if offset.is_some() && !roles.contains(&role) {
+            let names: Vec<&str> = roles.iter().map(|r| r.name()).collect();
+            return cx.err_at(offset, &key(k), format!("`{k}` is not for a {} (only for: {})", role.name(), names.join(", ")));
+        }
+    }
+    let board = h.board.as_ref().map(|b| board(cx, b, &key("board"), arch)).transpose()?;
+    let mut host = Host { name, role, address: None, mac: None, peers: Vec::new(), board: board.map(|b| b.name), uplink: None, link: None };
+    match role {
+        Role::DhcpServer | Role::DhcpClient => {
+            let Some(a) = &h.address else { return cx.err(&h.role, &key("address"), "a pair's host needs `address`") };
+            let ip: Ipv4Addr =
+                a.get_ref().parse().or_else(|_| cx.err(a, &key("address"), format!("`{}` is not an IPv4 address", a.get_ref())))?;
+            if let Some(o) = before.iter().find(|o| o.address == Some(ip)) {
+                return cx.err(a, &key("address"), format!("{ip} is already {}'s", o.name));
+            }
+            host.address = Some(ip);
+            host.mac = h.mac.as_ref().map(|m| mac(cx, m, &key("mac"))).transpose()?;
+            if role == Role::DhcpClient && host.mac.is_none() {
+                return cx.err(&h.role, &key("mac"), "a dhcp-client needs `mac` (its Ethernet address) for its reservation");
+            }
+        }
+        Role::Manager => {
+            let Some(u) = &h.uplink else {
+                return cx.err(
+                    &h.role,
+                    &key("uplink"),
+                    "a manager needs `uplink`: the interface its workers' traffic is NATed out of, like \"eth0\"",
+                );
+            };
+            cx.check(rules::host_name(u.get_ref()).is_ok(), u, &key("uplink"), || "must be an interface name like \"eth0\"".into())?;
+            host.uplink = Some(u.get_ref().clone());
+        }
+        Role::Worker => {
+            let Some(b) = board else {
+                return cx.err(
+                    &h.role,
+                    &key("board"),
+                    "a worker needs `board` (\"pi-zero\", \"pi-zero-w\" or \"pi-zero-2-w\"): its card is made for it",
+                );
+            };
+            let at = h.board.as_ref().expect("board is set");
+            cx.check(b.usb_gadget(), at, &key("board"), || {
+                format!("a {} has no USB port that can be a gadget; workers are Zeros", b.name)
             })?;
-            Some(lower)
+            let link = link(cx, idx, h, &host.name)?;
+            host.address = Some(link.worker);
+            host.link = Some(link);
         }
-        (Role::DhcpClient, None) => {
-            return cx.err(&h.role, &key("mac"), "a dhcp-client needs `mac` (its Ethernet address) for its reservation")
+    }
+    for (k, m) in macs(&host) {
+        if let Some(o) = before.iter().find(|o| macs(o).iter().any(|(_, x)| *x == m)) {
+            return cx.err_at(h.offset(k).or(h.offset("link")), &key(k), format!("{m} is already {}'s", o.name));
         }
-        (Role::DhcpServer, None) => None,
-    };
-    Ok(Host { name, role, address, mac, peers: Vec::new() })
+    }
+    Ok(host)
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -606,7 +944,7 @@ mod tests {
         let c = parse_str(&text()).unwrap();
         assert_eq!(c.hosts.len(), 2);
         assert_eq!(c.host("rpb").unwrap().peers, vec!["rpa"]);
-        assert_eq!(c.server().unwrap().address, Ipv4Addr::new(10, 0, 0, 1));
+        assert_eq!(c.server().unwrap().address, Some(Ipv4Addr::new(10, 0, 0, 1)));
         assert_eq!(c.base.arch, Arch::Arm64);
     }
 
@@ -683,5 +1021,96 @@ mod tests {
         let e = parse_str(&t.replace("password_hash = \"\"", "password_hash = \"$y$j9T$a'b\"")).unwrap_err();
         assert_eq!(e.key, "system.password_hash");
         assert!(parse_str(&t.replace("password_hash = \"\"", "password_hash = \"$y$j9T$abc./=\"")).is_ok());
+    }
+
+    fn cluster_text() -> String {
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/cluster.toml")).unwrap()
+    }
+
+    #[test]
+    fn the_cluster_example_is_valid_and_derives_links_and_addresses() {
+        let c = parse_str(&cluster_text()).unwrap();
+        assert!(c.network.lan.is_none() && c.lan().is_err(), "a cluster has no pair cable");
+        let m = c.manager().unwrap();
+        assert_eq!((m.uplink.as_deref(), m.address, m.peers.len()), (Some("eth0"), None, 0), "the manager collects");
+        let w2 = c.host("worker2").unwrap();
+        let l = w2.link.as_ref().unwrap();
+        assert_eq!((l.interface.as_str(), l.subnet, l.prefix), ("ethpi2", Ipv4Addr::new(10, 0, 12, 0), 24));
+        assert_eq!((l.manager, l.worker, w2.address), (Ipv4Addr::new(10, 0, 12, 1), Ipv4Addr::new(10, 0, 12, 2), Some(l.worker)));
+        assert_eq!(w2.peers, vec!["manager"]);
+        assert_eq!(c.address_seen_by(w2, m), Some(l.manager), "a worker reaches the manager at its own link's .1");
+        // Derived gadget addresses: locally administered unicast, stable, different per end and name.
+        let all: Vec<&str> = c.hosts.iter().flat_map(|h| macs(h).into_iter().map(|(_, m)| m)).collect();
+        assert_eq!(all.len(), 6);
+        for m in &all {
+            let b = parse_mac(m).unwrap();
+            assert_eq!(b[0] & 3, 2, "{m} is locally administered unicast");
+        }
+        assert_eq!(all.iter().collect::<std::collections::BTreeSet<_>>().len(), 6, "{all:?}");
+        assert_eq!(parse_str(&cluster_text()).unwrap().host("worker2").unwrap().link.as_ref().unwrap().host_mac, l.host_mac);
+    }
+
+    #[test]
+    fn cluster_mistakes_are_named_by_line_and_key() {
+        let t = cluster_text();
+        let line_of = |needle: &str| t[..t.find(needle).unwrap()].matches('\n').count() + 1;
+        let err = |from: &str, to: &str| {
+            assert!(t.contains(from), "{from}");
+            parse_str(&t.replacen(from, to, 1)).unwrap_err()
+        };
+        let e = err("link = 2\n", "link = 2\nsubnet = \"10.0.11.128/25\"\n");
+        assert_eq!(e.key, "host[2].subnet");
+        assert!(e.message.contains("overlaps worker1's link 10.0.11.0/24"), "{e}");
+        let e = err("link = 3", "link = 1");
+        assert_eq!((e.key.as_str(), e.line), ("host[3].link", Some(line_of("link = 3"))));
+        assert!(e.message.contains("already worker1's"), "{e}");
+        let e = err("link = 2\n", "");
+        assert_eq!(e.key, "host[2].link");
+        assert!(e.message.contains("a worker needs `link = N`"), "{e}");
+        let e = err("board = \"pi-zero-2-w\"\nlink = 1", "board = \"pi-zero\"\nlink = 1");
+        assert_eq!((e.key.as_str(), e.line), ("host[1].board", Some(line_of("board = \"pi-zero-2-w\""))));
+        assert!(e.message.contains("armel (ARMv6)") && e.message.contains("arm64 (64-bit)"), "{e}");
+        let e = err("board = \"pi-zero-2-w\"\nlink = 1", "board = \"pi3-b\"\nlink = 1");
+        assert!(e.message.contains("no USB port that can be a gadget"), "{e}");
+        assert!(parse_str(&t.replacen("link = 2\n", "link = 2\nhost_mac = \"02:00:00:00:00:01\"\n", 1)).is_ok(), "a given MAC");
+        let dup = t.replacen("link = 1\n", "link = 1\ndev_mac = \"02:00:00:00:00:01\"\n", 1).replacen(
+            "link = 3\n",
+            "link = 3\nhost_mac = \"02:00:00:00:00:01\"\n",
+            1,
+        );
+        let e = parse_str(&dup).unwrap_err();
+        assert_eq!(e.key, "host[3].host_mac");
+        assert!(e.message.contains("02:00:00:00:00:01 is already worker1's"), "{e}");
+        let e = err("uplink = \"eth0\"", "");
+        assert_eq!(e.key, "host[0].uplink");
+        let e = err("link = 3\n", "link = 3\nuplink = \"eth1\"\n");
+        assert_eq!(e.key, "host[3].uplink");
+        assert!(e.message.contains("not for a worker (only for: manager)"), "{e}");
+        let e = err("link = 3\n", "link = 3\naddress = \"10.0.13.9\"\n");
+        assert_eq!(e.key, "host[3].address");
+        let e = err("role = \"worker\"", "role = \"dhcp-client\"\naddress = \"10.0.0.9\"\nmac = \"b8:27:eb:00:00:09\"");
+        assert_eq!(e.key, "host[1].link", "link is for workers: {e}");
+        let e = err("uplink = \"eth0\"", "uplink = \"eth0\"\npeers = [\"worker1\"]");
+        assert_eq!(e.key, "host[0].peers");
+        let e = err("role = \"manager\"", "role = \"worker\"");
+        assert_eq!(e.key, "host[0].uplink");
+        let pair_in_cluster = format!("{t}\n[[host]]\nname = \"rpx\"\nrole = \"dhcp-server\"\naddress = \"10.0.0.1\"\n");
+        let e = parse_str(&pair_in_cluster).unwrap_err();
+        assert_eq!(e.key, "host[4].role");
+        assert!(e.message.contains("a pair") && e.message.contains("a cluster"), "{e}");
+    }
+
+    #[test]
+    fn a_pair_needs_its_cable() {
+        let t = text();
+        let e = parse_str(&t.replace("dhcp_range = [\"10.0.0.100\", \"10.0.0.200\"]\n", "")).unwrap_err();
+        assert_eq!(e.key, "network.dhcp_range");
+        let no_lan = t
+            .replace("interface = \"eth0\"\n", "")
+            .replace("prefix = 8\n", "")
+            .replace("dhcp_range = [\"10.0.0.100\", \"10.0.0.200\"]\n", "");
+        let e = parse_str(&no_lan).unwrap_err();
+        assert_eq!(e.key, "network.interface");
+        assert!(e.message.contains("a pair needs its cable"), "{e}");
     }
 }

@@ -195,14 +195,19 @@ fn build_host(sh: &Shell, shared: &Shared, host: &Host) -> Result<Built> {
     let work = opts.work_dir.join(&host.name);
     std::fs::create_dir_all(&work)?;
     let ids = disk::Ids::for_host(&host.name);
-    let peers = host.peers.iter().map(|p| Ok((cfg.host(p)?, keys::for_host(sh, p).read()?))).collect::<Result<Vec<_>>>()?;
+    let others = cfg
+        .hosts
+        .iter()
+        .filter(|o| o.name != host.name)
+        .map(|o| Ok((o, keys::for_host(sh, &o.name).read()?)))
+        .collect::<Result<Vec<_>>>()?;
     let identity = keys::for_host(sh, &host.name).read()?;
     let layer = layers::build(&layers::Inputs {
         cfg,
         host,
         overlays: &sh.current_dir().join("overlays"),
         identity: &identity,
-        peers,
+        others,
         agent,
         disk_id: ids.disk_id,
         user_ids,

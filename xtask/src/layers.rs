@@ -46,14 +46,26 @@ impl Layer {
     }
 }
 
+#[derive(Serialize)]
+struct Seen<'a> {
+    name: &'a str,
+    address: std::net::Ipv4Addr,
+}
+
 /// Values the templates see.
 #[derive(Serialize)]
 struct Ctx<'a> {
     host: &'a Host,
     hosts: &'a [Host],
     peers: Vec<&'a Host>,
+    /// Every other host with the address this host reaches it at (a manager has one per link).
+    others: Vec<Seen<'a>>,
     server: Option<&'a Host>,
+    manager: Option<&'a Host>,
+    /// This host's workers, if it is a manager.
+    workers: Vec<&'a Host>,
     network: &'a crate::config::Network,
+    /// The pair's netmask (empty in a cluster).
     netmask: String,
     drive: &'a crate::config::Drive,
     drive_mount_unit: String,
@@ -72,8 +84,8 @@ pub struct Inputs<'a> {
     pub host: &'a Host,
     pub overlays: &'a Path,
     pub identity: &'a Identity,
-    /// Each peer with its keys (only the public halves are used).
-    pub peers: Vec<(&'a Host, Identity)>,
+    /// Every other host with its keys (only the public halves are used).
+    pub others: Vec<(&'a Host, Identity)>,
     /// The agent binary for the card's architecture.
     pub agent: &'a [u8],
     pub disk_id: u32,
@@ -81,6 +93,15 @@ pub struct Inputs<'a> {
     pub user_ids: (u32, u32),
     pub kernel: String,
     pub initrd: String,
+}
+
+/// The other hosts as `host` reaches them (those it has no address for, none in a valid file, left out).
+fn seen_from<'a>(cfg: &'a ImageConfig, host: &Host) -> Vec<Seen<'a>> {
+    cfg.hosts
+        .iter()
+        .filter(|h| h.name != host.name)
+        .filter_map(|h| Some(Seen { name: &h.name, address: cfg.address_seen_by(host, h)? }))
+        .collect()
 }
 
 /// systemd's name for a mount unit: /media/pi/PI2PI → media-pi-PI2PI.mount.
@@ -107,9 +128,12 @@ pub fn build(i: &Inputs) -> Result<Layer> {
         host: i.host,
         hosts: &cfg.hosts,
         peers: i.host.peers.iter().filter_map(|p| cfg.hosts.iter().find(|h| &h.name == p)).collect(),
+        others: seen_from(cfg, i.host),
         server: cfg.server(),
+        manager: cfg.manager(),
+        workers: if i.host.role == Role::Manager { cfg.hosts.iter().filter(|h| h.role == Role::Worker).collect() } else { Vec::new() },
         network: &cfg.network,
-        netmask: std::net::Ipv4Addr::from(cfg.network.mask()).to_string(),
+        netmask: cfg.network.lan.as_ref().map(|l| std::net::Ipv4Addr::from(l.mask()).to_string()).unwrap_or_default(),
         drive: &cfg.drive,
         drive_mount_unit: mount_unit(&cfg.drive.mount_point),
         system: &cfg.system,
@@ -158,21 +182,14 @@ pub fn build(i: &Inputs) -> Result<Layer> {
     // Time zone (a symlink, which git-kept overlays would not make portable).
     layer.put("etc/localtime", Kind::Symlink(format!("/usr/share/zoneinfo/{}", cfg.system.timezone)), 0o777, root);
 
-    // SSH: this host's pinned host key; its user key; peers' user keys authorised for the
-    // receiver only; peers' host keys known under every name they are reached by.
+    // SSH: this host's pinned host key and its user key; whom it trusts (ssh_trust).
     let id = i.identity;
     layer.file("etc/ssh/ssh_host_ed25519_key", id.host_key.clone(), 0o600, root);
     layer.file("etc/ssh/ssh_host_ed25519_key.pub", format!("{}\n", id.host_pub), 0o644, root);
     layer.put(&format!("{home}/.ssh"), Kind::Dir, 0o700, user);
     layer.file(&format!("{home}/.ssh/id_ed25519"), id.user_key.clone(), 0o600, user);
     layer.file(&format!("{home}/.ssh/id_ed25519.pub"), format!("{}\n", id.user_pub), 0o644, user);
-    let mut authorized = String::from("# pi2pi: peers' agents may only run the receiver.\n");
-    let mut known = String::from("# pi2pi: peers' pinned host keys (no \"type yes\").\n");
-    for (peer, keys) in &i.peers {
-        authorized += &format!("restrict,command=\"/usr/local/bin/pi2pi-agent serve\" {}\n", keys.user_pub);
-        let names = format!("{0},{0}.{1},{2}", peer.name, cfg.network.domain, peer.address);
-        known += &format!("{names} {}\n", keys.host_pub);
-    }
+    let (authorized, known) = ssh_trust(cfg, i.host, &i.others)?;
     layer.file(&format!("{home}/.ssh/authorized_keys"), authorized, 0o600, user);
     layer.file("etc/ssh/ssh_known_hosts", known, 0o644, root);
 
@@ -180,15 +197,22 @@ pub fn build(i: &Inputs) -> Result<Layer> {
     layer.put("var/lib/pi2pi", Kind::Dir, 0o755, user);
 
     // Enable units the way `systemctl enable` would, without running it.
-    let mut wants = vec![("local-fs.target", "pi2pi-growroot.service")];
-    if cfg.schedule == Schedule::Systemd {
-        wants.push(("multi-user.target", "pi2pi-agent.service"));
+    let ours = |unit: &str| format!("/etc/systemd/system/{unit}");
+    let mut wants = vec![("local-fs.target", ours("pi2pi-growroot.service"))];
+    let has = |path: &str| layer.root.contains_key(path);
+    if has("etc/systemd/system/pi2pi-agent.service") {
+        wants.push(("multi-user.target", ours("pi2pi-agent.service")));
     }
-    if i.host.role == Role::DhcpServer {
-        wants.push(("multi-user.target", "pi2pi-dnsmasq.service"));
+    if has("etc/systemd/system/pi2pi-dnsmasq.service") {
+        wants.push(("multi-user.target", ours("pi2pi-dnsmasq.service")));
+    }
+    if has("etc/nftables.conf") {
+        // Debian's unit, which loads /etc/nftables.conf before the network is up.
+        wants.push(("sysinit.target", "/usr/lib/systemd/system/nftables.service".to_string()));
     }
     for (target, unit) in wants {
-        layer.put(&format!("etc/systemd/system/{target}.wants/{unit}"), Kind::Symlink(format!("/etc/systemd/system/{unit}")), 0o777, root);
+        let name = unit.rsplit('/').next().expect("a unit path");
+        layer.put(&format!("etc/systemd/system/{target}.wants/{name}"), Kind::Symlink(unit.clone()), 0o777, root);
     }
     // Masked the way `systemctl mask` would: timers that can only fail on a Pi with no archive to
     // reach (and would wake it, and write to the SD card, for nothing).
@@ -199,6 +223,31 @@ pub fn build(i: &Inputs) -> Result<Layer> {
     // generator says "Failed to query local AF_VSOCK CID" on every boot. sshd runs as a service.
     layer.put("etc/systemd/system-generators/systemd-ssh-generator", Kind::Symlink("/dev/null".into()), 0o777, root);
     Ok(layer)
+}
+
+/// What a host's sshd lets in (authorized_keys) and which host keys its ssh trusts
+/// (ssh_known_hosts, under every name the host is reached by):
+/// - every host that delivers to this one may run the receiver, and only that; a manager takes
+///   each worker's files into `receiving/<worker>/`;
+/// - a manager logs in to its workers (a shell, as the seed's owner did by hand, now with no
+///   password and no "type yes"): a worker authorises its manager's key for a login.
+fn ssh_trust(cfg: &ImageConfig, me: &Host, others: &[(&Host, Identity)]) -> Result<(String, String)> {
+    let mut authorized = String::from("# pi2pi: the hosts that deliver here may only run the receiver.\n");
+    let mut known = String::from("# pi2pi: pinned host keys of the hosts this one connects to (no \"type yes\").\n");
+    for (other, keys) in others {
+        if other.peers.contains(&me.name) {
+            let into = if me.role == Role::Manager { format!(" --into {}", other.name) } else { String::new() };
+            authorized += &format!("restrict,command=\"/usr/local/bin/pi2pi-agent serve{into}\" {}\n", keys.user_pub);
+        }
+        if me.role == Role::Worker && other.role == Role::Manager {
+            authorized += &format!("# {} (the manager) logs in.\n{}\n", other.name, keys.user_pub);
+        }
+        if me.peers.contains(&other.name) || (me.role == Role::Manager && other.role == Role::Worker) {
+            let address = cfg.address_seen_by(me, other).context("a host with no address to reach it at")?;
+            known += &format!("{0},{0}.{1},{address} {2}\n", other.name, cfg.network.domain, keys.host_pub);
+        }
+    }
+    Ok((authorized, known))
 }
 
 /// Units masked on every card: the cards are offline, so apt's download and upgrade timers fail.
@@ -255,6 +304,11 @@ mod tests {
         cfg
     }
 
+    fn cluster() -> ImageConfig {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        config::load(&root.join("examples/cluster.toml")).unwrap()
+    }
+
     fn identity(name: &str) -> Identity {
         Identity {
             host_key: format!("HOST-PRIVATE-{name}").into_bytes(),
@@ -269,13 +323,13 @@ mod tests {
         let h = cfg.host(host).unwrap();
         let overlays = Path::new(env!("CARGO_MANIFEST_DIR")).join("../overlays");
         let id = identity(host);
-        let peers = h.peers.iter().map(|p| (cfg.host(p).unwrap(), identity(p))).collect();
+        let others = cfg.hosts.iter().filter(|o| o.name != h.name).map(|o| (o, identity(&o.name))).collect();
         build(&Inputs {
             cfg,
             host: h,
             overlays: &overlays,
             identity: &id,
-            peers,
+            others,
             agent: b"AGENT",
             disk_id: 0x1234abcd,
             user_ids: (1000, 1000),
@@ -378,5 +432,76 @@ mod tests {
     fn mount_unit_names_follow_systemd_escaping() {
         assert_eq!(mount_unit("/media/pi/PI2PI"), "media-pi-PI2PI.mount");
         assert_eq!(mount_unit("/media/pi/my-drive"), "media-pi-my\\x2ddrive.mount");
+    }
+
+    /// The manager: a link per worker named by its gadget's host-side MAC, static .1 on each,
+    /// forwarding, NAT out of the uplink only, DNS and time for the links, each worker's files in
+    /// their own directory, and a login on every worker with pinned host keys.
+    #[test]
+    fn the_manager_names_routes_and_nats_its_workers_links() {
+        let cfg = cluster();
+        let m = layer_for(&cfg, "manager");
+        let w1 = cfg.host("worker1").unwrap().link.clone().unwrap();
+        let rules = text(&m, "etc/udev/rules.d/70-pi2pi-links.rules");
+        assert!(rules.contains(&format!("ATTR{{address}}==\"{}\", NAME=\"ethpi1\"", w1.host_mac)), "{rules}");
+        assert_eq!(rules.matches("NAME=\"ethpi").count(), 3, "{rules}");
+        let dhcpcd = text(&m, "etc/dhcpcd.conf");
+        assert!(dhcpcd.contains("interface ethpi3\nstatic ip_address=10.0.13.1/24\nnolink"), "{dhcpcd}");
+        assert!(!dhcpcd.contains("interface eth0"), "the uplink is left to DHCP: {dhcpcd}");
+        assert_eq!(text(&m, "etc/sysctl.d/90-pi2pi-router.conf").lines().last(), Some("net.ipv4.ip_forward = 1"));
+        let nft = text(&m, "etc/nftables.conf");
+        assert!(nft.contains("define links = { 10.0.11.0/24, 10.0.12.0/24, 10.0.13.0/24 }"), "{nft}");
+        assert!(nft.contains("ip saddr $links oifname \"eth0\" masquerade"), "{nft}");
+        assert!(enabled(&m, "sysinit.target", "nftables.service"));
+        let dns = text(&m, "etc/pi2pi/dnsmasq.conf");
+        assert!(dns.contains("interface=ethpi2\n") && !dns.contains("dhcp-range"), "{dns}");
+        assert!(enabled(&m, "multi-user.target", "pi2pi-dnsmasq.service"));
+        let chrony = text(&m, "etc/chrony/chrony.conf");
+        assert!(chrony.contains("local stratum 10") && chrony.contains("allow 10.0.12.0/24"), "{chrony}");
+        let hosts = text(&m, "etc/hosts");
+        assert!(hosts.contains("10.0.12.2\tworker2.local worker2"), "{hosts}");
+        let auth = text(&m, "home/pi/.ssh/authorized_keys");
+        assert!(auth.contains("restrict,command=\"/usr/local/bin/pi2pi-agent serve --into worker2\" ssh-ed25519 USERPUBworker2"), "{auth}");
+        let known = text(&m, "etc/ssh/ssh_known_hosts");
+        assert!(known.contains("worker3,worker3.local,10.0.13.2 ssh-ed25519 HOSTPUBworker3"), "{known}");
+        // It collects: no peers, so no agent daemon; the receiver runs from sshd.
+        assert!(!enabled(&m, "multi-user.target", "pi2pi-agent.service"));
+        assert!(!m.boot.get("config.txt").is_some_and(|c| String::from_utf8_lossy(c).contains("gpu_mem")));
+    }
+
+    /// A worker: its gadget with the configured addresses, usb0 static with the manager as
+    /// gateway, DNS and clock, its agent delivering to the manager, the manager let in.
+    #[test]
+    fn a_worker_is_a_gadget_with_the_manager_as_gateway_clock_and_peer() {
+        let cfg = cluster();
+        let w = layer_for(&cfg, "worker2");
+        let l = cfg.host("worker2").unwrap().link.clone().unwrap();
+        assert_eq!(text(&w, "etc/modules-load.d/pi2pi-gadget.conf").lines().last(), Some("g_ether"));
+        let opts = text(&w, "etc/modprobe.d/pi2pi-gadget.conf");
+        assert!(opts.contains(&format!("options g_ether host_addr={} dev_addr={}", l.host_mac, l.dev_mac)), "{opts}");
+        let rules = text(&w, "etc/udev/rules.d/70-pi2pi-links.rules");
+        assert!(rules.contains(&format!("ATTR{{address}}==\"{}\", NAME=\"usb0\"", l.dev_mac)), "{rules}");
+        let dhcpcd = text(&w, "etc/dhcpcd.conf");
+        for want in
+            ["allowinterfaces usb0", "static ip_address=10.0.12.2/24", "static routers=10.0.12.1", "static domain_name_servers=10.0.12.1"]
+        {
+            assert!(dhcpcd.contains(want), "{want}: {dhcpcd}");
+        }
+        let chrony = text(&w, "etc/chrony/chrony.conf");
+        assert!(chrony.contains("server 10.0.12.1 iburst") && chrony.contains("makestep 1 -1") && !chrony.contains("pool"), "{chrony}");
+        let hosts = text(&w, "etc/hosts");
+        assert!(hosts.contains("10.0.12.1\tmanager.local manager") && hosts.contains("10.0.11.2\tworker1.local"), "{hosts}");
+        let agent = pi2pi_agent::config::Config::parse(Path::new("agent.toml"), text(&w, "etc/pi2pi/agent.toml")).unwrap();
+        assert_eq!(agent.peers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["manager"]);
+        assert!(enabled(&w, "multi-user.target", "pi2pi-agent.service"));
+        let auth = text(&w, "home/pi/.ssh/authorized_keys");
+        assert!(auth.lines().any(|a| a == "ssh-ed25519 USERPUBmanager pi@manager"), "the manager logs in: {auth}");
+        assert!(!auth.contains("worker"), "no other worker does: {auth}");
+        let known = text(&w, "etc/ssh/ssh_known_hosts");
+        assert!(known.contains("manager,manager.local,10.0.12.1 ssh-ed25519 HOSTPUBmanager") && !known.contains("worker"), "{known}");
+        for absent in ["etc/nftables.conf", "etc/sysctl.d/90-pi2pi-router.conf", "etc/pi2pi/dnsmasq.conf"] {
+            assert!(!w.root.contains_key(absent), "{absent}");
+        }
+        assert!(String::from_utf8_lossy(&w.boot["config.txt"]).contains("\ngpu_mem=16\n"));
     }
 }

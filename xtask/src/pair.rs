@@ -67,10 +67,15 @@ pub fn schedules(cfg: &ImageConfig, uniform: Option<Schedule>) -> Vec<Schedule> 
         .iter()
         .map(|h| match (uniform, h.role) {
             (Some(s), _) => s,
-            (None, Role::DhcpServer) => cfg.schedule,
-            (None, Role::DhcpClient) => other,
+            (None, Role::DhcpServer | Role::Manager) => cfg.schedule,
+            (None, Role::DhcpClient | Role::Worker) => other,
         })
         .collect()
+}
+
+/// A pair's host's address (every pair host has one; `ImageConfig::lan` has checked it is a pair).
+fn address(h: &Host) -> std::net::Ipv4Addr {
+    h.address.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED)
 }
 
 /// Test files for one drive: names with spaces, UTF-8 and subdirectories, 0 bytes to tens of MB.
@@ -282,9 +287,10 @@ impl Pair<'_> {
         for ((vm, h), schedule) in self.vms.iter_mut().zip(self.hosts).zip(self.schedules) {
             vm.ok("systemctl is-active ssh", CMD)?;
             let (dns, _) = vm.exec("systemctl is-active pi2pi-dnsmasq", CMD)?;
-            match h.role {
-                Role::DhcpServer => ensure!(dns == 0, "{}: dnsmasq is not active on the dhcp-server", h.name),
-                Role::DhcpClient => ensure!(dns != 0, "{}: dnsmasq runs on a dhcp-client", h.name),
+            if h.role == Role::DhcpServer {
+                ensure!(dns == 0, "{}: dnsmasq is not active on the dhcp-server", h.name);
+            } else {
+                ensure!(dns != 0, "{}: dnsmasq runs on a dhcp-client", h.name);
             }
             if *schedule == Schedule::Systemd {
                 vm.ok("systemctl is-active pi2pi-agent", CMD)?;
@@ -304,8 +310,9 @@ impl Pair<'_> {
     /// Static address on the server, leased (reserved by MAC) on the client.
     fn check_addresses(&mut self) -> Result<()> {
         let (cfg, hosts) = (self.cfg, self.hosts);
-        let iface = &cfg.network.interface;
-        let want = |h: &Host| format!("inet {}/{}", h.address, cfg.network.prefix);
+        let lan = cfg.lan()?;
+        let iface = &lan.interface;
+        let want = |h: &Host| format!("inet {}/{}", address(h), lan.prefix);
         let deadline = Instant::now() + Duration::from_secs(120);
         for (i, vm) in self.vms.iter_mut().enumerate() {
             loop {
@@ -320,10 +327,10 @@ impl Pair<'_> {
         let leases = self.vms[self.server].ok("cat /var/lib/misc/dnsmasq.leases", CMD)?;
         let c = hosts[self.client];
         ensure!(
-            leases.contains(c.mac.as_deref().unwrap_or("-")) && leases.contains(&c.address.to_string()),
+            leases.contains(c.mac.as_deref().unwrap_or("-")) && leases.contains(&address(c).to_string()),
             "{}'s lease file has no lease of {} to {:?}:\n{leases}",
             hosts[self.server].name,
-            c.address,
+            address(c),
             c.mac
         );
         Ok(())
@@ -336,7 +343,7 @@ impl Pair<'_> {
             for h in hosts {
                 let name = format!("{}.{}", h.name, cfg.network.domain);
                 let out = vm.ok(&format!("getent hosts {name}"), CMD)?;
-                ensure!(out.contains(&h.address.to_string()), "{}: {name} resolves to {out}", hosts[i].name);
+                ensure!(out.contains(&address(h).to_string()), "{}: {name} resolves to {out}", hosts[i].name);
             }
             let peer = format!("{}.{}", hosts[1 - i].name, cfg.network.domain);
             let user = &cfg.system.user;

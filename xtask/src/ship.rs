@@ -92,10 +92,10 @@ pub fn imager_entry(cfg: &ImageConfig, host: &Host, img: &Path, img_sha256: &str
     Ok(ImagerEntry {
         name: format!("pi2pi {} ({})", host.name, cfg.base.arch.deb()),
         description: format!(
-            "{}: {} at {}. Debian {} ({}), built by pi2pi; flash as is (no OS customisation).",
+            "{}: {} {}. Debian {} ({}), built by pi2pi; flash as is (no OS customisation).",
             host.name,
             host.role.describe(),
-            host.address,
+            host.place(),
             cfg.base.suite,
             cfg.base.arch.deb()
         ),
