@@ -4,6 +4,7 @@
 //! ([`pi2pi_agent::rules`]). Every error names the file, the line and the key, and what would be
 //! valid.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
@@ -17,7 +18,11 @@ pub use pi2pi_agent::rules::ConfigError;
 pub struct ImageConfig {
     /// The package pins for this config's bases: `<config>.lock` beside the config file.
     pub lock_file: PathBuf,
+    /// `[base]`: what every host's card is built from unless it names another.
     pub base: Base,
+    /// `[bases.<name>]`: other bases, each `[base]` with some keys changed (an ARMv6 base for Pi
+    /// Zero workers beside the arm64 one), chosen by a host's `base = "<name>"`.
+    pub bases: BTreeMap<String, Base>,
     pub system: System,
     pub network: Network,
     pub drive: Drive,
@@ -231,6 +236,8 @@ pub struct Host {
     /// A dhcp-client's Ethernet address (its DHCP reservation).
     pub mac: Option<String>,
     pub peers: Vec<String>,
+    /// The `[bases.<name>]` its card is built from; None: `[base]`.
+    pub base: Option<String>,
     /// The board it is for, when the file names one (always, for a worker).
     pub board: Option<&'static str>,
     /// A manager's interface to the world, the only one its workers' traffic is NATed out of.
@@ -304,6 +311,15 @@ impl ImageConfig {
     pub fn server(&self) -> Option<&Host> {
         self.hosts.iter().find(|h| h.role == Role::DhcpServer)
     }
+    /// The base `h`'s card is built from.
+    pub fn base_of(&self, h: &Host) -> &Base {
+        h.base.as_ref().and_then(|n| self.bases.get(n)).unwrap_or(&self.base)
+    }
+    /// This config as `h`'s card sees it: `base` is the host's base (every stage of one card's
+    /// build reads `cfg.base`).
+    pub fn for_host(&self, h: &Host) -> ImageConfig {
+        ImageConfig { base: self.base_of(h).clone(), ..self.clone() }
+    }
     /// The pair's cable; an error for a cluster's file (what needs it is pair-only).
     pub fn lan(&self) -> anyhow::Result<&Lan> {
         self.network.lan.as_ref().ok_or_else(|| anyhow::anyhow!("{} describes a cluster, not a pair", self.file_name()))
@@ -328,6 +344,8 @@ type S<T> = Spanned<T>;
 #[serde(deny_unknown_fields)]
 struct Raw {
     base: RawBase,
+    #[serde(default)]
+    bases: BTreeMap<String, S<RawBaseOverride>>,
     system: RawSystem,
     network: RawNetwork,
     drive: RawDrive,
@@ -336,7 +354,7 @@ struct Raw {
     host: S<Vec<RawHost>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 struct RawBase {
     suite: S<String>,
@@ -352,6 +370,44 @@ struct RawBase {
     path_exclude: Vec<S<String>>,
     #[serde(default)]
     path_include: Vec<S<String>>,
+}
+
+/// `[bases.<name>]`: any of `[base]`'s keys, replacing its value (lists too, whole).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBaseOverride {
+    suite: Option<S<String>>,
+    architecture: Option<Arch>,
+    mirrors: Option<S<Vec<String>>>,
+    keyring: Option<S<String>>,
+    components: Option<S<Vec<String>>>,
+    kernel: Option<S<String>>,
+    firmware: Option<S<String>>,
+    packages: Option<S<Vec<String>>>,
+    initramfs_modules: Option<S<Vec<String>>>,
+    path_exclude: Option<Vec<S<String>>>,
+    path_include: Option<Vec<S<String>>>,
+}
+
+impl RawBaseOverride {
+    fn over(&self, b: &RawBase) -> RawBase {
+        fn or<T: Clone>(o: &Option<T>, d: &T) -> T {
+            o.clone().unwrap_or_else(|| d.clone())
+        }
+        RawBase {
+            suite: or(&self.suite, &b.suite),
+            architecture: self.architecture.unwrap_or(b.architecture),
+            mirrors: or(&self.mirrors, &b.mirrors),
+            keyring: or(&self.keyring, &b.keyring),
+            components: or(&self.components, &b.components),
+            kernel: or(&self.kernel, &b.kernel),
+            firmware: or(&self.firmware, &b.firmware),
+            packages: or(&self.packages, &b.packages),
+            initramfs_modules: or(&self.initramfs_modules, &b.initramfs_modules),
+            path_exclude: or(&self.path_exclude, &b.path_exclude),
+            path_include: or(&self.path_include, &b.path_include),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -404,6 +460,7 @@ struct RawHost {
     address: Option<S<String>>,
     mac: Option<S<String>>,
     peers: Option<S<Vec<String>>>,
+    base: Option<S<String>>,
     board: Option<S<String>>,
     uplink: Option<S<String>>,
     link: Option<S<u32>>,
@@ -488,9 +545,11 @@ fn board(cx: &Source, at: &S<String>, key: &str, arch: Arch) -> Result<&'static 
     let list = ours.iter().map(|b| b.name).collect::<Vec<_>>().join(", ");
     let msg = match crate::boards::arches_of(name).first() {
         Some(other) => format!(
-            "`{name}` needs an {} card, and this file's base is {} (base.architecture); {} cards boot: {list}",
+            "`{name}` needs an {} card, and this host's base is {}; give the host `base = \"<name>\"` of a \
+             [bases.<name>] with architecture = \"{}\" ({} cards boot: {list})",
             other.describe(),
             arch.describe(),
+            other.deb(),
             arch.deb()
         ),
         None => format!("`{name}` is not a board pi2pi knows; {} cards boot: {list}", arch.deb()),
@@ -571,12 +630,14 @@ pub fn load(path: &Path) -> Result<ImageConfig, ConfigError> {
 pub fn parse(file: &Path, text: &str) -> Result<ImageConfig, ConfigError> {
     let cx = Source { file, text };
     let raw: Raw = toml::from_str(text).map_err(|e| ConfigError::from_toml(file, text, &e))?;
-    let base = base(&cx, &raw.base)?;
+    let base = base(&cx, "base", &raw.base)?;
+    let bases = named_bases(&cx, &raw, &base)?;
     let network = network(&cx, &raw.network)?;
-    let hosts = hosts(&cx, &raw.host, &raw.network, &network, base.arch)?;
+    let hosts = hosts(&cx, &raw.host, &raw.network, &network, &base, &bases)?;
     Ok(ImageConfig {
         lock_file: file.with_extension("lock"),
         base,
+        bases,
         system: system(&cx, &raw.system)?,
         network,
         drive: drive(&cx, &raw.drive)?,
@@ -586,11 +647,12 @@ pub fn parse(file: &Path, text: &str) -> Result<ImageConfig, ConfigError> {
     })
 }
 
-fn base(cx: &Source, b: &RawBase) -> Result<Base, ConfigError> {
+fn base(cx: &Source, at: &str, b: &RawBase) -> Result<Base, ConfigError> {
+    let key = |k: &str| format!("{at}.{k}");
     cx.check(
         !b.suite.get_ref().is_empty() && b.suite.get_ref().bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-'),
         &b.suite,
-        "base.suite",
+        &key("suite"),
         || "must be a suite name like \"trixie\"".into(),
     )?;
     cx.check(
@@ -599,24 +661,24 @@ fn base(cx: &Source, b: &RawBase) -> Result<Base, ConfigError> {
                 (m.starts_with("http://") || m.starts_with("https://") || m.starts_with("file:/")) && !m.contains(char::is_whitespace)
             }),
         &b.mirrors,
-        "base.mirrors",
+        &key("mirrors"),
         || "must list at least one http://, https:// or file:/ mirror URL".into(),
     )?;
     let keyring = PathBuf::from(b.keyring.get_ref());
-    cx.check(keyring.is_absolute() && keyring.exists(), &b.keyring, "base.keyring", || {
+    cx.check(keyring.is_absolute() && keyring.exists(), &b.keyring, &key("keyring"), || {
         format!("`{}` must be an existing keyring file (Debian's is /usr/share/keyrings/debian-archive-keyring.gpg)", keyring.display())
     })?;
     cx.check(
         !b.components.get_ref().is_empty() && b.components.get_ref().iter().all(|c| is_pkg(c)),
         &b.components,
-        "base.components",
+        &key("components"),
         || "list archive components like \"main\"".into(),
     )?;
-    for (v, key) in [(&b.kernel, "base.kernel"), (&b.firmware, "base.firmware")] {
-        cx.check(is_pkg(v.get_ref()), v, key, || format!("`{}` is not a Debian package name", v.get_ref()))?;
+    for (v, k) in [(&b.kernel, key("kernel")), (&b.firmware, key("firmware"))] {
+        cx.check(is_pkg(v.get_ref()), v, &k, || format!("`{}` is not a Debian package name", v.get_ref()))?;
     }
     if let Some(bad) = b.packages.get_ref().iter().find(|p| !is_pkg(p)) {
-        return cx.err(&b.packages, "base.packages", format!("`{bad}` is not a Debian package name"));
+        return cx.err(&b.packages, &key("packages"), format!("`{bad}` is not a Debian package name"));
     }
     if let Some(bad) = b
         .initramfs_modules
@@ -624,11 +686,11 @@ fn base(cx: &Source, b: &RawBase) -> Result<Base, ConfigError> {
         .iter()
         .find(|m| m.is_empty() || !m.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-'))
     {
-        return cx.err(&b.initramfs_modules, "base.initramfs_modules", format!("`{bad}` is not a kernel module name"));
+        return cx.err(&b.initramfs_modules, &key("initramfs_modules"), format!("`{bad}` is not a kernel module name"));
     }
-    for (list, key) in [(&b.path_exclude, "base.path_exclude"), (&b.path_include, "base.path_include")] {
+    for (list, k) in [(&b.path_exclude, key("path_exclude")), (&b.path_include, key("path_include"))] {
         for p in list {
-            cx.check(p.get_ref().starts_with('/') && !p.get_ref().contains(char::is_whitespace), p, key, || {
+            cx.check(p.get_ref().starts_with('/') && !p.get_ref().contains(char::is_whitespace), p, &k, || {
                 format!("`{}` must be an absolute path glob without spaces", p.get_ref())
             })?;
         }
@@ -646,6 +708,27 @@ fn base(cx: &Source, b: &RawBase) -> Result<Base, ConfigError> {
         path_exclude: b.path_exclude.iter().map(|p| p.get_ref().clone()).collect(),
         path_include: b.path_include.iter().map(|p| p.get_ref().clone()).collect(),
     })
+}
+
+/// `[bases.<name>]`, each `[base]` with its own keys, validated like it; no two bases may pin the
+/// same suite and architecture (the lock keeps one section per pair).
+fn named_bases(cx: &Source, raw: &Raw, default: &Base) -> Result<BTreeMap<String, Base>, ConfigError> {
+    let mut out: BTreeMap<String, Base> = BTreeMap::new();
+    for (name, o) in &raw.bases {
+        let at = format!("bases.{name}");
+        cx.check(rules::host_name(name).is_ok(), o, &at, || {
+            format!("`{name}` must be a name like \"zero\" (lower-case letters, digits, '-')")
+        })?;
+        let b = base(cx, &at, &o.get_ref().over(&raw.base))?;
+        let same = |x: &Base| x.suite == b.suite && x.arch == b.arch;
+        if let Some(other) =
+            same(default).then_some("[base]".to_string()).or_else(|| out.iter().find(|(_, x)| same(x)).map(|(n, _)| format!("[bases.{n}]")))
+        {
+            return cx.err(o, &at, format!("builds {} {} as {other} does; give it another architecture or suite", b.suite, b.arch.deb()));
+        }
+        out.insert(name.clone(), b);
+    }
+    Ok(out)
 }
 
 fn system(cx: &Source, s: &RawSystem) -> Result<System, ConfigError> {
@@ -749,11 +832,18 @@ fn image(cx: &Source, i: &RawImage) -> Result<ImageParams, ConfigError> {
 
 /// The `[[host]]` list: each host alone, then what holds between them: one kind of deployment,
 /// its one server or manager, addresses and links that do not collide, peers.
-fn hosts(cx: &Source, raw: &S<Vec<RawHost>>, raw_net: &RawNetwork, net: &Network, arch: Arch) -> Result<Vec<Host>, ConfigError> {
+fn hosts(
+    cx: &Source,
+    raw: &S<Vec<RawHost>>,
+    raw_net: &RawNetwork,
+    net: &Network,
+    base: &Base,
+    bases: &BTreeMap<String, Base>,
+) -> Result<Vec<Host>, ConfigError> {
     cx.check(!raw.get_ref().is_empty(), raw, "host", || "define at least one [[host]]".into())?;
     let mut hosts: Vec<Host> = Vec::new();
     for (idx, h) in raw.get_ref().iter().enumerate() {
-        let host = one_host(cx, idx, h, &hosts, arch)?;
+        let host = one_host(cx, idx, h, &hosts, base, bases)?;
         hosts.push(host);
     }
     let cluster = hosts[0].role.in_cluster();
@@ -865,7 +955,14 @@ fn links_apart(cx: &Source, raw: &S<Vec<RawHost>>, hosts: &[Host]) -> Result<(),
 }
 
 /// One `[[host]]` on its own, given the hosts before it (for duplicates).
-fn one_host(cx: &Source, idx: usize, h: &RawHost, before: &[Host], arch: Arch) -> Result<Host, ConfigError> {
+fn one_host(
+    cx: &Source,
+    idx: usize,
+    h: &RawHost,
+    before: &[Host],
+    default: &Base,
+    bases: &BTreeMap<String, Base>,
+) -> Result<Host, ConfigError> {
     let key = |k: &str| format!("host[{idx}].{k}");
     let name = cx.rule(&h.name, &key("name"), rules::host_name)?;
     cx.check(!before.iter().any(|o| o.name == name), &h.name, &key("name"), || format!("host `{name}` is defined twice"))?;
@@ -876,8 +973,33 @@ fn one_host(cx: &Source, idx: usize, h: &RawHost, before: &[Host], arch: Arch) -
             return cx.err_at(offset, &key(k), format!("`{k}` is not for a {} (only for: {})", role.name(), names.join(", ")));
         }
     }
+    let (base_name, arch) = match &h.base {
+        None => (None, default.arch),
+        Some(n) => match bases.get(n.get_ref()) {
+            Some(b) => (Some(n.get_ref().clone()), b.arch),
+            None => {
+                let names: Vec<String> = bases.keys().map(|k| format!("\"{k}\"")).collect();
+                let valid = if names.is_empty() {
+                    "this file has no [bases.<name>] tables".to_string()
+                } else {
+                    format!("its bases are {}", names.join(", "))
+                };
+                return cx.err(n, &key("base"), format!("no [bases.{}] in this file; {valid} (unset: [base])", n.get_ref()));
+            }
+        },
+    };
     let board = h.board.as_ref().map(|b| board(cx, b, &key("board"), arch)).transpose()?;
-    let mut host = Host { name, role, address: None, mac: None, peers: Vec::new(), board: board.map(|b| b.name), uplink: None, link: None };
+    let mut host = Host {
+        name,
+        role,
+        address: None,
+        mac: None,
+        peers: Vec::new(),
+        base: base_name,
+        board: board.map(|b| b.name),
+        uplink: None,
+        link: None,
+    };
     match role {
         Role::DhcpServer | Role::DhcpClient => {
             let Some(a) = &h.address else { return cx.err(&h.role, &key("address"), "a pair's host needs `address`") };
@@ -1112,5 +1234,34 @@ mod tests {
         let e = parse_str(&no_lan).unwrap_err();
         assert_eq!(e.key, "network.interface");
         assert!(e.message.contains("a pair needs its cable"), "{e}");
+    }
+
+    #[test]
+    fn named_bases_change_some_keys_of_base_and_hosts_choose_them() {
+        let t = cluster_text();
+        let c = parse_str(&t).unwrap();
+        let zero = &c.bases["zero"];
+        assert_eq!((zero.arch, zero.kernel.as_str(), zero.suite.as_str()), (Arch::Armel, "linux-image-rpi", "trixie"));
+        assert_eq!(zero.packages, c.base.packages, "unchanged keys are [base]'s");
+        let w3 = c.host("worker3").unwrap();
+        assert_eq!((c.base_of(w3).arch, c.for_host(w3).base.arch), (Arch::Armel, Arch::Armel));
+        assert_eq!(c.base_of(c.host("worker1").unwrap()).arch, Arch::Arm64);
+        let err = |from: &str, to: &str| {
+            assert!(t.contains(from), "{from}");
+            parse_str(&t.replacen(from, to, 1)).unwrap_err()
+        };
+        let e = err("base = \"zero\"\nlink", "base = \"zeros\"\nlink");
+        assert_eq!(e.key, "host[3].base");
+        assert!(e.message.contains("its bases are \"zero\""), "{e}");
+        let e = err("kernel = \"linux-image-rpi\"", "kernel = \"Linux Image\"");
+        assert_eq!(e.key, "bases.zero.kernel");
+        let e = err("architecture = \"armel\"", "architecture = \"arm64\"");
+        assert_eq!(e.key, "bases.zero");
+        assert!(e.message.contains("as [base] does"), "{e}");
+        let e = err("[bases.zero]\n", "[bases.zero]\nmirror = \"x\"\n");
+        assert!(e.message.contains("unknown field"), "{e}");
+        let e = err("base = \"zero\"\nlink", "link");
+        assert_eq!(e.key, "host[3].board", "a pi-zero on the arm64 base: {e}");
+        assert!(e.message.contains("base = \\\"<name>\\\"") || e.message.contains("[bases.<name>]"), "{e}");
     }
 }

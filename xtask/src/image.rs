@@ -45,6 +45,8 @@ pub struct Built {
     pub sha256: String,
     /// The size of `<host>.img.xz`.
     pub xz_bytes: u64,
+    /// Its base's SOURCE_DATE_EPOCH (the build's time).
+    pub epoch: u64,
     pub stages: Vec<Lap>,
 }
 
@@ -70,13 +72,37 @@ pub fn select<'a>(cfg: &'a ImageConfig, which: &str) -> Result<Vec<&'a Host>> {
 }
 
 pub fn build(sh: &Shell, cfg: &ImageConfig, hosts: &[&Host], opts: &Options) -> Result<Vec<Built>> {
-    let t = Instant::now();
-    setup::ensure(sh, cfg.base.arch)?;
     keys::ensure(sh, cfg)?;
     // Every build starts from an empty build directory (what `verify` compares).
     let _ = std::fs::remove_dir_all(&opts.work_dir);
     std::fs::create_dir_all(&opts.work_dir)?;
     std::fs::create_dir_all(&opts.out_dir)?;
+    // The hosts of each base together: that base (and its agent) once, then its cards.
+    let mut groups: Vec<(ImageConfig, Vec<&Host>)> = Vec::new();
+    for h in hosts {
+        match groups.iter_mut().find(|(_, g)| g[0].base == h.base) {
+            Some((_, g)) => g.push(h),
+            None => groups.push((cfg.for_host(h), vec![h])),
+        }
+    }
+    let mut built = Vec::new();
+    for (view, group) in &groups {
+        built.extend(build_group(sh, view, group, opts)?);
+    }
+    built.sort_by_key(|b| hosts.iter().position(|h| h.name == b.host));
+    if opts.ship {
+        ship_all(sh, cfg, &opts.out_dir, &mut built)?;
+    } else {
+        let sums: Vec<(PathBuf, String)> = built.iter().map(|b| (b.path.clone(), b.sha256.clone())).collect();
+        write_sums(&opts.out_dir, &sums)?;
+    }
+    Ok(built)
+}
+
+/// The cards of hosts that share one base (`cfg` is their view: `cfg.base` is that base).
+fn build_group(sh: &Shell, cfg: &ImageConfig, hosts: &[&Host], opts: &Options) -> Result<Vec<Built>> {
+    let t = Instant::now();
+    setup::ensure(sh, cfg.base.arch)?;
     let setup_s = t.elapsed().as_secs_f64();
 
     let base = base::build(sh, cfg, opts.update_lock, &opts.work_dir, &opts.cache_dir)?;
@@ -137,18 +163,12 @@ pub fn build(sh: &Shell, cfg: &ImageConfig, hosts: &[&Host], opts: &Options) -> 
             built.push(r?);
         }
     }
-    if opts.ship {
-        ship_all(sh, cfg, &opts.out_dir, &mut built, epoch)?;
-    } else {
-        let sums: Vec<(PathBuf, String)> = built.iter().map(|b| (b.path.clone(), b.sha256.clone())).collect();
-        write_sums(&opts.out_dir, &sums)?;
-    }
     Ok(built)
 }
 
 /// The compressed images, block maps and Imager list beside the images, then SHA256SUMS over
 /// every file written.
-fn ship_all(sh: &Shell, cfg: &ImageConfig, dir: &Path, built: &mut [Built], epoch: u64) -> Result<()> {
+fn ship_all(sh: &Shell, cfg: &ImageConfig, dir: &Path, built: &mut [Built]) -> Result<()> {
     let mut sums = Vec::new();
     let mut entries = Vec::new();
     for b in built.iter_mut() {
@@ -160,7 +180,8 @@ fn ship_all(sh: &Shell, cfg: &ImageConfig, dir: &Path, built: &mut [Built], epoc
         for f in [&shipped.xz, &shipped.bmap] {
             sums.push((f.clone(), sha256_file(f)?));
         }
-        entries.push(ship::imager_entry(cfg, cfg.host(&b.host)?, &b.path, &b.sha256, epoch)?);
+        let host = cfg.host(&b.host)?;
+        entries.push(ship::imager_entry(&cfg.for_host(host), host, &b.path, &b.sha256, b.epoch)?);
     }
     let list = ship::write_imager_list(dir, entries)?;
     sums.push((list.clone(), sha256_file(&list)?));
@@ -245,7 +266,7 @@ fn build_host(sh: &Shell, shared: &Shared, host: &Host) -> Result<Built> {
     for f in [&root_img, &boot_img, &root_tar] {
         let _ = std::fs::remove_file(f);
     }
-    Ok(Built { host: host.name.clone(), path: img, bytes, sha256, xz_bytes: 0, stages })
+    Ok(Built { host: host.name.clone(), path: img, bytes, sha256, xz_bytes: 0, epoch, stages })
 }
 
 pub fn sha256_file(p: &Path) -> Result<String> {

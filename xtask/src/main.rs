@@ -6,6 +6,7 @@ mod bench;
 mod board;
 mod boards;
 mod cache;
+mod cluster;
 mod config;
 mod disk;
 mod fat;
@@ -116,6 +117,9 @@ enum TestWhich {
         #[arg(long)]
         armhf: bool,
     },
+    /// Boot a cluster's manager and two workers together in QEMU and check the whole cluster
+    /// (examples/cluster.toml, or --config's file if it describes a cluster).
+    Cluster,
     /// The 32-bit agents (armv7, and ARMv6 on the Pi Zero's CPU), run under qemu-arm, read file
     /// times past 2038 right.
     Time32,
@@ -182,6 +186,12 @@ fn main() -> Result<()> {
             print!("{}", board::render(&board::test(&sh, &cfg, &dir, armhf)?));
         }
         Task::Test { which: Some(TestWhich::Time32), .. } => time32::check_all(&sh)?,
+        Task::Test { which: Some(TestWhich::Cluster), .. } => {
+            let cfg = load()?;
+            let cfg = if cfg.manager().is_some() { cfg } else { config::load(&sh.current_dir().join(cluster::EXAMPLE))? };
+            setup::ensure(&sh, cfg.base.arch)?;
+            print!("{}", cluster::run(&sh, &cfg)?.render());
+        }
         Task::Test { which: Some(TestWhich::Qemu { schedule }), .. } => {
             let cfg = load()?;
             setup::ensure(&sh, cfg.base.arch)?;

@@ -79,7 +79,7 @@ fn address(h: &Host) -> std::net::Ipv4Addr {
 }
 
 /// Test files for one drive: names with spaces, UTF-8 and subdirectories, 0 bytes to tens of MB.
-fn test_files(node: &str) -> Vec<(String, Vec<u8>)> {
+pub(crate) fn test_files(node: &str) -> Vec<(String, Vec<u8>)> {
     let gen = |seed: &str, len: usize| -> Vec<u8> {
         let mut out = Vec::with_capacity(len + 32);
         let mut block = Sha256::digest(seed.as_bytes()).to_vec();
@@ -100,7 +100,7 @@ fn test_files(node: &str) -> Vec<(String, Vec<u8>)> {
 }
 
 /// A FAT32 USB drive image with the shared label, sending/ (pre-filled) and receiving/.
-fn make_drive(sh: &Shell, path: &Path, label: &str, files: &[(String, Vec<u8>)], stage: &Path) -> Result<()> {
+pub(crate) fn make_drive(sh: &Shell, path: &Path, label: &str, files: &[(String, Vec<u8>)], stage: &Path) -> Result<()> {
     let fat = Fat::create(sh, path, label, 262144, None)?;
     fat.mkdirs(sh, &["sending", "receiving"])?;
     let _ = std::fs::remove_dir_all(stage);
@@ -114,7 +114,7 @@ fn make_drive(sh: &Shell, path: &Path, label: &str, files: &[(String, Vec<u8>)],
 }
 
 /// rel path → sha256 of every file under `dir` on a FAT image (read with mtools, from the host).
-fn drive_tree(sh: &Shell, img: &Path, dir: &str, scratch: &Path) -> Result<BTreeMap<String, String>> {
+pub(crate) fn drive_tree(sh: &Shell, img: &Path, dir: &str, scratch: &Path) -> Result<BTreeMap<String, String>> {
     let _ = std::fs::remove_dir_all(scratch);
     std::fs::create_dir_all(scratch)?;
     Fat::file(img).copy_out(sh, dir, scratch)?;
@@ -246,10 +246,14 @@ impl Pair<'_> {
                 name: h.name.clone(),
                 image: images[i].clone(),
                 usb: Some(dir.join("usb.img")),
-                mac: h.nic_mac(),
-                link: Some((run_dir.join(format!("{}.link", h.name)), run_dir.join(format!("{other}.link")))),
+                nics: vec![qemu::Nic {
+                    mac: h.nic_mac(),
+                    local: run_dir.join(format!("{}.link", h.name)),
+                    remote: run_dir.join(format!("{other}.link")),
+                }],
                 dir,
                 memory_mib: 768,
+                rtc_base: None,
             };
             boots.push(qemu::boot_files(sh, &spec.image, &spec.dir.join("boot"))?);
             qemu::overlay(sh, &spec.image, &spec.dir.join("overlay.qcow2"))?;
@@ -512,7 +516,7 @@ fn wait_arrival(vm: &mut Vm, path: &str, sum: &str, limit: Duration) -> Result<D
 
 /// rel path → sha256 for every regular file below `dir` in the guest (temporaries included, so a
 /// leftover would show up as a difference).
-fn guest_tree(vm: &mut Vm, dir: &str) -> Result<BTreeMap<String, String>> {
+pub(crate) fn guest_tree(vm: &mut Vm, dir: &str) -> Result<BTreeMap<String, String>> {
     // A temporary can be renamed between find and sha256sum: list what still exists.
     let out = vm.ok(&format!("cd '{dir}' && {{ find . -type f -print0 | sort -z | xargs -0 -r sha256sum 2>/dev/null; true; }}"), CMD)?;
     Ok(out.lines().filter_map(|l| l.split_once("  ")).map(|(h, p)| (p.trim_start_matches("./").to_string(), h.to_string())).collect())

@@ -89,11 +89,20 @@ pub struct Spec {
     pub name: String,
     pub image: PathBuf,
     pub usb: Option<PathBuf>,
-    pub mac: String,
-    /// (this VM's socket, the peer's socket) for the dgram link.
-    pub link: Option<(PathBuf, PathBuf)>,
+    /// Its network cards, in order (the guest's eth0, eth1, … before udev renames them).
+    pub nics: Vec<Nic>,
     pub dir: PathBuf,
     pub memory_mib: u32,
+    /// Where the guest's real-time clock starts (`-rtc base=`, e.g. "2020-01-01"); None: now.
+    pub rtc_base: Option<String>,
+}
+
+/// One network card on a private link: a datagram socket pair (this end, the other end), both
+/// unix sockets, so frames go only to whoever binds `remote` (another VM, or the test itself).
+pub struct Nic {
+    pub mac: String,
+    pub local: PathBuf,
+    pub remote: PathBuf,
 }
 
 /// The QEMU argv for a VM; `console` is where the serial console goes (a chardev spec).
@@ -123,11 +132,19 @@ pub fn argv(spec: &Spec, boot: &BootFiles, append: &str, overlay: &Path, console
         push("-device");
         push("usb-storage,bus=xhci.0,drive=usb,removable=on");
     }
-    if let Some((local, remote)) = &spec.link {
+    for (i, nic) in spec.nics.iter().enumerate() {
         push("-netdev");
-        push(&format!("dgram,id=lan,local.type=unix,local.path={},remote.type=unix,remote.path={}", local.display(), remote.display()));
+        push(&format!(
+            "dgram,id=net{i},local.type=unix,local.path={},remote.type=unix,remote.path={}",
+            nic.local.display(),
+            nic.remote.display()
+        ));
         push("-device");
-        push(&format!("virtio-net-pci,netdev=lan,mac={},romfile=", spec.mac));
+        push(&format!("virtio-net-pci,netdev=net{i},mac={},romfile=", nic.mac));
+    }
+    if let Some(base) = &spec.rtc_base {
+        push("-rtc");
+        push(&format!("base={base}"));
     }
     push("-chardev");
     push(console);
@@ -179,8 +196,8 @@ pub struct Vm {
 impl Vm {
     /// Boots a card on `-M virt` as the pair test does (see the module docs).
     pub fn start(sh: &Shell, spec: &Spec, boot: &BootFiles, overlay: &Path) -> Result<Vm> {
-        if let Some((local, _)) = &spec.link {
-            let _ = std::fs::remove_file(local);
+        for nic in &spec.nics {
+            let _ = std::fs::remove_file(&nic.local);
         }
         let append = qemu_cmdline(&boot.cmdline, HARNESS_APPEND);
         let console = format!("file,id=con,path={},append=on", spec.dir.join(CONSOLE_LOG).display());

@@ -27,12 +27,12 @@ pub fn run(sh: &Shell, cfg: &ImageConfig, host: &str) -> Result<()> {
         name: h.name.clone(),
         image,
         usb: Some(usb),
-        mac: h.nic_mac(),
         // A NIC on a link with nobody at the other end: eth0 and dnsmasq come up as on a Pi
         // whose cable is unplugged, and nothing can leave the VM.
-        link: Some((dir.join("self.link"), dir.join("nobody.link"))),
+        nics: vec![qemu::Nic { mac: h.nic_mac(), local: dir.join("self.link"), remote: dir.join("nobody.link") }],
         dir: dir.clone(),
         memory_mib: 768,
+        rtc_base: None,
     };
     let append = qemu::qemu_cmdline(&boot.cmdline, "systemd.debug_shell=ttyAMA0 systemd.mask=serial-getty@ttyAMA0.service");
     let mut argv = qemu::argv(&spec, &boot, &append, &overlay, "stdio,id=con,mux=on,signal=off");

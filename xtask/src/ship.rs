@@ -157,17 +157,20 @@ fn file_of(url: &str) -> &str {
 pub fn check(sh: &Shell, cfg: &ImageConfig, dir: &Path, scratch: &Path) -> Result<usize> {
     std::fs::create_dir_all(scratch)?;
     let lock = crate::pins::LockFile::read(&cfg.lock_file)?;
-    let pins = lock
-        .get(&cfg.base.suite, cfg.base.arch.deb())
-        .with_context(|| format!("{} has no section for this base", cfg.lock_file.display()))?;
-    let date = date_of(pins.source_date_epoch)?;
-    let devices = imager_devices(cfg);
     let text = std::fs::read_to_string(dir.join(IMAGER_LIST)).with_context(|| format!("reading {}", dir.join(IMAGER_LIST).display()))?;
     let list: ImagerList = serde_json::from_str(&text).with_context(|| format!("{} is not an Imager list", IMAGER_LIST))?;
     ensure!(!list.os_list.is_empty(), "{IMAGER_LIST} lists no card");
     for e in &list.os_list {
         let xz = dir.join(file_of(&e.url));
         let img = xz.with_extension("");
+        // What the entry must say follows from its card's host: its base's boards and pins.
+        let stem = img.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let view = cfg.for_host(cfg.host(&stem).with_context(|| format!("{}: {} is no host's card", e.name, xz.display()))?);
+        let pins = lock
+            .get(&view.base.suite, view.base.arch.deb())
+            .with_context(|| format!("{} has no section for {}'s base", cfg.lock_file.display(), stem))?;
+        let date = date_of(pins.source_date_epoch)?;
+        let devices = imager_devices(&view);
         let bmap = img.with_extension("img.bmap");
         let copy = scratch.join(img.file_name().context("no file name")?);
         let _ = std::fs::remove_file(&copy);

@@ -2,7 +2,7 @@
 //! then runs every phase in order, printing each phase's time: format, lint, unit and integration
 //! tests, the previous suite's package resolution, the 32-bit agent's clock, the images, what
 //! ships with them (the bmaptool round trip, the Imager list), the reproducibility check, the
-//! QEMU pair test (one card on each schedule), and the board test (each card booted the way its
+//! QEMU pair test (one card on each schedule), the QEMU cluster test, and the board test (each card booted the way its
 //! Pi boots it, and an armhf variant). After a failure the remaining phases are listed as not run.
 
 use std::time::Instant;
@@ -11,7 +11,7 @@ use anyhow::{bail, Result};
 use xshell::{cmd, Shell};
 
 use crate::config::ImageConfig;
-use crate::{base, board, image, pair, proc, setup, ship, time32, verify};
+use crate::{base, board, cluster, config, image, pair, proc, setup, ship, time32, verify};
 
 /// The previous Debian stable, which README promises stays buildable by changing `base.suite`.
 pub const OTHER_SUITE: &str = "bookworm";
@@ -70,6 +70,14 @@ pub fn all(sh: &Shell, cfg: &ImageConfig, skip_qemu: bool) -> Result<()> {
                 // other schedule's card is built as a variant.
                 let r = pair::run(sh, cfg, &schedules, false)?;
                 eprint!("{}", r.render());
+                Ok(())
+            }),
+        ));
+        phases.push((
+            format!("qemu cluster test ({}: a manager and two workers)", cluster::EXAMPLE),
+            Box::new(|| {
+                let c = config::load(&sh.current_dir().join(cluster::EXAMPLE))?;
+                eprint!("{}", cluster::run(sh, &c)?.render());
                 Ok(())
             }),
         ));
