@@ -104,12 +104,16 @@ pub(crate) fn make_drive(sh: &Shell, path: &Path, label: &str, files: &[(String,
     let fat = Fat::create(sh, path, label, 262144, None)?;
     fat.mkdirs(sh, &["sending", "receiving"])?;
     let _ = std::fs::remove_dir_all(stage);
+    std::fs::create_dir_all(stage.join("sending"))?;
     for (rel, data) in files {
         let p = stage.join("sending").join(rel);
         std::fs::create_dir_all(p.parent().unwrap())?;
         std::fs::write(&p, data)?;
     }
     let entries: Vec<PathBuf> = std::fs::read_dir(stage.join("sending"))?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+    if entries.is_empty() {
+        return Ok(());
+    }
     fat.copy_in(sh, &entries, "sending/")
 }
 
@@ -118,7 +122,8 @@ pub(crate) fn drive_tree(sh: &Shell, img: &Path, dir: &str, scratch: &Path) -> R
     let _ = std::fs::remove_dir_all(scratch);
     std::fs::create_dir_all(scratch)?;
     Fat::file(img).copy_out(sh, dir, scratch)?;
-    let root = scratch.join(dir);
+    // mcopy puts the directory's last component in `scratch`, as cp -r would.
+    let root = scratch.join(Path::new(dir).file_name().context("a directory path")?);
     let mut out = BTreeMap::new();
     for e in walkdir::WalkDir::new(&root) {
         let e = e?;
