@@ -1,5 +1,6 @@
 //! `cargo xtask test board`: every card of the deployment booted the way its Pi boots it, on
-//! QEMU's model of its board family, two cards at a time; and with `--armhf`, for an arm64
+//! QEMU's model of its board family, two cards at a time, and the cluster example's cards of
+//! other architectures (its ARMv6 Pi Zero card on `raspi0`); and with `--armhf`, for an arm64
 //! deployment, an armhf variant of its first card (Debian's LPAE kernel) on `raspi2b`, since
 //! nothing else boots a 32-bit card. The deployment's first card boots twice.
 //!
@@ -7,7 +8,8 @@
 //!   needs one), bigger than the image so that the first boot has room to grow into.
 //! - Kernel, initramfs and dtb come from the card's FAT partition as the firmware picks them:
 //!   config.txt's `kernel=` and `initramfs`, and the board's upstream dtb name (`upstream_kernel=1`).
-//!   The kernel command line is cmdline.txt as written plus harness-only additions a Pi never
+//!   On `raspi0` the harness's copy of the dtb disables the power-management block QEMU 7.2 lacks
+//!   (`qemu_lacks`). The kernel command line is cmdline.txt as written plus harness-only additions a Pi never
 //!   sees: a root shell on the console's serial port for the checks, `nosoftlockup` (see
 //!   `qemu::HARNESS_APPEND`) and a longer wait for devices (udev on the emulated board can take
 //!   minutes where a Pi's takes seconds). Not `maxcpus=1`: QEMU's raspi models always emulate all
@@ -96,6 +98,14 @@ impl Card<'_> {
 /// boot that otherwise reached multi-user (see the session notes).
 pub fn test(sh: &Shell, cfg: &ImageConfig, images: &Path, armhf: bool) -> Result<Vec<BootReport>> {
     let mut all = cards(cfg, images);
+    // The cluster example's cards for architectures the deployment's are not (its Pi Zero on
+    // armel, on raspi0); its arm64 cards share the pair's base, kernel and boot files.
+    let example = sh.current_dir().join(crate::cluster::EXAMPLE);
+    let cluster = if cfg.file() == example { cfg.clone() } else { crate::config::load(&example)? };
+    let (others, dir) = build_other_arches(sh, &cluster, &[cfg.base.arch])?;
+    for (view, host) in &others {
+        all.push(card_of(view, host, &dir)?);
+    }
     let variant = if armhf { armhf_variant(cfg) } else { None };
     if let Some(v) = &variant {
         let dir = build_variant(sh, v)?;
@@ -108,15 +118,40 @@ pub fn test(sh: &Shell, cfg: &ImageConfig, images: &Path, armhf: bool) -> Result
     run(sh, &all)
 }
 
-/// Every card of `cfg`, built in `images`. The first boots twice: the second boot proves that
+/// Every card of `cfg` on its `[base]`, built in `images`. The first boots twice: the second boot proves that
 /// growing the card is done once (the same unit and script run on every card, so one card of
 /// each build proves it for all); the others boot once, which keeps the phase within budget.
 pub fn cards<'a>(cfg: &'a ImageConfig, images: &Path) -> Vec<Card<'a>> {
+    // Hosts of other bases are booted by way of `build_other_arches`, each with its own view.
     cfg.hosts
         .iter()
+        .filter(|h| h.base.is_none())
         .enumerate()
         .map(|(i, host)| Card { cfg, host, image: images.join(format!("{}.img", host.name)), boots: if i == 0 { 2 } else { 1 } })
         .collect()
+}
+
+/// The cards of another deployment (`other`, the cluster example) for architectures none of
+/// `covered` is: built, not shipped, into target/images-cluster/. Returns each card's config
+/// as its build saw it (its host's base) with the host's name; boot them with [`card_of`].
+pub fn build_other_arches(sh: &Shell, other: &ImageConfig, covered: &[Arch]) -> Result<(Vec<(ImageConfig, String)>, PathBuf)> {
+    let hosts: Vec<&Host> = other.hosts.iter().filter(|h| !covered.contains(&other.base_of(h).arch)).collect();
+    let root = sh.current_dir();
+    let opts = image::Options {
+        out_dir: root.join("target/images-cluster"),
+        work_dir: root.join("target/image-build-cluster"),
+        ship: false,
+        ..image::Options::default_for(sh)
+    };
+    if !hosts.is_empty() {
+        image::build(sh, other, &hosts, &opts)?;
+    }
+    Ok((hosts.iter().map(|h| (other.for_host(h), h.name.clone())).collect(), opts.out_dir))
+}
+
+/// The card of `host` (in `view`, a config as that card's build saw it) in `images`, booted once.
+pub fn card_of<'a>(view: &'a ImageConfig, host: &str, images: &Path) -> Result<Card<'a>> {
+    Ok(Card { cfg: view, host: view.host(host)?, image: images.join(format!("{host}.img")), boots: 1 })
 }
 
 /// The 32-bit card CI boots besides an arm64 deployment's: the same config for armhf with
@@ -204,6 +239,10 @@ fn card(sh: &Shell, c: &Card, dir: &Path) -> Result<Vec<BootReport>> {
     let boot = qemu::boot_files(sh, image, &dir.join("boot"))?;
     let dtb = dir.join("boot").join(model.dtb);
     qemu::fat_of(image)?.copy_out(sh, model.dtb, &dtb).with_context(|| format!("{} is not on the boot partition", model.dtb))?;
+    for node in qemu_lacks(model.machine) {
+        proc::read(cmd!(sh, "fdtput -t s {dtb} {node} status disabled"))
+            .with_context(|| format!("disabling {node} in the harness's copy of {}", model.dtb))?;
+    }
 
     let mut reports = Vec::new();
     let mut after_first = None;
@@ -232,6 +271,18 @@ fn card(sh: &Shell, c: &Card, dir: &Path) -> Result<Vec<BootReport>> {
         let _ = std::fs::remove_file(f);
     }
     Ok(reports)
+}
+
+/// Device-tree nodes for hardware a Pi has and QEMU 7.2's model of it lacks, disabled in the
+/// harness's copy of the dtb (the card's own is untouched; a Pi never sees the change). raspi0
+/// has no BCM2835 power-management block: Debian's rpi kernel faults reading its ASB registers
+/// in `bcm2835_power_probe` and panics before the console. Its watchdog (the same node) is not
+/// used by the checks.
+fn qemu_lacks(machine: &str) -> &'static [&'static str] {
+    match machine {
+        "raspi0" => &["/soc/watchdog@7e100000"],
+        _ => &[],
+    }
 }
 
 /// The QEMU command line for one boot of the card on `model`.

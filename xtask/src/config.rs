@@ -1241,7 +1241,7 @@ mod tests {
         let t = cluster_text();
         let c = parse_str(&t).unwrap();
         let zero = &c.bases["zero"];
-        assert_eq!((zero.arch, zero.kernel.as_str(), zero.suite.as_str()), (Arch::Armel, "linux-image-rpi", "trixie"));
+        assert_eq!((zero.arch, zero.kernel.as_str(), zero.suite.as_str()), (Arch::Armel, "linux-image-rpi", "bookworm"));
         assert_eq!(zero.packages, c.base.packages, "unchanged keys are [base]'s");
         let w3 = c.host("worker3").unwrap();
         assert_eq!((c.base_of(w3).arch, c.for_host(w3).base.arch), (Arch::Armel, Arch::Armel));
@@ -1255,7 +1255,7 @@ mod tests {
         assert!(e.message.contains("its bases are \"zero\""), "{e}");
         let e = err("kernel = \"linux-image-rpi\"", "kernel = \"Linux Image\"");
         assert_eq!(e.key, "bases.zero.kernel");
-        let e = err("architecture = \"armel\"", "architecture = \"arm64\"");
+        let e = err("suite = \"bookworm\"\narchitecture = \"armel\"", "architecture = \"arm64\"");
         assert_eq!(e.key, "bases.zero");
         assert!(e.message.contains("as [base] does"), "{e}");
         let e = err("[bases.zero]\n", "[bases.zero]\nmirror = \"x\"\n");

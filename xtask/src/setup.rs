@@ -34,9 +34,10 @@ pub const PACKAGES: &[&str] = &[
     "libc6-dev-arm64-cross",
     "libc6-dev-armhf-cross",
     "libc6-dev-armel-cross",
-    "util-linux", // losetup for the agent's drive tests
-    "xz-utils",   // <host>.img.xz
-    "bmap-tools", // <host>.img.bmap, and the round-trip check with `bmaptool copy`
+    "util-linux",           // losetup for the agent's drive tests
+    "xz-utils",             // <host>.img.xz
+    "bmap-tools",           // <host>.img.bmap, and the round-trip check with `bmaptool copy`
+    "device-tree-compiler", // fdtput: the board test's copy of a dtb, for what QEMU does not model
 ];
 
 pub const RUST_TARGETS: &[&str] = &["aarch64-unknown-linux-musl", "armv7-unknown-linux-gnueabihf"];

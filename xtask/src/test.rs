@@ -82,7 +82,7 @@ pub fn all(sh: &Shell, cfg: &ImageConfig, skip_qemu: bool) -> Result<()> {
             }),
         ));
         phases.push((
-            "board test (each card on its Pi's QEMU model)".into(),
+            format!("board test (each card on its Pi's QEMU model; {}'s ARMv6 card on raspi0)", cluster::EXAMPLE),
             Box::new(|| {
                 let images = image::Options::default_for(sh).out_dir;
                 eprint!("{}", board::render(&board::test(sh, cfg, &images, false)?));
