@@ -58,8 +58,9 @@ struct Ctx<'a> {
     host: &'a Host,
     hosts: &'a [Host],
     peers: Vec<&'a Host>,
-    /// Every other host with the address this host reaches it at (a manager has one per link).
-    others: Vec<Seen<'a>>,
+    /// Every host with the address this host reaches it at: itself at its own address (a
+    /// manager, with one per link, only as 127.0.1.1), the manager at its end of this worker's link.
+    known: Vec<Seen<'a>>,
     server: Option<&'a Host>,
     manager: Option<&'a Host>,
     /// This host's workers, if it is a manager.
@@ -95,13 +96,10 @@ pub struct Inputs<'a> {
     pub initrd: String,
 }
 
-/// The other hosts as `host` reaches them (those it has no address for, none in a valid file, left out).
+/// Every host as `host` reaches it (one it has no single address for, only a manager seen by
+/// itself, left out).
 fn seen_from<'a>(cfg: &'a ImageConfig, host: &Host) -> Vec<Seen<'a>> {
-    cfg.hosts
-        .iter()
-        .filter(|h| h.name != host.name)
-        .filter_map(|h| Some(Seen { name: &h.name, address: cfg.address_seen_by(host, h)? }))
-        .collect()
+    cfg.hosts.iter().filter_map(|h| Some(Seen { name: &h.name, address: cfg.address_seen_by(host, h)? })).collect()
 }
 
 /// systemd's name for a mount unit: /media/pi/PI2PI → media-pi-PI2PI.mount.
@@ -128,7 +126,7 @@ pub fn build(i: &Inputs) -> Result<Layer> {
         host: i.host,
         hosts: &cfg.hosts,
         peers: i.host.peers.iter().filter_map(|p| cfg.hosts.iter().find(|h| &h.name == p)).collect(),
-        others: seen_from(cfg, i.host),
+        known: seen_from(cfg, i.host),
         server: cfg.server(),
         manager: cfg.manager(),
         workers: if i.host.role == Role::Manager { cfg.hosts.iter().filter(|h| h.role == Role::Worker).collect() } else { Vec::new() },
@@ -355,6 +353,10 @@ mod tests {
         let cfg = shipped(Schedule::Systemd);
         let a = layer_for(&cfg, "rpa");
         assert!(text(&a, "etc/dhcpcd.conf").contains("static ip_address=10.0.0.1/8"));
+        // Every name resolves to its address on every host, its own included (the pair test
+        // checks `getent hosts rpa.local` on rpa too).
+        let hosts = text(&a, "etc/hosts");
+        assert!(hosts.contains("10.0.0.1\trpa.local rpa\n") && hosts.contains("10.0.0.49\trpb.local rpb\n"), "{hosts}");
         let dns = text(&a, "etc/pi2pi/dnsmasq.conf");
         assert!(dns.contains("dhcp-host=b8:27:eb:00:00:01,10.0.0.49,rpb"), "{dns}");
         assert!(dns.contains("dhcp-range=10.0.0.100,10.0.0.200,255.0.0.0,12h"), "{dns}");
@@ -460,6 +462,7 @@ mod tests {
         assert!(chrony.contains("local stratum 10") && chrony.contains("allow 10.0.12.0/24"), "{chrony}");
         let hosts = text(&m, "etc/hosts");
         assert!(hosts.contains("10.0.12.2\tworker2.local worker2"), "{hosts}");
+        assert_eq!(hosts.matches("manager.local").count(), 1, "the manager is only 127.0.1.1 to itself: {hosts}");
         let auth = text(&m, "home/pi/.ssh/authorized_keys");
         assert!(auth.contains("restrict,command=\"/usr/local/bin/pi2pi-agent serve --into worker2\" ssh-ed25519 USERPUBworker2"), "{auth}");
         let known = text(&m, "etc/ssh/ssh_known_hosts");
