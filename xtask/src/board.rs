@@ -333,9 +333,11 @@ fn check_running(vm: &mut Vm, cfg: &ImageConfig) -> Result<()> {
     let root = vm.ok("findmnt -no SOURCE /", CMD)?;
     ensure!(root.lines().any(|l| l.trim() == "/dev/mmcblk0p2"), "root is not mounted from the SD card: {root}");
     let mount = &cfg.drive.mount_point;
-    if let Err(e) = qemu::wait_mounted(vm, mount, "vfat") {
+    let mut tries = 0;
+    while let Err(e) = qemu::wait_mounted(vm, mount, "vfat") {
+        tries += 1;
+        ensure!(tries <= REPLUGS, "{e:#}\n(the USB drive enumerated again {REPLUGS} times)");
         replug_after_failed_enumeration(vm).context(e)?;
-        qemu::wait_mounted(vm, mount, "vfat")?;
     }
     // The fstab entry's fsck ran for the drive, before its mount, and passed.
     let label = &cfg.drive.label;
@@ -354,10 +356,14 @@ fn check_running(vm: &mut Vm, cfg: &ImageConfig) -> Result<()> {
     Ok(())
 }
 
-/// QEMU's dwc2 model can lose a device's first enumeration when the host is loaded (seen in CI:
+/// How often the harness asks for the USB drive to be enumerated again (see below).
+const REPLUGS: u32 = 3;
+
+/// QEMU's dwc2 model can lose a device's enumeration when the host is loaded (seen in CI:
 /// "usb 1-1: new full-speed USB device number 2 using dwc2", then only "dwc2 …: Not connected",
-/// and no disk); a Pi's controller does not. Only in that case, and saying so, the harness asks
-/// the kernel to enumerate again (the root hub de-authorised and authorised), once.
+/// and no disk; once, a first re-enumeration failed the same way); a Pi's controller does not.
+/// Only in that case, and saying so, the harness asks the kernel to enumerate again (the root
+/// hub de-authorised and authorised), up to `REPLUGS` times.
 fn replug_after_failed_enumeration(vm: &mut Vm) -> Result<()> {
     let (_, log) = vm.exec("dmesg | grep -c 'dwc2 .*: Not connected'; ls /sys/block | grep -c '^sd'", CMD)?;
     let counts: Vec<u32> = log.lines().filter_map(|l| l.trim().parse().ok()).collect();

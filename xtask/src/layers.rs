@@ -426,6 +426,9 @@ mod tests {
         let unit = text(&l, "etc/systemd/system/pi2pi-growroot.service");
         let before: Vec<&str> = unit.lines().filter_map(|u| u.strip_prefix("Before=")).flat_map(str::split_whitespace).collect();
         assert!(before.contains(&"systemd-growfs-root.service"), "pi2pi-growroot is not ordered before systemd-growfs-root: {unit}");
+        // Debian 12's systemd (252, the cluster example's Pi Zero base) names the same job so;
+        // without it the Zero's card grew its partition after its filesystem (seen on raspi0).
+        assert!(before.contains(&"systemd-growfs@-.service"), "pi2pi-growroot is not ordered before systemd-growfs@-: {unit}");
         assert!(unit.contains("DefaultDependencies=no"), "with default dependencies it could not run before local-fs.target");
         assert!(enabled(&l, "local-fs.target", "pi2pi-growroot.service"));
     }
