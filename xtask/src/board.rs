@@ -136,13 +136,7 @@ pub fn cards<'a>(cfg: &'a ImageConfig, images: &Path) -> Vec<Card<'a>> {
 /// as its build saw it (its host's base) with the host's name; boot them with [`card_of`].
 pub fn build_other_arches(sh: &Shell, other: &ImageConfig, covered: &[Arch]) -> Result<(Vec<(ImageConfig, String)>, PathBuf)> {
     let hosts: Vec<&Host> = other.hosts.iter().filter(|h| !covered.contains(&other.base_of(h).arch)).collect();
-    let root = sh.current_dir();
-    let opts = image::Options {
-        out_dir: root.join("target/images-cluster"),
-        work_dir: root.join("target/image-build-cluster"),
-        ship: false,
-        ..image::Options::default_for(sh)
-    };
+    let opts = image::Options::test_cards(sh, "cluster");
     if !hosts.is_empty() {
         image::build(sh, other, &hosts, &opts)?;
     }
@@ -168,14 +162,8 @@ fn armhf_variant(cfg: &ImageConfig) -> Option<ImageConfig> {
 /// Builds the variant's first card into target/images-<arch>/ (its base cached like any other);
 /// returns that directory.
 fn build_variant(sh: &Shell, variant: &ImageConfig) -> Result<PathBuf> {
-    let root = sh.current_dir();
     let arch = variant.base.arch.deb();
-    let opts = image::Options {
-        out_dir: root.join(format!("target/images-{arch}")),
-        work_dir: root.join(format!("target/image-build-{arch}")),
-        ship: false,
-        ..image::Options::default_for(sh)
-    };
+    let opts = image::Options::test_cards(sh, arch);
     let first = variant.hosts.first().context("the config has no hosts")?;
     image::build(sh, variant, &[first], &opts).with_context(|| format!("building the {arch} variant of {}", first.name))?;
     Ok(opts.out_dir)

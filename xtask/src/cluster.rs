@@ -82,12 +82,7 @@ pub fn run(sh: &Shell, cfg: &ImageConfig) -> Result<Report> {
     let t0 = Instant::now();
     let hosts = booted_hosts(cfg)?;
     let root = sh.current_dir();
-    let opts = image::Options {
-        out_dir: root.join("target/images-cluster"),
-        work_dir: root.join("target/image-build-cluster"),
-        ship: false,
-        ..image::Options::default_for(sh)
-    };
+    let opts = image::Options::test_cards(sh, "cluster");
     crate::keys::ensure(sh, cfg)?;
     let built = image::build(sh, cfg, &hosts, &opts)?;
     eprint!("{}", image::summary(&built));
@@ -189,7 +184,7 @@ impl<'a> Cluster<'a> {
         let sock = |name: &str| run_dir.join(format!("{name}.sock"));
         let uplink = Uplink::listen(&sock("uplink"))?;
         let manager = hosts[0];
-        let (mut specs, mut files, mut boots) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut specs, mut files) = (Vec::new(), Vec::new());
         for (h, img) in hosts.iter().zip(images) {
             let dir = run_dir.join(&h.name);
             std::fs::create_dir_all(&dir)?;
@@ -217,14 +212,9 @@ impl<'a> Cluster<'a> {
                 memory_mib: 640,
                 rtc_base: (h.role == Role::Worker).then(|| WORKER_RTC.to_string()),
             };
-            boots.push(qemu::boot_files(sh, &spec.image, &spec.dir.join("boot"))?);
-            qemu::overlay(sh, &spec.image, &spec.dir.join("overlay.qcow2"))?;
             specs.push(spec);
         }
-        let mut vms = Vec::new();
-        for (s, b) in specs.iter().zip(&boots) {
-            vms.push(Vm::start(sh, s, b, &s.dir.join("overlay.qcow2"))?);
-        }
+        let (_, vms) = qemu::start_all(sh, &specs)?;
         Ok(Cluster { sh, cfg, hosts, specs, files, vms, uplink })
     }
 

@@ -36,6 +36,17 @@ impl Options {
             ship: true,
         }
     }
+    /// Cards the tests boot and never ship: into target/images-<tag>/, built in
+    /// target/image-build-<tag>/, without .img.xz, .bmap or Imager list.
+    pub fn test_cards(sh: &Shell, tag: &str) -> Options {
+        let root = sh.current_dir();
+        Options {
+            out_dir: root.join(format!("target/images-{tag}")),
+            work_dir: root.join(format!("target/image-build-{tag}")),
+            ship: false,
+            ..Options::default_for(sh)
+        }
+    }
 }
 
 pub struct Built {

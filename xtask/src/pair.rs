@@ -152,13 +152,7 @@ pub fn run(sh: &Shell, cfg: &ImageConfig, schedules: &[Schedule], build: bool) -
             image::build(sh, cfg, &[h], &image::Options::default_for(sh))?;
         } else if !configured {
             let variant = ImageConfig { schedule: s, ..cfg.clone() };
-            let opts = image::Options {
-                out_dir: dir.clone(),
-                work_dir: root.join(format!("target/image-build-{}", s.name())),
-                ship: false,
-                ..image::Options::default_for(sh)
-            };
-            image::build(sh, &variant, &[h], &opts)?;
+            image::build(sh, &variant, &[h], &image::Options::test_cards(sh, s.name()))?;
         }
         let img = dir.join(format!("{}.img", h.name));
         ensure!(img.exists(), "{} is missing: run `cargo xtask image all`", img.display());
@@ -239,7 +233,7 @@ impl Pair<'_> {
         run_dir: &Path,
     ) -> Result<Pair<'a>> {
         let server = hosts.iter().position(|h| h.role == Role::DhcpServer).context("no dhcp-server")?;
-        let (mut specs, mut files, mut boots) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut specs, mut files) = (Vec::new(), Vec::new());
         for (i, h) in hosts.iter().enumerate() {
             let dir = run_dir.join(&h.name);
             std::fs::create_dir_all(&dir)?;
@@ -260,14 +254,9 @@ impl Pair<'_> {
                 memory_mib: 768,
                 rtc_base: None,
             };
-            boots.push(qemu::boot_files(sh, &spec.image, &spec.dir.join("boot"))?);
-            qemu::overlay(sh, &spec.image, &spec.dir.join("overlay.qcow2"))?;
             specs.push(spec);
         }
-        let mut vms = Vec::new();
-        for (s, b) in specs.iter().zip(&boots) {
-            vms.push(Vm::start(sh, s, b, &s.dir.join("overlay.qcow2"))?);
-        }
+        let (boots, vms) = qemu::start_all(sh, &specs)?;
         Ok(Pair { sh, cfg, hosts, schedules, specs, boots, files, vms, server, client: 1 - server })
     }
 

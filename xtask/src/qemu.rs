@@ -159,6 +159,20 @@ pub fn argv(spec: &Spec, boot: &BootFiles, append: &str, overlay: &Path, console
     a
 }
 
+/// Each spec's boot files (from its card) and qcow2 overlay, then every VM started, in order.
+pub fn start_all(sh: &Shell, specs: &[Spec]) -> Result<(Vec<BootFiles>, Vec<Vm>)> {
+    let mut boots = Vec::new();
+    for spec in specs {
+        boots.push(boot_files(sh, &spec.image, &spec.dir.join("boot"))?);
+        overlay(sh, &spec.image, &spec.dir.join("overlay.qcow2"))?;
+    }
+    let mut vms = Vec::new();
+    for (s, b) in specs.iter().zip(&boots) {
+        vms.push(Vm::start(sh, s, b, &s.dir.join("overlay.qcow2"))?);
+    }
+    Ok((boots, vms))
+}
+
 pub fn overlay(sh: &Shell, image: &Path, path: &Path) -> Result<()> {
     let _ = std::fs::remove_file(path);
     let image = std::fs::canonicalize(image)?;
