@@ -74,17 +74,20 @@ fn mmdebstrap_argv(b: &config::Base) -> Vec<OsString> {
         format!("--include={}", include.join(",")).into(),
         "--aptopt=Acquire::Retries \"3\"".into(),
     ];
-    for p in &b.path_exclude {
-        argv.push(format!("--dpkgopt=path-exclude={p}").into());
-        // Packages of bookworm and earlier may still ship /lib; merged-/usr ones ship /usr/lib.
-        if let Some(rest) = p.strip_prefix("/lib/") {
-            argv.push(format!("--dpkgopt=path-exclude=/usr/lib/{rest}").into());
+    // dpkg applies them in order: the exclusions, then what is included back.
+    for (option, patterns) in [("path-exclude", &b.path_exclude), ("path-include", &b.path_include)] {
+        for p in patterns.iter().flat_map(|p| with_usr_twin(p)) {
+            argv.push(format!("--dpkgopt={option}={p}").into());
         }
     }
-    for p in &b.path_include {
-        argv.push(format!("--dpkgopt=path-include={p}").into());
-    }
     argv
+}
+
+/// A dpkg path pattern and, for one under /lib, the same under /usr/lib: packages of bookworm and
+/// earlier may still ship /lib, merged-/usr ones ship /usr/lib.
+fn with_usr_twin(pattern: &str) -> Vec<String> {
+    let twin = pattern.strip_prefix("/lib/").map(|rest| format!("/usr/lib/{rest}"));
+    std::iter::once(pattern.to_string()).chain(twin).collect()
 }
 
 /// Asks apt (through `mmdebstrap --simulate`: package indices only, nothing installed) whether
@@ -198,4 +201,15 @@ fn write_lock(path: &Path, lock: &mut LockFile, new: &BasePins) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lib_patterns_also_exclude_their_usr_twin() {
+        assert_eq!(with_usr_twin("/lib/modules/*/x/*"), vec!["/lib/modules/*/x/*", "/usr/lib/modules/*/x/*"]);
+        assert_eq!(with_usr_twin("/usr/share/doc/*"), vec!["/usr/share/doc/*"]);
+    }
 }

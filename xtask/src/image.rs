@@ -247,7 +247,7 @@ fn build_host(sh: &Shell, shared: &Shared, host: &Host) -> Result<Built> {
         initrd: initrd.clone(),
     })?;
     let root_tar = work.join("root.tar");
-    let stats = rootfs::write(base_tar, &layer, epoch, &root_tar)?;
+    let stats = rootfs::write(base_tar, &facts.boot, &layer, epoch, &root_tar)?;
     lap("layers", &mut stages);
 
     // The firmware's own config.txt/cmdline.txt give way to ours.

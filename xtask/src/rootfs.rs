@@ -65,7 +65,12 @@ pub fn user_ids(passwd: &str, user: &str) -> Result<(u32, u32)> {
         .with_context(|| format!("user `{user}` is not in the base's /etc/passwd"))
 }
 
-pub fn write(base: &Path, layer: &Layer, epoch: u64, out: &Path) -> Result<Stats> {
+/// Writes the root tarball. `boot` is the boot partition's files as the base has them: the base's
+/// `/boot/<name>` that is the same file as the boot partition's `<name>` (the kernel and initrd,
+/// which raspi-firmware copies there) becomes a link to `firmware/<name>` instead of a second copy
+/// (23 MB of the compressed card). The FAT is mounted at /boot/firmware, so /boot/vmlinuz-* still
+/// exists for linux-version and update-initramfs; an upgrade writes real files again.
+pub fn write(base: &Path, boot: &BTreeMap<String, Vec<u8>>, layer: &Layer, epoch: u64, out: &Path) -> Result<Stats> {
     let mut ar = tar::Archive::new(BufReader::with_capacity(1 << 20, File::open(base)?));
     let mut b =
         tar::Builder::new(BufWriter::with_capacity(1 << 20, File::create(out).with_context(|| format!("creating {}", out.display()))?));
@@ -109,10 +114,25 @@ pub fn write(base: &Path, layer: &Layer, epoch: u64, out: &Path) -> Result<Stats
                 let target = e.link_name()?.context("link without a target")?.into_owned();
                 b.append_link(&mut header, &name, target)?;
             }
-            _ => {
-                stats.blocks_bytes += header.size()?.div_ceil(4096) * 4096;
-                b.append_data(&mut header, &name, &mut e)?;
-            }
+            _ => match path.strip_prefix("boot/").filter(|n| !n.contains('/')).and_then(|n| Some((n, boot.get(n)?))) {
+                Some((file, on_fat)) if header.entry_type().is_file() => {
+                    let mut data = Vec::new();
+                    e.read_to_end(&mut data)?;
+                    if &data == on_fat {
+                        header.set_entry_type(tar::EntryType::Symlink);
+                        header.set_size(0);
+                        header.set_mode(0o777);
+                        b.append_link(&mut header, &name, format!("firmware/{file}"))?;
+                    } else {
+                        stats.blocks_bytes += (data.len() as u64).div_ceil(4096) * 4096;
+                        b.append_data(&mut header, &name, data.as_slice())?;
+                    }
+                }
+                _ => {
+                    stats.blocks_bytes += header.size()?.div_ceil(4096) * 4096;
+                    b.append_data(&mut header, &name, &mut e)?;
+                }
+            },
         }
     }
     for (path, entry) in &pending {
@@ -172,12 +192,17 @@ mod tests {
             add("./etc/", b"", true);
             add("./etc/passwd", b"root:x:0:0::/root:/bin/sh\npi:x:1000:1000::/home/pi:/bin/bash\n", false);
             add("./etc/hostname", b"debian\n", false);
+            add("./boot/", b"", true);
+            add("./boot/vmlinuz-6.1", b"KERNEL", false);
+            add("./boot/config-6.1", b"CONFIG", false);
+            add("./boot/initrd.img-6.1", b"OLD INITRD", false);
             add("./boot/firmware/", b"", true);
             add("./boot/firmware/vmlinuz-6.1", b"KERNEL", false);
+            add("./boot/firmware/initrd.img-6.1", b"NEW INITRD", false);
             b.finish().unwrap();
         }
         let facts = read_base_facts(&base).unwrap();
-        assert_eq!(facts.boot.keys().collect::<Vec<_>>(), vec!["vmlinuz-6.1"]);
+        assert_eq!(facts.boot.keys().collect::<Vec<_>>(), vec!["initrd.img-6.1", "vmlinuz-6.1"]);
         assert_eq!(user_ids(&facts.passwd, "pi").unwrap(), (1000, 1000));
         assert!(user_ids(&facts.passwd, "bob").is_err());
 
@@ -185,7 +210,7 @@ mod tests {
         layer.root.insert("etc/hostname".into(), Entry { kind: Kind::File(b"rpa\n".to_vec()), mode: 0o644, uid: 0, gid: 0 });
         layer.root.insert("etc/new".into(), Entry { kind: Kind::Symlink("/x".into()), mode: 0o777, uid: 0, gid: 0 });
         let out = t.join("root.tar");
-        write(&base, &layer, 99, &out).unwrap();
+        write(&base, &facts.boot, &layer, 99, &out).unwrap();
         let mut ar = tar::Archive::new(File::open(&out).unwrap());
         let mut seen = Vec::new();
         for e in ar.entries().unwrap() {
@@ -194,15 +219,35 @@ mod tests {
             let mut s = String::new();
             if e.header().entry_type().is_file() {
                 e.read_to_string(&mut s).unwrap();
+            } else if let Some(target) = e.link_name().unwrap() {
+                s = format!("-> {}", target.display());
             }
             seen.push((p, s));
         }
         let paths: Vec<&str> = seen.iter().map(|(p, _)| p.as_str()).collect();
-        assert_eq!(paths, vec!["", "etc", "etc/passwd", "boot/firmware", "etc/hostname", "etc/new"]);
-        assert_eq!(seen[4].1, "rpa\n");
+        assert_eq!(
+            paths,
+            vec![
+                "",
+                "etc",
+                "etc/passwd",
+                "boot",
+                "boot/vmlinuz-6.1",
+                "boot/config-6.1",
+                "boot/initrd.img-6.1",
+                "boot/firmware",
+                "etc/hostname",
+                "etc/new"
+            ]
+        );
+        // The kernel, the same file as on the FAT, is linked to it; the initrd that differs is kept.
+        assert_eq!(seen[4].1, "-> firmware/vmlinuz-6.1");
+        assert_eq!(seen[5].1, "CONFIG");
+        assert_eq!(seen[6].1, "OLD INITRD");
+        assert_eq!(seen[8].1, "rpa\n");
         // Same inputs, same bytes.
         let again = t.join("again.tar");
-        write(&base, &layer, 99, &again).unwrap();
+        write(&base, &facts.boot, &layer, 99, &again).unwrap();
         assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&again).unwrap());
     }
 
