@@ -3,7 +3,7 @@
 //! tests, the previous suite's package resolution, the 32-bit agent's clock, the images, what
 //! ships with them (the bmaptool round trip, the Imager list), the reproducibility check, the
 //! QEMU pair test (one card on each schedule), the QEMU cluster test, and the board test (each card booted the way its
-//! Pi boots it, and an armhf variant). After a failure the remaining phases are listed as not run.
+//! Pi boots it, and an armhf variant). The bases of all of them are built first, at the same time. After a failure the remaining phases are listed as not run.
 
 use std::time::Instant;
 
@@ -38,6 +38,19 @@ pub fn all(sh: &Shell, cfg: &ImageConfig, skip_qemu: bool) -> Result<()> {
             }),
         ),
         ("32-bit agents: file times past 2038 (armv7; ARMv6 on qemu-arm's ARM1176)".into(), Box::new(|| time32::check_all(sh))),
+        (
+            "bases (every base the later phases build cards from, at the same time when cold)".into(),
+            Box::new(|| {
+                let views = bases_used(sh, cfg, skip_qemu)?;
+                for (i, v) in views.iter().enumerate() {
+                    if !views[..i].iter().any(|earlier| earlier.base.arch == v.base.arch) {
+                        setup::ensure(sh, v.base.arch)?; // binfmt for its package scripts
+                    }
+                }
+                let opts = image::Options::default_for(sh);
+                base::build_all(&sh.current_dir(), &views, &sh.current_dir().join("target/bases"), &opts.cache_dir)
+            }),
+        ),
         (
             "images".into(),
             Box::new(|| {
@@ -82,15 +95,30 @@ pub fn all(sh: &Shell, cfg: &ImageConfig, skip_qemu: bool) -> Result<()> {
             }),
         ));
         phases.push((
-            format!("board test (each card on its Pi's QEMU model; {}'s ARMv6 card on raspi0)", cluster::EXAMPLE),
+            format!(
+                "board test (each card on its Pi's QEMU model; {}'s ARMv6 card on raspi0; an armhf variant on raspi2b)",
+                cluster::EXAMPLE
+            ),
             Box::new(|| {
                 let images = image::Options::default_for(sh).out_dir;
-                eprint!("{}", board::render(&board::test(sh, cfg, &images, false)?));
+                eprint!("{}", board::render(&board::test(sh, cfg, &images, true)?));
                 Ok(())
             }),
         ));
     }
     run_phases(phases)
+}
+
+/// The config views (one per base) the phases build cards from: the deployment's, and for the
+/// QEMU phases the cluster example's and the board test's armhf variant.
+fn bases_used(sh: &Shell, cfg: &ImageConfig, skip_qemu: bool) -> Result<Vec<ImageConfig>> {
+    let mut views = vec![cfg.clone()];
+    if !skip_qemu {
+        let cluster = config::load(&sh.current_dir().join(cluster::EXAMPLE))?;
+        views.extend(cluster.hosts.iter().map(|h| cluster.for_host(h)));
+        views.extend(board::armhf_variant(cfg));
+    }
+    Ok(views)
 }
 
 /// Runs phases in order until one fails; prints a table of times with the rest as not run.
