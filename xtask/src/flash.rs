@@ -324,16 +324,6 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    fn have_tools() -> bool {
-        let have = |t: &str| std::process::Command::new(t).arg("--version").output().is_ok_and(|o| o.status.success());
-        if !(have("xz") && have("bmaptool")) {
-            assert!(std::env::var_os("CI").is_none(), "xz and bmaptool are needed (cargo xtask installs them)");
-            eprintln!("skipped: xz or bmaptool missing");
-            return false;
-        }
-        true
-    }
-
     /// A small sparse card (`rpa.img` with its .xz and .bmap) in `dir`; returns the image's bytes.
     fn small_card(sh: &Shell, dir: &Path) -> Vec<u8> {
         let _ = std::fs::remove_dir_all(dir);
@@ -357,7 +347,7 @@ mod tests {
     /// keep what was written is caught.
     #[test]
     fn a_card_written_to_a_file_reads_back_identical() {
-        if !have_tools() {
+        if crate::proc::skip_test_without(&["xz", "bmaptool"], false, "the flash write test") {
             return;
         }
         let dir = std::env::temp_dir().join(format!("pi2pi-flash-write-{}", std::process::id()));
@@ -385,12 +375,7 @@ mod tests {
     /// old bytes and the read-back passes on the mapped ones.
     #[test]
     fn a_card_written_to_a_loop_device_reads_back() {
-        if !have_tools() {
-            return;
-        }
-        if !std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
-            assert!(std::env::var_os("CI").is_none(), "the loop-device flash test needs root (CI runs as root)");
-            eprintln!("skipped: not root");
+        if crate::proc::skip_test_without(&["xz", "bmaptool"], true, "the loop-device flash test") {
             return;
         }
         let dir = std::env::temp_dir().join(format!("pi2pi-flash-loop-{}", std::process::id()));

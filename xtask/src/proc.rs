@@ -141,3 +141,22 @@ impl Drop for Spinner {
         self.0.finish_and_clear();
     }
 }
+
+/// For tests that need what `cargo xtask` sets up (tools it installs, root): true, after saying
+/// the test was skipped and why, when something is missing; under CI (`CI` set), where setup has
+/// run as root, a missing tool or root fails the test instead of passing silently.
+#[cfg(test)]
+pub fn skip_test_without(tools: &[&str], root: bool, test: &str) -> bool {
+    let have = |t: &&str| std::process::Command::new(t).arg("--version").output().is_ok_and(|o| o.status.success());
+    let mut missing: Vec<String> = tools.iter().filter(|t| !have(t)).map(|t| t.to_string()).collect();
+    if root && !crate::setup::is_root() {
+        missing.push("root".into());
+    }
+    if missing.is_empty() {
+        return false;
+    }
+    let why = format!("{test} needs {} (cargo xtask sets them up; CI runs as root)", missing.join(", "));
+    assert!(std::env::var_os("CI").is_none(), "{why}");
+    eprintln!("SKIPPED: {why}");
+    true
+}

@@ -203,9 +203,7 @@ mod tests {
     /// the same with one thread (what `-T0` gives on a one-core machine) and with four.
     #[test]
     fn compressed_images_do_not_depend_on_the_core_count() {
-        if std::process::Command::new("xz").arg("--version").output().is_err() {
-            assert!(std::env::var_os("CI").is_none(), "xz is needed (cargo xtask installs it)");
-            eprintln!("skipped: no xz");
+        if crate::proc::skip_test_without(&["xz"], false, "the xz core-count test") {
             return;
         }
         // 40 MiB of varied data: two 32 MiB blocks.
@@ -239,10 +237,7 @@ mod tests {
     /// that does not match.
     #[test]
     fn a_shipped_image_round_trips_and_a_wrong_list_is_caught() {
-        let have = |t: &str| std::process::Command::new(t).arg("--version").output().is_ok_and(|o| o.status.success());
-        if !(have("xz") && have("bmaptool")) {
-            assert!(std::env::var_os("CI").is_none(), "xz and bmaptool are needed (cargo xtask installs them)");
-            eprintln!("skipped: xz or bmaptool missing (cargo xtask installs them)");
+        if crate::proc::skip_test_without(&["xz", "bmaptool"], false, "the shipped-image round trip") {
             return;
         }
         let dir = std::env::temp_dir().join(format!("pi2pi-ship-test-{}", std::process::id()));

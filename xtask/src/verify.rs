@@ -55,17 +55,11 @@ pub fn run(sh: &Shell, cfg: &ImageConfig, cold: bool, first: Option<&Path>) -> R
 }
 
 fn moved_note() -> &'static str {
-    if is_root() {
+    if crate::setup::is_root() {
         ", the checkout at another path"
     } else {
         "; not root, so the checkout stays where it is"
     }
-}
-
-fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    // /proc/self belongs to this process's effective user.
-    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
 }
 
 /// `cargo xtask image all` as a child process in the varied environment.
@@ -77,13 +71,13 @@ fn build_elsewhere(sh: &Shell, cfg: &ImageConfig, opts: &image::Options) -> Resu
     let moved = sh.current_dir().join("target/verify/checkout");
     // (`env` starts whichever comes first.) `sh -c`: set the umask, bind the checkout elsewhere (private mount namespace: gone when the
     // build ends), then run the build from there.
-    let script = if is_root() {
+    let script = if crate::setup::is_root() {
         r#"umask "$1" && mount --bind "$2" "$3" && cd "$3" && shift 3 && PI2PI_ROOT="$PWD" exec "$@""#
     } else {
         r#"umask "$1" && cd "$2" && shift 3 && exec "$@""#
     };
     std::fs::create_dir_all(&moved)?;
-    let ns: &[&str] = if is_root() { &["unshare", "--mount", "--propagation", "private"] } else { &[] };
+    let ns: &[&str] = if crate::setup::is_root() { &["unshare", "--mount", "--propagation", "private"] } else { &[] };
     let c = cmd!(
         sh,
         "env {ns...} sh -c {script} verify {UMASK} {checkout} {moved} {exe} --config {config} image all --out-dir {out} --work-dir {work} --cache-dir {cache}"
