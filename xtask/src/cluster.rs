@@ -189,7 +189,7 @@ impl<'a> Cluster<'a> {
             let dir = run_dir.join(&h.name);
             std::fs::create_dir_all(&dir)?;
             let f = if h.role == Role::Worker { test_files(&h.name) } else { Vec::new() };
-            make_drive(sh, &dir.join("usb.img"), &cfg.drive.label, &f, &dir.join("stage"))?;
+            make_drive(sh, &dir.join("usb.img"), &cfg.drive.label, crate::pair::DRIVE_KIB, &f, &dir.join("stage"))?;
             files.push(f);
             let nics = match &h.link {
                 // The worker: its gadget end.
@@ -207,6 +207,7 @@ impl<'a> Cluster<'a> {
                 name: h.name.clone(),
                 image: img.clone(),
                 usb: Some(dir.join("usb.img")),
+                usb_unplugged: false,
                 nics,
                 dir,
                 memory_mib: 640,

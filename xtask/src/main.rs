@@ -18,10 +18,12 @@ mod pair;
 mod pins;
 mod proc;
 mod qemu;
+mod qmp;
 mod rootfs;
 mod run;
 mod setup;
 mod ship;
+mod soak;
 mod test;
 mod time32;
 mod tools;
@@ -91,6 +93,22 @@ enum Task {
         /// Skip the QEMU pair test (quick local runs).
         #[arg(long)]
         no_qemu: bool,
+    },
+    /// Boot the pair and inject faults (power cuts, drive pulls, cable cuts, agent kills, reboots)
+    /// while both sides write files; check nothing is lost, torn or doubled.
+    Soak {
+        /// How many faults (each kind in turn, in a shuffled order).
+        #[arg(long, default_value_t = 15)]
+        faults: usize,
+        /// Replays a soak (printed at its start); default: from the clock.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// The largest file a writer puts into sending/, in MiB.
+        #[arg(long, default_value_t = 200)]
+        max_mib: u64,
+        /// The longest a cable stays cut, in seconds.
+        #[arg(long, default_value_t = 120)]
+        max_cut: u64,
     },
     /// Boot one built image in QEMU on this terminal.
     Run { host: String },
@@ -179,6 +197,14 @@ fn main() -> Result<()> {
             flash::run(&sh, &img, &cwd.join(device), &flash::Options { yes, force })?;
         }
         Task::Test { which: None, no_qemu } => test::all(&sh, &load()?, no_qemu)?,
+        Task::Soak { faults, seed, max_mib, max_cut } => {
+            let cfg = load()?;
+            setup::ensure(&sh, cfg.base.arch)?;
+            let seed = seed
+                .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0));
+            let opts = soak::Options { faults, seed, max_mib, max_cut: std::time::Duration::from_secs(max_cut) };
+            print!("{}", soak::run(&sh, &cfg, &opts, true)?.render());
+        }
         Task::Test { which: Some(TestWhich::Board { armhf }), .. } => {
             let cfg = load()?;
             let built = image::build(&sh, &cfg, &image::select(&cfg, "all")?, &image::Options::default_for(&sh))?;

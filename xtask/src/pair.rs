@@ -100,8 +100,8 @@ pub(crate) fn test_files(node: &str) -> Vec<(String, Vec<u8>)> {
 }
 
 /// A FAT32 USB drive image with the shared label, sending/ (pre-filled) and receiving/.
-pub(crate) fn make_drive(sh: &Shell, path: &Path, label: &str, files: &[(String, Vec<u8>)], stage: &Path) -> Result<()> {
-    let fat = Fat::create(sh, path, label, 262144, None)?;
+pub(crate) fn make_drive(sh: &Shell, path: &Path, label: &str, kib: u64, files: &[(String, Vec<u8>)], stage: &Path) -> Result<()> {
+    let fat = Fat::create(sh, path, label, kib, None)?;
     fat.mkdirs(sh, &["sending", "receiving"])?;
     let _ = std::fs::remove_dir_all(stage);
     std::fs::create_dir_all(stage.join("sending"))?;
@@ -134,6 +134,44 @@ pub(crate) fn drive_tree(sh: &Shell, img: &Path, dir: &str, scratch: &Path) -> R
     }
     Ok(out)
 }
+
+/// The pair's drives (FAT32 images pre-filled with `files`, one list per host) and VM specs: one
+/// cable between the two, each card on its image, under `run_dir/<host>/`.
+pub(crate) fn specs(
+    sh: &Shell,
+    cfg: &ImageConfig,
+    hosts: &[&Host],
+    images: &[PathBuf],
+    run_dir: &Path,
+    files: &[Vec<(String, Vec<u8>)>],
+    drive_kib: u64,
+) -> Result<Vec<qemu::Spec>> {
+    let mut specs = Vec::new();
+    for (i, h) in hosts.iter().enumerate() {
+        let dir = run_dir.join(&h.name);
+        std::fs::create_dir_all(&dir)?;
+        make_drive(sh, &dir.join("usb.img"), &cfg.drive.label, drive_kib, &files[i], &dir.join("stage"))?;
+        let other = &hosts[1 - i].name;
+        specs.push(qemu::Spec {
+            name: h.name.clone(),
+            image: images[i].clone(),
+            usb: Some(dir.join("usb.img")),
+            usb_unplugged: false,
+            nics: vec![qemu::Nic {
+                mac: h.nic_mac(),
+                local: run_dir.join(format!("{}.link", h.name)),
+                remote: run_dir.join(format!("{other}.link")),
+            }],
+            dir,
+            memory_mib: 768,
+            rtc_base: None,
+        });
+    }
+    Ok(specs)
+}
+
+/// The pair test's drives: 256 MiB, room for the test files both ways.
+pub(crate) const DRIVE_KIB: u64 = 262_144;
 
 /// `schedules`: one per host (see [`schedules`]). `build`: build the configured schedule's images
 /// first; false when the caller has just built them (`cargo xtask test`), so the test boots exactly
@@ -233,29 +271,8 @@ impl Pair<'_> {
         run_dir: &Path,
     ) -> Result<Pair<'a>> {
         let server = hosts.iter().position(|h| h.role == Role::DhcpServer).context("no dhcp-server")?;
-        let (mut specs, mut files) = (Vec::new(), Vec::new());
-        for (i, h) in hosts.iter().enumerate() {
-            let dir = run_dir.join(&h.name);
-            std::fs::create_dir_all(&dir)?;
-            let f = test_files(&h.name);
-            make_drive(sh, &dir.join("usb.img"), &cfg.drive.label, &f, &dir.join("stage"))?;
-            files.push(f);
-            let other = &hosts[1 - i].name;
-            let spec = qemu::Spec {
-                name: h.name.clone(),
-                image: images[i].clone(),
-                usb: Some(dir.join("usb.img")),
-                nics: vec![qemu::Nic {
-                    mac: h.nic_mac(),
-                    local: run_dir.join(format!("{}.link", h.name)),
-                    remote: run_dir.join(format!("{other}.link")),
-                }],
-                dir,
-                memory_mib: 768,
-                rtc_base: None,
-            };
-            specs.push(spec);
-        }
+        let files: Vec<_> = hosts.iter().map(|h| test_files(&h.name)).collect();
+        let specs = specs(sh, cfg, hosts, images, run_dir, &files, DRIVE_KIB)?;
         let (boots, vms) = qemu::start_all(sh, &specs)?;
         Ok(Pair { sh, cfg, hosts, schedules, specs, boots, files, vms, server, client: 1 - server })
     }
@@ -471,7 +488,7 @@ impl Pair<'_> {
 }
 
 /// Waits until the guest's sender has nothing pending for any peer and no `sync` pass is running.
-fn wait_idle(vm: &mut Vm, limit: Duration) -> Result<()> {
+pub(crate) fn wait_idle(vm: &mut Vm, limit: Duration) -> Result<()> {
     let t = Instant::now();
     loop {
         let (running, _) = vm.exec("pgrep -f 'pi2pi-agent sync' >/dev/null", CMD)?;
@@ -489,13 +506,13 @@ fn wait_idle(vm: &mut Vm, limit: Duration) -> Result<()> {
 /// rel path → "size mtime ctime" of every file below `dir` in the guest. The receiver writes a
 /// delivery into a new file and renames it into place (and keeps no sender times), so a file
 /// delivered again shows new times.
-fn guest_written(vm: &mut Vm, dir: &str) -> Result<BTreeMap<String, String>> {
+pub(crate) fn guest_written(vm: &mut Vm, dir: &str) -> Result<BTreeMap<String, String>> {
     let out = vm.ok(&format!("cd '{dir}' && find . -type f -printf '%P\\t%s %T@ %C@\\n'"), CMD)?;
     Ok(out.lines().filter_map(|l| l.split_once('\t')).map(|(p, v)| (p.to_string(), v.to_string())).collect())
 }
 
 /// Polls `vm` until `path` has the content whose `sha256sum` output is `sum`; returns the wait.
-fn wait_arrival(vm: &mut Vm, path: &str, sum: &str, limit: Duration) -> Result<Duration> {
+pub(crate) fn wait_arrival(vm: &mut Vm, path: &str, sum: &str, limit: Duration) -> Result<Duration> {
     let want = sum.split_whitespace().next().unwrap_or("");
     let t = Instant::now();
     loop {

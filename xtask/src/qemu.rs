@@ -89,6 +89,8 @@ pub struct Spec {
     pub name: String,
     pub image: PathBuf,
     pub usb: Option<PathBuf>,
+    /// Start with the drive out of its port (the soak plugs it back over QMP).
+    pub usb_unplugged: bool,
     /// Its network cards, in order (the guest's eth0, eth1, … before udev renames them).
     pub nics: Vec<Nic>,
     pub dir: PathBuf,
@@ -127,10 +129,14 @@ pub fn argv(spec: &Spec, boot: &BootFiles, append: &str, overlay: &Path, console
     if let Some(usb) = &spec.usb {
         push("-device");
         push("qemu-xhci,id=xhci");
-        push("-drive");
-        push(&format!("if=none,id=usb,format=raw,file={}", usb.display()));
-        push("-device");
-        push("usb-storage,bus=xhci.0,drive=usb,removable=on");
+        // A -blockdev, not a -drive: it outlives its device, so the drive can be pulled
+        // (`device_del`) and plugged back (`device_add` of [`usb_drive_device`]) over QMP.
+        push("-blockdev");
+        push(&format!("driver=raw,node-name={USB_NODE},file.driver=file,file.filename={}", usb.display()));
+        if !spec.usb_unplugged {
+            push("-device");
+            push(&usb_drive_device().to_string_lossy());
+        }
     }
     for (i, nic) in spec.nics.iter().enumerate() {
         push("-netdev");
@@ -146,6 +152,8 @@ pub fn argv(spec: &Spec, boot: &BootFiles, append: &str, overlay: &Path, console
         push("-rtc");
         push(&format!("base={base}"));
     }
+    push("-qmp");
+    push(&format!("unix:{},server=on,wait=off", spec.dir.join(crate::qmp::QMP_SOCK).display()));
     push("-chardev");
     push(console);
     push("-serial");
@@ -157,6 +165,15 @@ pub fn argv(spec: &Spec, boot: &BootFiles, append: &str, overlay: &Path, console
     push("-device");
     push("virtconsole,chardev=sh");
     a
+}
+
+/// The USB drive's block node and device ids on the `-M virt` VMs.
+pub const USB_NODE: &str = "usb";
+pub const USB_DEVICE: &str = "usbdrive";
+
+/// The USB drive's `-device` (also what QMP's `device_add` plugs back in).
+pub fn usb_drive_device() -> OsString {
+    format!("usb-storage,bus=xhci.0,drive={USB_NODE},id={USB_DEVICE},removable=on").into()
 }
 
 /// Each spec's boot files (from its card) and qcow2 overlay, then every VM started, in order.

@@ -27,6 +27,7 @@ pub fn run(sh: &Shell, cfg: &ImageConfig, host: &str) -> Result<()> {
         name: h.name.clone(),
         image,
         usb: Some(usb),
+        usb_unplugged: false,
         // A NIC on a link with nobody at the other end: eth0 and dnsmasq come up as on a Pi
         // whose cable is unplugged, and nothing can leave the VM.
         nics: vec![qemu::Nic { mac: h.nic_mac(), local: dir.join("self.link"), remote: dir.join("nobody.link") }],

@@ -1,0 +1,705 @@
+//! `cargo xtask soak [--faults N] [--seed S] [--max-mib M]`: the pair booted as in the pair test,
+//! a writer on each side putting files into `sending/` (0 B to `--max-mib`, names with spaces,
+//! non-ASCII letters and nested directories; some rewritten while they are being sent, some
+//! deleted once sent), and faults injected at moments drawn from a replayable seed: power cut
+//! (QEMU killed, or QMP `quit`) and a cold boot of the same disks, the USB drive pulled and plugged
+//! back (QMP `device_del`/`device_add`; sometimes only after a reboot), the cable cut (QMP
+//! `set_link`), the agent killed, a reboot in the middle of a transfer.
+//!
+//! Judged by what was written, never by logs: after every fault, no file under its final name at
+//! a receiver that is not byte-identical to a version its sender had (torn); once both sides are
+//! idle, no file the sender did not change written again at the receiver (sent twice), and no
+//! temporaries left; while a drive is out, nothing under its bare mount point. At the end, after a
+//! clean shutdown, from the host: every file in a `sending/` is in the peer's `receiving/` with its
+//! last content (lost), nothing there the sender never had (a second copy under another name),
+//! and `fsck.vfat -n` finds both drives clean. Recovery (fault over → first delivery after it) is
+//! reported per kind.
+//!
+//! Runs under target/soak/; console logs and report.txt stay there.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::json;
+use xshell::{cmd, Shell};
+
+use crate::config::{Host, ImageConfig};
+use crate::pair::{drive_tree, guest_tree, guest_written, specs, wait_arrival, wait_idle};
+use crate::qemu::{self, Vm};
+use crate::qmp::{Qmp, QMP_SOCK};
+use crate::{image, proc};
+
+const BOOT_LIMIT: Duration = Duration::from_secs(420);
+const CMD: Duration = Duration::from_secs(300);
+/// How long delivery may take to resume once a fault is over (a cold boot's services included).
+const RECOVERY_LIMIT: Duration = Duration::from_secs(300);
+/// How long both sides may take to deliver everything and go idle.
+const IDLE_LIMIT: Duration = Duration::from_secs(600);
+/// The soak's drives: room for many files of up to `--max-mib` both ways.
+const DRIVE_KIB: u64 = 2 << 20;
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, clap::ValueEnum)]
+pub enum Kind {
+    /// QEMU killed (or told to quit over QMP), then a cold boot of the same disks.
+    PowerCut,
+    /// The USB drive pulled and plugged back, sometimes only after a reboot.
+    DrivePull,
+    /// The cable unplugged for seconds to minutes.
+    CableCut,
+    /// The agent killed (SIGKILL) inside the guest.
+    AgentKill,
+    /// A clean reboot while a file is being sent.
+    Reboot,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 5] = [Kind::PowerCut, Kind::DrivePull, Kind::CableCut, Kind::AgentKill, Kind::Reboot];
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::PowerCut => "power cut",
+            Kind::DrivePull => "drive pull",
+            Kind::CableCut => "cable cut",
+            Kind::AgentKill => "agent kill",
+            Kind::Reboot => "reboot mid-transfer",
+        }
+    }
+}
+
+pub struct Options {
+    pub faults: usize,
+    pub seed: u64,
+    /// The largest file a writer puts into sending/.
+    pub max_mib: u64,
+    /// The longest a cable stays cut.
+    pub max_cut: Duration,
+}
+
+/// One fault and how long delivery took to resume after it.
+pub struct Fault {
+    pub kind: Kind,
+    pub host: String,
+    pub what: String,
+    pub recovery: Duration,
+}
+
+pub struct Report {
+    pub seed: u64,
+    pub faults: Vec<Fault>,
+    pub files: usize,
+    pub bytes: u64,
+    pub lost: Vec<String>,
+    pub torn: Vec<String>,
+    pub doubled: Vec<String>,
+    pub wall: Duration,
+}
+
+impl Report {
+    pub fn render(&self) -> String {
+        let mut s = format!(
+            "soak (seed {}): {} faults survived; {} files, {:.1} MB delivered; lost {}, torn {}, sent twice or doubled {}; wall {:.0}s\n",
+            self.seed,
+            self.faults.len(),
+            self.files,
+            self.bytes as f64 / 1e6,
+            self.lost.len(),
+            self.torn.len(),
+            self.doubled.len(),
+            self.wall.as_secs_f64()
+        );
+        for kind in Kind::ALL {
+            let mut r: Vec<f64> = self.faults.iter().filter(|f| f.kind == kind).map(|f| f.recovery.as_secs_f64()).collect();
+            if r.is_empty() {
+                continue;
+            }
+            r.sort_by(|a, b| a.total_cmp(b));
+            s += &format!(
+                "  {:<20} {:>3} × recovery to first delivery: median {:.1}s, max {:.1}s\n",
+                kind.name(),
+                r.len(),
+                r[r.len() / 2],
+                r[r.len() - 1]
+            );
+        }
+        for (what, list) in [("lost", &self.lost), ("torn", &self.torn), ("doubled", &self.doubled)] {
+            for l in list {
+                s += &format!("  {what}: {l}\n");
+            }
+        }
+        s
+    }
+
+    fn clean(&self) -> bool {
+        self.lost.is_empty() && self.torn.is_empty() && self.doubled.is_empty()
+    }
+}
+
+/// Builds (or reuses, `build` false) the pair's cards and runs the soak.
+pub fn run(sh: &Shell, cfg: &ImageConfig, opts: &Options, build: bool) -> Result<Report> {
+    let t0 = Instant::now();
+    ensure!(cfg.hosts.len() == 2 && cfg.lan().is_ok(), "the soak needs a pair (two hosts on one cable) in {}", cfg.file().display());
+    let images_dir = image::Options::default_for(sh).out_dir;
+    let hosts: Vec<&Host> = cfg.hosts.iter().collect();
+    if build {
+        image::build(sh, cfg, &hosts, &image::Options::default_for(sh))?;
+    }
+    let images: Vec<PathBuf> = hosts.iter().map(|h| images_dir.join(format!("{}.img", h.name))).collect();
+    for i in &images {
+        ensure!(i.exists(), "{} is missing: run `cargo xtask image all`", i.display());
+    }
+    let run_dir = sh.current_dir().join("target/soak");
+    let _ = std::fs::remove_dir_all(&run_dir);
+    std::fs::create_dir_all(&run_dir)?;
+    eprintln!(
+        "soak: {} faults, seed {} (replay: cargo xtask soak --faults {} --seed {} --max-mib {})",
+        opts.faults, opts.seed, opts.faults, opts.seed, opts.max_mib
+    );
+    let result = Soak::start(sh, cfg, &hosts, &images, &run_dir, opts).and_then(|mut s| {
+        let r = s.run(opts, t0);
+        if r.is_err() {
+            s.keep_diagnostics();
+        }
+        r
+    });
+    let text = match &result {
+        Ok(r) => r.render(),
+        Err(e) => format!("FAILED: {e:#}\n"),
+    };
+    std::fs::write(run_dir.join("report.txt"), &text)?;
+    let report = result.with_context(|| format!("soak failed (seed {}); console logs and report in {}", opts.seed, run_dir.display()))?;
+    if !report.clean() {
+        bail!("the soak lost, tore or doubled files (seed {}):\n{}", opts.seed, report.render());
+    }
+    for h in &hosts {
+        for f in ["overlay.qcow2", "usb.img"] {
+            let _ = std::fs::remove_file(run_dir.join(&h.name).join(f));
+        }
+    }
+    Ok(report)
+}
+
+/// What one sender's writer did: every version each path had (SHA-256, oldest first), and which
+/// paths are in sending/ now.
+#[derive(Default)]
+struct Written {
+    versions: BTreeMap<String, Vec<String>>,
+    present: BTreeSet<String>,
+    /// Paths written since both sides were last idle: their receiver may write them again.
+    since_idle: BTreeSet<String>,
+    bytes: BTreeMap<String, u64>,
+}
+
+struct Soak<'a> {
+    sh: &'a Shell,
+    cfg: &'a ImageConfig,
+    hosts: &'a [&'a Host],
+    specs: Vec<qemu::Spec>,
+    boots: Vec<qemu::BootFiles>,
+    vms: Vec<Vm>,
+    qmp: Vec<Qmp>,
+    rng: fastrand::Rng,
+    opts_max: u64,
+    written: [Written; 2],
+    /// What each receiving/ held (path → size and times) when both sides were last idle.
+    received: [BTreeMap<String, String>; 2],
+    drive_in: [bool; 2],
+    serial: u32,
+    torn: BTreeSet<String>,
+    doubled: BTreeSet<String>,
+}
+
+impl<'a> Soak<'a> {
+    fn start(
+        sh: &'a Shell,
+        cfg: &'a ImageConfig,
+        hosts: &'a [&'a Host],
+        images: &[PathBuf],
+        run_dir: &Path,
+        opts: &Options,
+    ) -> Result<Soak<'a>> {
+        let specs = specs(sh, cfg, hosts, images, run_dir, &[Vec::new(), Vec::new()], DRIVE_KIB)?;
+        let (boots, vms) = qemu::start_all(sh, &specs)?;
+        let qmp = specs.iter().map(|s| Qmp::connect(&s.dir.join(QMP_SOCK), Duration::from_secs(30))).collect::<Result<_>>()?;
+        let mut s = Soak {
+            sh,
+            cfg,
+            hosts,
+            specs,
+            boots,
+            vms,
+            qmp,
+            rng: fastrand::Rng::with_seed(opts.seed),
+            opts_max: opts.max_mib,
+            written: Default::default(),
+            received: Default::default(),
+            drive_in: [true, true],
+            serial: 0,
+            torn: BTreeSet::new(),
+            doubled: BTreeSet::new(),
+        };
+        let started = Instant::now();
+        for vm in s.vms.iter_mut() {
+            let t = vm.wait_booted(started, BOOT_LIMIT)?;
+            eprintln!("soak: {} booted in {:.0}s", vm.name, t.as_secs_f64());
+        }
+        for i in 0..2 {
+            qemu::wait_mounted(&mut s.vms[i], &cfg.drive.mount_point, "vfat")?;
+        }
+        Ok(s)
+    }
+
+    fn run(&mut self, opts: &Options, t0: Instant) -> Result<Report> {
+        let mut faults = Vec::new();
+        // Every kind in turn, in an order shuffled per round, so a short soak has each kind.
+        let mut order: Vec<Kind> = Vec::new();
+        for n in 0..opts.faults {
+            if order.is_empty() {
+                order = Kind::ALL.to_vec();
+                self.rng.shuffle(&mut order);
+            }
+            let kind = order.pop().unwrap_or(Kind::AgentKill);
+            self.churn()?;
+            let victim = self.rng.usize(0..2);
+            let f = self
+                .inject(kind, victim, opts)
+                .with_context(|| format!("fault {} ({} of {})", n + 1, kind.name(), self.hosts[victim].name))?;
+            eprintln!(
+                "soak: fault {}/{}: {} of {}: {}; delivering again {:.1}s after",
+                n + 1,
+                opts.faults,
+                kind.name(),
+                f.host,
+                f.what,
+                f.recovery.as_secs_f64()
+            );
+            faults.push(f);
+            self.check_nothing_torn()?;
+            self.settle()?;
+        }
+        self.churn()?;
+        self.settle()?;
+        let (lost, files, bytes) = self.finish()?;
+        Ok(Report {
+            seed: opts.seed,
+            faults,
+            files,
+            bytes,
+            lost,
+            torn: self.torn.iter().cloned().collect(),
+            doubled: self.doubled.iter().cloned().collect(),
+            wall: t0.elapsed(),
+        })
+    }
+
+    fn mount(&self) -> &str {
+        &self.cfg.drive.mount_point
+    }
+
+    /// A path for a new file: spaces, non-ASCII letters, nested directories.
+    fn new_path(&mut self) -> String {
+        const DIRS: &[&str] = &["", "photos/", "vidéos/deep dir/", "日本/ü/", "docs/2026/"];
+        const STEMS: &[&str] = &["img", "clip", "notes", "Ωmega", "résumé"];
+        const EXTS: &[&str] = &["jpg", "mp4", "txt", "bin"];
+        self.serial += 1;
+        format!(
+            "{}{} {}.{}",
+            DIRS[self.rng.usize(0..DIRS.len())],
+            STEMS[self.rng.usize(0..STEMS.len())],
+            self.serial,
+            EXTS[self.rng.usize(0..EXTS.len())]
+        )
+    }
+
+    /// A file size: mostly small, some empty, some up to the maximum.
+    fn size(&mut self) -> u64 {
+        let max = self.opts_max << 20;
+        match self.rng.u32(0..100) {
+            0..=4 => 0,
+            5..=49 => self.rng.u64(1..64 << 10),
+            50..=84 => self.rng.u64(64 << 10..(4 << 20).min(max).max((64 << 10) + 1)),
+            _ => self.rng.u64(1..max.max(2)),
+        }
+    }
+
+    /// Writes `bytes` of new content to sending/`rel` on host `i`, as a person copying a file in
+    /// would (straight under its name); records the version.
+    fn write(&mut self, i: usize, rel: &str, bytes: u64) -> Result<()> {
+        let f = format!("{}/sending/{rel}", self.mount());
+        let out = self.vms[i]
+            .ok(&format!("f='{f}'; mkdir -p \"$(dirname \"$f\")\" && head -c {bytes} /dev/urandom > \"$f\" && sha256sum < \"$f\""), CMD)?;
+        let sum = out.split_whitespace().next().context("no sha256sum output")?.to_string();
+        let w = &mut self.written[i];
+        w.versions.entry(rel.to_string()).or_default().push(sum);
+        w.present.insert(rel.to_string());
+        w.since_idle.insert(rel.to_string());
+        w.bytes.insert(rel.to_string(), bytes);
+        Ok(())
+    }
+
+    /// Between faults, on each side whose drive is in: new files, sometimes a rewrite of one
+    /// being sent, sometimes a delete of one already delivered.
+    fn churn(&mut self) -> Result<()> {
+        for i in 0..2 {
+            if !self.drive_in[i] {
+                continue;
+            }
+            for _ in 0..2 {
+                let (rel, n) = (self.new_path(), self.size());
+                self.write(i, &rel, n)?;
+            }
+            if self.rng.u32(0..3) == 0 {
+                // Written, then written again at once: the first version is likely on its way.
+                let (rel, n) = (self.new_path(), self.size().max(1 << 20));
+                self.write(i, &rel, n)?;
+                std::thread::sleep(Duration::from_millis(self.rng.u64(500..3000)));
+                let m = self.size();
+                self.write(i, &rel, m)?;
+            }
+            let delivered: Vec<String> =
+                self.written[i].present.iter().filter(|p| !self.written[i].since_idle.contains(*p)).cloned().collect();
+            if !delivered.is_empty() && self.rng.u32(0..3) == 0 {
+                let rel = delivered[self.rng.usize(0..delivered.len())].clone();
+                let f = format!("{}/sending/{rel}", self.mount());
+                self.vms[i].ok(&format!("rm -f '{f}'"), CMD)?;
+                self.written[i].present.remove(&rel);
+            }
+        }
+        Ok(())
+    }
+
+    /// A big file on its way from `i`, so the fault lands mid-transfer (when the drive is in).
+    fn start_big_transfer(&mut self, i: usize) -> Result<()> {
+        if self.drive_in[i] {
+            let (rel, n) = (self.new_path(), (self.opts_max << 20).max(1 << 20));
+            self.write(i, &rel, n)?;
+        }
+        Ok(())
+    }
+
+    fn inject(&mut self, kind: Kind, v: usize, opts: &Options) -> Result<Fault> {
+        let sender = if self.rng.bool() { v } else { 1 - v };
+        self.start_big_transfer(sender)?;
+        // The moment: somewhere in the first seconds of that transfer.
+        std::thread::sleep(Duration::from_millis(self.rng.u64(0..4000)));
+        let before = self.receiving_now()?;
+        let (what, restored) = match kind {
+            Kind::PowerCut => {
+                let how = if self.rng.bool() {
+                    let _ = self.qmp[v].execute("quit", json!({}));
+                    "QMP quit"
+                } else {
+                    self.vms[v].kill();
+                    "QEMU killed"
+                };
+                self.vms[v].kill();
+                let on = self.power_on(v, true)?;
+                (format!("{how}; cold boot {:.0}s", on.elapsed().as_secs_f64()), on)
+            }
+            Kind::Reboot => {
+                self.vms[v].stop("reboot", Duration::from_secs(180))?;
+                let on = self.power_on(v, true)?;
+                (format!("systemctl reboot; boot {:.0}s", on.elapsed().as_secs_f64()), on)
+            }
+            Kind::DrivePull => self.pull_drive(v)?,
+            Kind::CableCut => {
+                let secs = self.rng.u64(3..opts.max_cut.as_secs().max(4));
+                self.qmp[v].execute("set_link", json!({ "name": "net0", "up": false }))?;
+                std::thread::sleep(Duration::from_secs(secs));
+                self.qmp[v].execute("set_link", json!({ "name": "net0", "up": true }))?;
+                (format!("unplugged for {secs}s"), Instant::now())
+            }
+            Kind::AgentKill => {
+                self.vms[v].ok("pkill -KILL -f '^/usr/local/bin/pi2pi-agent' || true", CMD)?;
+                ("SIGKILL to every pi2pi-agent process".to_string(), Instant::now())
+            }
+        };
+        let (recovery, probe) = self.first_delivery_after(v, &before, restored)?;
+        let what = format!("{what}; a file written after it through in {:.1}s", probe.as_secs_f64());
+        Ok(Fault { kind, host: self.hosts[v].name.clone(), what, recovery })
+    }
+
+    /// What each receiving/ holds now (path → size and times; empty while its drive is out).
+    fn receiving_now(&mut self) -> Result<Vec<BTreeMap<String, String>>> {
+        let dir = format!("{}/receiving", self.mount());
+        (0..2).map(|r| if self.drive_in[r] { guest_written(&mut self.vms[r], &dir) } else { Ok(BTreeMap::new()) }).collect()
+    }
+
+    /// Starts host `v`'s QEMU again on the same disks (its drive plugged in or not) and waits for
+    /// it to boot; returns when power came back.
+    fn power_on(&mut self, v: usize, drive: bool) -> Result<Instant> {
+        let on = Instant::now();
+        self.specs[v].usb_unplugged = !drive;
+        let overlay = self.specs[v].dir.join("overlay.qcow2");
+        self.vms[v] = Vm::start(self.sh, &self.specs[v], &self.boots[v], &overlay)?;
+        self.qmp[v] = Qmp::connect(&self.specs[v].dir.join(QMP_SOCK), Duration::from_secs(30))?;
+        self.vms[v].wait_booted(on, BOOT_LIMIT)?;
+        if drive {
+            qemu::wait_mounted(&mut self.vms[v], &self.cfg.drive.mount_point, "vfat")?;
+        }
+        Ok(on)
+    }
+
+    /// Pulls `v`'s drive, keeps it out while its peer goes on sending (sometimes across a reboot),
+    /// checks nothing was written to the bare mount point, and plugs it back.
+    fn pull_drive(&mut self, v: usize) -> Result<(String, Instant)> {
+        self.qmp[v].execute("device_del", json!({ "id": qemu::USB_DEVICE }))?;
+        self.qmp[v].wait_event("DEVICE_DELETED", Duration::from_secs(60))?;
+        self.drive_in[v] = false;
+        let mount = self.mount().to_string();
+        let t = Instant::now();
+        while self.vms[v].exec(&format!("mountpoint -q '{mount}'"), CMD)?.0 == 0 {
+            ensure!(t.elapsed() < Duration::from_secs(60), "{mount} still mounted a minute after the drive was pulled");
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        // The peer keeps writing; its agent keeps trying to deliver to the missing drive.
+        let peer = 1 - v;
+        let (rel, n) = (self.new_path(), self.size());
+        self.write(peer, &rel, n)?;
+        std::thread::sleep(Duration::from_secs(self.rng.u64(5..30)));
+        let across_reboot = self.rng.u32(0..3) == 0;
+        if across_reboot {
+            self.vms[v].stop("reboot", Duration::from_secs(180))?;
+            self.power_on(v, false)?;
+        }
+        let bare = self.vms[v].ok(&format!("mountpoint -q '{mount}' && echo MOUNTED; ls -A '{mount}'"), CMD)?;
+        ensure!(bare.trim().is_empty(), "{}: with the drive out, {mount} holds: {bare}", self.hosts[v].name);
+        let device = qemu::usb_drive_device();
+        let args = device_add_arguments(&device.to_string_lossy())?;
+        self.qmp[v].execute("device_add", args)?;
+        let plugged = Instant::now();
+        qemu::wait_mounted(&mut self.vms[v], &mount, "vfat")?;
+        self.drive_in[v] = true;
+        let what = if across_reboot { "out across a reboot, plugged back after it" } else { "out while the peer sent, plugged back" };
+        Ok((what.to_string(), plugged))
+    }
+
+    /// Writes a small probe file on `v` and waits for it at the peer: the first delivery after
+    /// `since` (when the fault ended) is no later than its arrival.
+    /// Returns how long after `since` (when the fault ended) a file was first delivered either
+    /// way (a file under its final name new or rewritten at either receiver since `before`), and
+    /// how long a small file written on `v` once the fault was over took to reach the peer (it
+    /// also makes sure there is something to deliver).
+    fn first_delivery_after(&mut self, v: usize, before: &[BTreeMap<String, String>], since: Instant) -> Result<(Duration, Duration)> {
+        self.serial += 1;
+        let rel = format!("probe {}.txt", self.serial);
+        let written = Instant::now();
+        self.write(v, &rel, 4096)?;
+        let dir = format!("{}/receiving", self.mount());
+        let first = loop {
+            let now = self.receiving_now()?;
+            let delivered = (0..2).any(|r| now[r].iter().any(|(p, stamp)| !is_temporary(p) && before[r].get(p) != Some(stamp)));
+            if delivered {
+                break since.elapsed();
+            }
+            ensure!(since.elapsed() < RECOVERY_LIMIT, "nothing delivered in {dir} either way within {RECOVERY_LIMIT:?} after the fault");
+            std::thread::sleep(Duration::from_secs(1));
+        };
+        let sum = self.written[v].versions[&rel].last().cloned().unwrap_or_default();
+        wait_arrival(&mut self.vms[1 - v], &format!("{dir}/{rel}"), &sum, RECOVERY_LIMIT).context("the file written after the fault")?;
+        Ok((first, written.elapsed()))
+    }
+
+    /// Every file under its final name in a receiving/ is a version its sender had.
+    fn check_nothing_torn(&mut self) -> Result<()> {
+        for r in 0..2 {
+            let got = guest_tree(&mut self.vms[r], &format!("{}/receiving", self.cfg.drive.mount_point))?;
+            let sent = &self.written[1 - r];
+            for (path, sum) in got.iter().filter(|(p, _)| !is_temporary(p)) {
+                match sent.versions.get(path) {
+                    Some(v) if v.contains(sum) => {}
+                    Some(_) => {
+                        self.torn.insert(format!("{}: receiving/{path} is no version {} had", self.hosts[r].name, self.hosts[1 - r].name));
+                    }
+                    None => {
+                        self.doubled.insert(format!(
+                            "{}: receiving/{path} was never in {}'s sending/",
+                            self.hosts[r].name,
+                            self.hosts[1 - r].name
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for both sides to deliver everything and go idle; then no file the sender did not
+    /// write since the last idle point was written again, and no temporaries are left (a
+    /// temporary seen is looked at again after the next idle: a transfer may have just begun).
+    fn settle(&mut self) -> Result<()> {
+        let dir = format!("{}/receiving", self.cfg.drive.mount_point);
+        let mut snapshots = Vec::new();
+        for attempt in 0.. {
+            for i in 0..2 {
+                wait_idle(&mut self.vms[i], IDLE_LIMIT)?;
+            }
+            snapshots = (0..2).map(|r| guest_written(&mut self.vms[r], &dir)).collect::<Result<Vec<_>>>()?;
+            let temps: Vec<String> =
+                (0..2).flat_map(|r| snapshots[r].keys().filter(|p| is_temporary(p)).map(move |p| format!("{r}: receiving/{p}"))).collect();
+            if temps.is_empty() {
+                break;
+            }
+            ensure!(attempt < 3, "temporaries left behind with nothing in flight: {temps:?}");
+            std::thread::sleep(Duration::from_secs(10));
+        }
+        for (r, now) in snapshots.into_iter().enumerate() {
+            let changed_at_sender = &self.written[1 - r].since_idle;
+            for (path, stamp) in &now {
+                if self.received[r].get(path).is_some_and(|before| before != stamp) && !changed_at_sender.contains(path) {
+                    let (to, from) = (&self.hosts[r].name, &self.hosts[1 - r].name);
+                    self.doubled.insert(format!("{to}: receiving/{path} written again, unchanged at {from}"));
+                }
+            }
+            self.received[r] = now;
+        }
+        for w in self.written.iter_mut() {
+            w.since_idle.clear();
+        }
+        self.prune()
+    }
+
+    /// Keeps the drives from filling over a long soak, as their owners would: once a side has sent
+    /// more than a third of a drive, its oldest delivered files are deleted on both sides.
+    fn prune(&mut self) -> Result<()> {
+        let budget = DRIVE_KIB * 1024 / 3;
+        for s in 0..2 {
+            let size = |p: &String| self.written[s].bytes.get(p).copied().unwrap_or(0);
+            let mut total: u64 = self.written[s].present.iter().map(size).sum();
+            let mut oldest: Vec<String> = self.written[s].present.iter().cloned().collect();
+            oldest.sort_by_key(|p| serial_of(p));
+            for path in oldest {
+                if total <= budget {
+                    break;
+                }
+                let mount = self.mount().to_string();
+                self.vms[s].ok(&format!("rm -f '{mount}/sending/{path}'"), CMD)?;
+                self.vms[1 - s].ok(&format!("rm -f '{mount}/receiving/{path}'"), CMD)?;
+                self.written[s].present.remove(&path);
+                self.received[1 - s].remove(&path);
+                total -= self.written[s].bytes.get(&path).copied().unwrap_or(0);
+            }
+        }
+        Ok(())
+    }
+
+    /// Clean shutdown, then from the host: each drive fsck-clean, each receiving/ holding exactly
+    /// the last version of every file in the peer's sending/ (and of deleted ones, some version).
+    fn finish(&mut self) -> Result<(Vec<String>, usize, u64)> {
+        for vm in self.vms.iter_mut() {
+            vm.stop("poweroff", Duration::from_secs(180))?;
+        }
+        let mut lost = Vec::new();
+        let (mut files, mut bytes) = (0, 0);
+        for r in 0..2 {
+            let usb = self.specs[r].dir.join("usb.img");
+            let out =
+                proc::read(cmd!(self.sh, "fsck.vfat -n {usb}")).with_context(|| format!("{}'s drive is not clean", self.hosts[r].name))?;
+            eprintln!("soak: {}'s drive: {}", self.hosts[r].name, out.lines().last().unwrap_or("").trim());
+            let got = drive_tree(self.sh, &usb, "receiving", &self.specs[r].dir.join("compare"))?;
+            let sent = &self.written[1 - r];
+            for path in &sent.present {
+                let last = sent.versions[path].last();
+                if got.get(path) != last {
+                    lost.push(format!("{}'s {path} is not (in its last version) at {}", self.hosts[1 - r].name, self.hosts[r].name));
+                }
+            }
+            for (path, sum) in &got {
+                match sent.versions.get(path) {
+                    Some(v) if v.contains(sum) => {
+                        files += 1;
+                        bytes += sent.bytes.get(path).copied().unwrap_or(0);
+                    }
+                    Some(_) => {
+                        self.torn.insert(format!("{} (on its drive): receiving/{path} is no version the sender had", self.hosts[r].name));
+                    }
+                    None => {
+                        self.doubled.insert(format!("{} (on its drive): receiving/{path} was never sent", self.hosts[r].name));
+                    }
+                }
+            }
+            let _ = std::fs::remove_dir_all(self.specs[r].dir.join("compare"));
+        }
+        Ok((lost, files, bytes))
+    }
+
+    /// On failure: each guest's agent status and journal, if it still answers.
+    fn keep_diagnostics(&mut self) {
+        for (vm, spec) in self.vms.iter_mut().zip(&self.specs) {
+            if let Ok((_, out)) = vm.exec(
+                "pi2pi-agent status; findmnt /media; journalctl -b --no-pager -u pi2pi-agent -t pi2pi-agent | tail -80",
+                Duration::from_secs(60),
+            ) {
+                let _ = std::fs::write(spec.dir.join("diagnostics.txt"), out);
+            }
+            vm.kill();
+        }
+    }
+}
+
+/// The writer's serial number in a path (`… <n>.<ext>`), for oldest-first order.
+fn serial_of(path: &str) -> u32 {
+    let stem = path.rsplit_once('.').map_or(path, |(s, _)| s);
+    stem.rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+/// The receiver's temporaries (`.pi2pi-<hash>.part`, in any directory).
+fn is_temporary(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    pi2pi_agent::paths::is_temp_name(name)
+}
+
+/// `device_add`'s arguments from a `-device` option string (`driver,key=value,…`).
+fn device_add_arguments(device: &str) -> Result<serde_json::Value> {
+    let mut parts = device.split(',');
+    let driver = parts.next().context("an empty -device")?;
+    let mut args = serde_json::Map::new();
+    args.insert("driver".into(), json!(driver));
+    for p in parts {
+        let (k, v) = p.split_once('=').with_context(|| format!("`{p}` in -device {device}"))?;
+        let v = match v {
+            "on" => json!(true),
+            "off" => json!(false),
+            v => json!(v),
+        };
+        args.insert(k.into(), v);
+    }
+    Ok(serde_json::Value::Object(args))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_usb_drive_is_plugged_back_as_it_was_plugged_in() {
+        let a = device_add_arguments(&qemu::usb_drive_device().to_string_lossy()).unwrap();
+        assert_eq!(a, json!({ "driver": "usb-storage", "bus": "xhci.0", "drive": "usb", "id": "usbdrive", "removable": true }));
+    }
+
+    #[test]
+    fn temporaries_are_recognised_in_any_directory() {
+        let t = pi2pi_agent::serve::temp_name("x.jpg");
+        assert!(is_temporary(&t));
+        assert!(is_temporary(&format!("photos/deep/{t}")));
+        assert!(!is_temporary("photos/x.jpg"));
+    }
+
+    #[test]
+    fn paths_sort_by_the_writers_serial() {
+        assert_eq!(serial_of("vidéos/deep dir/Ωmega 12.mp4"), 12);
+        assert_eq!(serial_of("probe 3.txt"), 3);
+        assert_eq!(serial_of("no-number"), 0);
+    }
+
+    #[test]
+    fn a_seed_replays_the_same_soak() {
+        let draw = |seed| {
+            let mut r = fastrand::Rng::with_seed(seed);
+            (0..20).map(|_| r.u64(0..1000)).collect::<Vec<_>>()
+        };
+        assert_eq!(draw(7), draw(7));
+        assert_ne!(draw(7), draw(8));
+    }
+}
