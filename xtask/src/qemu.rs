@@ -211,6 +211,9 @@ pub const CONSOLE_LOG: &str = "console.log";
 /// The harness shell's socket, in the VM's directory.
 pub const SHELL_SOCK: &str = "shell.sock";
 
+/// What the kernel prints for systemd's first messages (PID 1 logs to the kernel log until journald runs).
+const SYSTEMD_RUNS: &str = "systemd[1]: ";
+
 /// The kernel's last words after a clean shutdown on a machine it cannot power off.
 const HALTED: &str = "reboot: System halted";
 
@@ -225,6 +228,8 @@ pub struct Vm {
     shell: Option<UnixStream>,
     buf: String,
     seq: u64,
+    /// Where this boot's part of the console log begins (a reboot appends to it).
+    console_from: usize,
 }
 
 impl Vm {
@@ -244,8 +249,10 @@ impl Vm {
         std::fs::create_dir_all(dir)?;
         let _ = std::fs::remove_file(dir.join(SHELL_SOCK));
         std::fs::write(dir.join("qemu.cmdline"), argv.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ") + "\n")?;
+        let console_from = read_console(&dir.join(CONSOLE_LOG)).len();
         let handle = proc::spawn(sh.current_dir().as_path(), argv, &dir.join("qemu.log"))?;
         Ok(Vm {
+            console_from,
             name: name.to_string(),
             dir: dir.to_path_buf(),
             console_log: dir.join(CONSOLE_LOG),
@@ -295,8 +302,13 @@ impl Vm {
                 std::thread::sleep(Duration::from_millis(200));
             }
         }
-        // The debug shell appears early in boot; until then nothing answers, so keep knocking.
+        // The debug shell appears early in boot; until then nothing answers, so keep knocking,
+        // but only once systemd runs (the shell is one of its units): on the boards whose console
+        // is a PL011 (raspi0, raspi2b), input typed while the kernel and initramfs brought the UART
+        // up twice left it deaf for the whole boot (no echo at all), once with the initramfs
+        // hanging on its next console write.
         let mut last = Instant::now() - Duration::from_secs(10);
+        let mut systemd_runs = false;
         loop {
             if let Some(why) = self.exited() {
                 bail!("{}: QEMU {why} while booting", self.name);
@@ -305,7 +317,8 @@ impl Vm {
             if Instant::now() > deadline {
                 bail!("{}: no shell on hvc0 within {limit:?}", self.name);
             }
-            if last.elapsed() > Duration::from_secs(3) {
+            systemd_runs = systemd_runs || self.console().get(self.console_from..).is_some_and(|c| c.contains(SYSTEMD_RUNS));
+            if systemd_runs && last.elapsed() > Duration::from_secs(3) {
                 // `$((6*7))` is expanded by the shell, so the echo of our input cannot match.
                 self.send("stty -echo -onlcr 2>/dev/null; PS1=''; PS2=''; export PS1 PS2 SYSTEMD_PAGER=cat TERM=dumb NO_COLOR=1 SYSTEMD_COLORS=0; echo @@READY$((6*7))\n")?;
                 last = Instant::now();
