@@ -269,7 +269,10 @@ impl Vm {
 
     /// Fails if the console shows a panic, an oops or a failed unit.
     pub fn check_console(&self) -> Result<()> {
-        let text = self.console();
+        self.check_console_text(&self.console())
+    }
+
+    fn check_console_text(&self, text: &str) -> Result<()> {
         if let Some(l) = text.lines().find(|l| FATAL.iter().any(|f| l.contains(f))) {
             bail!("{}: unexpected console output: {}", self.name, l.trim());
         }
@@ -313,11 +316,12 @@ impl Vm {
             if let Some(why) = self.exited() {
                 bail!("{}: QEMU {why} while booting", self.name);
             }
-            self.check_console()?;
+            let console = self.console();
+            self.check_console_text(&console)?;
             if Instant::now() > deadline {
                 bail!("{}: no shell on hvc0 within {limit:?}", self.name);
             }
-            systemd_runs = systemd_runs || self.console().get(self.console_from..).is_some_and(|c| c.contains(SYSTEMD_RUNS));
+            systemd_runs = systemd_runs || console.get(self.console_from..).is_some_and(|c| c.contains(SYSTEMD_RUNS));
             if systemd_runs && last.elapsed() > Duration::from_secs(3) {
                 // `$((6*7))` is expanded by the shell, so the echo of our input cannot match.
                 self.send("stty -echo -onlcr 2>/dev/null; PS1=''; PS2=''; export PS1 PS2 SYSTEMD_PAGER=cat TERM=dumb NO_COLOR=1 SYSTEMD_COLORS=0; echo @@READY$((6*7))\n")?;

@@ -40,7 +40,7 @@ const IDLE_LIMIT: Duration = Duration::from_secs(600);
 /// The soak's drives: room for many files of up to `--max-mib` both ways.
 const DRIVE_KIB: u64 = 2 << 20;
 
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, clap::ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Kind {
     /// QEMU killed (or told to quit over QMP), then a cold boot of the same disks.
     PowerCut,
