@@ -13,6 +13,14 @@
 //! The binary's bytes must not depend on where things are on the builder: panic messages carry
 //! source paths (dependencies under `$CARGO_HOME/registry`, a from-source std under the
 //! toolchain's sysroot), so those prefixes are remapped to fixed names.
+//!
+//! Cross builds go to cargo target directories in the cache, one per checkout path and
+//! architecture: a fresh clone (CI's) then finds its dependencies and the from-source std
+//! already compiled by the last run at that path, and two checkouts building at once never
+//! overwrite each other's binary. One directory per architecture because the ARMv6 build's
+//! `RUSTC_BOOTSTRAP=1` is part of the fingerprint of build scripts that watch it (proc-macro2's):
+//! in one shared directory the armv7 and ARMv6 builds rebuilt every dependency of each other,
+//! a minute each, every time. Cargo's fingerprints decide what is rebuilt.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -21,7 +29,7 @@ use anyhow::{Context, Result};
 use xshell::{cmd, Shell};
 
 use crate::config::Arch;
-use crate::proc;
+use crate::{cache, proc};
 
 pub struct Agent {
     pub binary: PathBuf,
@@ -32,9 +40,22 @@ fn have_container_engine(sh: &Shell) -> bool {
     ["docker", "podman"].iter().any(|e| cmd!(sh, "{e} info").quiet().ignore_stdout().ignore_stderr().run().is_ok())
 }
 
+/// The cargo target directory of this checkout's builds for `arch` (see the module docs).
+fn target_dir(sh: &Shell, arch: Arch) -> PathBuf {
+    let checkout = sh.current_dir();
+    let key = cache::key(&[("checkout", checkout.as_os_str().as_encoded_bytes())]);
+    cache::dir().join("agent-target").join(format!("{key}-{}", arch.deb()))
+}
+
+/// Where [`build`] leaves the agent for `arch`.
+pub fn binary(sh: &Shell, arch: Arch) -> PathBuf {
+    target_dir(sh, arch).join(arch.rust_target()).join("release/pi2pi-agent")
+}
+
 pub fn build(sh: &Shell, arch: Arch) -> Result<Agent> {
     let started = Instant::now();
     let target = arch.rust_target();
+    let target_dir = target_dir(sh, arch);
     let tool = if have_container_engine(sh) && cmd!(sh, "cross --version").quiet().ignore_stdout().ignore_stderr().run().is_ok() {
         "cross"
     } else {
@@ -46,12 +67,12 @@ pub fn build(sh: &Shell, arch: Arch) -> Result<Agent> {
         let _bootstrap = sh.push_env("RUSTC_BOOTSTRAP", "1");
         proc::run(cmd!(
             sh,
-            "cargo build --quiet --release --locked -p pi2pi-agent --target {target} {remap} -Z build-std=std,panic_abort"
+            "cargo build --quiet --release --locked -p pi2pi-agent --target {target} --target-dir {target_dir} {remap} -Z build-std=std,panic_abort"
         ))?;
     } else {
-        proc::run(cmd!(sh, "{tool} build --quiet --release --locked -p pi2pi-agent --target {target} {remap}"))?;
+        proc::run(cmd!(sh, "{tool} build --quiet --release --locked -p pi2pi-agent --target {target} --target-dir {target_dir} {remap}"))?;
     }
-    let binary = sh.current_dir().join(format!("target/{target}/release/pi2pi-agent"));
+    let binary = binary(sh, arch);
     anyhow::ensure!(binary.exists(), "{} was not built", binary.display());
     Ok(Agent { binary, seconds: started.elapsed().as_secs_f64() })
 }

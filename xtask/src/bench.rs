@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::config::ImageConfig;
-use crate::{image, proc};
+use crate::config::{Arch, ImageConfig};
+use crate::{agent_build, image, proc};
 
 fn fill(path: &Path, len: usize, seed: u64) -> Result<()> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -212,7 +212,8 @@ pub fn agent(sh: &Shell) -> Result<()> {
     drop(sshd);
     let (lat, daemon_kib) = latency(sh, &bin, &dir)?;
 
-    let size = |t: &str| std::fs::metadata(root.join(format!("target/{t}/release/pi2pi-agent"))).map(|m| m.len()).unwrap_or(0);
+    // The cross builds are whatever `cargo xtask image` or `test` last built at this checkout.
+    let size = |p: &Path| std::fs::metadata(p).map_or_else(|_| "(not built yet)".to_string(), |m| format!("{} bytes", m.len()));
     print_throughput(files, bytes, &runs);
     println!(
         "  latency close->arrival (4 KiB, daemon, settle 300 ms): median {:.3} s, p90 {:.3} s, max {:.3} s (goal <= 1 s)",
@@ -222,10 +223,10 @@ pub fn agent(sh: &Shell) -> Result<()> {
     );
     println!("  daemon peak RSS {daemon_kib} KiB");
     println!(
-        "  binary size: aarch64-musl (static) {} bytes, armv7-gnueabihf (static) {} bytes, x86_64 {} bytes",
-        size("aarch64-unknown-linux-musl"),
-        size("armv7-unknown-linux-gnueabihf"),
-        size(".")
+        "  binary size: aarch64-musl (static) {}, armv7-gnueabihf (static) {}, x86_64 {}",
+        size(&agent_build::binary(sh, Arch::Arm64)),
+        size(&agent_build::binary(sh, Arch::Armhf)),
+        size(&bin)
     );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
