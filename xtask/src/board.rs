@@ -16,10 +16,14 @@
 //!   four cores, and cores Linux never starts spin in the boot stub's WFE loop, which QEMU's TCG
 //!   runs as a busy loop (measured: the debug shell at 247 s of guest time with it, 48 s without);
 //!   cores Linux has started sleep in WFI when idle.
-//! - The harness shell shares the board's serial console (`boards::Board::serial`): on the Pi 3
-//!   device tree the PL011 belongs to Bluetooth (a serdev, no tty) and the console is the mini UART
-//!   (ttyS1, QEMU's second serial port); on the Pi 2 and Zero it is the PL011 (ttyAMA0, the
-//!   first). Everything the guest prints there is kept in console.log.
+//! - The harness shell is always on the mini UART (ttyS1, QEMU's second serial port). On the Pi 3
+//!   device tree that is the board's console too (its PL011 belongs to Bluetooth, a serdev with
+//!   no tty). On the Pi 2 and Zero the console is the PL011 (ttyAMA0, QEMU's first port) and the
+//!   mini UART is disabled: the harness's copy of the dtb enables it (`harness_enables`) and the
+//!   PL011 only writes to console.log. Typing into QEMU 7.2's PL011 is what went wrong before:
+//!   three boots of those boards in CI (none of the Pi 3's, which took the same input on its mini
+//!   UART) lost all input, twice with the guest stalled on a console write as well. Everything
+//!   the board's console prints is kept in console.log, the shell's port in shell.log.
 //! - A FAT32 drive with the configured label is attached as USB storage on the model's dwc2 host.
 //! - Checks, boot 1: root from the SD card, multi-user with no failed unit, the drive fsck'd and
 //!   mounted where configured, the agent's status says the drive is ready, no console line that a
@@ -47,6 +51,8 @@ const BOOT_LIMIT: Duration = Duration::from_secs(600);
 /// announce the SD card's partitions; a real Pi takes a second or two.
 const DEVICE_TIMEOUT_S: u32 = 400;
 const CMD: Duration = Duration::from_secs(60);
+/// Where the harness shell's port is logged when it is not the board's console.
+const SHELL_LOG: &str = "shell.log";
 
 /// QEMU's model of a board family, and where its console is.
 struct Model {
@@ -55,8 +61,15 @@ struct Model {
     /// The dtb the firmware loads for this board with `upstream_kernel=1`.
     dtb: &'static str,
     /// The board's serial console (one of the card's `console=`s): the PL011 on QEMU's first
-    /// serial port, or the mini UART on its second.
+    /// serial port, or the mini UART on its second (where the harness shell always is).
     console_tty: &'static str,
+}
+
+impl Model {
+    /// The console is the PL011, so the shell has the mini UART to itself.
+    fn shell_apart(&self) -> bool {
+        self.console_tty != boards::MINI_UART
+    }
 }
 
 fn model_for(arch: Arch) -> Result<Model> {
@@ -95,7 +108,8 @@ impl Card<'_> {
 /// The board test: every card of the deployment (already built in `images`), the cluster
 /// example's cards of other architectures, and with `armhf` the first card built for armhf when
 /// the deployment is not (nothing else boots a 32-bit card; `cargo xtask test` asks for it).
-pub fn test(sh: &Shell, cfg: &ImageConfig, images: &Path, armhf: bool) -> Result<Vec<BootReport>> {
+/// `only`, when not empty, names the cards to boot (their tags, e.g. `worker3-armel`).
+pub fn test(sh: &Shell, cfg: &ImageConfig, images: &Path, armhf: bool, only: &[String]) -> Result<Vec<BootReport>> {
     let mut all = cards(cfg, images);
     // The cluster example's cards for architectures the deployment's are not (its Pi Zero on
     // armel, on raspi0); its arm64 cards share the pair's base, kernel and boot files.
@@ -116,6 +130,13 @@ pub fn test(sh: &Shell, cfg: &ImageConfig, images: &Path, armhf: bool) -> Result
         // next to a busy neighbour stalled RCU and oopsed in the initramfs (once in four boots);
         // alone it boots in 232-286 s.
         all.extend(c);
+    }
+    if !only.is_empty() {
+        let tags: Vec<String> = all.iter().map(Card::tag).collect();
+        if let Some(o) = only.iter().find(|o| !tags.contains(o)) {
+            bail!("--only {o}: no such card; the cards are {}", tags.join(", "));
+        }
+        all.retain(|c| only.contains(&c.tag()));
     }
     run(sh, &all)
 }
@@ -178,7 +199,6 @@ fn build_variant(sh: &Shell, variant: &ImageConfig) -> Result<PathBuf> {
 pub fn run(sh: &Shell, cards: &[Card]) -> Result<Vec<BootReport>> {
     const SLOTS: usize = 2;
     let run_dir = sh.current_dir().join("target/board");
-    let _ = std::fs::remove_dir_all(&run_dir);
     let root = sh.current_dir();
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<Result<Vec<BootReport>>>>> = Mutex::new(cards.iter().map(|_| None).collect());
@@ -204,9 +224,12 @@ fn boot_card(root: &Path, run_dir: &Path, c: &Card) -> Result<Vec<BootReport>> {
     let sh = Shell::new()?;
     sh.change_dir(root);
     let dir = run_dir.join(c.tag());
+    // Each card's own directory only: another `--only` run may be using its neighbours.
+    let _ = std::fs::remove_dir_all(&dir);
     let r = card(&sh, c, &dir);
     if let Err(e) = &r {
         eprintln!("board: {} failed: {e:#}\n  console log and QEMU command line kept in {}", c.tag(), dir.display());
+        eprint!("{}", qemu::console_tail(&dir.join(CONSOLE_LOG), 30));
     }
     r.with_context(|| format!("{} ({}) on its board model", c.host.name, c.cfg.base.arch.deb()))
 }
@@ -233,6 +256,12 @@ fn card(sh: &Shell, c: &Card, dir: &Path) -> Result<Vec<BootReport>> {
         proc::read(cmd!(sh, "fdtput -t s {dtb} {node} status disabled"))
             .with_context(|| format!("disabling {node} in the harness's copy of {}", model.dtb))?;
     }
+    if model.shell_apart() {
+        // The mini UART for the shell (see the module docs); the dtb's alias finds its node.
+        let node = proc::read(cmd!(sh, "fdtget {dtb} /aliases serial1"))?.trim().to_string();
+        proc::read(cmd!(sh, "fdtput -t s {dtb} {node} status okay"))
+            .with_context(|| format!("enabling the mini UART {node} in the harness's copy of {}", model.dtb))?;
+    }
 
     let mut reports = Vec::new();
     let mut after_first = None;
@@ -242,11 +271,13 @@ fn card(sh: &Shell, c: &Card, dir: &Path) -> Result<Vec<BootReport>> {
         vm.wait_booted(started, BOOT_LIMIT).with_context(|| format!("boot {n}"))?;
         let seconds = started.elapsed().as_secs_f64();
         eprintln!("board: {} booted on {} in {seconds:.0}s (boot {n})", c.tag(), model.machine);
+        let booted_len = vm.console().len();
         check_running(&mut vm, cfg).with_context(|| format!("boot {n}"))?;
         vm.stop("poweroff", Duration::from_secs(300)).with_context(|| format!("boot {n}: power-off"))?;
         // The boot's part of the console: what came before the harness shell answered.
         let console = vm.console();
-        let noted = console_errors(console.split(qemu::READY).next().unwrap_or(""), host)?;
+        let boot_part = console.get(..booted_len).unwrap_or(&console);
+        let noted = console_errors(boot_part.split(qemu::READY).next().unwrap_or(""), host)?;
         let layout = Layout::read(sh, &sd)?;
         layout.fills(card_len).with_context(|| format!("after boot {n}"))?;
         if let Some(first) = &after_first {
@@ -255,6 +286,9 @@ fn card(sh: &Shell, c: &Card, dir: &Path) -> Result<Vec<BootReport>> {
         after_first = Some(layout);
         // Keep each boot's console apart for the report.
         std::fs::rename(dir.join(CONSOLE_LOG), dir.join(format!("console-boot{n}.log")))?;
+        if model.shell_apart() {
+            std::fs::rename(dir.join(SHELL_LOG), dir.join(format!("shell-boot{n}.log")))?;
+        }
         reports.push(BootReport { card: c.tag(), machine: model.machine, boot: n, seconds, noted });
     }
     for f in [&sd, &usb] {
@@ -275,18 +309,33 @@ fn qemu_lacks(machine: &str) -> &'static [&'static str] {
     }
 }
 
+/// Extra QEMU options a board model needs to keep time the way the board does. raspi0: Linux on
+/// the BCM2835 (no ARM generic timer) arms its next tick by reading the system timer's counter
+/// and writing counter + delta (as little as 15 µs) to a compare register, and QEMU 7.2's model
+/// fires at `compare - now` taken as an unsigned 32-bit number of µs: when the host preempts the
+/// emulated CPU between that read and that write, the compare is already past and the tick comes
+/// 71 minutes later; the guest freezes mid-boot (seen in CI twice and here once, under load: the
+/// console stopped after the initramfs's fsck, and after udev started). With `-icount` the
+/// emulated clock advances by instructions executed, never between two of them, so the compare
+/// is always ahead, as on a Pi. The Pi 2 and 3 tick from the ARM generic timer, which has no
+/// such window.
+fn timing_args(machine: &str) -> &'static [&'static str] {
+    match machine {
+        "raspi0" => &["-icount", "shift=0"],
+        _ => &[],
+    }
+}
+
 /// The QEMU command line for one boot of the card on `model`.
 fn argv(model: &Model, boot: &qemu::BootFiles, dtb: &Path, sd: &Path, usb: &Path, dir: &Path) -> Vec<OsString> {
     let append = format!(
         "{} nosoftlockup systemd.default_device_timeout_sec={DEVICE_TIMEOUT_S} systemd.debug_shell={tty} systemd.mask=serial-getty@{tty}.service",
         boot.cmdline,
-        tty = model.console_tty
+        tty = boards::MINI_UART
     );
-    let shell = format!(
-        "socket,id=con,path={},server=on,wait=off,logfile={},logappend=on",
-        dir.join(SHELL_SOCK).display(),
-        dir.join(CONSOLE_LOG).display()
-    );
+    let shell_log = dir.join(if model.shell_apart() { SHELL_LOG } else { CONSOLE_LOG });
+    let shell =
+        format!("socket,id=sh,path={},server=on,wait=off,logfile={},logappend=on", dir.join(SHELL_SOCK).display(), shell_log.display());
     let mut a: Vec<String> = vec![
         model.qemu.into(),
         "-M".into(),
@@ -296,6 +345,7 @@ fn argv(model: &Model, boot: &qemu::BootFiles, dtb: &Path, sd: &Path, usb: &Path
         "none".into(),
         "-no-reboot".into(),
     ];
+    a.extend(timing_args(model.machine).iter().map(|s| s.to_string()));
     a.extend(["-kernel".into(), boot.kernel.display().to_string(), "-initrd".into(), boot.initrd.display().to_string()]);
     a.extend(["-dtb".into(), dtb.display().to_string(), "-append".into(), append]);
     a.extend(["-drive".into(), format!("if=sd,format=raw,file={}", sd.display())]);
@@ -306,10 +356,11 @@ fn argv(model: &Model, boot: &qemu::BootFiles, dtb: &Path, sd: &Path, usb: &Path
         "usb-storage,drive=usb,removable=on".into(),
     ]);
     a.extend(["-chardev".into(), shell]);
-    // The console's port carries the shell; the other port goes nowhere.
-    let ports = if model.console_tty == boards::MINI_UART { ["null", "chardev:con"] } else { ["chardev:con", "null"] };
-    for p in ports {
-        a.extend(["-serial".into(), p.into()]);
+    // The PL011 (first port) writes to console.log when it is the console, else nowhere (the
+    // Pi 3's Bluetooth); the mini UART (second) carries the shell.
+    let pl011 = if model.shell_apart() { format!("file:{}", dir.join(CONSOLE_LOG).display()) } else { "null".into() };
+    for p in [pl011, "chardev:sh".into()] {
+        a.extend(["-serial".into(), p]);
     }
     a.into_iter().map(OsString::from).collect()
 }

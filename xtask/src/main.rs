@@ -134,6 +134,9 @@ enum TestWhich {
         /// Also build the first card for armhf and boot it on raspi2b (the Pi 2).
         #[arg(long)]
         armhf: bool,
+        /// Boot only these cards (host-architecture, e.g. `worker3-armel`; repeatable).
+        #[arg(long)]
+        only: Vec<String>,
     },
     /// Boot a cluster's manager and two workers together in QEMU and check the whole cluster
     /// (examples/cluster.toml, or --config's file if it describes a cluster).
@@ -205,11 +208,11 @@ fn main() -> Result<()> {
             let opts = soak::Options { faults, seed, max_mib, max_cut: std::time::Duration::from_secs(max_cut) };
             print!("{}", soak::run(&sh, &cfg, &opts, true)?.render());
         }
-        Task::Test { which: Some(TestWhich::Board { armhf }), .. } => {
+        Task::Test { which: Some(TestWhich::Board { armhf, only }), .. } => {
             let cfg = load()?;
             let built = image::build(&sh, &cfg, &image::select(&cfg, "all")?, &image::Options::default_for(&sh))?;
             let dir = built.first().and_then(|b| b.path.parent()).context("no cards built")?.to_path_buf();
-            print!("{}", board::render(&board::test(&sh, &cfg, &dir, armhf)?));
+            print!("{}", board::render(&board::test(&sh, &cfg, &dir, armhf, &only)?));
         }
         Task::Test { which: Some(TestWhich::Time32), .. } => time32::check_all(&sh)?,
         Task::Test { which: Some(TestWhich::Cluster), .. } => {

@@ -319,7 +319,7 @@ impl Vm {
             let console = self.console();
             self.check_console_text(&console)?;
             if Instant::now() > deadline {
-                bail!("{}: no shell on hvc0 within {limit:?}", self.name);
+                bail!("{}: the harness shell did not answer within {limit:?}", self.name);
             }
             systemd_runs = systemd_runs || console.get(self.console_from..).is_some_and(|c| c.contains(SYSTEMD_RUNS));
             if systemd_runs && last.elapsed() > Duration::from_secs(3) {
@@ -441,8 +441,6 @@ impl Vm {
     }
 }
 
-/// Waits (up to 2 minutes: USB enumerates slowly under emulation) for `fstype` to be mounted at
-/// `mount` in the guest; the drive is mounted by udev when it appears, not by the boot itself.
 /// Everything a guest printed so far. Lossy: a UART's first byte can be line noise (the Pi 3's
 /// mini UART began with 0xb2), and a strict UTF-8 read then returned nothing at all, which every
 /// console check passed.
@@ -450,6 +448,19 @@ fn read_console(path: &Path) -> String {
     std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
 }
 
+/// The last `n` lines of a console log, indented, for a failure report (CI keeps no run directories).
+pub fn console_tail(path: &Path, n: usize) -> String {
+    let text = read_console(path);
+    let lines: Vec<&str> = text.lines().collect();
+    let mut s = format!("  last {} lines of {}:\n", n.min(lines.len()), path.display());
+    for l in &lines[lines.len().saturating_sub(n)..] {
+        s += &format!("  | {l}\n");
+    }
+    s
+}
+
+/// Waits (up to 2 minutes: USB enumerates slowly under emulation) for `fstype` to be mounted at
+/// `mount` in the guest; the drive is mounted by udev when it appears, not by the boot itself.
 pub fn wait_mounted(vm: &mut Vm, mount: &str, fstype: &str) -> Result<()> {
     let t = Instant::now();
     loop {

@@ -101,7 +101,7 @@ pub fn all(sh: &Shell, cfg: &ImageConfig, skip_qemu: bool) -> Result<()> {
             ),
             Box::new(|| {
                 let images = image::Options::default_for(sh).out_dir;
-                eprint!("{}", board::render(&board::test(sh, cfg, &images, true)?));
+                eprint!("{}", board::render(&board::test(sh, cfg, &images, true, &[])?));
                 Ok(())
             }),
         ));
