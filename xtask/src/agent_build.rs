@@ -14,13 +14,14 @@
 //! source paths (dependencies under `$CARGO_HOME/registry`, a from-source std under the
 //! toolchain's sysroot), so those prefixes are remapped to fixed names.
 //!
-//! Cross builds go to cargo target directories in the cache, one per checkout path and
-//! architecture: a fresh clone (CI's) then finds its dependencies and the from-source std
-//! already compiled by the last run at that path, and two checkouts building at once never
-//! overwrite each other's binary. One directory per architecture because the ARMv6 build's
-//! `RUSTC_BOOTSTRAP=1` is part of the fingerprint of build scripts that watch it (proc-macro2's):
-//! in one shared directory the armv7 and ARMv6 builds rebuilt every dependency of each other,
-//! a minute each, every time. Cargo's fingerprints decide what is rebuilt.
+//! Cross builds go to cargo target directories in the cache, one per architecture, shared by
+//! every checkout on the machine: a fresh clone (CI's) then finds the dependencies and the
+//! from-source std already compiled and compiles only the agent itself. One per architecture
+//! because the ARMv6 build's `RUSTC_BOOTSTRAP=1` is part of the fingerprint of build scripts
+//! that watch it (proc-macro2's): in one shared directory the armv7 and ARMv6 builds rebuilt
+//! every dependency of each other, a minute each, every time. A lock file serialises the build
+//! and the copy of its binary into the checkout's own target/agent/<arch>/, so two checkouts
+//! building at once never read each other's binary.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -40,22 +41,25 @@ fn have_container_engine(sh: &Shell) -> bool {
     ["docker", "podman"].iter().any(|e| cmd!(sh, "{e} info").quiet().ignore_stdout().ignore_stderr().run().is_ok())
 }
 
-/// The cargo target directory of this checkout's builds for `arch` (see the module docs).
-fn target_dir(sh: &Shell, arch: Arch) -> PathBuf {
-    let checkout = sh.current_dir();
-    let key = cache::key(&[("checkout", checkout.as_os_str().as_encoded_bytes())]);
-    cache::dir().join("agent-target").join(format!("{key}-{}", arch.deb()))
+/// The shared cargo target directory for `arch` (see the module docs).
+fn target_dir(arch: Arch) -> PathBuf {
+    cache::dir().join("agent-target").join(arch.deb())
 }
 
-/// Where [`build`] leaves the agent for `arch`.
+/// Where [`build`] leaves the agent for `arch`: in this checkout's target/.
 pub fn binary(sh: &Shell, arch: Arch) -> PathBuf {
-    target_dir(sh, arch).join(arch.rust_target()).join("release/pi2pi-agent")
+    sh.current_dir().join("target/agent").join(arch.deb()).join("pi2pi-agent")
 }
 
 pub fn build(sh: &Shell, arch: Arch) -> Result<Agent> {
     let started = Instant::now();
     let target = arch.rust_target();
-    let target_dir = target_dir(sh, arch);
+    let target_dir = target_dir(arch);
+    std::fs::create_dir_all(&target_dir)?;
+    // Held (until dropped) over the build and the copy of its binary.
+    let lock_path = target_dir.with_extension("lock");
+    let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path)?;
+    lock.lock().with_context(|| format!("locking {}", lock_path.display()))?;
     let tool = if have_container_engine(sh) && cmd!(sh, "cross --version").quiet().ignore_stdout().ignore_stderr().run().is_ok() {
         "cross"
     } else {
@@ -72,8 +76,10 @@ pub fn build(sh: &Shell, arch: Arch) -> Result<Agent> {
     } else {
         proc::run(cmd!(sh, "{tool} build --quiet --release --locked -p pi2pi-agent --target {target} --target-dir {target_dir} {remap}"))?;
     }
+    let built = target_dir.join(target).join("release/pi2pi-agent");
     let binary = binary(sh, arch);
-    anyhow::ensure!(binary.exists(), "{} was not built", binary.display());
+    std::fs::create_dir_all(binary.parent().context("the agent's path has a parent")?)?;
+    std::fs::copy(&built, &binary).with_context(|| format!("copying {} to {}", built.display(), binary.display()))?;
     Ok(Agent { binary, seconds: started.elapsed().as_secs_f64() })
 }
 

@@ -1,8 +1,9 @@
 //! `cargo xtask test board`: every card of the deployment booted the way its Pi boots it, on
-//! QEMU's model of its board family, two cards at a time, and the cluster example's cards of
-//! other architectures (its ARMv6 Pi Zero card on `raspi0`); and with `--armhf`, for an arm64
-//! deployment, an armhf variant of its first card (Debian's LPAE kernel) on `raspi2b`, since
-//! nothing else boots a 32-bit card. The deployment's first card boots twice.
+//! QEMU's model of its board (or of its board's SoC: a Zero 2 W on `raspi3b` with its own dtb),
+//! two cards at a time, and the cluster example's cards of other architectures (its Pi Zero on
+//! `raspi0`), with `--whole-cluster` all of its cards; with `--armhf`, for an arm64 deployment,
+//! an armhf variant of its first card (Debian's LPAE kernel) on `raspi2b`, since nothing else
+//! boots a 32-bit card. The deployment's first card boots twice.
 //!
 //! - The card is the SD card: a sparse copy of the .img padded to a power of two (QEMU's SD model
 //!   needs one), bigger than the image so that the first boot has room to grow into.
@@ -72,9 +73,17 @@ impl Model {
     }
 }
 
-fn model_for(arch: Arch) -> Result<Model> {
-    let board = boards::emulated(arch).with_context(|| format!("QEMU models none of the boards a {} card is for", arch.deb()))?;
-    Ok(Model { qemu: arch.qemu_system(), machine: board.qemu_machine.unwrap_or_default(), dtb: board.dtb, console_tty: board.serial })
+/// The model a card boots on: its host's board when the config names one (a worker's Pi Zero 2
+/// W: the Pi 3's SoC, so `raspi3b` with the Zero 2 W's own dtb), else the first board of its
+/// architecture that QEMU models.
+fn model_for(arch: Arch, host_board: Option<&str>) -> Result<Model> {
+    let board = match host_board {
+        Some(name) => boards::for_arch(arch).iter().find(|b| b.name == name),
+        None => boards::emulated(arch),
+    }
+    .with_context(|| format!("no {} board {}", arch.deb(), host_board.unwrap_or("that QEMU models")))?;
+    let machine = board.qemu_machine.with_context(|| format!("QEMU 7.2 models neither the {} nor its SoC", board.name))?;
+    Ok(Model { qemu: arch.qemu_system(), machine, dtb: board.dtb, console_tty: board.serial })
 }
 
 /// What one boot showed.
@@ -108,14 +117,18 @@ impl Card<'_> {
 /// The board test: every card of the deployment (already built in `images`), the cluster
 /// example's cards of other architectures, and with `armhf` the first card built for armhf when
 /// the deployment is not (nothing else boots a 32-bit card; `cargo xtask test` asks for it).
-/// `only`, when not empty, names the cards to boot (their tags, e.g. `worker3-armel`).
-pub fn test(sh: &Shell, cfg: &ImageConfig, images: &Path, armhf: bool, only: &[String]) -> Result<Vec<BootReport>> {
+/// The cluster example's cards are booted for the architectures the deployment's are not (its
+/// Pi Zero on raspi0), and with `whole_cluster` all of them (its manager, and its Zero 2 W
+/// workers on raspi3b with their own dtb). `only`, when not empty, names the cards to boot
+/// (their tags, e.g. `worker3-armel`).
+pub fn test(sh: &Shell, cfg: &ImageConfig, images: &Path, armhf: bool, whole_cluster: bool, only: &[String]) -> Result<Vec<BootReport>> {
     let mut all = cards(cfg, images);
-    // The cluster example's cards for architectures the deployment's are not (its Pi Zero on
-    // armel, on raspi0); its arm64 cards share the pair's base, kernel and boot files.
+    // When the deployment is the example, its own cards are those of its first base.
     let example = sh.current_dir().join(crate::cluster::EXAMPLE);
-    let cluster = if cfg.file() == example { cfg.clone() } else { crate::config::load(&example)? };
-    let (others, dir) = build_other_arches(sh, &cluster, &[cfg.base.arch])?;
+    let is_example = cfg.file() == example;
+    let cluster = if is_example { cfg.clone() } else { crate::config::load(&example)? };
+    let covered = if whole_cluster && !is_example { vec![] } else { vec![cfg.base.arch] };
+    let (others, dir) = build_cluster_cards(sh, &cluster, &covered)?;
     for (view, host) in &others {
         all.push(card_of(view, host, &dir)?);
     }
@@ -145,7 +158,7 @@ pub fn test(sh: &Shell, cfg: &ImageConfig, images: &Path, armhf: bool, only: &[S
 /// growing the card is done once (the same unit and script run on every card, so one card of
 /// each build proves it for all); the others boot once, which keeps the phase within budget.
 pub fn cards<'a>(cfg: &'a ImageConfig, images: &Path) -> Vec<Card<'a>> {
-    // Hosts of other bases are booted by way of `build_other_arches`, each with its own view.
+    // Hosts of other bases are booted by way of `build_cluster_cards`, each with its own view.
     cfg.hosts
         .iter()
         .filter(|h| h.base.is_none())
@@ -155,9 +168,9 @@ pub fn cards<'a>(cfg: &'a ImageConfig, images: &Path) -> Vec<Card<'a>> {
 }
 
 /// The cards of another deployment (`other`, the cluster example) for architectures none of
-/// `covered` is: built, not shipped, into target/images-cluster/. Returns each card's config
+/// `covered` is: built, not shipped, into target/images-cluster/ (as the cluster test builds them). Returns each card's config
 /// as its build saw it (its host's base) with the host's name; boot them with [`card_of`].
-pub fn build_other_arches(sh: &Shell, other: &ImageConfig, covered: &[Arch]) -> Result<(Vec<(ImageConfig, String)>, PathBuf)> {
+pub fn build_cluster_cards(sh: &Shell, other: &ImageConfig, covered: &[Arch]) -> Result<(Vec<(ImageConfig, String)>, PathBuf)> {
     let hosts: Vec<&Host> = other.hosts.iter().filter(|h| !covered.contains(&other.base_of(h).arch)).collect();
     let opts = image::Options::test_cards(sh, "cluster");
     if !hosts.is_empty() {
@@ -239,7 +252,7 @@ fn card(sh: &Shell, c: &Card, dir: &Path) -> Result<Vec<BootReport>> {
     let (cfg, host, image) = (c.cfg, c.host, c.image.as_path());
     ensure!(image.exists(), "{} is missing: run `cargo xtask image all`", image.display());
     std::fs::create_dir_all(dir)?;
-    let model = model_for(cfg.base.arch)?;
+    let model = model_for(cfg.base.arch, host.board)?;
     let sd = dir.join("sd.img");
     let image_len = std::fs::metadata(image)?.len();
     let card_len = (image_len + 1).next_power_of_two();

@@ -254,8 +254,8 @@ fn pair(
     p.wait_prefilled()?;
     let synced = both_up.elapsed();
     eprintln!("qemu: prefilled files synced both ways {:.0}s after boot", synced.as_secs_f64());
-    let latencies = p.measure_latency()?;
-    p.check_reboot_sends_nothing_twice()?;
+    let mut latencies = p.measure_latency()?;
+    latencies.extend(p.check_reboot_sends_nothing_twice()?);
     p.stop_and_compare_drives(run_dir)?;
     let schedules = hosts.iter().zip(schedules).map(|(h, s)| (h.name.clone(), *s)).collect();
     Ok(Report { schedules, boot, synced_after_boot: synced, latencies, wall: t0.elapsed() })
@@ -399,27 +399,19 @@ impl Pair<'_> {
     }
 
     /// Files written after boot: time from their close on one card to their arrival on the other,
-    /// from each card in turn (three from a daemon, one from a cron job: a minute each).
-    /// The writer stages each file outside sending/ on the same drive and moves it in, as a careful
-    /// writer does: a temporary written inside sending/ is a file like any other, and once closed
-    /// and still for the settle time it is delivered (a slow `mv` under emulation once let
-    /// `late-2.bin.tmp` go out; deletions are not propagated, so it stayed at the receiver).
+    /// three from each daemon sender. A cron sender's (a minute each) is measured after the
+    /// reboot below, where its wait overlaps the rest of that check.
     fn measure_latency(&mut self) -> Result<Vec<(Schedule, Duration)>> {
-        let mount = self.cfg.drive.mount_point.clone();
         let mut latencies = Vec::new();
         for sender in [self.server, self.client] {
             let schedule = self.schedules[sender];
-            let rounds = if schedule == Schedule::Systemd { 3 } else { 1 };
-            let limit = self.sync_limit(sender);
-            for n in 0..rounds {
+            if schedule != Schedule::Systemd {
+                continue;
+            }
+            for n in 0..3 {
                 let name = format!("late-{}-{n}.bin", self.hosts[sender].name);
-                let sum = self.vms[sender].ok(
-                    &format!(
-                        "t={mount}/.{name}.part; f={mount}/sending/{name}; head -c 300000 /dev/urandom > $t && mv $t $f && sha256sum < $f"
-                    ),
-                    CMD,
-                )?;
-                let took = wait_arrival(&mut self.vms[1 - sender], &format!("{mount}/receiving/{name}"), &sum, limit)?;
+                let sum = self.write_staged(sender, &name, 300_000)?;
+                let took = self.wait_arrival_from(sender, &name, &sum)?;
                 latencies.push((schedule, took));
                 eprintln!("qemu: {name} ({} sender) arrived after {:.2}s", schedule.name(), took.as_secs_f64());
             }
@@ -427,9 +419,31 @@ impl Pair<'_> {
         Ok(latencies)
     }
 
-    /// Reboots the client: sync goes on, and no receiver writes any file a second time (judged by
-    /// the files themselves: the times of each file under receiving/, which a new copy changes).
-    fn check_reboot_sends_nothing_twice(&mut self) -> Result<()> {
+    /// Writes `bytes` random bytes as sending/`name` on `sender`, the way a careful writer does:
+    /// staged outside sending/ on the same drive and moved in (a temporary written inside
+    /// sending/ is a file like any other, delivered once closed and still for the settle time: a
+    /// slow `mv` under emulation once let `late-2.bin.tmp` go out, and deletions are not
+    /// propagated). Returns its `sha256sum` line.
+    fn write_staged(&mut self, sender: usize, name: &str, bytes: u32) -> Result<String> {
+        let mount = &self.cfg.drive.mount_point;
+        self.vms[sender].ok(
+            &format!("t={mount}/.{name}.part; f={mount}/sending/{name}; head -c {bytes} /dev/urandom > $t && mv $t $f && sha256sum < $f"),
+            CMD,
+        )
+    }
+
+    /// Waits for `name` from `sender` in the peer's receiving/; returns the wait.
+    fn wait_arrival_from(&mut self, sender: usize, name: &str, sum: &str) -> Result<Duration> {
+        let path = format!("{}/receiving/{name}", self.cfg.drive.mount_point);
+        let limit = self.sync_limit(sender);
+        wait_arrival(&mut self.vms[1 - sender], &path, sum, limit)
+    }
+
+    /// Reboots the client: sync goes on both ways (a file from each side, written after the
+    /// reboot; the client's is its new-file latency sample, from a sender that just booted), and
+    /// no receiver writes any file a second time (judged by the files themselves: the times of
+    /// each file under receiving/, which a new copy changes).
+    fn check_reboot_sends_nothing_twice(&mut self) -> Result<Vec<(Schedule, Duration)>> {
         let mount = self.cfg.drive.mount_point.clone();
         let receiving = format!("{mount}/receiving");
         let before: Vec<_> = self.vms.iter_mut().map(|vm| guest_written(vm, &receiving)).collect::<Result<_>>()?;
@@ -439,11 +453,13 @@ impl Pair<'_> {
         self.vms[c] = Vm::start(self.sh, &self.specs[c], &self.boots[c], &self.specs[c].dir.join("overlay.qcow2"))?;
         let t = self.vms[c].wait_booted(restarted, BOOT_LIMIT)?;
         eprintln!("qemu: {} rebooted in {:.0}s", self.hosts[c].name, t.as_secs_f64());
-        let name = "after-reboot.bin";
-        let sum = self.vms[self.server]
-            .ok(&format!("head -c 50000 /dev/urandom > {mount}/sending/{name} && sha256sum < {mount}/sending/{name}"), CMD)?;
-        let limit = self.sync_limit(self.server);
-        wait_arrival(&mut self.vms[c], &format!("{receiving}/{name}"), &sum, limit).context("after the reboot")?;
+        let names: Vec<String> = [self.server, c].iter().map(|&i| format!("after-reboot-{}.bin", self.hosts[i].name)).collect();
+        let sums = [self.write_staged(self.server, &names[0], 50_000)?, self.write_staged(c, &names[1], 300_000)?];
+        let written = Instant::now();
+        self.wait_arrival_from(self.server, &names[0], &sums[0]).context("after the reboot")?;
+        self.wait_arrival_from(c, &names[1], &sums[1]).context("after the reboot")?;
+        let took = written.elapsed();
+        eprintln!("qemu: {} ({} sender, after its reboot) arrived after {:.2}s", names[1], self.schedules[c].name(), took.as_secs_f64());
         // Both senders idle (nothing pending, no pass running): a resend would have happened by now.
         for i in 0..2 {
             let limit = self.sync_limit(i);
@@ -452,17 +468,17 @@ impl Pair<'_> {
         for (i, vm) in self.vms.iter_mut().enumerate() {
             let after = guest_written(vm, &receiving)?;
             let changed: Vec<&String> = after.iter().filter(|(k, v)| before[i].get(*k) != Some(v)).map(|(k, _)| k).collect();
-            let expected: Vec<&str> = if i == c { vec![name] } else { vec![] };
+            let expected = &names[if i == c { 0 } else { 1 }];
             ensure!(
-                changed.iter().map(|s| s.as_str()).collect::<Vec<_>>() == expected,
-                "{}: receiving/ files written after the reboot: {changed:?}, expected only {expected:?} (re-sent files?)",
+                changed.len() == 1 && changed[0] == expected,
+                "{}: receiving/ files written after the reboot: {changed:?}, expected only {expected} (re-sent files?)",
                 self.hosts[i].name
             );
         }
         for vm in &self.vms {
             vm.check_console()?;
         }
-        Ok(())
+        Ok(vec![(self.schedules[c], took)])
     }
 
     /// Clean shutdown, then each sending/ and the peer's receiving/ compared from the host.

@@ -101,7 +101,9 @@ pub fn all(sh: &Shell, cfg: &ImageConfig, skip_qemu: bool) -> Result<()> {
             ),
             Box::new(|| {
                 let images = image::Options::default_for(sh).out_dir;
-                eprint!("{}", board::render(&board::test(sh, cfg, &images, true, &[])?));
+                // Not the cluster's own arm64 cards (`--whole-cluster`): three more raspi3b boots,
+                // about 300 s, do not fit the 30-minute budget yet (README, "Which boards").
+                eprint!("{}", board::render(&board::test(sh, cfg, &images, true, false, &[])?));
                 Ok(())
             }),
         ));
