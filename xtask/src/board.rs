@@ -11,9 +11,9 @@
 //!   config.txt's `kernel=` and `initramfs`, and the board's upstream dtb name (`upstream_kernel=1`).
 //!   On `raspi0` the harness's copy of the dtb disables the power-management block QEMU 7.2 lacks
 //!   (`qemu_lacks`). The kernel command line is cmdline.txt as written plus harness-only additions a Pi never
-//!   sees: a root shell on the console's serial port for the checks, `nosoftlockup` (see
-//!   `qemu::HARNESS_APPEND`) and a longer wait for devices (udev on the emulated board can take
-//!   minutes where a Pi's takes seconds). Not `maxcpus=1`: QEMU's raspi models always emulate all
+//!   sees: a root shell on the mini UART for the checks, `nosoftlockup` (see
+//!   `qemu::HARNESS_APPEND`) and longer waits for devices and for units to start (udev on the
+//!   emulated board can take minutes where a Pi's takes seconds). Not `maxcpus=1`: QEMU's raspi models always emulate all
 //!   four cores, and cores Linux never starts spin in the boot stub's WFE loop, which QEMU's TCG
 //!   runs as a busy loop (measured: the debug shell at 247 s of guest time with it, 48 s without);
 //!   cores Linux has started sleep in WFI when idle.
@@ -51,6 +51,10 @@ const BOOT_LIMIT: Duration = Duration::from_secs(600);
 /// How long systemd waits for a device (default 90 s). Emulated, the Pi 3's udev takes minutes to
 /// announce the SD card's partitions; a real Pi takes a second or two.
 const DEVICE_TIMEOUT_S: u32 = 400;
+/// How long systemd waits for a unit to start (default 90 s). In one CI run the emulated Pi 2
+/// was so slow for a while that chronyd took 60 s to load its seccomp filter, and it and dhcpcd
+/// timed out; on a Pi they start in a second or two.
+const START_TIMEOUT_S: u32 = 300;
 const CMD: Duration = Duration::from_secs(60);
 /// Where the harness shell's port is logged when it is not the board's console.
 const SHELL_LOG: &str = "shell.log";
@@ -342,7 +346,7 @@ fn timing_args(machine: &str) -> &'static [&'static str] {
 /// The QEMU command line for one boot of the card on `model`.
 fn argv(model: &Model, boot: &qemu::BootFiles, dtb: &Path, sd: &Path, usb: &Path, dir: &Path) -> Vec<OsString> {
     let append = format!(
-        "{} nosoftlockup systemd.default_device_timeout_sec={DEVICE_TIMEOUT_S} systemd.debug_shell={tty} systemd.mask=serial-getty@{tty}.service",
+        "{} nosoftlockup systemd.default_device_timeout_sec={DEVICE_TIMEOUT_S} systemd.default_timeout_start_sec={START_TIMEOUT_S} systemd.debug_shell={tty} systemd.mask=serial-getty@{tty}.service",
         boot.cmdline,
         tty = boards::MINI_UART
     );
