@@ -20,11 +20,11 @@
 //! - The harness shell is always on the mini UART (ttyS1, QEMU's second serial port). On the Pi 3
 //!   device tree that is the board's console too (its PL011 belongs to Bluetooth, a serdev with
 //!   no tty). On the Pi 2 and Zero the console is the PL011 (ttyAMA0, QEMU's first port) and the
-//!   mini UART is disabled: the harness's copy of the dtb enables it (`harness_enables`) and the
-//!   PL011 only writes to console.log. Typing into QEMU 7.2's PL011 is what went wrong before:
-//!   three boots of those boards in CI (none of the Pi 3's, which took the same input on its mini
-//!   UART) lost all input, twice with the guest stalled on a console write as well. Everything
-//!   the board's console prints is kept in console.log, the shell's port in shell.log.
+//!   mini UART is disabled: the harness's copy of the dtb enables it (found by its
+//!   `/aliases/serial1`) and the PL011 only writes to console.log, so nothing is typed into QEMU
+//!   7.2's PL011 (the Pi 2 model once lost all input there; the Pi Zero's freezes, first blamed
+//!   on it, were the system timer: `timing_args`). Everything the board's console prints is kept
+//!   in console.log, the shell's port in shell.log.
 //! - A FAT32 drive with the configured label is attached as USB storage on the model's dwc2 host.
 //! - Checks, boot 1: root from the SD card, multi-user with no failed unit, the drive fsck'd and
 //!   mounted where configured, the agent's status says the drive is ready, no console line that a
@@ -119,11 +119,10 @@ impl Card<'_> {
 }
 
 /// The board test: every card of the deployment (already built in `images`), the cluster
-/// example's cards of other architectures, and with `armhf` the first card built for armhf when
-/// the deployment is not (nothing else boots a 32-bit card; `cargo xtask test` asks for it).
-/// The cluster example's cards are booted for the architectures the deployment's are not (its
-/// Pi Zero on raspi0), and with `whole_cluster` all of them (its manager, and its Zero 2 W
-/// workers on raspi3b with their own dtb). `only`, when not empty, names the cards to boot
+/// example's cards of other architectures (its Pi Zero on raspi0) or with `whole_cluster` all of
+/// them (also its manager, and its Zero 2 W workers on raspi3b with their own dtb), and with
+/// `armhf` the first card built for armhf when the deployment is not (nothing else boots a
+/// 32-bit card; `cargo xtask test` asks for it). `only`, when not empty, names the cards to boot
 /// (their tags, e.g. `worker3-armel`).
 pub fn test(sh: &Shell, cfg: &ImageConfig, images: &Path, armhf: bool, whole_cluster: bool, only: &[String]) -> Result<Vec<BootReport>> {
     let mut all = cards(cfg, images);
