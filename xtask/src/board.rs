@@ -1,7 +1,7 @@
 //! `cargo xtask test board`: every card of the deployment booted the way its Pi boots it, on
 //! QEMU's model of its board (or of its board's SoC: a Zero 2 W on `raspi3b` with its own dtb),
-//! two cards at a time, and the cluster example's cards of other architectures (its Pi Zero on
-//! `raspi0`), with `--whole-cluster` all of its cards; with `--armhf`, for an arm64 deployment,
+//! two cards at a time, and every card of the cluster example (its manager on `raspi3b`, its
+//! Zero 2 W workers on `raspi3b` with their own dtb, its Pi Zero on `raspi0`); with `--armhf`, for an arm64 deployment,
 //! an armhf variant of its first card (Debian's LPAE kernel) on `raspi2b`, since nothing else
 //! boots a 32-bit card. The deployment's first card boots twice.
 //!
@@ -13,17 +13,15 @@
 //!   (`qemu_lacks`). The kernel command line is cmdline.txt as written plus harness-only additions a Pi never
 //!   sees: a root shell on the mini UART for the checks, `nosoftlockup` (see
 //!   `qemu::HARNESS_APPEND`) and longer waits for devices and for units to start (udev on the
-//!   emulated board can take minutes where a Pi's takes seconds). Not `maxcpus=1`: QEMU's raspi models always emulate all
-//!   four cores, and cores Linux never starts spin in the boot stub's WFE loop, which QEMU's TCG
-//!   runs as a busy loop (measured: the debug shell at 247 s of guest time with it, 48 s without);
-//!   cores Linux has started sleep in WFI when idle.
+//!   emulated board can take minutes where a Pi's takes seconds); on the Pi 2 model one core
+//!   (`emulation`: each board is emulated on one host thread).
 //! - The harness shell is always on the mini UART (ttyS1, QEMU's second serial port). On the Pi 3
 //!   device tree that is the board's console too (its PL011 belongs to Bluetooth, a serdev with
 //!   no tty). On the Pi 2 and Zero the console is the PL011 (ttyAMA0, QEMU's first port) and the
 //!   mini UART is disabled: the harness's copy of the dtb enables it (found by its
 //!   `/aliases/serial1`) and the PL011 only writes to console.log, so nothing is typed into QEMU
 //!   7.2's PL011 (the Pi 2 model once lost all input there; the Pi Zero's freezes, first blamed
-//!   on it, were the system timer: `timing_args`). Everything the board's console prints is kept
+//!   on it, were the system timer: `emulation`). Everything the board's console prints is kept
 //!   in console.log, the shell's port in shell.log.
 //! - A FAT32 drive with the configured label is attached as USB storage on the model's dwc2 host.
 //! - Checks, boot 1: root from the SD card, multi-user with no failed unit, the drive fsck'd and
@@ -116,21 +114,26 @@ impl Card<'_> {
     fn tag(&self) -> String {
         format!("{}-{}", self.host.name, self.cfg.base.arch.deb())
     }
+
+    /// Roughly how long its boots take, for the order they are started in.
+    fn expected_secs(&self) -> u32 {
+        let machine = model_for(self.cfg.base.arch, self.host.board).map_or("", |m| m.machine);
+        self.boots * emulation(machine).boot_secs
+    }
 }
 
-/// The board test: every card of the deployment (already built in `images`), the cluster
-/// example's cards of other architectures (its Pi Zero on raspi0) or with `whole_cluster` all of
-/// them (also its manager, and its Zero 2 W workers on raspi3b with their own dtb), and with
-/// `armhf` the first card built for armhf when the deployment is not (nothing else boots a
-/// 32-bit card; `cargo xtask test` asks for it). `only`, when not empty, names the cards to boot
-/// (their tags, e.g. `worker3-armel`).
-pub fn test(sh: &Shell, cfg: &ImageConfig, images: &Path, armhf: bool, whole_cluster: bool, only: &[String]) -> Result<Vec<BootReport>> {
+/// The board test: every card of the deployment (already built in `images`), every card of the
+/// cluster example (its manager, its Zero 2 W workers on raspi3b with their own dtb, its Pi Zero
+/// on raspi0), and with `armhf` the first card built for armhf when the deployment is not
+/// (nothing else boots a 32-bit card; `cargo xtask test` asks for it). `only`, when not empty,
+/// names the cards to boot (their tags, e.g. `worker3-armel`).
+pub fn test(sh: &Shell, cfg: &ImageConfig, images: &Path, armhf: bool, only: &[String]) -> Result<Vec<BootReport>> {
     let mut all = cards(cfg, images);
     // When the deployment is the example, its own cards are those of its first base.
     let example = sh.current_dir().join(crate::cluster::EXAMPLE);
     let is_example = cfg.file() == example;
     let cluster = if is_example { cfg.clone() } else { crate::config::load(&example)? };
-    let covered = if whole_cluster && !is_example { vec![] } else { vec![cfg.base.arch] };
+    let covered = if is_example { vec![cfg.base.arch] } else { vec![] };
     let (others, dir) = build_cluster_cards(sh, &cluster, &covered)?;
     for (view, host) in &others {
         all.push(card_of(view, host, &dir)?);
@@ -141,10 +144,6 @@ pub fn test(sh: &Shell, cfg: &ImageConfig, images: &Path, armhf: bool, whole_clu
         let mut c = cards(v, &dir);
         c.truncate(1);
         c[0].boots = 1;
-        // Last in the queue, so that it boots beside the single-core raspi0 (or alone), never
-        // beside another four-core board: on this 2-core machine, raspi2b's four emulated cores
-        // next to a busy neighbour stalled RCU and oopsed in the initramfs (once in four boots);
-        // alone it boots in 232-286 s.
         all.extend(c);
     }
     if !only.is_empty() {
@@ -154,6 +153,8 @@ pub fn test(sh: &Shell, cfg: &ImageConfig, images: &Path, armhf: bool, whole_clu
         }
         all.retain(|c| only.contains(&c.tag()));
     }
+    // Longest first, so that the two slots end at about the same time.
+    all.sort_by_key(|c| std::cmp::Reverse(c.expected_secs()));
     run(sh, &all)
 }
 
@@ -209,9 +210,8 @@ fn build_variant(sh: &Shell, variant: &ImageConfig) -> Result<PathBuf> {
 }
 
 /// Boots `cards` in order, two at a time (a card starts when a slot frees), each on its board
-/// model: on this 2-core machine two emulated boards boot in about 190 s each, while a third
-/// (tried: an armhf card beside the pair) slowed all three to over 300 s and past the harness's
-/// limits for the USB drive.
+/// model: one emulating thread per board (`emulation`), one host core each on this 2-core
+/// machine.
 pub fn run(sh: &Shell, cards: &[Card]) -> Result<Vec<BootReport>> {
     const SLOTS: usize = 2;
     let run_dir = sh.current_dir().join("target/board");
@@ -325,28 +325,51 @@ fn qemu_lacks(machine: &str) -> &'static [&'static str] {
     }
 }
 
-/// Extra QEMU options a board model needs to keep time the way the board does. raspi0: Linux on
-/// the BCM2835 (no ARM generic timer) arms its next tick by reading the system timer's counter
-/// and writing counter + delta (as little as 15 µs) to a compare register, and QEMU 7.2's model
-/// fires at `compare - now` taken as an unsigned 32-bit number of µs: when the host preempts the
-/// emulated CPU between that read and that write, the compare is already past and the tick comes
-/// 71 minutes later; the guest freezes mid-boot (seen in CI twice and here once, under load: the
-/// console stopped after the initramfs's fsck, and after udev started). With `-icount` the
-/// emulated clock advances by instructions executed, never between two of them, so the compare
-/// is always ahead, as on a Pi. The Pi 2 and 3 tick from the ARM generic timer, which has no
-/// such window.
-fn timing_args(machine: &str) -> &'static [&'static str] {
+/// How QEMU runs a board model's CPUs: its extra options, and what the harness adds to the
+/// kernel command line for it.
+struct Emulation {
+    qemu_args: &'static [&'static str],
+    append: &'static str,
+    /// About how long one boot and its checks take here, two boards at a time (for scheduling).
+    boot_secs: u32,
+}
+
+/// One emulating thread per board everywhere: two boards booting at once then take one host core
+/// each, where multi-threaded TCG ran four vCPU threads per board on this 2-core machine, each
+/// preempted at random (RCU stalls, an oops in the initramfs, and in CI an armhf boot whose
+/// page cache held garbage: cron and dhcpcd "Exec format error", fsck failed).
+///
+/// - raspi3b: all four cores, round-robin on one thread: rpb booted in 89 s beside a busy
+///   neighbour (175-201 s multi-threaded, two boards at a time).
+/// - raspi2b: one core (`maxcpus=1`, the harness's only; a Pi never sees it). Round-robin with
+///   all four, Debian's LPAE kernel stops for good after "Disabling unused power domains" (twice
+///   of two, QEMU busy); with one it reaches the login prompt in ~180 s (232-373 s before). The
+///   three cores Linux does not start wait in the boot stub's WFE, which round-robin TCG treats
+///   as a yield, not as the busy loop it is multi-threaded.
+/// - raspi0 (one core): `-icount`, which also keeps time the way the board does. Linux on the
+///   BCM2835 (no ARM generic timer) arms its next tick by reading the system timer's counter and
+///   writing counter + delta (as little as 15 µs) to a compare register, and QEMU 7.2's model
+///   fires at `compare - now` taken as an unsigned 32-bit number of µs: when the host preempts
+///   the emulated CPU between that read and that write, the compare is already past and the tick
+///   comes 71 minutes later; the guest froze mid-boot (in CI twice, here once, under load). With
+///   `-icount` the emulated clock advances by instructions executed, never between two of them.
+///   The Pi 2 and 3 tick from the ARM generic timer, which has no such window.
+fn emulation(machine: &str) -> Emulation {
+    const ONE_THREAD: &[&str] = &["-accel", "tcg,thread=single"];
     match machine {
-        "raspi0" => &["-icount", "shift=0"],
-        _ => &[],
+        "raspi0" => Emulation { qemu_args: &["-icount", "shift=0"], append: "", boot_secs: 80 },
+        "raspi2b" => Emulation { qemu_args: ONE_THREAD, append: " maxcpus=1", boot_secs: 240 },
+        _ => Emulation { qemu_args: ONE_THREAD, append: "", boot_secs: 120 },
     }
 }
 
 /// The QEMU command line for one boot of the card on `model`.
 fn argv(model: &Model, boot: &qemu::BootFiles, dtb: &Path, sd: &Path, usb: &Path, dir: &Path) -> Vec<OsString> {
+    let emulation = emulation(model.machine);
     let append = format!(
-        "{} nosoftlockup systemd.default_device_timeout_sec={DEVICE_TIMEOUT_S} systemd.default_timeout_start_sec={START_TIMEOUT_S} systemd.debug_shell={tty} systemd.mask=serial-getty@{tty}.service",
+        "{}{} nosoftlockup systemd.default_device_timeout_sec={DEVICE_TIMEOUT_S} systemd.default_timeout_start_sec={START_TIMEOUT_S} systemd.debug_shell={tty} systemd.mask=serial-getty@{tty}.service",
         boot.cmdline,
+        emulation.append,
         tty = boards::MINI_UART
     );
     let shell_log = dir.join(if model.shell_apart() { SHELL_LOG } else { CONSOLE_LOG });
@@ -361,7 +384,7 @@ fn argv(model: &Model, boot: &qemu::BootFiles, dtb: &Path, sd: &Path, usb: &Path
         "none".into(),
         "-no-reboot".into(),
     ];
-    a.extend(timing_args(model.machine).iter().map(|s| s.to_string()));
+    a.extend(emulation.qemu_args.iter().map(|s| s.to_string()));
     a.extend(["-kernel".into(), boot.kernel.display().to_string(), "-initrd".into(), boot.initrd.display().to_string()]);
     a.extend(["-dtb".into(), dtb.display().to_string(), "-append".into(), append]);
     a.extend(["-drive".into(), format!("if=sd,format=raw,file={}", sd.display())]);

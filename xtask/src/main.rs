@@ -129,15 +129,12 @@ enum Bench {
 
 #[derive(Subcommand)]
 enum TestWhich {
-    /// Boot every built card on QEMU's model of its Pi (raspi3b for arm64; the first twice).
+    /// Boot every built card, and every card of the cluster example, on QEMU's model of its Pi
+    /// (raspi3b for arm64, raspi0 for the Pi Zero; the first card twice).
     Board {
         /// Also build the first card for armhf and boot it on raspi2b (the Pi 2).
         #[arg(long)]
         armhf: bool,
-        /// Also boot the cluster example's cards of the deployment's architecture (its manager,
-        /// its Zero 2 W workers on raspi3b with their own dtb); not in `cargo xtask test`.
-        #[arg(long)]
-        whole_cluster: bool,
         /// Boot only these cards (host-architecture, e.g. `worker3-armel`; repeatable).
         #[arg(long)]
         only: Vec<String>,
@@ -212,11 +209,11 @@ fn main() -> Result<()> {
             let opts = soak::Options { faults, seed, max_mib, max_cut: std::time::Duration::from_secs(max_cut) };
             print!("{}", soak::run(&sh, &cfg, &opts, true)?.render());
         }
-        Task::Test { which: Some(TestWhich::Board { armhf, whole_cluster, only }), .. } => {
+        Task::Test { which: Some(TestWhich::Board { armhf, only }), .. } => {
             let cfg = load()?;
             let built = image::build(&sh, &cfg, &image::select(&cfg, "all")?, &image::Options::default_for(&sh))?;
             let dir = built.first().and_then(|b| b.path.parent()).context("no cards built")?.to_path_buf();
-            print!("{}", board::render(&board::test(&sh, &cfg, &dir, armhf, whole_cluster, &only)?));
+            print!("{}", board::render(&board::test(&sh, &cfg, &dir, armhf, &only)?));
         }
         Task::Test { which: Some(TestWhich::Time32), .. } => time32::check_all(&sh)?,
         Task::Test { which: Some(TestWhich::Cluster), .. } => {
