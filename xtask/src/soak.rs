@@ -274,6 +274,9 @@ impl<'a> Soak<'a> {
                 f.what,
                 f.recovery.as_secs_f64()
             );
+            if matches!(kind, Kind::PowerCut | Kind::Reboot | Kind::DrivePull) {
+                self.keep_timeline(n + 1, victim);
+            }
             faults.push(f);
             self.check_nothing_torn()?;
             self.settle()?;
@@ -622,6 +625,18 @@ impl<'a> Soak<'a> {
             let _ = std::fs::remove_dir_all(self.specs[r].dir.join("compare"));
         }
         Ok((lost, files, bytes))
+    }
+
+    /// What the victim of fault `n` did since its boot, by the guest's monotonic clock: how long
+    /// its boot took, and when its drive, network and agent came up (recovery times are made of
+    /// these). Kept in `fault-<n>.txt` in its run directory; best effort.
+    fn keep_timeline(&mut self, n: usize, v: usize) {
+        // journalctl ANDs matches on different fields: one filter on the text instead.
+        let cmd = "systemd-analyze time | head -2; journalctl -b -o short-monotonic --no-pager \
+            | grep -E 'pi2pi|dhcpcd|fsck|PI2PI|sshd|chrony|dnsmasq|Reached target|eth0|carrier' | tail -120";
+        if let Ok((_, out)) = self.vms[v].exec(cmd, CMD) {
+            let _ = std::fs::write(self.specs[v].dir.join(format!("fault-{n}.txt")), out);
+        }
     }
 
     /// On failure: each guest's agent status and journal, if it still answers.
