@@ -103,6 +103,14 @@ fn seen_from<'a>(cfg: &'a ImageConfig, host: &Host) -> Vec<Seen<'a>> {
 }
 
 /// systemd's name for a mount unit: /media/pi/PI2PI → media-pi-PI2PI.mount.
+/// For the drive's mount unit (generated from fstab). Found by the soak: the drive pulled while a
+/// file was arriving, the receiver still held it open, systemd's umount failed ("target is
+/// busy") and the dead mount stayed until reboot, so the drive plugged back was never mounted
+/// (and the agent, rightly, would not use it). Detached at once instead: the processes holding
+/// it get I/O errors, the mount point is bare at once, and a replug mounts the drive again.
+const DRIVE_MOUNT_DROP_IN: &str =
+    "# pi2pi: a pulled drive is unmounted even while a file on it is open (umount -l).\n[Mount]\nLazyUnmount=yes\n";
+
 fn mount_unit(path: &str) -> String {
     let mut s = String::new();
     for (i, part) in path.trim_matches('/').split('/').enumerate() {
@@ -193,6 +201,8 @@ pub fn build(i: &Inputs) -> Result<Layer> {
 
     layer.file("usr/local/bin/pi2pi-agent", i.agent.to_vec(), 0o755, root);
     layer.put("var/lib/pi2pi", Kind::Dir, 0o755, user);
+
+    layer.file(&format!("etc/systemd/system/{}.d/pi2pi.conf", mount_unit(&cfg.drive.mount_point)), DRIVE_MOUNT_DROP_IN, 0o644, root);
 
     // Enable units the way `systemctl enable` would, without running it.
     let ours = |unit: &str| format!("/etc/systemd/system/{unit}");
@@ -404,6 +414,7 @@ mod tests {
         assert_eq!(agent.drive.label, cfg.drive.label);
         assert!(text(&l, "etc/fstab").contains("LABEL=PI2PI\t/media/pi/PI2PI\tvfat\tnoauto,nofail"));
         assert!(text(&l, "etc/udev/rules.d/90-pi2pi-drive.rules").contains("media-pi-PI2PI.mount"));
+        assert!(text(&l, "etc/systemd/system/media-pi-PI2PI.mount.d/pi2pi.conf").contains("[Mount]\nLazyUnmount=yes"));
         let boot_cfg = std::str::from_utf8(&l.boot["config.txt"]).unwrap();
         assert!(boot_cfg.contains("kernel=vmlinuz-6.12.0-arm64") && boot_cfg.contains("initramfs initrd.img-6.12.0-arm64"), "{boot_cfg}");
         let cmdline = std::str::from_utf8(&l.boot["cmdline.txt"]).unwrap();

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
+const CLOSED: &str = "QEMU closed its QMP connection";
+
 /// The QMP socket's name in a VM's directory.
 pub const QMP_SOCK: &str = "qmp.sock";
 
@@ -47,7 +49,7 @@ impl Qmp {
     fn read(&mut self) -> Result<Value> {
         let mut line = String::new();
         if self.reader.read_line(&mut line).context("reading from QMP")? == 0 {
-            bail!("QEMU closed its QMP connection");
+            bail!(CLOSED);
         }
         serde_json::from_str(&line).with_context(|| format!("QMP sent {line:?}"))
     }
@@ -68,6 +70,17 @@ impl Qmp {
                 bail!("QMP {command} {}: {}", msg.get("arguments").unwrap_or(&json!({})), e["desc"].as_str().unwrap_or("failed"));
             }
             self.events.push(v);
+        }
+    }
+
+    /// Cuts the power: `quit`. QEMU may exit before its answer reaches us (seen here once in
+    /// seven runs of the test: the connection closed with no answer), so a closed connection
+    /// counts as done; an error QEMU sends does not.
+    pub fn quit(&mut self) -> Result<()> {
+        match self.execute("quit", json!({})) {
+            Ok(_) => Ok(()),
+            Err(e) if e.chain().any(|c| c.to_string() == CLOSED || c.downcast_ref::<std::io::Error>().is_some()) => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
@@ -118,7 +131,7 @@ mod tests {
         assert_eq!(status["running"], json!(false), "{status}");
         let err = q.execute("device_del", json!({ "id": "nothing-here" })).unwrap_err();
         assert!(format!("{err:#}").contains("device_del"), "{err:#}");
-        q.execute("quit", json!({})).unwrap();
+        q.quit().unwrap();
         let started = Instant::now();
         while qemu.try_wait().unwrap().is_none() {
             assert!(started.elapsed() < Duration::from_secs(20), "QEMU still running after quit");

@@ -390,7 +390,7 @@ impl<'a> Soak<'a> {
         let (what, restored) = match kind {
             Kind::PowerCut => {
                 let how = if self.rng.bool() {
-                    let _ = self.qmp[v].execute("quit", json!({}));
+                    let _ = self.qmp[v].quit();
                     "QMP quit"
                 } else {
                     self.vms[v].kill();
