@@ -523,7 +523,9 @@ pub(crate) fn wait_idle(vm: &mut Vm, limit: Duration) -> Result<()> {
 /// delivery into a new file and renames it into place (and keeps no sender times), so a file
 /// delivered again shows new times.
 pub(crate) fn guest_written(vm: &mut Vm, dir: &str) -> Result<BTreeMap<String, String>> {
-    let out = vm.ok(&format!("cd '{dir}' && find . -type f -printf '%P\\t%s %T@ %C@\\n'"), CMD)?;
+    // A temporary renamed into place between find's readdir and its stat is no error (the soak
+    // failed on one); the file is listed under its final name next time.
+    let out = vm.ok(&format!("cd '{dir}' && find . -ignore_readdir_race -type f -printf '%P\\t%s %T@ %C@\\n'"), CMD)?;
     Ok(out.lines().filter_map(|l| l.split_once('\t')).map(|(p, v)| (p.to_string(), v.to_string())).collect())
 }
 
