@@ -102,7 +102,6 @@ fn seen_from<'a>(cfg: &'a ImageConfig, host: &Host) -> Vec<Seen<'a>> {
     cfg.hosts.iter().filter_map(|h| Some(Seen { name: &h.name, address: cfg.address_seen_by(host, h)? })).collect()
 }
 
-/// systemd's name for a mount unit: /media/pi/PI2PI → media-pi-PI2PI.mount.
 /// For the drive's mount unit (generated from fstab). Found by the soak: the drive pulled while a
 /// file was arriving, the receiver still held it open, systemd's umount failed ("target is
 /// busy") and the dead mount stayed until reboot, so the drive plugged back was never mounted
@@ -111,6 +110,7 @@ fn seen_from<'a>(cfg: &'a ImageConfig, host: &Host) -> Vec<Seen<'a>> {
 const DRIVE_MOUNT_DROP_IN: &str =
     "# pi2pi: a pulled drive is unmounted even while a file on it is open (umount -l).\n[Mount]\nLazyUnmount=yes\n";
 
+/// systemd's name for a mount unit: /media/pi/PI2PI → media-pi-PI2PI.mount.
 fn mount_unit(path: &str) -> String {
     let mut s = String::new();
     for (i, part) in path.trim_matches('/').split('/').enumerate() {
@@ -202,7 +202,7 @@ pub fn build(i: &Inputs) -> Result<Layer> {
     layer.file("usr/local/bin/pi2pi-agent", i.agent.to_vec(), 0o755, root);
     layer.put("var/lib/pi2pi", Kind::Dir, 0o755, user);
 
-    layer.file(&format!("etc/systemd/system/{}.d/pi2pi.conf", mount_unit(&cfg.drive.mount_point)), DRIVE_MOUNT_DROP_IN, 0o644, root);
+    layer.file(&format!("etc/systemd/system/{}.d/pi2pi.conf", ctx.drive_mount_unit), DRIVE_MOUNT_DROP_IN, 0o644, root);
 
     // Enable units the way `systemctl enable` would, without running it.
     let ours = |unit: &str| format!("/etc/systemd/system/{unit}");

@@ -12,7 +12,17 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-const CLOSED: &str = "QEMU closed its QMP connection";
+/// QEMU closed the connection (it exited): told apart from other errors by [`Qmp::quit`].
+#[derive(Debug)]
+struct Closed;
+
+impl std::fmt::Display for Closed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("QEMU closed its QMP connection")
+    }
+}
+
+impl std::error::Error for Closed {}
 
 /// The QMP socket's name in a VM's directory.
 pub const QMP_SOCK: &str = "qmp.sock";
@@ -49,7 +59,7 @@ impl Qmp {
     fn read(&mut self) -> Result<Value> {
         let mut line = String::new();
         if self.reader.read_line(&mut line).context("reading from QMP")? == 0 {
-            bail!(CLOSED);
+            return Err(Closed.into());
         }
         serde_json::from_str(&line).with_context(|| format!("QMP sent {line:?}"))
     }
@@ -79,7 +89,7 @@ impl Qmp {
     pub fn quit(&mut self) -> Result<()> {
         match self.execute("quit", json!({})) {
             Ok(_) => Ok(()),
-            Err(e) if e.chain().any(|c| c.to_string() == CLOSED || c.downcast_ref::<std::io::Error>().is_some()) => Ok(()),
+            Err(e) if e.chain().any(|c| c.is::<Closed>() || c.is::<std::io::Error>()) => Ok(()),
             Err(e) => Err(e),
         }
     }
