@@ -245,6 +245,7 @@ fn build_host(sh: &Shell, shared: &Shared, host: &Host) -> Result<Built> {
         user_ids,
         kernel: kernel.clone(),
         initrd: initrd.clone(),
+        epoch,
     })?;
     let root_tar = work.join("root.tar");
     let stats = rootfs::write(base_tar, &facts.boot, &layer, epoch, &root_tar)?;

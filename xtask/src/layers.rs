@@ -94,6 +94,8 @@ pub struct Inputs<'a> {
     pub user_ids: (u32, u32),
     pub kernel: String,
     pub initrd: String,
+    /// The build's SOURCE_DATE_EPOCH: every file's mtime on the card, /usr's included.
+    pub epoch: u64,
 }
 
 /// Every host as `host` reaches it (one it has no single address for, only a manager seen by
@@ -227,6 +229,12 @@ pub fn build(i: &Inputs) -> Result<Layer> {
     for unit in OFFLINE_MASKED {
         layer.put(&format!("etc/systemd/system/{unit}"), Kind::Symlink("/dev/null".into()), 0o777, root);
     }
+    // The build ran what systemd's ConditionNeedsUpdate= units would (ldconfig, the journal's
+    // catalog, udev's hwdb: dpkg's triggers, in the base). Saying so spares the first boot those
+    // units (9 s under emulation, seconds on a Pi Zero); an upgrade of /usr still re-runs them.
+    for dir in ["etc", "var"] {
+        layer.put(&format!("{dir}/.updated"), Kind::File(update_done_stamp(i.epoch).into_bytes()), 0o644, root);
+    }
     // systemd 257's ssh generator offers sshd on AF_VSOCK for VMs; a Pi has no vsock, and the
     // generator says "Failed to query local AF_VSOCK CID" on every boot. sshd runs as a service.
     layer.put("etc/systemd/system-generators/systemd-ssh-generator", Kind::Symlink("/dev/null".into()), 0o777, root);
@@ -256,6 +264,15 @@ fn ssh_trust(cfg: &ImageConfig, me: &Host, others: &[(&Host, Identity)]) -> Resu
         }
     }
     Ok((authorized, known))
+}
+
+/// What systemd-update-done writes in /etc/.updated and /var/.updated once /usr's updates are
+/// applied: /usr's mtime, which is the build's epoch on our cards.
+fn update_done_stamp(epoch: u64) -> String {
+    format!(
+        "# This file was created by systemd-update-done. Its only\n# purpose is to hold a timestamp of the time this directory\n# was updated. See man:systemd-update-done.service(8).\nTIMESTAMP_NSEC={}\n",
+        u128::from(epoch) * 1_000_000_000
+    )
 }
 
 /// Units masked on every card: the cards are offline, so apt's download and upgrade timers fail.
@@ -343,6 +360,7 @@ mod tests {
             user_ids: (1000, 1000),
             kernel: "vmlinuz-6.12.0-arm64".into(),
             initrd: "initrd.img-6.12.0-arm64".into(),
+            epoch: 1_700_000_000,
         })
         .unwrap()
     }
@@ -423,6 +441,10 @@ mod tests {
         assert!(text(&l, "etc/default/raspi-firmware").contains("CONSOLES=\"tty0 ttyAMA0,115200 ttyS1,115200\""));
         assert_eq!(l.root["etc/localtime"].kind, Kind::Symlink("/usr/share/zoneinfo/America/New_York".into()));
         assert_eq!(l.root["etc/systemd/system/apt-daily.timer"].kind, Kind::Symlink("/dev/null".into()), "offline: no apt timers");
+        // /usr (mtime: the epoch) is no newer than these, so ldconfig & co. skip the first boot.
+        for stamp in ["etc/.updated", "var/.updated"] {
+            assert!(text(&l, stamp).ends_with("\nTIMESTAMP_NSEC=1700000000000000000\n"), "{stamp}");
+        }
     }
 
     /// systemd-growfs-root (from `x-systemd.growfs` on /) resizes ext4 to its partition once; if it
