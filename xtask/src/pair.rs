@@ -315,9 +315,9 @@ impl Pair<'_> {
                 vm.ok("systemctl is-active cron && test -f /etc/cron.d/pi2pi-agent", CMD)?;
             }
             qemu::wait_mounted(vm, mount, "vfat")?;
-            let timers = crate::layers::OFFLINE_MASKED.join(" ");
-            let (_, state) = vm.exec(&format!("systemctl is-enabled {timers}"), CMD)?;
-            ensure!(state.lines().all(|l| l.trim() == "masked"), "{}: {timers} should be masked on an offline card: {state}", h.name);
+            let units = [crate::layers::OFFLINE_MASKED, crate::layers::HEADLESS_MASKED].concat().join(" ");
+            let (_, state) = vm.exec(&format!("systemctl is-enabled {units}"), CMD)?;
+            ensure!(state.lines().all(|l| l.trim() == "masked"), "{}: {units} should be masked: {state}", h.name);
         }
         Ok(())
     }
