@@ -3,7 +3,7 @@
 //! tests, the previous suite's package resolution, the 32-bit agent's clock, the images, what
 //! ships with them (the bmaptool round trip, the Imager list), the reproducibility check, the
 //! QEMU pair test (one card on each schedule), the QEMU cluster test, and the board test (each card booted the way its
-//! Pi boots it, and an armhf variant). The bases of all of them are built first, at the same time. After a failure the remaining phases are listed as not run.
+//! Pi boots it, and an armhf variant), and a short soak (the pair under faults). The bases of all of them are built first, at the same time. After a failure the remaining phases are listed as not run.
 
 use std::time::Instant;
 
@@ -11,7 +11,7 @@ use anyhow::{bail, Result};
 use xshell::{cmd, Shell};
 
 use crate::config::ImageConfig;
-use crate::{base, board, cluster, config, image, pair, proc, setup, ship, time32, verify};
+use crate::{base, board, cluster, config, image, pair, proc, setup, ship, soak, time32, verify};
 
 /// The previous Debian stable, which README promises stays buildable by changing `base.suite`.
 pub const OTHER_SUITE: &str = "bookworm";
@@ -99,6 +99,14 @@ pub fn all(sh: &Shell, cfg: &ImageConfig, skip_qemu: bool) -> Result<()> {
             Box::new(|| {
                 let images = image::Options::default_for(sh).out_dir;
                 eprint!("{}", board::render(&board::test(sh, cfg, &images, true, &[])?));
+                Ok(())
+            }),
+        ));
+        phases.push((
+            format!("soak (the pair under faults: {} of each kind, short)", soak::Options::short().faults / soak::Kind::ALL.len()),
+            // Last: a soak that fails leaves the other phases' results standing.
+            Box::new(|| {
+                eprint!("{}", soak::run(sh, cfg, &soak::Options::short(), false)?.render());
                 Ok(())
             }),
         ));
