@@ -291,7 +291,7 @@ pub fn sha256_file(p: &Path) -> Result<String> {
 /// SHA256SUMS in `sha256sum -c` format over `files` (path, hash); lines for files not written
 /// now (other hosts' cards) are kept while those files exist.
 fn write_sums(dir: &Path, files: &[(PathBuf, String)]) -> Result<()> {
-    let path = dir.join("SHA256SUMS");
+    let path = dir.join(crate::ship::SUMS);
     let mut lines: BTreeMap<String, String> = std::fs::read_to_string(&path)
         .unwrap_or_default()
         .lines()

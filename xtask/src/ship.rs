@@ -26,6 +26,8 @@ const XZ_BLOCK: &str = "--block-size=32MiB";
 const XZ_THREADS: &str = "-T0";
 
 pub const IMAGER_LIST: &str = "rpi-imager.json";
+/// The checksum file beside the cards, over every file written there.
+pub const SUMS: &str = "SHA256SUMS";
 
 /// The files shipped for one image.
 pub struct Shipped {
@@ -150,9 +152,19 @@ fn file_of(url: &str) -> &str {
     url.rsplit('/').next().unwrap_or(url)
 }
 
+/// `sha256sum -c` of `dir`'s SHA256SUMS, as a user checking a download would run it; the names it
+/// lists.
+fn checked_sums(sh: &Shell, dir: &Path) -> Result<std::collections::BTreeSet<String>> {
+    let _cd = sh.push_dir(dir);
+    proc::read(cmd!(sh, "sha256sum --check --strict --quiet {SUMS}")).with_context(|| format!("sha256sum -c in {}", dir.display()))?;
+    let text = std::fs::read_to_string(dir.join(SUMS)).with_context(|| format!("reading {}", dir.join(SUMS).display()))?;
+    Ok(text.lines().filter_map(|l| l.split_once("  ")).map(|(_, n)| n.to_string()).collect())
+}
+
 /// The checks a user's tools make: `bmaptool copy` of each `.img.xz` with its `.bmap` gives the
 /// `.img` byte for byte, and every `rpi-imager.json` entry's sizes and hashes match the files,
-/// its date is the locked packages' date and its device tags are the boards of `cfg`'s cards.
+/// its date is the locked packages' date and its device tags are the boards of `cfg`'s cards;
+/// `sha256sum -c` passes and lists every one of those files.
 /// `scratch` holds the copies.
 pub fn check(sh: &Shell, cfg: &ImageConfig, dir: &Path, scratch: &Path) -> Result<usize> {
     std::fs::create_dir_all(scratch)?;
@@ -160,6 +172,8 @@ pub fn check(sh: &Shell, cfg: &ImageConfig, dir: &Path, scratch: &Path) -> Resul
     let text = std::fs::read_to_string(dir.join(IMAGER_LIST)).with_context(|| format!("reading {}", dir.join(IMAGER_LIST).display()))?;
     let list: ImagerList = serde_json::from_str(&text).with_context(|| format!("{} is not an Imager list", IMAGER_LIST))?;
     ensure!(!list.os_list.is_empty(), "{IMAGER_LIST} lists no card");
+    let summed = checked_sums(sh, dir)?;
+    ensure!(summed.contains(IMAGER_LIST), "{} does not list {IMAGER_LIST}", dir.join(SUMS).display());
     for e in &list.os_list {
         let xz = dir.join(file_of(&e.url));
         let img = xz.with_extension("");
@@ -172,6 +186,10 @@ pub fn check(sh: &Shell, cfg: &ImageConfig, dir: &Path, scratch: &Path) -> Resul
         let date = date_of(pins.source_date_epoch)?;
         let devices = imager_devices(&view);
         let bmap = img.with_extension("img.bmap");
+        for f in [&img, &xz, &bmap] {
+            let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            ensure!(summed.contains(&name), "{} does not list {name}", dir.join(SUMS).display());
+        }
         let copy = scratch.join(img.file_name().context("no file name")?);
         let _ = std::fs::remove_file(&copy);
         proc::read(cmd!(sh, "bmaptool -q copy --bmap {bmap} {xz} {copy}"))?;
@@ -220,6 +238,27 @@ mod tests {
         assert_eq!(XZ_THREADS, "-T0", "the build's setting is the one tested");
     }
 
+    /// What a user checking a download runs passes, and a file changed after it was summed fails.
+    #[test]
+    fn the_sums_are_checked_as_sha256sum_checks_them() {
+        let dir = std::env::temp_dir().join(format!("pi2pi-sums-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sh = Shell::new().unwrap();
+        for (name, data) in [("a.img", "card"), ("a.img.xz", "packed card")] {
+            std::fs::write(dir.join(name), data).unwrap();
+        }
+        let sums = {
+            let _cd = sh.push_dir(&dir);
+            cmd!(sh, "sha256sum a.img a.img.xz").read().unwrap()
+        };
+        std::fs::write(dir.join(SUMS), sums + "\n").unwrap();
+        let listed = checked_sums(&sh, &dir).unwrap();
+        assert_eq!(listed.into_iter().collect::<Vec<_>>(), ["a.img", "a.img.xz"]);
+        std::fs::write(dir.join("a.img"), "card, changed").unwrap();
+        assert!(checked_sums(&sh, &dir).is_err(), "a changed file passed sha256sum -c");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn device_tags_follow_the_boards_of_the_architecture() {
         let mut cfg = shipped_config();
@@ -258,12 +297,25 @@ mod tests {
         let epoch = lock.get(&cfg.base.suite, cfg.base.arch.deb()).unwrap().source_date_epoch;
         let sha = crate::image::sha256_file(&img).unwrap();
         write_imager_list(&dir, vec![imager_entry(&cfg, host, &img, &sha, epoch).unwrap()]).unwrap();
+        // SHA256SUMS as the image build writes it: every file there.
+        let sum_all = || {
+            let _cd = sh.push_dir(&dir);
+            let names: Vec<String> = ["img", "img.xz", "img.bmap"].iter().map(|x| format!("{}.{x}", host.name)).collect();
+            let sums = cmd!(sh, "sha256sum {names...} {IMAGER_LIST}").read().unwrap();
+            std::fs::write(dir.join(SUMS), sums + "\n").unwrap();
+        };
+        let e = check(&sh, &cfg, &dir, &dir.join("scratch")).unwrap_err();
+        assert!(format!("{e:#}").contains("SHA256SUMS"), "{e:#}");
+        sum_all();
         assert_eq!(check(&sh, &cfg, &dir, &dir.join("scratch")).unwrap(), 1);
 
         let list_path = dir.join(IMAGER_LIST);
         let mut list: ImagerList = serde_json::from_str(&std::fs::read_to_string(&list_path).unwrap()).unwrap();
         list.os_list[0].extract_size += 1;
         std::fs::write(&list_path, serde_json::to_string(&list).unwrap()).unwrap();
+        let e = check(&sh, &cfg, &dir, &dir.join("scratch")).unwrap_err();
+        assert!(format!("{e:#}").contains("sha256sum -c"), "a list changed after it was summed: {e:#}");
+        sum_all();
         let e = check(&sh, &cfg, &dir, &dir.join("scratch")).unwrap_err().to_string();
         assert!(e.contains("extract_size"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);

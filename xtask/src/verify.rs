@@ -108,7 +108,7 @@ fn compare(a: &Path, b: &Path) -> Result<()> {
 }
 
 fn sums(dir: &Path) -> Result<BTreeMap<String, String>> {
-    let path: PathBuf = dir.join("SHA256SUMS");
+    let path: PathBuf = dir.join(crate::ship::SUMS);
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     Ok(text.lines().filter_map(|l| l.split_once("  ")).map(|(h, n)| (n.to_string(), h.to_string())).collect())
 }
