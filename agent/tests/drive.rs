@@ -1,6 +1,6 @@
 //! Real drives (loop-mounted images, so root is needed, as in CI): the agent waits for an
-//! unmounted, read-only or foreign drive without writing into the bare mountpoint, and a full
-//! receiver costs nothing but a retry.
+//! unmounted, read-only or foreign drive without writing into the bare mountpoint, a full
+//! receiver costs nothing but a retry, and a file the receiver cannot write or read fails alone.
 //!
 //! The images are ext4 because the CI host's kernel has no vfat driver; the mount, label and
 //! read-only logic does not depend on the filesystem (`fstypes` names what is acceptable). Real
@@ -223,4 +223,116 @@ fn an_io_error_on_one_file_at_the_receiver_does_not_hold_up_the_others() {
     );
     let _ = daemon.0.kill();
     let _ = daemon.0.wait();
+}
+
+/// A read-only filesystem in userspace holding one file that every read fails with EIO, as a
+/// bad sector under it would: the drive tests' stand-in for a device-mapper `error` target,
+/// which this host's kernel lacks.
+struct UnreadableFile {
+    name: &'static str,
+    size: u64,
+}
+
+impl UnreadableFile {
+    const ROOT: u64 = fuser::FUSE_ROOT_ID;
+    const FILE: u64 = 2;
+    const TTL: Duration = Duration::from_secs(1);
+
+    fn attr(&self, ino: u64) -> fuser::FileAttr {
+        let (kind, perm, size) =
+            if ino == Self::ROOT { (fuser::FileType::Directory, 0o555, 0) } else { (fuser::FileType::RegularFile, 0o444, self.size) };
+        let t = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        fuser::FileAttr {
+            ino,
+            size,
+            blocks: size.div_ceil(512),
+            atime: t,
+            mtime: t,
+            ctime: t,
+            crtime: t,
+            kind,
+            perm,
+            nlink: 1,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+}
+
+impl fuser::Filesystem for UnreadableFile {
+    fn lookup(&mut self, _: &fuser::Request<'_>, parent: u64, name: &std::ffi::OsStr, reply: fuser::ReplyEntry) {
+        if parent == Self::ROOT && name == self.name {
+            reply.entry(&Self::TTL, &self.attr(Self::FILE), 0);
+        } else {
+            reply.error(rustix::io::Errno::NOENT.raw_os_error());
+        }
+    }
+
+    fn getattr(&mut self, _: &fuser::Request<'_>, ino: u64, _: Option<u64>, reply: fuser::ReplyAttr) {
+        reply.attr(&Self::TTL, &self.attr(ino));
+    }
+
+    fn readdir(&mut self, _: &fuser::Request<'_>, ino: u64, _: u64, offset: i64, mut reply: fuser::ReplyDirectory) {
+        let entries = [
+            (Self::ROOT, fuser::FileType::Directory, "."),
+            (Self::ROOT, fuser::FileType::Directory, ".."),
+            (Self::FILE, fuser::FileType::RegularFile, self.name),
+        ];
+        if ino == Self::ROOT {
+            for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
+                if reply.add(*ino, i as i64 + 1, *kind, name) {
+                    break;
+                }
+            }
+        }
+        reply.ok();
+    }
+
+    #[allow(clippy::too_many_arguments)] // the trait's signature
+    fn read(&mut self, _: &fuser::Request<'_>, _: u64, _: u64, _: i64, _: u32, _: i32, _: Option<u64>, reply: fuser::ReplyData) {
+        reply.error(rustix::io::Errno::IO.raw_os_error());
+    }
+}
+
+/// The receiver already has a file of the offered size that it cannot read (EIO on every read,
+/// the bad sector #10 describes): hashing it to see whether it is the same content fails. That
+/// file alone fails with "cannot read"; the files around it are delivered, and the session goes
+/// on (before the fix, the error ended the session and the sender re-offered the same batch).
+#[test]
+fn an_unreadable_file_at_the_receiver_fails_alone() {
+    if skip_unless_root() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let a = Node::new(t.path(), "rpa");
+    let b = Node::new(t.path(), "rpb");
+    b.write_config("require_mount = false", "");
+    a.write_config("require_mount = false", &pipe_peer(&b));
+    let bad = b.receiving().join("bad");
+    fs::create_dir_all(&bad).unwrap();
+    let mount = fuser::spawn_mount2(
+        UnreadableFile { name: "photo.jpg", size: 50_000 },
+        &bad,
+        &[fuser::MountOption::RO, fuser::MountOption::FSName("pi2pi-unreadable".into())],
+    )
+    .expect("mounting the unreadable file (FUSE)");
+    assert_eq!(
+        fs::read(bad.join("photo.jpg")).map_err(|e| e.raw_os_error()),
+        Err(Some(rustix::io::Errno::IO.raw_os_error())),
+        "the stand-in drive reads"
+    );
+    write_file(&a.sending(), "a-before.txt", &content(20, 50_000));
+    write_file(&a.sending(), "bad/photo.jpg", &content(21, 50_000));
+    write_file(&a.sending(), "z-after.txt", &content(22, 50_000));
+
+    let o = a.sync_once();
+    let arrived = |rel: &str, seed: u64| fs::read(b.receiving().join(rel)).ok() == Some(content(seed, 50_000));
+    assert!(arrived("a-before.txt", 20) && arrived("z-after.txt", 22), "held up by an unreadable file: {}", stderr(&o));
+    let status = peer_status(&a);
+    assert_eq!(status.pending, vec!["bad/photo.jpg".to_string()], "the unreadable file is not pending");
+    assert!(stderr(&o).contains("cannot read"), "no 'cannot read' for the file: {}", stderr(&o));
+    drop(mount);
 }
