@@ -178,11 +178,7 @@ fn an_io_error_on_one_file_at_the_receiver_does_not_hold_up_the_others() {
     if skip_unless_root() {
         return;
     }
-    let t = tempfile::tempdir().unwrap();
-    let a = Node::new(t.path(), "rpa");
-    let b = Node::new(t.path(), "rpb");
-    b.write_config("require_mount = false", "");
-    a.write_config("require_mount = false", &pipe_peer(&b));
+    let (_t, a, b) = pipe_pair();
     // A long retry cap, so that a peer-wide backoff would be seen in the new file's delay.
     let cfg = fs::read_to_string(&a.config).unwrap().replace("retry_max_secs = 2", "retry_max_secs = 30");
     fs::write(&a.config, cfg).unwrap();
@@ -306,11 +302,7 @@ fn an_unreadable_file_at_the_receiver_fails_alone() {
     if skip_unless_root() {
         return;
     }
-    let t = tempfile::tempdir().unwrap();
-    let a = Node::new(t.path(), "rpa");
-    let b = Node::new(t.path(), "rpb");
-    b.write_config("require_mount = false", "");
-    a.write_config("require_mount = false", &pipe_peer(&b));
+    let (_t, a, b) = pipe_pair();
     let bad = b.receiving().join("bad");
     fs::create_dir_all(&bad).unwrap();
     let mount = fuser::spawn_mount2(

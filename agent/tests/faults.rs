@@ -42,11 +42,7 @@ fn kill_minus_nine_at_random_points_loses_and_duplicates_nothing_again() {
 
 /// Scenario `n` of two: `points() / 2` random kill points, then a mid-file kill of `resume`.
 fn kill_at_random_points(n: u64, resume: Side) {
-    let t = tempfile::tempdir().unwrap();
-    let a = Node::new(t.path(), "rpa");
-    let b = Node::new(t.path(), "rpb");
-    b.write_config("require_mount = false", "");
-    a.write_config("require_mount = false", &pipe_peer(&b));
+    let (_t, a, b) = pipe_pair();
     // settle_ms = 0 so each run starts sending at once and the kill points land in transfers.
     let cfg = std::fs::read_to_string(&a.config).unwrap().replace("settle_ms = 100", "settle_ms = 0");
     std::fs::write(&a.config, cfg).unwrap();

@@ -10,18 +10,9 @@ use std::time::{Duration, Instant};
 use common::*;
 use pi2pi_agent::proto::{read_msg, write_msg, Code, Msg, VERSION};
 
-fn pair() -> (tempfile::TempDir, Node, Node) {
-    let t = tempfile::tempdir().unwrap();
-    let a = Node::new(t.path(), "rpa");
-    let b = Node::new(t.path(), "rpb");
-    b.write_config("require_mount = false", "");
-    a.pipe_to(&b);
-    (t, a, b)
-}
-
 #[test]
 fn delivers_a_tree_once_and_redelivers_changed_content() {
-    let (_t, a, b) = pair();
+    let (_t, a, b) = pipe_pair();
     write_file(&a.sending(), "empty.txt", b"");
     write_file(&a.sending(), "photo 1.jpg", &content(1, 3 << 20));
     write_file(&a.sending(), "sub dir/ünïcødé 日本.txt", &content(2, 1000));
@@ -63,7 +54,7 @@ fn delivers_a_tree_once_and_redelivers_changed_content() {
 /// already has: the peer reports each file's hash and the sender answers `Skip`.
 #[test]
 fn a_lost_journal_costs_no_second_copy() {
-    let (_t, a, b) = pair();
+    let (_t, a, b) = pipe_pair();
     for i in 0..5u64 {
         write_file(&a.sending(), &format!("d/{i}.bin"), &content(i, 200_000));
     }
@@ -82,7 +73,7 @@ fn a_lost_journal_costs_no_second_copy() {
 
 #[test]
 fn fat32_unfit_names_are_reported_once_and_skipped() {
-    let (_t, a, b) = pair();
+    let (_t, a, b) = pipe_pair();
     // The sending side here is not FAT, so it can hold names FAT32 cannot.
     for n in ["bad:name.txt", "trailing.", "Case.txt", "case.TXT", "ok.txt"] {
         write_file(&a.sending(), n, n.as_bytes());
@@ -103,7 +94,7 @@ fn fat32_unfit_names_are_reported_once_and_skipped() {
 
 #[test]
 fn an_overlapping_run_exits_at_once_with_a_message() {
-    let (_t, a, _b) = pair();
+    let (_t, a, _b) = pipe_pair();
     let _daemon = KillOnDrop(a.spawn_run());
     assert!(wait_until(Duration::from_secs(5), || a.state.join("status.json").exists()));
     let started = Instant::now();
@@ -115,7 +106,7 @@ fn an_overlapping_run_exits_at_once_with_a_message() {
 
 #[test]
 fn daemon_delivers_a_new_file_soon_after_it_is_closed() {
-    let (_t, a, b) = pair();
+    let (_t, a, b) = pipe_pair();
     let _daemon = KillOnDrop(a.spawn_run());
     assert!(wait_until(Duration::from_secs(5), || a.state.join("status.json").exists()));
     for i in 0..3 {
@@ -152,7 +143,7 @@ fn serve_session_with(b: &Node, args: &[&str], frames: &[Msg]) -> Vec<Msg> {
 
 #[test]
 fn serve_refuses_escapes_symlinks_and_device_names() {
-    let (t, _a, b) = pair();
+    let (t, _a, b) = pipe_pair();
     let outside = t.path().join("outside");
     fs::create_dir(&outside).unwrap();
     std::os::unix::fs::symlink(&outside, b.receiving().join("link")).unwrap();
@@ -175,7 +166,7 @@ fn serve_refuses_escapes_symlinks_and_device_names() {
 
 #[test]
 fn receiver_rejects_content_that_does_not_match_the_senders_hash() {
-    let (_t, _a, b) = pair();
+    let (_t, _a, b) = pipe_pair();
     let replies = serve_session(
         &b,
         &[
@@ -201,7 +192,7 @@ fn sha(data: &[u8]) -> [u8; 32] {
 /// leaving nothing, and every file of a batch acknowledged only once it is in place.
 #[test]
 fn serve_answers_a_pipelined_batch() {
-    let (_t, _a, b) = pair();
+    let (_t, _a, b) = pipe_pair();
     write_file(&b.receiving(), "old.txt", b"same");
     // What an interrupted transfer of "big.bin" left behind: its first 5 bytes.
     let temp = pi2pi_agent::serve::temp_name("big.bin");
@@ -255,7 +246,7 @@ fn serve_answers_a_pipelined_batch() {
 /// that worker's key says which); `--into` names one directory, never a path.
 #[test]
 fn serve_into_keeps_each_senders_files_in_its_own_directory() {
-    let (_t, _a, b) = pair();
+    let (_t, _a, b) = pipe_pair();
     let frames = |body: &[u8]| {
         vec![
             Msg::Offer { id: 1, path: "d/x.txt".into(), size: body.len() as u64 },
@@ -284,7 +275,7 @@ fn serve_into_keeps_each_senders_files_in_its_own_directory() {
 /// over a week is removed when a session next writes to its directory; a recent one is kept.
 #[test]
 fn abandoned_temporaries_are_swept_recent_ones_kept() {
-    let (_t, _a, b) = pair();
+    let (_t, _a, b) = pipe_pair();
     write_file(&b.receiving(), "d/.pi2pi-0123456789abcdef.part", b"old partial");
     write_file(&b.receiving(), "d/.pi2pi-fedcba9876543210.part", b"recent partial");
     write_file(&b.receiving(), "d/user.txt", b"a user's file, however old");
@@ -297,7 +288,7 @@ fn abandoned_temporaries_are_swept_recent_ones_kept() {
 
 #[test]
 fn version_mismatch_is_a_clear_error() {
-    let (_t, _a, b) = pair();
+    let (_t, _a, b) = pipe_pair();
     let mut child = b.cmd(&["serve"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let mut input = Vec::new();
     write_msg(&mut input, &Msg::Hello { version: 99 }).unwrap();
@@ -316,7 +307,7 @@ fn version_mismatch_is_a_clear_error() {
 /// ext4 cannot backdate ctime, so the QEMU pair test, on real FAT32, is its reproducer.)
 #[test]
 fn a_file_that_looks_old_but_is_still_being_written_is_not_sent_early() {
-    let (_t, a, b) = pair();
+    let (_t, a, b) = pipe_pair();
     let cfg = fs::read_to_string(&a.config).unwrap().replace("settle_ms = 100", "settle_ms = 1000");
     fs::write(&a.config, cfg).unwrap();
     let p = a.sending().join("camera.jpg");
@@ -337,7 +328,7 @@ fn a_file_that_looks_old_but_is_still_being_written_is_not_sent_early() {
 /// written that recently is re-hashed, not assumed unchanged.
 #[test]
 fn same_size_same_mtime_rewrite_is_still_delivered() {
-    let (_t, a, b) = pair();
+    let (_t, a, b) = pipe_pair();
     let p = a.sending().join("counter.txt");
     fs::write(&p, b"version 1").unwrap();
     sh(&format!("touch -d '@1000000000' '{}'", p.display()));

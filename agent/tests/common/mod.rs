@@ -70,6 +70,16 @@ impl Node {
     }
 }
 
+/// Two plain-directory nodes in a new temporary directory: `rpa` sending to `rpb` over a pipe.
+pub fn pipe_pair() -> (tempfile::TempDir, Node, Node) {
+    let t = tempfile::tempdir().unwrap();
+    let a = Node::new(t.path(), "rpa");
+    let b = Node::new(t.path(), "rpb");
+    b.write_config("require_mount = false", "");
+    a.pipe_to(&b);
+    (t, a, b)
+}
+
 pub fn pipe_peer(peer: &Node) -> String {
     format!(
         "[[peer]]\nname = \"{}\"\ntransport = \"pipe\"\ncommand = [\"{BIN}\", \"--config\", \"{}\", \"serve\"]\n",
