@@ -1,9 +1,11 @@
 //! `cargo xtask test`: the README's test command and what `.ci/run` calls. Sets the machine up,
 //! then runs every phase in order, printing each phase's time: format, lint, unit and integration
 //! tests, the previous suite's package resolution, the 32-bit agent's clock, the images, what
-//! ships with them (the bmaptool round trip, the Imager list), the reproducibility check, the
-//! QEMU pair test (one card on each schedule), the QEMU cluster test, and the board test (each card booted the way its
-//! Pi boots it, and an armhf variant), and a short soak (the pair under faults). The bases of all of them are built first, at the same time. After a failure the remaining phases are listed as not run.
+//! ships with them (`sha256sum -c`, the bmaptool round trip, the Imager list), the
+//! reproducibility check, the QEMU pair test (one card on each schedule), the QEMU cluster test,
+//! the board test (each card booted the way its Pi boots it, and an armhf variant), and a short
+//! soak (the pair under faults). The bases of all of them are built first, at the same time.
+//! After a failure the remaining phases are listed as not run.
 
 use std::time::Instant;
 
