@@ -292,12 +292,8 @@ pub fn sha256_file(p: &Path) -> Result<String> {
 /// now (other hosts' cards) are kept while those files exist.
 fn write_sums(dir: &Path, files: &[(PathBuf, String)]) -> Result<()> {
     let path = dir.join(crate::ship::SUMS);
-    let mut lines: BTreeMap<String, String> = std::fs::read_to_string(&path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_once("  ").map(|(h, n)| (n.to_string(), h.to_string())))
-        .filter(|(n, _)| dir.join(n).exists())
-        .collect();
+    let mut lines = crate::ship::read_sums(dir).unwrap_or_default();
+    lines.retain(|n, _| dir.join(n).exists());
     for (f, sha) in files {
         let name = f.file_name().with_context(|| format!("{} has no file name", f.display()))?;
         lines.insert(name.to_string_lossy().into_owned(), sha.clone());

@@ -227,7 +227,7 @@ pub fn build(i: &Inputs) -> Result<Layer> {
     // Masked the way `systemctl mask` would: timers that can only fail on a Pi with no archive to
     // reach (and would wake it, and write to the SD card, for nothing), and what a headless card
     // has no use for.
-    for unit in OFFLINE_MASKED.iter().chain(HEADLESS_MASKED) {
+    for unit in masked_units() {
         layer.put(&format!("etc/systemd/system/{unit}"), Kind::Symlink("/dev/null".into()), 0o777, root);
     }
     // The build ran what systemd's ConditionNeedsUpdate= units would (ldconfig, the journal's
@@ -284,6 +284,11 @@ fn update_done_stamp(epoch: u64) -> String {
 
 /// Units masked on every card: the cards are offline, so apt's download and upgrade timers fail.
 pub const OFFLINE_MASKED: &[&str] = &["apt-daily.timer", "apt-daily-upgrade.timer"];
+
+/// Every unit masked on every card.
+pub fn masked_units() -> impl Iterator<Item = &'static str> {
+    OFFLINE_MASKED.iter().chain(HEADLESS_MASKED).copied()
+}
 
 /// One file of an overlay directory.
 struct OverlayFile {

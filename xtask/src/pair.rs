@@ -315,7 +315,7 @@ impl Pair<'_> {
                 vm.ok("systemctl is-active cron && test -f /etc/cron.d/pi2pi-agent", CMD)?;
             }
             qemu::wait_mounted(vm, mount, "vfat")?;
-            let units = [crate::layers::OFFLINE_MASKED, crate::layers::HEADLESS_MASKED].concat().join(" ");
+            let units = crate::layers::masked_units().collect::<Vec<_>>().join(" ");
             let (_, state) = vm.exec(&format!("systemctl is-enabled {units}"), CMD)?;
             ensure!(state.lines().all(|l| l.trim() == "masked"), "{}: {units} should be masked: {state}", h.name);
         }

@@ -152,13 +152,19 @@ fn file_of(url: &str) -> &str {
     url.rsplit('/').next().unwrap_or(url)
 }
 
+/// `dir`'s SHA256SUMS as file name → hash (what the image build writes and verify compares).
+pub fn read_sums(dir: &Path) -> Result<std::collections::BTreeMap<String, String>> {
+    let path = dir.join(SUMS);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(text.lines().filter_map(|l| l.split_once("  ")).map(|(h, n)| (n.to_string(), h.to_string())).collect())
+}
+
 /// `sha256sum -c` of `dir`'s SHA256SUMS, as a user checking a download would run it; the names it
 /// lists.
 fn checked_sums(sh: &Shell, dir: &Path) -> Result<std::collections::BTreeSet<String>> {
     let _cd = sh.push_dir(dir);
     proc::read(cmd!(sh, "sha256sum --check --strict --quiet {SUMS}")).with_context(|| format!("sha256sum -c in {}", dir.display()))?;
-    let text = std::fs::read_to_string(dir.join(SUMS)).with_context(|| format!("reading {}", dir.join(SUMS).display()))?;
-    Ok(text.lines().filter_map(|l| l.split_once("  ")).map(|(_, n)| n.to_string()).collect())
+    Ok(read_sums(dir)?.into_keys().collect())
 }
 
 /// The checks a user's tools make: `bmaptool copy` of each `.img.xz` with its `.bmap` gives the

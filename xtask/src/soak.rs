@@ -547,10 +547,10 @@ impl<'a> Soak<'a> {
     }
 
     /// path → SHA-256 of every file under its final name in receiving/ on `r`. Only files whose
-    /// size or times changed since they were last hashed are read again: hashing every file
-    /// after every fault took longer than most faults as the drives filled. A file damaged in
-    /// place without a new size or time would be missed here, not by `finish`, which hashes
-    /// every file from the drive images.
+    /// size or times changed since they were last hashed are read again, so the work per fault
+    /// does not grow with what the drives hold over a long soak. A file damaged in place without
+    /// a new size or time would be missed here, not by `finish`, which hashes every file from
+    /// the drive images.
     fn receiving_sums(&mut self, r: usize) -> Result<BTreeMap<String, String>> {
         let dir = format!("{}/receiving", self.mount());
         let stamps: BTreeMap<String, String> =

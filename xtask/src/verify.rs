@@ -9,8 +9,7 @@
 //! second build's time. What could depend on it is xz's threading, which ship.rs's tests check
 //! (one thread and four give the same bytes); hosts build in parallel into separate files.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
@@ -90,7 +89,7 @@ fn build_elsewhere(sh: &Shell, cfg: &ImageConfig, opts: &image::Options) -> Resu
 
 /// Every file in either SHA256SUMS is in both with the same hash.
 fn compare(a: &Path, b: &Path) -> Result<()> {
-    let (sa, sb) = (sums(a)?, sums(b)?);
+    let (sa, sb) = (crate::ship::read_sums(a)?, crate::ship::read_sums(b)?);
     let mut bad = Vec::new();
     for name in sa.keys().chain(sb.keys().filter(|k| !sa.contains_key(*k))) {
         let (ha, hb) = (sa.get(name).map(String::as_str).unwrap_or("(missing)"), sb.get(name).map(String::as_str).unwrap_or("(missing)"));
@@ -105,10 +104,4 @@ fn compare(a: &Path, b: &Path) -> Result<()> {
     }
     println!("verify: {} files reproducible", sa.len());
     Ok(())
-}
-
-fn sums(dir: &Path) -> Result<BTreeMap<String, String>> {
-    let path: PathBuf = dir.join(crate::ship::SUMS);
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(text.lines().filter_map(|l| l.split_once("  ")).map(|(h, n)| (n.to_string(), h.to_string())).collect())
 }
