@@ -225,8 +225,25 @@ fn an_io_error_on_one_file_at_the_receiver_does_not_hold_up_the_others() {
 /// bad sector under it would: the drive tests' stand-in for a device-mapper `error` target,
 /// which this host's kernel lacks.
 struct UnreadableFile {
-    name: &'static str,
+    name: String,
     size: u64,
+    mtime: std::time::SystemTime,
+}
+
+impl UnreadableFile {
+    /// Mounts one such file at `dir` (which must exist) until the returned session is dropped.
+    fn mount(dir: &Path, name: &str, size: u64) -> fuser::BackgroundSession {
+        // Written just now, as a transfer's kept prefix would be (an old one is swept away).
+        let fs = UnreadableFile { name: name.to_string(), size, mtime: std::time::SystemTime::now() };
+        let opts = [fuser::MountOption::RO, fuser::MountOption::FSName("pi2pi-unreadable".into())];
+        let session = fuser::spawn_mount2(fs, dir, &opts).expect("mounting the unreadable file (FUSE)");
+        assert_eq!(
+            fs::read(dir.join(name)).map_err(|e| e.raw_os_error()),
+            Err(Some(rustix::io::Errno::IO.raw_os_error())),
+            "the stand-in drive reads"
+        );
+        session
+    }
 }
 
 impl UnreadableFile {
@@ -237,7 +254,7 @@ impl UnreadableFile {
     fn attr(&self, ino: u64) -> fuser::FileAttr {
         let (kind, perm, size) =
             if ino == Self::ROOT { (fuser::FileType::Directory, 0o555, 0) } else { (fuser::FileType::RegularFile, 0o444, self.size) };
-        let t = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let t = self.mtime;
         fuser::FileAttr {
             ino,
             size,
@@ -260,7 +277,7 @@ impl UnreadableFile {
 
 impl fuser::Filesystem for UnreadableFile {
     fn lookup(&mut self, _: &fuser::Request<'_>, parent: u64, name: &std::ffi::OsStr, reply: fuser::ReplyEntry) {
-        if parent == Self::ROOT && name == self.name {
+        if parent == Self::ROOT && name == self.name.as_str() {
             reply.entry(&Self::TTL, &self.attr(Self::FILE), 0);
         } else {
             reply.error(rustix::io::Errno::NOENT.raw_os_error());
@@ -275,7 +292,7 @@ impl fuser::Filesystem for UnreadableFile {
         let entries = [
             (Self::ROOT, fuser::FileType::Directory, "."),
             (Self::ROOT, fuser::FileType::Directory, ".."),
-            (Self::FILE, fuser::FileType::RegularFile, self.name),
+            (Self::FILE, fuser::FileType::RegularFile, self.name.as_str()),
         ];
         if ino == Self::ROOT {
             for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
@@ -285,6 +302,12 @@ impl fuser::Filesystem for UnreadableFile {
             }
         }
         reply.ok();
+    }
+
+    /// Room to spare (the default says 0 blocks free, which the receiver rightly takes for a
+    /// full drive and stops the whole batch for).
+    fn statfs(&mut self, _: &fuser::Request<'_>, _: u64, reply: fuser::ReplyStatfs) {
+        reply.statfs(1 << 20, 1 << 19, 1 << 19, 16, 14, 4096, 255, 4096);
     }
 
     #[allow(clippy::too_many_arguments)] // the trait's signature
@@ -305,17 +328,7 @@ fn an_unreadable_file_at_the_receiver_fails_alone() {
     let (_t, a, b) = pipe_pair();
     let bad = b.receiving().join("bad");
     fs::create_dir_all(&bad).unwrap();
-    let mount = fuser::spawn_mount2(
-        UnreadableFile { name: "photo.jpg", size: 50_000 },
-        &bad,
-        &[fuser::MountOption::RO, fuser::MountOption::FSName("pi2pi-unreadable".into())],
-    )
-    .expect("mounting the unreadable file (FUSE)");
-    assert_eq!(
-        fs::read(bad.join("photo.jpg")).map_err(|e| e.raw_os_error()),
-        Err(Some(rustix::io::Errno::IO.raw_os_error())),
-        "the stand-in drive reads"
-    );
+    let mount = UnreadableFile::mount(&bad, "photo.jpg", 50_000);
     write_file(&a.sending(), "a-before.txt", &content(20, 50_000));
     write_file(&a.sending(), "bad/photo.jpg", &content(21, 50_000));
     write_file(&a.sending(), "z-after.txt", &content(22, 50_000));
@@ -326,5 +339,30 @@ fn an_unreadable_file_at_the_receiver_fails_alone() {
     let status = peer_status(&a);
     assert_eq!(status.pending, vec!["bad/photo.jpg".to_string()], "the unreadable file is not pending");
     assert!(stderr(&o).contains("cannot read"), "no 'cannot read' for the file: {}", stderr(&o));
+    drop(mount);
+}
+
+/// An earlier attempt's kept prefix (the temporary) that cannot be read back: the receiver does
+/// not trust it and starts that transfer over, and the session goes on. Here the temporary's
+/// drive is also read-only, so starting over fails too, and only that file: it stays pending and
+/// the files around it are delivered.
+#[test]
+fn an_unreadable_partial_copy_is_started_over_and_holds_up_nothing() {
+    if skip_unless_root() {
+        return;
+    }
+    let (_t, a, b) = pipe_pair();
+    let bad = b.receiving().join("bad");
+    fs::create_dir_all(&bad).unwrap();
+    let mount = UnreadableFile::mount(&bad, &pi2pi_agent::serve::temp_name("photo.jpg"), 20_000);
+    write_file(&a.sending(), "a-before.txt", &content(30, 50_000));
+    write_file(&a.sending(), "bad/photo.jpg", &content(31, 50_000));
+    write_file(&a.sending(), "z-after.txt", &content(32, 50_000));
+
+    let o = a.sync_once();
+    let arrived = |rel: &str, seed: u64| fs::read(b.receiving().join(rel)).ok() == Some(content(seed, 50_000));
+    assert!(arrived("a-before.txt", 30) && arrived("z-after.txt", 32), "held up by an unreadable partial copy: {}", stderr(&o));
+    assert!(stderr(&o).contains("the partial copy cannot be read"), "the kept prefix was not read: {}", stderr(&o));
+    assert_eq!(peer_status(&a).pending, vec!["bad/photo.jpg".to_string()], "the file is not pending");
     drop(mount);
 }
