@@ -65,20 +65,38 @@ pub fn run(cfg: Config) -> Result<()> {
         if engine.drive_error.is_some() {
             wait = wait.min(Duration::from_secs(2));
         }
-        match rx.recv_timeout(wait) {
-            Ok(ev) => {
-                note(&sending, &mut hot, ev);
-                // Take the rest of a burst (a copy of many files) before scanning.
-                let until = Instant::now() + Duration::from_millis(20);
-                while let Ok(ev) = rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
-                    note(&sending, &mut hot, ev);
-                }
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => watcher = None,
+        if !wait_for_change(&rx, wait, &sending, &mut hot) {
+            watcher = None;
         }
         hot.retain(|_, h| h.last.elapsed() < Duration::from_secs(600));
     }
+}
+
+/// Waits up to `wait` for an event that may change what there is to send, then takes the rest of
+/// its burst (a copy of many files) before the next pass scans. False when the watch is gone.
+fn wait_for_change(
+    rx: &mpsc::Receiver<notify::Result<notify::Event>>,
+    wait: Duration,
+    sending: &Path,
+    hot: &mut HashMap<String, Hot>,
+) -> bool {
+    let deadline = Instant::now() + wait;
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(ev) => {
+                if note(sending, hot, ev) {
+                    break;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => return true,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return false,
+        }
+    }
+    let until = Instant::now() + Duration::from_millis(20);
+    while let Ok(ev) = rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+        note(sending, hot, ev);
+    }
+    true
 }
 
 fn watch(dir: &Path, tx: mpsc::Sender<notify::Result<notify::Event>>) -> Option<notify::RecommendedWatcher> {
@@ -100,13 +118,21 @@ fn watch(dir: &Path, tx: mpsc::Sender<notify::Result<notify::Event>>) -> Option<
     }
 }
 
-fn note(root: &Path, hot: &mut HashMap<String, Hot>, ev: notify::Result<notify::Event>) {
-    let Ok(ev) = ev else { return };
+/// Records which files an event says are being written. False for an event that cannot change
+/// what there is to send: a read (an open, a read, a close after reading). A pass opens sending/
+/// and reads every file it hashes or sends, so waking on those made every pass wake the next one,
+/// forever: about 40 passes a second on an idle drive, each rescanning the tree and rewriting
+/// status.json (a third of an emulated core; on a Pi Zero, CPU and SD card writes for nothing).
+fn note(root: &Path, hot: &mut HashMap<String, Hot>, ev: notify::Result<notify::Event>) -> bool {
+    // An error (the kernel's queue overflowed, say) may hide changes: rescan.
+    let Ok(ev) = ev else { return true };
     let writing = match ev.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(false),
+        EventKind::Access(_) => return false,
         EventKind::Create(_) | EventKind::Modify(ModifyKind::Data(_)) => Some(true),
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) | EventKind::Modify(ModifyKind::Name(_)) => Some(false),
-        EventKind::Modify(_) => None,
-        _ => return,
+        EventKind::Modify(ModifyKind::Name(_)) => Some(false),
+        // Times, removals, anything else: nothing to record, but worth a pass.
+        _ => None,
     };
     for p in ev.paths {
         let Some(rel) = p.strip_prefix(root).ok().and_then(|r| r.to_str()) else { continue };
@@ -116,4 +142,5 @@ fn note(root: &Path, hot: &mut HashMap<String, Hot>, ev: notify::Result<notify::
             e.writing = w;
         }
     }
+    true
 }

@@ -124,6 +124,28 @@ fn daemon_delivers_a_new_file_soon_after_it_is_closed() {
     assert!(st.contains("\"daemon_running\": true"), "{st}");
 }
 
+/// With nothing to send, the daemon sleeps until a file changes or the rescan is due. Its own
+/// reads of sending/ (each pass opens the directory and the files it hashes) must not wake it:
+/// they did, and it ran a pass about 40 times a second, rewriting status.json each time.
+#[test]
+fn an_idle_daemon_sleeps_between_rescans() {
+    let (_t, a, b) = pipe_pair();
+    let data = content(7, 100_000);
+    write_file(&a.sending(), "photo.jpg", &data);
+    let daemon = KillOnDrop(a.spawn_run());
+    assert!(wait_until(Duration::from_secs(10), || fs::read(b.receiving().join("photo.jpg")).ok().as_deref() == Some(&data[..])));
+    // Every pass writes status.json with one write(2); the fixture rescans every 2 s.
+    let writes = || {
+        let io = fs::read_to_string(format!("/proc/{}/io", daemon.0.id())).unwrap();
+        io.lines().find_map(|l| l.strip_prefix("syscw: ")).unwrap().trim().parse::<u64>().unwrap()
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let before = writes();
+    std::thread::sleep(Duration::from_secs(4));
+    let during = writes() - before;
+    assert!(during <= 10, "{during} writes in 4 s of nothing to do: the daemon is not sleeping");
+}
+
 fn serve_session(b: &Node, frames: &[Msg]) -> Vec<Msg> {
     serve_session_with(b, &["serve"], frames)
 }
