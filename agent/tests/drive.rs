@@ -316,6 +316,26 @@ impl fuser::Filesystem for UnreadableFile {
     }
 }
 
+/// A sender offering bad/photo.jpg between two good files to a receiver whose receiving/bad/
+/// holds `name` (`size` bytes), unreadable; one sync. The good files must arrive whatever
+/// happens to the bad one. Returns the sync's log and what is left pending.
+fn sync_past_an_unreadable(name: &str, size: u64) -> (String, Vec<String>) {
+    let (_t, a, b) = pipe_pair();
+    let bad = b.receiving().join("bad");
+    fs::create_dir_all(&bad).unwrap();
+    let mount = UnreadableFile::mount(&bad, name, size);
+    let files = [("a-before.txt", 20), ("bad/photo.jpg", 21), ("z-after.txt", 22)];
+    for (rel, seed) in files {
+        write_file(&a.sending(), rel, &content(seed, 50_000));
+    }
+    let o = a.sync_once();
+    let arrived = |rel: &str, seed: u64| fs::read(b.receiving().join(rel)).ok() == Some(content(seed, 50_000));
+    assert!(arrived("a-before.txt", 20) && arrived("z-after.txt", 22), "held up by an unreadable {name}: {}", stderr(&o));
+    let pending = peer_status(&a).pending;
+    drop(mount);
+    (stderr(&o), pending)
+}
+
 /// The receiver already has a file of the offered size that it cannot read (EIO on every read,
 /// the bad sector #10 describes): hashing it to see whether it is the same content fails. That
 /// file alone fails with "cannot read"; the files around it are delivered, and the session goes
@@ -325,21 +345,9 @@ fn an_unreadable_file_at_the_receiver_fails_alone() {
     if skip_unless_root() {
         return;
     }
-    let (_t, a, b) = pipe_pair();
-    let bad = b.receiving().join("bad");
-    fs::create_dir_all(&bad).unwrap();
-    let mount = UnreadableFile::mount(&bad, "photo.jpg", 50_000);
-    write_file(&a.sending(), "a-before.txt", &content(20, 50_000));
-    write_file(&a.sending(), "bad/photo.jpg", &content(21, 50_000));
-    write_file(&a.sending(), "z-after.txt", &content(22, 50_000));
-
-    let o = a.sync_once();
-    let arrived = |rel: &str, seed: u64| fs::read(b.receiving().join(rel)).ok() == Some(content(seed, 50_000));
-    assert!(arrived("a-before.txt", 20) && arrived("z-after.txt", 22), "held up by an unreadable file: {}", stderr(&o));
-    let status = peer_status(&a);
-    assert_eq!(status.pending, vec!["bad/photo.jpg".to_string()], "the unreadable file is not pending");
-    assert!(stderr(&o).contains("cannot read"), "no 'cannot read' for the file: {}", stderr(&o));
-    drop(mount);
+    let (log, pending) = sync_past_an_unreadable("photo.jpg", 50_000);
+    assert_eq!(pending, vec!["bad/photo.jpg".to_string()], "the unreadable file is not pending");
+    assert!(log.contains("cannot read"), "no 'cannot read' for the file: {log}");
 }
 
 /// An earlier attempt's kept prefix (the temporary) that cannot be read back: the receiver does
@@ -351,18 +359,7 @@ fn an_unreadable_partial_copy_is_started_over_and_holds_up_nothing() {
     if skip_unless_root() {
         return;
     }
-    let (_t, a, b) = pipe_pair();
-    let bad = b.receiving().join("bad");
-    fs::create_dir_all(&bad).unwrap();
-    let mount = UnreadableFile::mount(&bad, &pi2pi_agent::serve::temp_name("photo.jpg"), 20_000);
-    write_file(&a.sending(), "a-before.txt", &content(30, 50_000));
-    write_file(&a.sending(), "bad/photo.jpg", &content(31, 50_000));
-    write_file(&a.sending(), "z-after.txt", &content(32, 50_000));
-
-    let o = a.sync_once();
-    let arrived = |rel: &str, seed: u64| fs::read(b.receiving().join(rel)).ok() == Some(content(seed, 50_000));
-    assert!(arrived("a-before.txt", 30) && arrived("z-after.txt", 32), "held up by an unreadable partial copy: {}", stderr(&o));
-    assert!(stderr(&o).contains("the partial copy cannot be read"), "the kept prefix was not read: {}", stderr(&o));
-    assert_eq!(peer_status(&a).pending, vec!["bad/photo.jpg".to_string()], "the file is not pending");
-    drop(mount);
+    let (log, pending) = sync_past_an_unreadable(&pi2pi_agent::serve::temp_name("photo.jpg"), 20_000);
+    assert!(log.contains("the partial copy cannot be read"), "the kept prefix was not read: {log}");
+    assert_eq!(pending, vec!["bad/photo.jpg".to_string()], "the file is not pending");
 }
