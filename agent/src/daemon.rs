@@ -131,8 +131,9 @@ fn note(root: &Path, hot: &mut HashMap<String, Hot>, ev: notify::Result<notify::
         EventKind::Access(_) => return false,
         EventKind::Create(_) | EventKind::Modify(ModifyKind::Data(_)) => Some(true),
         EventKind::Modify(ModifyKind::Name(_)) => Some(false),
-        // Times, removals, anything else: nothing to record, but worth a pass.
-        _ => None,
+        EventKind::Modify(_) => None,
+        // A removal or anything else: nothing to record, but worth a pass.
+        _ => return true,
     };
     for p in ev.paths {
         let Some(rel) = p.strip_prefix(root).ok().and_then(|r| r.to_str()) else { continue };
