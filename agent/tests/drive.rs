@@ -244,9 +244,7 @@ impl UnreadableFile {
         );
         session
     }
-}
 
-impl UnreadableFile {
     const ROOT: u64 = fuser::FUSE_ROOT_ID;
     const FILE: u64 = 2;
     const TTL: Duration = Duration::from_secs(1);
