@@ -29,6 +29,7 @@ use xshell::Shell;
 
 use crate::config::{Host, ImageConfig, Role};
 use crate::image;
+use crate::mac::PiMacs;
 use crate::pair::{drive_tree, guest_tree, make_drive, test_files};
 use crate::qemu::{self, Nic, Vm};
 
@@ -184,6 +185,7 @@ impl<'a> Cluster<'a> {
         let sock = |name: &str| run_dir.join(format!("{name}.sock"));
         let uplink = Uplink::listen(&sock("uplink"))?;
         let manager = hosts[0];
+        let mut macs = PiMacs::for_run("cluster")?;
         let (mut specs, mut files) = (Vec::new(), Vec::new());
         for (h, img) in hosts.iter().zip(images) {
             let dir = run_dir.join(&h.name);
@@ -193,15 +195,20 @@ impl<'a> Cluster<'a> {
             files.push(f);
             let nics = match &h.link {
                 // The worker: its gadget end.
-                Some(l) => vec![Nic { mac: l.dev_mac.clone(), local: sock(&h.name), remote: sock(&l.interface) }],
-                // The manager: the uplink first (eth0, as the config names it), then a link per worker.
-                None => std::iter::once(Nic { mac: manager.nic_mac(), local: sock("manager-uplink"), remote: sock("uplink") })
-                    .chain(hosts[1..].iter().filter_map(|w| w.link.as_ref().map(|l| (w, l))).map(|(w, l)| Nic {
-                        mac: l.host_mac.clone(),
-                        local: sock(&l.interface),
-                        remote: sock(&w.name),
-                    }))
-                    .collect(),
+                Some(l) => vec![Nic { mac: l.dev_mac, local: sock(&h.name), remote: sock(&l.interface) }],
+                // The manager: the uplink first (eth0, as the config names it; its address is its
+                // Pi's own), then a link per worker (each end's address set by the worker's card).
+                None => std::iter::once(Nic {
+                    mac: macs.next(&format!("{} uplink {}", manager.name, manager.uplink.as_deref().unwrap_or("eth0"))),
+                    local: sock("manager-uplink"),
+                    remote: sock("uplink"),
+                })
+                .chain(hosts[1..].iter().filter_map(|w| w.link.as_ref().map(|l| (w, l))).map(|(w, l)| Nic {
+                    mac: l.host_mac,
+                    local: sock(&l.interface),
+                    remote: sock(&w.name),
+                }))
+                .collect(),
             };
             let spec = qemu::Spec {
                 name: h.name.clone(),
@@ -266,8 +273,8 @@ impl<'a> Cluster<'a> {
         let links: Vec<_> = self.workers().map(|(i, _, l)| (i, l)).collect();
         for (i, l) in links {
             let checks = [
-                (0, l.interface.as_str(), l.host_mac.as_str(), format!("inet {}/{}", l.manager, l.prefix)),
-                (i, "usb0", l.dev_mac.as_str(), format!("inet {}/{}", l.worker, l.prefix)),
+                (0, l.interface.as_str(), l.host_mac.to_string(), format!("inet {}/{}", l.manager, l.prefix)),
+                (i, "usb0", l.dev_mac.to_string(), format!("inet {}/{}", l.worker, l.prefix)),
             ];
             for (vm, iface, mac, inet) in checks {
                 let vm = &mut self.vms[vm];

@@ -9,6 +9,8 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use pi2pi_agent::rules::{self, Source};
+
+use crate::mac::Mac;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
@@ -194,7 +196,8 @@ pub struct ImageParams {
 pub enum Role {
     /// A pair's host with a static address, serving DHCP and DNS on the cable.
     DhcpServer,
-    /// A pair's host with its address from the dhcp-server, reserved by MAC.
+    /// A pair's host with its address from the dhcp-server, reserved by the client identifier its
+    /// card sends (so any Pi the card is put in gets it).
     DhcpClient,
     /// A cluster's hub: one USB gadget link per worker, routing between them, NAT to its uplink.
     Manager,
@@ -233,8 +236,11 @@ pub struct Host {
     /// Where the other hosts reach it. None for a cluster's manager, which has an address on each
     /// worker's link instead (see [`ImageConfig::address_seen_by`]).
     pub address: Option<Ipv4Addr>,
-    /// A dhcp-client's Ethernet address (its DHCP reservation).
-    pub mac: Option<String>,
+    /// A dhcp-client's Ethernet address, when the file pins its reservation to one Pi as well.
+    pub mac: Option<Mac>,
+    /// A dhcp-client's DHCP client identifier (option 61, colon-separated hex): its card sends it
+    /// and the dhcp-server reserves the address by it, whatever Pi the card is in.
+    pub client_id: Option<String>,
     pub peers: Vec<String>,
     /// The `[bases.<name>]` its card is built from; None: `[base]`.
     pub base: Option<String>,
@@ -257,9 +263,9 @@ pub struct Link {
     pub manager: Ipv4Addr,
     pub worker: Ipv4Addr,
     /// g_ether's `host_addr`: the manager's end (its `ethpiN`).
-    pub host_mac: String,
+    pub host_mac: Mac,
     /// g_ether's `dev_addr`: the worker's `usb0`.
-    pub dev_mac: String,
+    pub dev_mac: Mac,
     /// The manager's name for the link.
     pub interface: String,
 }
@@ -282,17 +288,12 @@ impl Host {
             (None, None, None) => String::new(),
         }
     }
-    /// The Ethernet address a VM gives this host's NIC: a worker's gadget address, else the
-    /// configured one, else (the dhcp-server needs none) a fixed locally administered one
-    /// derived from the name.
-    pub fn nic_mac(&self) -> String {
-        if let Some(l) = &self.link {
-            return l.dev_mac.clone();
-        }
-        self.mac.clone().unwrap_or_else(|| {
-            let d = crate::cache::sha256_hex(self.name.as_bytes());
-            format!("52:54:00:{}:{}:{}", &d[0..2], &d[2..4], &d[4..6])
-        })
+    /// The Ethernet address this host's card gives its network interface, if it sets one: a
+    /// worker's gadget end (g_ether's `dev_addr`). Every other interface has the address its Pi
+    /// came with, which no config knows (a pinned `mac` is what the file expects, not what the
+    /// card sets).
+    pub fn card_mac(&self) -> Option<Mac> {
+        self.link.as_ref().map(|l| l.dev_mac)
     }
 }
 
@@ -478,7 +479,7 @@ impl RawHost {
         }
         [
             ("address", at(&self.address), PAIR),
-            ("mac", at(&self.mac), PAIR),
+            ("mac", at(&self.mac), &[Role::DhcpClient]),
             ("uplink", at(&self.uplink), &[Role::Manager]),
             ("link", at(&self.link), &[Role::Worker]),
             ("subnet", at(&self.subnet), &[Role::Worker]),
@@ -493,13 +494,13 @@ impl RawHost {
 }
 
 /// Every Ethernet address a host's config gives it, by key.
-fn macs(h: &Host) -> Vec<(&'static str, &str)> {
+fn macs(h: &Host) -> Vec<(&'static str, Mac)> {
     let mut v = Vec::new();
-    if let Some(m) = &h.mac {
-        v.push(("mac", m.as_str()));
+    if let Some(m) = h.mac {
+        v.push(("mac", m));
     }
     if let Some(l) = &h.link {
-        v.extend([("host_mac", l.host_mac.as_str()), ("dev_mac", l.dev_mac.as_str())]);
+        v.extend([("host_mac", l.host_mac), ("dev_mac", l.dev_mac)]);
     }
     v
 }
@@ -519,20 +520,18 @@ fn user_name(s: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A unicast Ethernet address, lower case.
-fn mac(cx: &Source, m: &S<String>, key: &str) -> Result<String, ConfigError> {
-    let lower = m.get_ref().to_lowercase();
-    let ok = parse_mac(&lower).is_some_and(|b| b[0] & 1 == 0 && b != [0; 6]);
-    cx.check(ok, m, key, || format!("`{}` must be a unicast MAC like \"b8:27:eb:00:00:01\"", m.get_ref()))?;
-    Ok(lower)
+/// A unicast Ethernet address.
+fn mac(cx: &Source, m: &S<String>, key: &str) -> Result<Mac, ConfigError> {
+    m.get_ref().parse().or_else(|e| cx.err(m, key, e))
 }
 
-/// A stable, locally administered unicast address for `what` of host `name` (a worker's gadget
-/// ends, when the file gives none): the same on every build, different for every name.
-fn derived_mac(name: &str, what: &str) -> String {
-    let d = crate::cache::sha256_hex(format!("pi2pi {what} {name}").as_bytes());
-    let first = (u8::from_str_radix(&d[0..2], 16).expect("hex") & 0xfc) | 0x02;
-    format!("{first:02x}:{}:{}:{}:{}:{}", &d[2..4], &d[4..6], &d[6..8], &d[8..10], &d[10..12])
+/// A dhcp-client's DHCP client identifier: type 0 (not a hardware address, RFC 2132 9.14) and 15
+/// bytes derived from its name, so a card sends the same one in any Pi and no two hosts share one.
+/// Hex on both sides: dhcpcd sends exactly these bytes, and dnsmasq's `id:` matches them (in text
+/// form dnsmasq would drop the type byte that dhcpcd adds). 16 bytes, within dhcpcd's 48.
+fn dhcp_client_id(name: &str) -> String {
+    let d = crate::cache::sha256_hex(format!("pi2pi dhcp-client {name}").as_bytes());
+    std::iter::once("00").chain((0..15).map(|i| &d[2 * i..2 * i + 2])).collect::<Vec<_>>().join(":")
 }
 
 /// The board `at` names, which must be one the base's architecture boots.
@@ -584,7 +583,7 @@ fn link(cx: &Source, idx: usize, h: &RawHost, name: &str) -> Result<Link, Config
     };
     let gadget_mac = |given: &Option<S<String>>, k: &str| match given {
         Some(m) => mac(cx, m, &key(k)),
-        None => Ok(derived_mac(name, k)),
+        None => Ok(Mac::derived(name, k)),
     };
     let (host_mac, dev_mac) = (gadget_mac(&h.host_mac, "host_mac")?, gadget_mac(&h.dev_mac, "dev_mac")?);
     if host_mac == dev_mac {
@@ -605,21 +604,6 @@ fn link(cx: &Source, idx: usize, h: &RawHost, name: &str) -> Result<Link, Config
         dev_mac,
         interface: format!("ethpi{number}"),
     })
-}
-
-fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let parts: Vec<&str> = s.split(':').collect();
-    if parts.len() != 6 {
-        return None;
-    }
-    let mut m = [0u8; 6];
-    for (i, p) in parts.iter().enumerate() {
-        if p.len() != 2 {
-            return None;
-        }
-        m[i] = u8::from_str_radix(p, 16).ok()?;
-    }
-    Some(m)
 }
 
 pub fn load(path: &Path) -> Result<ImageConfig, ConfigError> {
@@ -994,6 +978,7 @@ fn one_host(
         role,
         address: None,
         mac: None,
+        client_id: None,
         peers: Vec::new(),
         base: base_name,
         board: board.map(|b| b.name),
@@ -1010,8 +995,8 @@ fn one_host(
             }
             host.address = Some(ip);
             host.mac = h.mac.as_ref().map(|m| mac(cx, m, &key("mac"))).transpose()?;
-            if role == Role::DhcpClient && host.mac.is_none() {
-                return cx.err(&h.role, &key("mac"), "a dhcp-client needs `mac` (its Ethernet address) for its reservation");
+            if role == Role::DhcpClient {
+                host.client_id = Some(dhcp_client_id(&host.name));
             }
         }
         Role::Manager => {
@@ -1080,11 +1065,31 @@ mod tests {
     }
 
     #[test]
+    fn a_dhcp_clients_reservation_is_by_its_card_and_optionally_by_a_mac() {
+        let t = text();
+        let c = parse_str(&t).unwrap();
+        let rpb = c.host("rpb").unwrap();
+        assert_eq!(rpb.mac, None, "the shipped file ties rpb to no Pi");
+        let id = rpb.client_id.as_deref().unwrap();
+        assert!(id.starts_with("00:") && id.len() == 16 * 3 - 1, "type 0, 16 bytes: {id}");
+        assert_eq!(c.host("rpa").unwrap().client_id, None, "the dhcp-server has a static address");
+        let pinned = parse_str(&t.replace("# mac = \"b8:27:eb:12:34:56\"", "mac = \"B8:27:EB:12:34:56\"")).unwrap();
+        let rpb2 = pinned.host("rpb").unwrap();
+        assert_eq!(rpb2.mac.map(|m| m.to_string()).as_deref(), Some("b8:27:eb:12:34:56"));
+        assert_eq!(rpb2.client_id.as_deref(), Some(id), "a pinned MAC keeps the card's identifier too");
+        let renamed = parse_str(&t.replace("name = \"rpb\"", "name = \"rpc\"").replace("rpb", "rpc")).unwrap();
+        assert_ne!(renamed.host("rpc").unwrap().client_id.as_deref(), Some(id), "each name its own identifier");
+        let e = parse_str(&t.replace("address = \"10.0.0.1\"", "address = \"10.0.0.1\"\nmac = \"b8:27:eb:00:00:02\"")).unwrap_err();
+        assert_eq!(e.key, "host[0].mac");
+        assert!(e.message.contains("only for: dhcp-client"), "{e}");
+    }
+
+    #[test]
     fn errors_name_file_line_and_key() {
         let t = text();
         let line_of = |needle: &str| t[..t.find(needle).unwrap()].matches('\n').count() + 1;
-        let e = parse_str(&t.replace("mac = \"b8:27:eb:00:00:01\"", "mac = \"b8:27:eb:00:00\"")).unwrap_err();
-        assert_eq!((e.key.as_str(), e.line), ("host[1].mac", Some(line_of("mac = "))));
+        let e = parse_str(&t.replace("# mac = \"b8:27:eb:12:34:56\"", "mac = \"b8:27:eb:00:00\"")).unwrap_err();
+        assert_eq!((e.key.as_str(), e.line), ("host[1].mac", Some(line_of("# mac = "))));
         assert!(e.to_string().starts_with("image.toml:"), "{e}");
         let e = parse_str(&t.replace("address = \"10.0.0.49\"", "address = \"192.168.1.9\"")).unwrap_err();
         assert_eq!(e.key, "host[1].address");
@@ -1100,8 +1105,6 @@ mod tests {
         assert!(e.message.contains("only one host"), "{e}");
         let e = parse_str(&t.replace("timezone = \"America/New_York\"", "timezone = \"Mars/Olympus\"")).unwrap_err();
         assert_eq!(e.key, "system.timezone");
-        let e = parse_str(&t.replace("mac = \"b8:27:eb:00:00:01\"\n", "")).unwrap_err();
-        assert_eq!(e.key, "host[1].mac");
     }
 
     #[test]
@@ -1162,11 +1165,10 @@ mod tests {
         assert_eq!(w2.peers, vec!["manager"]);
         assert_eq!(c.address_seen_by(w2, m), Some(l.manager), "a worker reaches the manager at its own link's .1");
         // Derived gadget addresses: locally administered unicast, stable, different per end and name.
-        let all: Vec<&str> = c.hosts.iter().flat_map(|h| macs(h).into_iter().map(|(_, m)| m)).collect();
+        let all: Vec<Mac> = c.hosts.iter().flat_map(|h| macs(h).into_iter().map(|(_, m)| m)).collect();
         assert_eq!(all.len(), 6);
         for m in &all {
-            let b = parse_mac(m).unwrap();
-            assert_eq!(b[0] & 3, 2, "{m} is locally administered unicast");
+            assert_eq!(m.0[0] & 3, 2, "{m} is locally administered unicast");
         }
         assert_eq!(all.iter().collect::<std::collections::BTreeSet<_>>().len(), 6, "{all:?}");
         assert_eq!(parse_str(&cluster_text()).unwrap().host("worker2").unwrap().link.as_ref().unwrap().host_mac, l.host_mac);

@@ -398,13 +398,25 @@ mod tests {
         let hosts = text(&a, "etc/hosts");
         assert!(hosts.contains("10.0.0.1\trpa.local rpa\n") && hosts.contains("10.0.0.49\trpb.local rpb\n"), "{hosts}");
         let dns = text(&a, "etc/pi2pi/dnsmasq.conf");
-        assert!(dns.contains("dhcp-host=b8:27:eb:00:00:01,10.0.0.49,rpb"), "{dns}");
+        // rpb's address is reserved by the identifier its card sends, whatever Pi it is in.
+        let id = cfg.host("rpb").unwrap().client_id.clone().unwrap();
+        assert!(dns.contains(&format!("\ndhcp-host=id:{id},10.0.0.49,rpb\n")), "{dns}");
+        assert_eq!(dns.matches("dhcp-host=").count(), 1, "{dns}");
         assert!(dns.contains("dhcp-range=10.0.0.100,10.0.0.200,255.0.0.0,12h"), "{dns}");
         assert!(enabled(&a, "multi-user.target", "pi2pi-dnsmasq.service"));
         let b = layer_for(&cfg, "rpb");
         assert!(!b.root.contains_key("etc/pi2pi/dnsmasq.conf") && !b.root.contains_key("etc/systemd/system/pi2pi-dnsmasq.service"));
         assert!(!enabled(&b, "multi-user.target", "pi2pi-dnsmasq.service"));
-        assert!(!text(&b, "etc/dhcpcd.conf").contains("static ip_address"));
+        let dhcpcd = text(&b, "etc/dhcpcd.conf");
+        assert!(!dhcpcd.contains("static ip_address"));
+        assert!(dhcpcd.contains(&format!("\nclientid {id}\npersistent\n")), "{dhcpcd}");
+        assert!(text(&a, "etc/dhcpcd.conf").contains("\nclientid\npersistent\n"));
+        // A pinned MAC is honoured beside the identifier.
+        let mut pinned = cfg.clone();
+        pinned.hosts[1].mac = Some("b8:27:eb:12:34:56".parse().unwrap());
+        let a = layer_for(&pinned, "rpa");
+        let dns = text(&a, "etc/pi2pi/dnsmasq.conf");
+        assert!(dns.contains(&format!("\ndhcp-host=b8:27:eb:12:34:56,id:{id},10.0.0.49,rpb\n")), "{dns}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod flash;
 mod image;
 mod keys;
 mod layers;
+mod mac;
 mod pair;
 mod pins;
 mod proc;

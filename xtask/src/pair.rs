@@ -22,6 +22,7 @@ use xshell::Shell;
 use crate::config::{Host, ImageConfig, Role, Schedule};
 use crate::fat::Fat;
 use crate::image;
+use crate::mac::{Mac, PiMacs};
 use crate::qemu::{self, Vm};
 
 const BOOT_LIMIT: Duration = Duration::from_secs(420);
@@ -135,22 +136,28 @@ pub(crate) fn drive_tree(sh: &Shell, img: &Path, dir: &str, scratch: &Path) -> R
     Ok(out)
 }
 
-/// The pair's drives (FAT32 images pre-filled with `files`, one list per host) and VM specs: one
-/// cable between the two, each card on its image, under `run_dir/<host>/`.
+/// The pair's USB drives: FAT32 images of `kib`, pre-filled with `files` (one list per host).
+pub(crate) struct Drives<'a> {
+    pub files: &'a [Vec<(String, Vec<u8>)>],
+    pub kib: u64,
+}
+
+/// The pair's drives and VM specs: one cable between the two, each card on its image, under
+/// `run_dir/<host>/`, each NIC with a Pi's own address from `macs`.
 pub(crate) fn specs(
     sh: &Shell,
     cfg: &ImageConfig,
     hosts: &[&Host],
     images: &[PathBuf],
     run_dir: &Path,
-    files: &[Vec<(String, Vec<u8>)>],
-    drive_kib: u64,
+    drives: Drives,
+    macs: &mut PiMacs,
 ) -> Result<Vec<qemu::Spec>> {
     let mut specs = Vec::new();
     for (i, h) in hosts.iter().enumerate() {
         let dir = run_dir.join(&h.name);
         std::fs::create_dir_all(&dir)?;
-        make_drive(sh, &dir.join("usb.img"), &cfg.drive.label, drive_kib, &files[i], &dir.join("stage"))?;
+        make_drive(sh, &dir.join("usb.img"), &cfg.drive.label, drives.kib, &drives.files[i], &dir.join("stage"))?;
         let other = &hosts[1 - i].name;
         specs.push(qemu::Spec {
             name: h.name.clone(),
@@ -158,7 +165,7 @@ pub(crate) fn specs(
             usb: Some(dir.join("usb.img")),
             usb_unplugged: false,
             nics: vec![qemu::Nic {
-                mac: h.nic_mac(),
+                mac: h.card_mac().unwrap_or_else(|| macs.next(&format!("{} eth0", h.name))),
                 local: run_dir.join(format!("{}.link", h.name)),
                 remote: run_dir.join(format!("{other}.link")),
             }],
@@ -234,6 +241,8 @@ struct Pair<'a> {
     vms: Vec<Vm>,
     server: usize,
     client: usize,
+    /// Where the Pis' own Ethernet addresses come from (see [`PiMacs`]).
+    macs: PiMacs,
 }
 
 fn pair(
@@ -272,9 +281,10 @@ impl Pair<'_> {
     ) -> Result<Pair<'a>> {
         let server = hosts.iter().position(|h| h.role == Role::DhcpServer).context("no dhcp-server")?;
         let files: Vec<_> = hosts.iter().map(|h| test_files(&h.name)).collect();
-        let specs = specs(sh, cfg, hosts, images, run_dir, &files, DRIVE_KIB)?;
+        let mut macs = PiMacs::for_run("qemu")?;
+        let specs = specs(sh, cfg, hosts, images, run_dir, Drives { files: &files, kib: DRIVE_KIB }, &mut macs)?;
         let (boots, vms) = qemu::start_all(sh, &specs)?;
-        Ok(Pair { sh, cfg, hosts, schedules, specs, boots, files, vms, server, client: 1 - server })
+        Ok(Pair { sh, cfg, hosts, schedules, specs, boots, files, vms, server, client: 1 - server, macs })
     }
 
     fn wait_booted(&mut self) -> Result<Vec<(String, Duration)>> {
@@ -322,7 +332,8 @@ impl Pair<'_> {
         Ok(())
     }
 
-    /// Static address on the server, leased (reserved by MAC) on the client.
+    /// Static address on the server, leased (reserved by the card's client identifier) on the
+    /// client, whose Ethernet address is a Pi's own, in no config.
     fn check_addresses(&mut self) -> Result<()> {
         let (cfg, hosts) = (self.cfg, self.hosts);
         let lan = cfg.lan()?;
@@ -339,16 +350,35 @@ impl Pair<'_> {
                 std::thread::sleep(Duration::from_secs(2));
             }
         }
+        self.check_lease()
+    }
+
+    /// The server's lease file gives the client its reserved address, to the Ethernet address its
+    /// NIC has now and the identifier its card sends.
+    fn check_lease(&mut self) -> Result<()> {
         let leases = self.vms[self.server].ok("cat /var/lib/misc/dnsmasq.leases", CMD)?;
-        let c = hosts[self.client];
+        let c = self.hosts[self.client];
+        let mac = self.client_mac();
+        let want = (mac.to_string(), address(c).to_string(), c.name.as_str(), c.client_id.as_deref().unwrap_or("-"));
+        // dnsmasq's lease line: expiry, MAC, address, host name, client identifier.
+        let found = leases
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .any(|f| f.len() == 5 && (f[1], f[2], f[3], f[4]) == (want.0.as_str(), want.1.as_str(), want.2, want.3));
         ensure!(
-            leases.contains(c.mac.as_deref().unwrap_or("-")) && leases.contains(&address(c).to_string()),
-            "{}'s lease file has no lease of {} to {:?}:\n{leases}",
-            hosts[self.server].name,
-            address(c),
-            c.mac
+            found,
+            "{}'s lease file has no lease of {} to {} ({}, id {}):\n{leases}",
+            self.hosts[self.server].name,
+            want.1,
+            want.2,
+            want.0,
+            want.3
         );
         Ok(())
+    }
+
+    fn client_mac(&self) -> Mac {
+        self.specs[self.client].nics[0].mac
     }
 
     /// Every name resolves on both; the agent key logs in with no prompt but runs the receiver only.
@@ -439,20 +469,25 @@ impl Pair<'_> {
         wait_arrival(&mut self.vms[1 - sender], &path, sum, limit)
     }
 
-    /// Reboots the client: sync goes on both ways (a file from each side, written after the
-    /// reboot; the client's is its new-file latency sample, from a sender that just booted), and
-    /// no receiver writes any file a second time (judged by the files themselves: the times of
-    /// each file under receiving/, which a new copy changes).
+    /// Reboots the client with its card in another Pi (another factory Ethernet address, as when
+    /// a broken Pi is replaced and the card moved over): it keeps its address, sync goes on both
+    /// ways (a file from each side, written after the reboot; the client's is its new-file latency
+    /// sample, from a sender that just booted), and no receiver writes any file a second time
+    /// (judged by the files themselves: the times of each file under receiving/, which a new copy
+    /// changes).
     fn check_reboot_sends_nothing_twice(&mut self) -> Result<Vec<(Schedule, Duration)>> {
         let mount = self.cfg.drive.mount_point.clone();
         let receiving = format!("{mount}/receiving");
         let before: Vec<_> = self.vms.iter_mut().map(|vm| guest_written(vm, &receiving)).collect::<Result<_>>()?;
         let c = self.client;
         self.vms[c].stop("reboot", Duration::from_secs(120))?;
+        let moved_to = self.macs.next(&format!("{} eth0, its card moved to another Pi", self.hosts[c].name));
+        self.specs[c].nics[0].mac = moved_to;
         let restarted = Instant::now();
         self.vms[c] = Vm::start(self.sh, &self.specs[c], &self.boots[c], &self.specs[c].dir.join("overlay.qcow2"))?;
         let t = self.vms[c].wait_booted(restarted, BOOT_LIMIT)?;
-        eprintln!("qemu: {} rebooted in {:.0}s", self.hosts[c].name, t.as_secs_f64());
+        eprintln!("qemu: {} rebooted in another Pi ({moved_to}) in {:.0}s", self.hosts[c].name, t.as_secs_f64());
+        self.check_addresses().context("after the card moved to another Pi")?;
         let names: Vec<String> = [self.server, c].iter().map(|&i| format!("after-reboot-{}.bin", self.hosts[i].name)).collect();
         let sums = [self.write_staged(self.server, &names[0], 50_000)?, self.write_staged(c, &names[1], 300_000)?];
         let written = Instant::now();

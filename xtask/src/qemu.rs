@@ -22,6 +22,7 @@ use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
 use crate::fat::Fat;
+use crate::mac::Mac;
 use crate::proc;
 
 /// What the card's boot partition says to boot.
@@ -110,7 +111,7 @@ pub struct Spec {
 /// One network card on a private link: a datagram socket pair (this end, the other end), both
 /// unix sockets, so frames go only to whoever binds `remote` (another VM, or the test itself).
 pub struct Nic {
-    pub mac: String,
+    pub mac: Mac,
     pub local: PathBuf,
     pub remote: PathBuf,
 }

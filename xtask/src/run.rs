@@ -8,6 +8,7 @@ use xshell::Shell;
 
 use crate::config::ImageConfig;
 use crate::fat::Fat;
+use crate::mac::PiMacs;
 use crate::{proc, qemu};
 
 pub fn run(sh: &Shell, cfg: &ImageConfig, host: &str) -> Result<()> {
@@ -30,7 +31,11 @@ pub fn run(sh: &Shell, cfg: &ImageConfig, host: &str) -> Result<()> {
         usb_unplugged: false,
         // A NIC on a link with nobody at the other end: eth0 and dnsmasq come up as on a Pi
         // whose cable is unplugged, and nothing can leave the VM.
-        nics: vec![qemu::Nic { mac: h.nic_mac(), local: dir.join("self.link"), remote: dir.join("nobody.link") }],
+        nics: vec![qemu::Nic {
+            mac: h.card_mac().unwrap_or_else(|| PiMacs::with_seed(fastrand::u64(..)).next(&format!("{host} eth0"))),
+            local: dir.join("self.link"),
+            remote: dir.join("nobody.link"),
+        }],
         dir: dir.clone(),
         memory_mib: 768,
         rtc_base: None,

@@ -26,7 +26,8 @@ use serde_json::json;
 use xshell::{cmd, Shell};
 
 use crate::config::{Host, ImageConfig};
-use crate::pair::{drive_tree, guest_written, specs, wait_arrival, wait_idle};
+use crate::mac::PiMacs;
+use crate::pair::{drive_tree, guest_written, specs, wait_arrival, wait_idle, Drives};
 use crate::qemu::{self, Vm};
 use crate::qmp::{Qmp, QMP_SOCK};
 use crate::{image, proc};
@@ -161,16 +162,19 @@ pub fn run(sh: &Shell, cfg: &ImageConfig, opts: &Options, build: bool) -> Result
     let run_dir = sh.current_dir().join("target/soak");
     let _ = std::fs::remove_dir_all(&run_dir);
     std::fs::create_dir_all(&run_dir)?;
+    let mut macs = PiMacs::for_run("soak")?;
     eprintln!(
-        "soak: {} faults, seed {} (replay: cargo xtask soak --faults {} --seed {} --max-mib {} --max-cut {})",
+        "soak: {} faults, seed {} (replay: {}={} cargo xtask soak --faults {} --seed {} --max-mib {} --max-cut {})",
         opts.faults,
         opts.seed,
+        crate::mac::SEED_VAR,
+        macs.seed(),
         opts.faults,
         opts.seed,
         opts.max_mib,
         opts.max_cut.as_secs()
     );
-    let result = Soak::start(sh, cfg, &hosts, &images, &run_dir, opts).and_then(|mut s| {
+    let result = Soak::start(sh, cfg, &hosts, &images, &run_dir, opts, &mut macs).and_then(|mut s| {
         let r = s.run(opts, t0);
         if r.is_err() {
             s.keep_diagnostics();
@@ -234,8 +238,9 @@ impl<'a> Soak<'a> {
         images: &[PathBuf],
         run_dir: &Path,
         opts: &Options,
+        macs: &mut PiMacs,
     ) -> Result<Soak<'a>> {
-        let specs = specs(sh, cfg, hosts, images, run_dir, &[Vec::new(), Vec::new()], DRIVE_KIB)?;
+        let specs = specs(sh, cfg, hosts, images, run_dir, Drives { files: &[Vec::new(), Vec::new()], kib: DRIVE_KIB }, macs)?;
         let (boots, vms) = qemu::start_all(sh, &specs)?;
         let qmp = specs.iter().map(|s| Qmp::connect(&s.dir.join(QMP_SOCK), Duration::from_secs(30))).collect::<Result<_>>()?;
         let mut s = Soak {
