@@ -194,8 +194,9 @@ fn ship_all(sh: &Shell, cfg: &ImageConfig, dir: &Path, built: &mut [Built]) -> R
         let host = cfg.host(&b.host)?;
         entries.push(ship::imager_entry(&cfg.for_host(host), host, &b.path, &b.sha256, b.epoch)?);
     }
-    let list = ship::write_imager_list(dir, entries)?;
-    sums.push((list.clone(), sha256_file(&list)?));
+    for f in ship::write_imager_list(dir, entries)? {
+        sums.push((f.clone(), sha256_file(&f)?));
+    }
     write_sums(dir, &sums)
 }
 

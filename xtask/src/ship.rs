@@ -26,6 +26,10 @@ const XZ_BLOCK: &str = "--block-size=32MiB";
 const XZ_THREADS: &str = "-T0";
 
 pub const IMAGER_LIST: &str = "rpi-imager.json";
+/// The icon Imager shows beside every card of the list (its schema requires one), shipped
+/// beside the list.
+pub const IMAGER_ICON: &str = "pi2pi.svg";
+const ICON_SVG: &[u8] = include_bytes!("../assets/pi2pi.svg");
 /// The checksum file beside the cards, over every file written there.
 pub const SUMS: &str = "SHA256SUMS";
 
@@ -73,6 +77,7 @@ fn suffixed(p: &Path, suffix: &str) -> PathBuf {
 pub struct ImagerEntry {
     pub name: String,
     pub description: String,
+    pub icon: String,
     pub url: String,
     pub extract_size: u64,
     pub extract_sha256: String,
@@ -101,6 +106,7 @@ pub fn imager_entry(cfg: &ImageConfig, host: &Host, img: &Path, img_sha256: &str
             cfg.base.suite,
             cfg.base.arch.deb()
         ),
+        icon: format!("{}{IMAGER_ICON}", cfg.image.download_url),
         url: format!("{}{file}", cfg.image.download_url),
         extract_size: std::fs::metadata(img)?.len(),
         extract_sha256: img_sha256.to_string(),
@@ -132,8 +138,9 @@ fn date_of(epoch: u64) -> Result<String> {
 }
 
 /// Writes `rpi-imager.json` in `dir` with `entries` (by name) merged into the entries already
-/// there whose files still exist, so that building one host keeps the others listed.
-pub fn write_imager_list(dir: &Path, entries: Vec<ImagerEntry>) -> Result<PathBuf> {
+/// there whose files still exist, so that building one host keeps the others listed, and the
+/// icon they name beside it. Returns both files.
+pub fn write_imager_list(dir: &Path, entries: Vec<ImagerEntry>) -> Result<[PathBuf; 2]> {
     let path = dir.join(IMAGER_LIST);
     let mut list: Vec<ImagerEntry> = std::fs::read_to_string(&path)
         .ok()
@@ -144,8 +151,91 @@ pub fn write_imager_list(dir: &Path, entries: Vec<ImagerEntry>) -> Result<PathBu
     list.extend(entries);
     list.sort_by(|a, b| a.name.cmp(&b.name));
     let text = serde_json::to_string_pretty(&ImagerList { os_list: list })? + "\n";
+    imager_schema::check(&text)?;
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-    Ok(path)
+    let icon = dir.join(IMAGER_ICON);
+    std::fs::write(&icon, ICON_SVG).with_context(|| format!("writing {}", icon.display()))?;
+    Ok([path, icon])
+}
+
+/// The rules of Raspberry Pi Imager's own schema for its lists
+/// (`doc/json-schema/os-list-schema.json` in Imager's repository, draft-07), as serde types: an
+/// object with `os_list` and optionally `imager`, nothing else; `imager` has only its five
+/// string keys; each `os_list` item is one of three kinds (an OS, a link to a sub-list, inline
+/// sub-items), each with its required keys and their types, other keys allowed. Imager's
+/// published list format has grown keys its schema does not name (`devices`,
+/// `image_download_sha256`); where items allow more keys, the schema allows them too.
+mod imager_schema {
+    use anyhow::{Context, Result};
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)] // Read only to be checked.
+    struct List {
+        imager: Option<Imager>,
+        os_list: Vec<Item>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Imager {
+        latest_version: Option<String>,
+        url: Option<String>,
+        default_os: Option<String>,
+        embedded_default_os: Option<String>,
+        embedded_default_destination: Option<String>,
+    }
+
+    /// `anyOf` in the schema: the first kind an item fits.
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    #[allow(dead_code)]
+    enum Item {
+        Os {
+            name: String,
+            description: String,
+            icon: String,
+            url: String,
+            extract_size: i64,
+            extract_sha256: String,
+            image_download_size: i64,
+            release_date: String,
+            init_format: Option<String>,
+            website: Option<String>,
+        },
+        SubitemsUrl {
+            name: String,
+            description: String,
+            icon: Option<String>,
+            subitems_url: String,
+            website: Option<String>,
+        },
+        Subitems {
+            name: String,
+            description: String,
+            icon: Option<String>,
+            subitems: Vec<serde_json::Value>,
+        },
+    }
+
+    /// Fails naming the item and what Imager's schema wants of it.
+    pub fn check(text: &str) -> Result<()> {
+        let raw: serde_json::Value = serde_json::from_str(text).context("an Imager list is JSON")?;
+        let items = raw.get("os_list").and_then(|l| l.as_array()).cloned().unwrap_or_default();
+        for (i, item) in items.iter().enumerate() {
+            serde_json::from_value::<Item>(item.clone()).map_err(|_| {
+                let name = item.get("name").and_then(|n| n.as_str()).unwrap_or("?");
+                anyhow::anyhow!(
+                    "os_list[{i}] ({name}) fits none of Imager's item kinds: an OS needs name, description, icon, url, \
+                     release_date and extract_sha256 (strings) and extract_size and image_download_size (integers)"
+                )
+            })?;
+        }
+        serde_json::from_str::<List>(text).context("not a list Raspberry Pi Imager's schema accepts")?;
+        Ok(())
+    }
 }
 
 fn file_of(url: &str) -> &str {
@@ -176,6 +266,7 @@ pub fn check(sh: &Shell, cfg: &ImageConfig, dir: &Path, scratch: &Path) -> Resul
     std::fs::create_dir_all(scratch)?;
     let lock = crate::pins::LockFile::read(&cfg.lock_file)?;
     let text = std::fs::read_to_string(dir.join(IMAGER_LIST)).with_context(|| format!("reading {}", dir.join(IMAGER_LIST).display()))?;
+    imager_schema::check(&text).with_context(|| format!("{}", dir.join(IMAGER_LIST).display()))?;
     let list: ImagerList = serde_json::from_str(&text).with_context(|| format!("{} is not an Imager list", IMAGER_LIST))?;
     ensure!(!list.os_list.is_empty(), "{IMAGER_LIST} lists no card");
     let summed = checked_sums(sh, dir)?;
@@ -208,6 +299,12 @@ pub fn check(sh: &Shell, cfg: &ImageConfig, dir: &Path, scratch: &Path) -> Resul
         ensure!(e.image_download_sha256 == crate::image::sha256_file(&xz)?, "{}: image_download_sha256 is not the .img.xz's", e.name);
         ensure!(e.devices == devices, "{}: device tags {:?}, but the card boots {devices:?}", e.name, e.devices);
         ensure!(e.release_date == date, "{}: release_date {} is not the locked packages' date {date}", e.name, e.release_date);
+        ensure!(
+            file_of(&e.icon) == IMAGER_ICON && summed.contains(IMAGER_ICON),
+            "{}: its icon {} is not the shipped {IMAGER_ICON}",
+            e.name,
+            e.icon
+        );
     }
     Ok(list.os_list.len())
 }
@@ -307,7 +404,7 @@ mod tests {
         let sum_all = || {
             let _cd = sh.push_dir(&dir);
             let names: Vec<String> = ["img", "img.xz", "img.bmap"].iter().map(|x| format!("{}.{x}", host.name)).collect();
-            let sums = cmd!(sh, "sha256sum {names...} {IMAGER_LIST}").read().unwrap();
+            let sums = cmd!(sh, "sha256sum {names...} {IMAGER_LIST} {IMAGER_ICON}").read().unwrap();
             std::fs::write(dir.join(SUMS), sums + "\n").unwrap();
         };
         let e = check(&sh, &cfg, &dir, &dir.join("scratch")).unwrap_err();
@@ -325,6 +422,47 @@ mod tests {
         let e = check(&sh, &cfg, &dir, &dir.join("scratch")).unwrap_err().to_string();
         assert!(e.contains("extract_size"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The rules of Imager's schema, each broken once; the list we write keeps them.
+    #[test]
+    fn imager_lists_are_checked_against_imagers_schema() {
+        let cfg = shipped_config();
+        let entry = ImagerEntry {
+            name: "pi2pi rpa (arm64)".into(),
+            description: "rpa".into(),
+            icon: IMAGER_ICON.into(),
+            url: "rpa.img.xz".into(),
+            extract_size: 1,
+            extract_sha256: "00".into(),
+            image_download_size: 1,
+            image_download_sha256: "00".into(),
+            release_date: "2026-12-01".into(),
+            devices: imager_devices(&cfg),
+        };
+        let ours = serde_json::to_value(ImagerList { os_list: vec![entry] }).unwrap();
+        imager_schema::check(&ours.to_string()).unwrap();
+        let broken = |f: &dyn Fn(&mut serde_json::Value)| {
+            let mut v = ours.clone();
+            f(&mut v);
+            imager_schema::check(&v.to_string()).map_err(|e| format!("{e:#}")).unwrap_err()
+        };
+        let e = broken(&|v| drop(v["os_list"][0].as_object_mut().unwrap().remove("icon")));
+        assert!(e.contains("os_list[0] (pi2pi rpa (arm64))") && e.contains("icon"), "{e}");
+        let e = broken(&|v| v["os_list"][0]["extract_size"] = "1".into());
+        assert!(e.contains("integers"), "{e}");
+        let e = broken(&|v| v["source"] = "pi2pi".into());
+        assert!(e.contains("unknown field `source`"), "{e}");
+        let e = broken(&|v| v["imager"] = serde_json::json!({"devices": []}));
+        assert!(e.contains("unknown field `devices`"), "{e}");
+        let e = broken(&|v| drop(v.as_object_mut().unwrap().remove("os_list")));
+        assert!(e.contains("missing field `os_list`"), "{e}");
+        // The other two kinds of item, and keys the schema leaves open, are accepted.
+        let mut v = ours.clone();
+        v["imager"] = serde_json::json!({"latest_version": "2.0"});
+        v["os_list"].as_array_mut().unwrap().push(serde_json::json!({"name": "n", "description": "d", "subitems_url": "u"}));
+        v["os_list"].as_array_mut().unwrap().push(serde_json::json!({"name": "n", "description": "d", "subitems": []}));
+        imager_schema::check(&v.to_string()).unwrap();
     }
 
     #[test]
