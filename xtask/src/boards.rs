@@ -26,7 +26,48 @@ pub struct Board {
     /// Raspberry Pi Imager's family for it (its device tag is `<family>-<bits>bit`): the Zero
     /// is a `pi1`, the Zero 2 W a `pi3`, the 400 and CM4 `pi4`.
     pub imager_family: &'static str,
+    /// The kernel drivers it needs to boot and do a pi2pi job (`manifest.rs` checks every card).
+    pub hw: Hardware,
 }
+
+/// Kernel modules by name (as `modprobe` and `modules.builtin` name them, `_` for `-`), each
+/// present in the card as a module or built into its kernel.
+#[derive(Debug, Clone, Copy)]
+pub struct Hardware {
+    /// The SD card's controller and what the root filesystem needs, also in the initramfs.
+    pub root: &'static [&'static str],
+    /// The USB host controller and USB storage: the PI2PI drive.
+    pub usb_host: &'static [&'static str],
+    /// Its Ethernet port's driver and PHY (empty: the board has no port; a pair or a manager on it
+    /// needs a USB adapter, which is the user's to add).
+    pub ethernet: &'static [&'static str],
+}
+
+/// The SD card on the BCM2835's SDHOST (Pi 1, Zero, 2, 3, Zero 2 W; the Pi 3's other controller
+/// drives its Wi-Fi).
+const ROOT_SDHOST: &[&str] = &["mmc_block", "bcm2835", "ext4"];
+/// The Pi 4 family's SD card on EMMC2, an iProc SDHCI.
+const ROOT_EMMC2: &[&str] = &["mmc_block", "sdhci_iproc", "ext4"];
+/// DWC2 OTG controller as a host (every Pi before the 4).
+const USB_DWC2: &[&str] = &["dwc2", "usb_storage", "sd_mod"];
+/// The Pi 4's VL805 xHCI behind its PCIe bridge (whose firmware the reset driver loads).
+const USB_VL805: &[&str] = &["pcie_brcmstb", "reset_raspberrypi", "xhci_pci", "usb_storage", "sd_mod"];
+/// LAN9514 (Pi 1 B+, 2 B, 3 B): USB Ethernet with SMSC's PHY.
+const ETH_SMSC95XX: &[&str] = &["smsc95xx", "smsc"];
+/// LAN7515 (Pi 3 B+): USB Gigabit Ethernet with Microchip's PHY.
+const ETH_LAN78XX: &[&str] = &["lan78xx", "microchip"];
+/// The Pi 4 family's GENET MAC, its UniMAC MDIO bus and Broadcom's BCM54213PE PHY.
+const ETH_GENET: &[&str] = &["genet", "mdio_bcm_unimac", "broadcom"];
+/// A worker's link: the DWC2 as the USB device controller and the Ethernet gadget.
+pub const GADGET: &[&str] = &["dwc2", "g_ether"];
+
+const fn hw(root: &'static [&'static str], usb_host: &'static [&'static str], ethernet: &'static [&'static str]) -> Hardware {
+    Hardware { root, usb_host, ethernet }
+}
+const WITH_LAN9514: Hardware = hw(ROOT_SDHOST, USB_DWC2, ETH_SMSC95XX);
+const WITH_LAN7515: Hardware = hw(ROOT_SDHOST, USB_DWC2, ETH_LAN78XX);
+const NO_ETHERNET: Hardware = hw(ROOT_SDHOST, USB_DWC2, &[]);
+const BCM2711: Hardware = hw(ROOT_EMMC2, USB_VL805, ETH_GENET);
 
 const VC4: &[&str] = &["bootcode.bin", "start.elf", "fixup.dat"];
 // The Pi 4 family's boot ROM reads its EEPROM, not bootcode.bin.
@@ -42,40 +83,42 @@ const fn board(
     serial: &'static str,
     qemu_machine: Option<&'static str>,
     imager_family: &'static str,
+    hw: Hardware,
 ) -> Board {
-    Board { name, dtb, firmware, serial, qemu_machine, imager_family }
+    Board { name, dtb, firmware, serial, qemu_machine, imager_family, hw }
 }
 
 /// Boards a 64-bit card (Debian's arm64 kernel and raspi-firmware) boots. Not the Pi 5: its dtb
 /// ships, but kernel 6.12 has no driver for its RP1 I/O chip (Ethernet, USB), so it would boot
 /// with no network and no USB drive.
 const ARM64: &[Board] = &[
-    board("pi3-b", "bcm2837-rpi-3-b.dtb", VC4, MINI_UART, Some("raspi3b"), "pi3"),
-    board("pi3-b-plus", "bcm2837-rpi-3-b-plus.dtb", VC4, MINI_UART, None, "pi3"),
-    board("pi3-a-plus", "bcm2837-rpi-3-a-plus.dtb", VC4, MINI_UART, None, "pi3"),
-    board("cm3", "bcm2837-rpi-cm3-io3.dtb", VC4, PL011, None, "pi3"),
+    board("pi3-b", "bcm2837-rpi-3-b.dtb", VC4, MINI_UART, Some("raspi3b"), "pi3", WITH_LAN9514),
+    board("pi3-b-plus", "bcm2837-rpi-3-b-plus.dtb", VC4, MINI_UART, None, "pi3", WITH_LAN7515),
+    board("pi3-a-plus", "bcm2837-rpi-3-a-plus.dtb", VC4, MINI_UART, None, "pi3", NO_ETHERNET),
+    board("cm3", "bcm2837-rpi-cm3-io3.dtb", VC4, PL011, None, "pi3", NO_ETHERNET),
     // The Zero 2 W's RP3A0 is the Pi 3's BCM2837 with its RAM on top: raspi3b runs its dtb.
-    board("pi-zero-2-w", "bcm2837-rpi-zero-2-w.dtb", VC4, MINI_UART, Some("raspi3b"), "pi3"),
-    board("pi4-b", "bcm2711-rpi-4-b.dtb", VC6, MINI_UART, None, "pi4"),
-    board("pi-400", "bcm2711-rpi-400.dtb", VC6, MINI_UART, None, "pi4"),
-    board("cm4", "bcm2711-rpi-cm4-io.dtb", VC6, MINI_UART, None, "pi4"),
+    board("pi-zero-2-w", "bcm2837-rpi-zero-2-w.dtb", VC4, MINI_UART, Some("raspi3b"), "pi3", NO_ETHERNET),
+    board("pi4-b", "bcm2711-rpi-4-b.dtb", VC6, MINI_UART, None, "pi4", BCM2711),
+    board("pi-400", "bcm2711-rpi-400.dtb", VC6, MINI_UART, None, "pi4", BCM2711),
+    board("cm4", "bcm2711-rpi-cm4-io.dtb", VC6, MINI_UART, None, "pi4", BCM2711),
 ];
 
 /// Boards a 32-bit armhf card boots: Debian's armmp-lpae kernel needs a Cortex-A7 or later
-/// (Pi 2 and newer); the Pi 1 and Zero are ARMv6.
+/// (Pi 2 and newer); the Pi 1 and Zero are ARMv6. Not the Pi 4: that kernel (6.12) has neither
+/// its GENET Ethernet nor the PCIe bridge its USB ports are behind, so it would boot with no
+/// network and no drive (the hardware manifest found this); a Pi 4 takes the arm64 card.
 const ARMHF: &[Board] = &[
-    board("pi2-b", "bcm2836-rpi-2-b.dtb", VC4, PL011, Some("raspi2b"), "pi2"),
-    board("pi3-b", "bcm2837-rpi-3-b.dtb", VC4, MINI_UART, None, "pi3"),
-    board("pi4-b", "bcm2711-rpi-4-b.dtb", VC6, MINI_UART, None, "pi4"),
+    board("pi2-b", "bcm2836-rpi-2-b.dtb", VC4, PL011, Some("raspi2b"), "pi2", WITH_LAN9514),
+    board("pi3-b", "bcm2837-rpi-3-b.dtb", VC4, MINI_UART, None, "pi3", WITH_LAN9514),
 ];
 
 /// Boards an ARMv6 armel card boots: Debian's `linux-image-rpi` is built for the BCM2835 (Pi 1,
 /// Zero, Zero W; its dtbs are the upstream bcm2835 ones).
 const ARMEL: &[Board] = &[
-    board("pi-zero", "bcm2835-rpi-zero.dtb", VC4, PL011, Some("raspi0"), "pi1"),
-    board("pi-zero-w", "bcm2835-rpi-zero-w.dtb", VC4, MINI_UART, None, "pi1"),
-    board("pi1-b-plus", "bcm2835-rpi-b-plus.dtb", VC4, PL011, None, "pi1"),
-    board("pi1-a-plus", "bcm2835-rpi-a-plus.dtb", VC4, PL011, None, "pi1"),
+    board("pi-zero", "bcm2835-rpi-zero.dtb", VC4, PL011, Some("raspi0"), "pi1", NO_ETHERNET),
+    board("pi-zero-w", "bcm2835-rpi-zero-w.dtb", VC4, MINI_UART, None, "pi1", NO_ETHERNET),
+    board("pi1-b-plus", "bcm2835-rpi-b-plus.dtb", VC4, PL011, None, "pi1", WITH_LAN9514),
+    board("pi1-a-plus", "bcm2835-rpi-a-plus.dtb", VC4, PL011, None, "pi1", NO_ETHERNET),
 ];
 
 /// Boards whose USB port works as a device (an OTG port that a host's cable makes a gadget): the

@@ -131,6 +131,7 @@ fn build_group(sh: &Shell, cfg: &ImageConfig, hosts: &[&Host], opts: &Options) -
         }
     };
     let (kernel, initrd) = (find("vmlinuz-")?, find("initrd.img-")?);
+    let drivers = crate::manifest::Drivers::of(&facts, &initrd)?;
     let mke2fs = tools::mke2fs(sh, &opts.cache_dir)?;
     let facts_s = t_facts.elapsed().as_secs_f64();
     let epoch = base.pins.source_date_epoch;
@@ -146,6 +147,7 @@ fn build_group(sh: &Shell, cfg: &ImageConfig, hosts: &[&Host], opts: &Options) -
         initrd,
         mke2fs: &mke2fs,
         epoch,
+        drivers,
         stages: [("setup", setup_s), ("base", base.seconds), ("agent", agent.seconds), ("facts", facts_s)]
             .map(|(stage, seconds)| Lap { stage, seconds })
             .to_vec(),
@@ -212,6 +214,8 @@ struct Shared<'a> {
     initrd: String,
     mke2fs: &'a tools::Mke2fs,
     epoch: u64,
+    /// What the base's kernel and initramfs carry, for the hardware manifest.
+    drivers: crate::manifest::Drivers,
     stages: Vec<Lap>,
 }
 
@@ -256,6 +260,7 @@ fn build_host(sh: &Shell, shared: &Shared, host: &Host) -> Result<Built> {
     let mut boot: BTreeMap<String, Vec<u8>> = facts.boot.clone();
     boot.extend(layer.boot.clone());
     boards::check_boot_partition(cfg.base.arch, &boot)?;
+    crate::manifest::check(cfg.base.arch, host.role, &shared.drivers)?;
     let boot_img = work.join("boot.vfat");
     disk::boot_fs(sh, &boot, cfg.image.boot_mib, ids.boot_volid, epoch, &work, &boot_img)?;
     let root_img = work.join("root.ext4");

@@ -15,6 +15,7 @@ mod image;
 mod keys;
 mod layers;
 mod mac;
+mod manifest;
 mod pair;
 mod pins;
 mod proc;

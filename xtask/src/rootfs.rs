@@ -3,7 +3,7 @@
 //! tarball directly, so no staging directory, no root privileges and no mounts are involved, and
 //! the result depends only on the two inputs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read};
 use std::path::Path;
@@ -23,6 +23,10 @@ pub struct Stats {
 pub struct BaseFacts {
     pub boot: BTreeMap<String, Vec<u8>>,
     pub passwd: String,
+    /// The kernel's modules in the base.
+    pub modules: BTreeSet<String>,
+    /// The drivers built into its kernel (`modules.builtin`).
+    pub builtin: BTreeSet<String>,
 }
 
 fn norm(p: &Path) -> String {
@@ -35,7 +39,7 @@ const BOOT: &str = "boot/firmware/";
 pub fn read_base_facts(base: &Path) -> Result<BaseFacts> {
     let mut ar =
         tar::Archive::new(BufReader::with_capacity(1 << 20, File::open(base).with_context(|| format!("opening {}", base.display()))?));
-    let mut facts = BaseFacts { boot: BTreeMap::new(), passwd: String::new() };
+    let mut facts = BaseFacts { boot: BTreeMap::new(), passwd: String::new(), modules: BTreeSet::new(), builtin: BTreeSet::new() };
     for e in ar.entries()? {
         let mut e = e?;
         let path = norm(&e.path()?);
@@ -47,6 +51,14 @@ pub fn read_base_facts(base: &Path) -> Result<BaseFacts> {
             }
         } else if path == "etc/passwd" {
             e.read_to_string(&mut facts.passwd)?;
+        } else if crate::manifest::in_module_tree(&path) {
+            if path.ends_with("/modules.builtin") {
+                let mut text = String::new();
+                e.read_to_string(&mut text)?;
+                facts.builtin.extend(crate::manifest::builtin(&text));
+            } else if let Some(m) = crate::manifest::module_name(&path) {
+                facts.modules.insert(m);
+            }
         }
     }
     if facts.passwd.is_empty() {

@@ -369,7 +369,7 @@ mod tests {
         cfg.base.arch = Arch::Arm64;
         assert_eq!(tags(&cfg), "pi3-64bit pi4-64bit");
         cfg.base.arch = Arch::Armhf;
-        assert_eq!(tags(&cfg), "pi2-32bit pi3-32bit pi4-32bit");
+        assert_eq!(tags(&cfg), "pi2-32bit pi3-32bit");
         cfg.base.arch = Arch::Armel;
         assert_eq!(tags(&cfg), "pi1-32bit");
     }

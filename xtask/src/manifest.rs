@@ -1,0 +1,168 @@
+//! The hardware manifest checked on every build: each board a card is for (`boards.rs`) finds the
+//! kernel drivers it needs to boot and do its host's job in the card, as modules or built into
+//! the kernel (`modules.builtin`), and the SD card's in the initramfs too, where the root is
+//! found. A `base.path_exclude` line or a kernel without a driver then fails the build, naming
+//! the board and the driver, instead of a Pi that boots to nothing.
+
+use std::collections::BTreeSet;
+use std::io::Read;
+
+use anyhow::{bail, Context, Result};
+
+use crate::boards::{self, Board};
+use crate::config::{Arch, Role};
+
+/// The kernel drivers a card carries, by module name (`-` written `_`, as modprobe matches them).
+#[derive(Debug, Default, Clone)]
+pub struct Drivers {
+    /// Modules under `/usr/lib/modules/<version>/` and those built into the kernel.
+    pub card: BTreeSet<String>,
+    /// What the initramfs can load, and those built into the kernel.
+    pub initramfs: BTreeSet<String>,
+}
+
+impl Drivers {
+    /// What the base carries: its modules and built-in drivers, and what its initramfs
+    /// (`initrd`, on the boot partition) can load.
+    pub fn of(facts: &crate::rootfs::BaseFacts, initrd: &str) -> Result<Drivers> {
+        let image = facts.boot.get(initrd).with_context(|| format!("{initrd} is not in the base's /boot/firmware"))?;
+        let loadable = initramfs_modules(image).with_context(|| format!("reading {initrd}"))?;
+        Ok(Drivers {
+            card: facts.modules.union(&facts.builtin).cloned().collect(),
+            initramfs: loadable.union(&facts.builtin).cloned().collect(),
+        })
+    }
+}
+
+/// A module's name from its path (`…/kernel/drivers/mmc/host/sdhci-iproc.ko.xz` → `sdhci_iproc`).
+pub fn module_name(path: &str) -> Option<String> {
+    let file = path.rsplit('/').next()?;
+    let stem = [".ko", ".ko.xz", ".ko.zst", ".ko.gz"].iter().find_map(|ext| file.strip_suffix(ext))?;
+    Some(stem.replace('-', "_"))
+}
+
+/// Whether `path` (in the root tar, no leading `/`) is under a kernel's module tree.
+pub fn in_module_tree(path: &str) -> bool {
+    path.starts_with("usr/lib/modules/") || path.starts_with("lib/modules/")
+}
+
+/// The module names of `modules.builtin` (one path a line).
+pub fn builtin(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.lines().filter_map(module_name)
+}
+
+/// The modules in a gzip-compressed initramfs (newc cpio, as mkinitramfs writes it with the
+/// cards' `COMPRESS=gzip`).
+pub fn initramfs_modules(initrd: &[u8]) -> Result<BTreeSet<String>> {
+    let mut input: Box<dyn Read + '_> = Box::new(flate2::read::MultiGzDecoder::new(initrd));
+    let mut names = BTreeSet::new();
+    loop {
+        let reader = cpio::NewcReader::new(input).context("the initramfs is not a gzip-compressed newc cpio archive")?;
+        if reader.entry().is_trailer() {
+            break;
+        }
+        if let Some(m) = module_name(reader.entry().name()) {
+            names.insert(m);
+        }
+        input = Box::new(reader.finish()?);
+    }
+    Ok(names)
+}
+
+/// What board `b` needs of a card for a host of `role`.
+fn needs(b: &Board, role: Role) -> Vec<(&'static str, &'static [&'static str])> {
+    let mut v = vec![("its SD card (root)", b.hw.root), ("its USB host (the drive)", b.hw.usb_host)];
+    match role {
+        Role::Worker if b.usb_gadget() => v.push(("its USB gadget link", boards::GADGET)),
+        Role::Worker => {}
+        Role::DhcpServer | Role::DhcpClient | Role::Manager => v.push(("its Ethernet port", b.hw.ethernet)),
+    }
+    v
+}
+
+/// Every board of `arch` finds what it needs for `role` in `drivers`; the root's drivers also in
+/// the initramfs.
+pub fn check(arch: Arch, role: Role, drivers: &Drivers) -> Result<()> {
+    let mut missing = Vec::new();
+    for b in boards::for_arch(arch) {
+        for (what, mods) in needs(b, role) {
+            for m in mods.iter().filter(|m| !drivers.card.contains(**m)) {
+                missing.push(format!("{} needs {m} for {what}: not in the card's modules nor built into its kernel", b.name));
+            }
+        }
+        for m in b.hw.root.iter().filter(|m| drivers.card.contains(**m) && !drivers.initramfs.contains(**m)) {
+            missing.push(format!("{} needs {m} in the initramfs to find its root (add it to base.initramfs_modules)", b.name));
+        }
+    }
+    if !missing.is_empty() {
+        bail!(
+            "the card lacks drivers of boards it is for (a base.path_exclude line, or a kernel without them):\n  {}",
+            missing.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every driver of every board, as a card with nothing left out would have them.
+    fn complete(arch: Arch) -> Drivers {
+        let mut d = Drivers::default();
+        for b in boards::for_arch(arch) {
+            for (_, mods) in needs(b, Role::Worker).into_iter().chain(needs(b, Role::DhcpServer)) {
+                d.card.extend(mods.iter().map(|m| m.to_string()));
+            }
+            d.initramfs.extend(b.hw.root.iter().map(|m| m.to_string()));
+        }
+        d
+    }
+
+    #[test]
+    fn module_names_come_from_paths_as_modprobe_writes_them() {
+        assert_eq!(module_name("usr/lib/modules/6.12.1-arm64/kernel/drivers/mmc/host/sdhci-iproc.ko.xz").as_deref(), Some("sdhci_iproc"));
+        assert_eq!(module_name("kernel/drivers/net/usb/smsc95xx.ko").as_deref(), Some("smsc95xx"));
+        assert_eq!(module_name("usr/lib/modules/6.12.1-arm64/modules.dep"), None);
+        assert_eq!(builtin("kernel/fs/ext4/ext4.ko\nkernel/drivers/usb/dwc2/dwc2.ko\n").collect::<Vec<_>>(), ["ext4", "dwc2"]);
+    }
+
+    #[test]
+    fn a_driver_left_out_of_the_card_is_refused_by_board() {
+        for arch in Arch::ALL {
+            check(arch, Role::DhcpServer, &complete(arch)).unwrap();
+            check(arch, Role::Worker, &complete(arch)).unwrap();
+        }
+        // What `/lib/modules/*/kernel/drivers/net/ethernet/*` without its broadcom/ exception did.
+        let mut d = complete(Arch::Arm64);
+        d.card.remove("genet");
+        let e = check(Arch::Arm64, Role::DhcpClient, &d).unwrap_err().to_string();
+        assert!(e.contains("pi4-b needs genet for its Ethernet port") && e.contains("cm4 needs genet"), "{e}");
+        assert!(!e.contains("pi3-b "), "the Pi 3 does not need genet: {e}");
+        // A worker does not use the Ethernet port; its gadget link is what it needs.
+        check(Arch::Arm64, Role::Worker, &d).unwrap();
+        let mut d = complete(Arch::Armel);
+        d.card.remove("g_ether");
+        let e = check(Arch::Armel, Role::Worker, &d).unwrap_err().to_string();
+        assert!(e.contains("pi-zero needs g_ether for its USB gadget link"), "{e}");
+        // The root's driver on the card but not in the initramfs.
+        let mut d = complete(Arch::Arm64);
+        d.initramfs.remove("sdhci_iproc");
+        let e = check(Arch::Arm64, Role::DhcpServer, &d).unwrap_err().to_string();
+        assert!(e.contains("pi4-b needs sdhci_iproc in the initramfs"), "{e}");
+    }
+
+    /// A real newc archive, gzip-compressed, read back for its module names.
+    #[test]
+    fn the_initramfs_is_read_for_its_modules() {
+        let mut cpio = Vec::new();
+        let files = [("usr/lib/modules/6.12.1-arm64/kernel/drivers/mmc/host/bcm2835.ko", b"x".as_slice()), ("init", b"#!/bin/sh")];
+        let inputs = files.iter().map(|(n, d)| (cpio::NewcBuilder::new(n).mode(0o100644), std::io::Cursor::new(d.to_vec())));
+        cpio::write_cpio(inputs, &mut cpio).unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &cpio).unwrap();
+        let names = initramfs_modules(&gz.finish().unwrap()).unwrap();
+        assert_eq!(names.into_iter().collect::<Vec<_>>(), ["bcm2835"]);
+        assert!(initramfs_modules(b"not gzip").is_err());
+    }
+}
