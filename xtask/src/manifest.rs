@@ -51,22 +51,51 @@ pub fn builtin(text: &str) -> impl Iterator<Item = String> + '_ {
     text.lines().filter_map(module_name)
 }
 
-/// The modules in a gzip-compressed initramfs (newc cpio, as mkinitramfs writes it with the
-/// cards' `COMPRESS=gzip`).
+/// The modules in an initramfs: newc cpio archives one after another, as mkinitramfs writes them
+/// (an uncompressed early archive, then the main one compressed with the cards' `COMPRESS=gzip`).
 pub fn initramfs_modules(initrd: &[u8]) -> Result<BTreeSet<String>> {
-    let mut input: Box<dyn Read + '_> = Box::new(flate2::read::MultiGzDecoder::new(initrd));
     let mut names = BTreeSet::new();
+    scan(initrd, &mut names)?;
+    Ok(names)
+}
+
+const NEWC: &[u8] = b"070701";
+const GZIP: &[u8] = &[0x1f, 0x8b];
+
+fn scan(mut data: &[u8], names: &mut BTreeSet<String>) -> Result<()> {
     loop {
-        let reader = cpio::NewcReader::new(input).context("the initramfs is not a gzip-compressed newc cpio archive")?;
-        if reader.entry().is_trailer() {
-            break;
+        // Archives are padded with zeros to a block boundary.
+        data = &data[data.iter().position(|b| *b != 0).unwrap_or(data.len())..];
+        if data.is_empty() {
+            return Ok(());
         }
+        if data.starts_with(NEWC) {
+            let end = archive(data, names)?;
+            data = &data[end..];
+        } else if data.starts_with(GZIP) {
+            let mut out = Vec::new();
+            flate2::read::MultiGzDecoder::new(data).read_to_end(&mut out).context("decompressing the initramfs")?;
+            return scan(&out, names);
+        } else {
+            bail!("the initramfs has a part that is neither a newc cpio archive nor gzip (starts {:02x?})", &data[..data.len().min(6)]);
+        }
+    }
+}
+
+/// One cpio archive at the start of `data`: its modules into `names`; returns its length.
+fn archive(data: &[u8], names: &mut BTreeSet<String>) -> Result<usize> {
+    let mut input = std::io::Cursor::new(data);
+    loop {
+        let reader = cpio::NewcReader::new(input).context("a broken cpio archive in the initramfs")?;
+        let trailer = reader.entry().is_trailer();
         if let Some(m) = module_name(reader.entry().name()) {
             names.insert(m);
         }
-        input = Box::new(reader.finish()?);
+        input = reader.finish()?;
+        if trailer {
+            return Ok(input.position() as usize);
+        }
     }
-    Ok(names)
 }
 
 /// What board `b` needs of a card for a host of `role`.
@@ -161,8 +190,16 @@ mod tests {
         cpio::write_cpio(inputs, &mut cpio).unwrap();
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         std::io::Write::write_all(&mut gz, &cpio).unwrap();
-        let names = initramfs_modules(&gz.finish().unwrap()).unwrap();
-        assert_eq!(names.into_iter().collect::<Vec<_>>(), ["bcm2835"]);
-        assert!(initramfs_modules(b"not gzip").is_err());
+        let main = gz.finish().unwrap();
+        assert_eq!(initramfs_modules(&main).unwrap().into_iter().collect::<Vec<_>>(), ["bcm2835"]);
+        // As mkinitramfs writes it: an uncompressed early archive (padded), then the main one.
+        let mut early = Vec::new();
+        let inputs = [("kernel/x86/microcode/x.bin", b"y".as_slice()), ("usr/lib/modules/6.12.1/kernel/fs/ext4/ext4.ko", b"z")]
+            .map(|(n, d)| (cpio::NewcBuilder::new(n).mode(0o100644), std::io::Cursor::new(d.to_vec())));
+        cpio::write_cpio(inputs.into_iter(), &mut early).unwrap();
+        early.resize(early.len().next_multiple_of(512), 0);
+        early.extend_from_slice(&main);
+        assert_eq!(initramfs_modules(&early).unwrap().into_iter().collect::<Vec<_>>(), ["bcm2835", "ext4"]);
+        assert!(initramfs_modules(b"not an archive").is_err());
     }
 }

@@ -1,5 +1,6 @@
-//! mke2fs ≥ 1.47.1 (for `-d <tarball>`). Debian 12 ships 1.47.0, so the backport's e2fsprogs is
-//! unpacked into the cache with a private apt state: the host's own e2fsprogs stays untouched.
+//! Tools newer than Debian 12's, unpacked from bookworm-backports into the cache with a private
+//! apt state (the host's own packages stay untouched): mke2fs ≥ 1.47.1 (for `-d <tarball>`;
+//! Debian 12 ships 1.47.0), and QEMU 10 for its `raspi4b` model.
 
 use std::path::{Path, PathBuf};
 
@@ -26,40 +27,65 @@ pub fn mke2fs(sh: &Shell, cache: &Path) -> Result<Mke2fs> {
     if version_ok(&String::from_utf8_lossy(&host.stderr)) {
         return Ok(Mke2fs { program: "mke2fs".into(), ld_library_path: None });
     }
-    let dir = cache.join("tools/e2fsprogs");
-    let program = dir.join("root/sbin/mke2fs");
-    let libs = format!("{0}/root/lib/x86_64-linux-gnu:{0}/root/usr/lib/x86_64-linux-gnu", dir.display());
-    if !program.exists() {
-        eprintln!("tools: fetching e2fsprogs from {BACKPORTS} into {}", dir.display());
-        let _ = std::fs::remove_dir_all(&dir);
-        for d in ["lists/partial", "cache/archives/partial", "debs"] {
-            std::fs::create_dir_all(dir.join(d))?;
-        }
-        let mirror = std::env::var("PI2PI_TOOLS_MIRROR").unwrap_or_else(|_| "http://deb.debian.org/debian".into());
-        std::fs::write(dir.join("sources.list"), format!("deb {mirror} {BACKPORTS} main\n"))?;
-        let d = dir.display().to_string();
-        let opts = [
-            format!("-oDir::Etc::SourceList={d}/sources.list"),
-            "-oDir::Etc::SourceParts=/dev/null".into(),
-            format!("-oDir::State::Lists={d}/lists"),
-            format!("-oDir::Cache={d}/cache"),
-            "-oAPT::Sandbox::User=root".into(),
-        ];
-        let o = opts.clone();
-        proc::read(cmd!(sh, "apt-get -q {o...} update"))?;
-        let debs_dir = dir.join("debs");
-        let _cd = sh.push_dir(&debs_dir);
-        proc::read(cmd!(sh, "apt-get -q {opts...} download e2fsprogs/{BACKPORTS} libext2fs2/{BACKPORTS}"))?;
-        drop(_cd);
-        for e in std::fs::read_dir(&debs_dir)? {
-            let deb = e?.path();
-            let root = dir.join("root");
-            proc::run(cmd!(sh, "dpkg-deb -x {deb} {root}"))?;
-        }
-    }
+    let root = backport(sh, cache, "e2fsprogs", &["e2fsprogs", "libext2fs2"])?;
+    let program = root.join("sbin/mke2fs");
+    let libs = format!("{0}/lib/x86_64-linux-gnu:{0}/usr/lib/x86_64-linux-gnu", root.display());
     let v = cmd!(sh, "{program} -V").env("LD_LIBRARY_PATH", &libs).quiet().ignore_stdout().output().context("running the cached mke2fs")?;
     if !version_ok(&String::from_utf8_lossy(&v.stderr)) {
         bail!("{} is not usable: {}", program.display(), String::from_utf8_lossy(&v.stderr));
     }
     Ok(Mke2fs { program, ld_library_path: Some(libs) })
+}
+
+/// `qemu-system-aarch64` from bookworm-backports' QEMU 10, whose `raspi4b` model Debian 12's QEMU
+/// 7.2 lacks. Only its own package is unpacked (into the cache, the host's QEMU untouched): it
+/// runs with Debian 12's libraries.
+pub fn qemu_raspi4b(sh: &Shell, cache: &Path) -> Result<PathBuf> {
+    let root = backport(sh, cache, "qemu-system-arm", &["qemu-system-arm"])?;
+    let program = root.join("usr/bin/qemu-system-aarch64");
+    let machines = proc::read(cmd!(sh, "{program} -M help")).with_context(|| format!("running {}", program.display()))?;
+    if !machines.lines().any(|l| l.split_whitespace().next() == Some("raspi4b")) {
+        bail!("{} has no raspi4b machine", program.display());
+    }
+    Ok(program)
+}
+
+/// `packages` from bookworm-backports, unpacked into `<cache>/tools/<name>/root` (once; a private
+/// apt state, so the host's own packages and sources stay as they are). Returns that root.
+fn backport(sh: &Shell, cache: &Path, name: &str, packages: &[&str]) -> Result<PathBuf> {
+    let dir = cache.join("tools").join(name);
+    let root = dir.join("root");
+    let done = dir.join("unpacked");
+    if done.exists() {
+        return Ok(root);
+    }
+    eprintln!("tools: fetching {} from {BACKPORTS} into {}", packages.join(" "), dir.display());
+    let _ = std::fs::remove_dir_all(&dir);
+    for d in ["lists/partial", "cache/archives/partial", "debs"] {
+        std::fs::create_dir_all(dir.join(d))?;
+    }
+    let mirror = std::env::var("PI2PI_TOOLS_MIRROR").unwrap_or_else(|_| "http://deb.debian.org/debian".into());
+    std::fs::write(dir.join("sources.list"), format!("deb {mirror} {BACKPORTS} main\n"))?;
+    let d = dir.display().to_string();
+    let opts = [
+        format!("-oDir::Etc::SourceList={d}/sources.list"),
+        "-oDir::Etc::SourceParts=/dev/null".into(),
+        format!("-oDir::State::Lists={d}/lists"),
+        format!("-oDir::Cache={d}/cache"),
+        "-oAPT::Sandbox::User=root".into(),
+    ];
+    let o = opts.clone();
+    proc::read(cmd!(sh, "apt-get -q {o...} update"))?;
+    let debs_dir = dir.join("debs");
+    let wanted: Vec<String> = packages.iter().map(|p| format!("{p}/{BACKPORTS}")).collect();
+    {
+        let _cd = sh.push_dir(&debs_dir);
+        proc::read(cmd!(sh, "apt-get -q {opts...} download {wanted...}"))?;
+    }
+    for e in std::fs::read_dir(&debs_dir)? {
+        let deb = e?.path();
+        proc::run(cmd!(sh, "dpkg-deb -x {deb} {root}"))?;
+    }
+    std::fs::write(&done, packages.join("\n"))?;
+    Ok(root)
 }
