@@ -64,16 +64,30 @@ struct Model {
     /// The dtb the firmware loads for this board with `upstream_kernel=1`.
     dtb: &'static str,
     /// The board's serial console (one of the card's `console=`s): the PL011 on QEMU's first
-    /// serial port, or the mini UART on its second (where the harness shell always is).
+    /// serial port, or the mini UART on its second.
     console_tty: &'static str,
+    /// Where the harness shell is: the mini UART, except on raspi4b (see `dtb_edits`).
+    shell_tty: &'static str,
 }
 
 impl Model {
-    /// The console is the PL011, so the shell has the mini UART to itself.
+    /// The console is another port than the shell's, so the shell has its port to itself.
     fn shell_apart(&self) -> bool {
-        self.console_tty != boards::MINI_UART
+        self.console_tty != self.shell_tty
+    }
+
+    /// The QEMU that models it: Debian 12's, or for raspi4b (QEMU 9 and later) bookworm-backports'
+    /// QEMU 10, unpacked into the cache.
+    fn program(&self, sh: &Shell) -> Result<std::path::PathBuf> {
+        match self.machine {
+            RASPI4B => crate::tools::qemu_raspi4b(sh, &crate::cache::dir()),
+            _ => Ok(self.qemu.into()),
+        }
     }
 }
+
+/// QEMU's Pi 4 model, which only QEMU 9 and later have.
+const RASPI4B: &str = "raspi4b";
 
 /// The model a card boots on: its host's board when the config names one (a worker's Pi Zero 2
 /// W: the Pi 3's SoC, so `raspi3b` with the Zero 2 W's own dtb), else the first board of its
@@ -84,8 +98,11 @@ fn model_for(arch: Arch, host_board: Option<&str>) -> Result<Model> {
         None => boards::emulated(arch),
     }
     .with_context(|| format!("no {} board {}", arch.deb(), host_board.unwrap_or("that QEMU models")))?;
-    let machine = board.qemu_machine.with_context(|| format!("QEMU 7.2 models neither the {} nor its SoC", board.name))?;
-    Ok(Model { qemu: arch.qemu_system(), machine, dtb: board.dtb, console_tty: board.serial })
+    let machine = board.qemu_machine.with_context(|| format!("QEMU models neither the {} nor its SoC", board.name))?;
+    // raspi4b's mini UART storms its interrupt (see `dtb_edits`): there the PL011 carries the
+    // console and the shell.
+    let (console_tty, shell_tty) = if machine == RASPI4B { (boards::PL011, boards::PL011) } else { (board.serial, boards::MINI_UART) };
+    Ok(Model { qemu: arch.qemu_system(), machine, dtb: board.dtb, console_tty, shell_tty })
 }
 
 /// What one boot showed.
@@ -106,18 +123,25 @@ pub struct Card<'a> {
     pub image: PathBuf,
     /// 1, or 2 to also prove that a grown card stays as it is.
     pub boots: u32,
+    /// The board it is booted as: its host's (None: the first of its architecture QEMU models),
+    /// or another board the card is for.
+    pub board: Option<&'static str>,
 }
 
 impl Card<'_> {
     /// Its run directory's name: host and architecture (a card built for another architecture
-    /// keeps its host's name).
+    /// keeps its host's name), and the board when it is not the host's.
     fn tag(&self) -> String {
-        format!("{}-{}", self.host.name, self.cfg.base.arch.deb())
+        let card = format!("{}-{}", self.host.name, self.cfg.base.arch.deb());
+        match self.board {
+            Some(b) if self.host.board != Some(b) => format!("{card}-{b}"),
+            _ => card,
+        }
     }
 
     /// Roughly how long its boots take, for the order they are started in.
     fn expected_secs(&self) -> u32 {
-        let machine = model_for(self.cfg.base.arch, self.host.board).map_or("", |m| m.machine);
+        let machine = model_for(self.cfg.base.arch, self.board).map_or("", |m| m.machine);
         self.boots * emulation(machine).boot_secs
     }
 }
@@ -163,12 +187,31 @@ pub fn test(sh: &Shell, cfg: &ImageConfig, images: &Path, armhf: bool, only: &[S
 /// each build proves it for all); the others boot once, which keeps the phase within budget.
 pub fn cards<'a>(cfg: &'a ImageConfig, images: &Path) -> Vec<Card<'a>> {
     // Hosts of other bases are booted by way of `build_cluster_cards`, each with its own view.
-    cfg.hosts
+    let mut all: Vec<Card> = cfg
+        .hosts
         .iter()
         .filter(|h| h.base.is_none())
         .enumerate()
-        .map(|(i, host)| Card { cfg, host, image: images.join(format!("{}.img", host.name)), boots: if i == 0 { 2 } else { 1 } })
-        .collect()
+        .map(|(i, host)| Card {
+            cfg,
+            host,
+            image: images.join(format!("{}.img", host.name)),
+            boots: if i == 0 { 2 } else { 1 },
+            board: host.board,
+        })
+        .collect();
+    // The first card once more on every other QEMU model of a board it is for (an arm64 card
+    // on raspi4b as a Pi 4), once per model.
+    if let Some((host, image)) = all.first().map(|c| (c.host, c.image.clone())) {
+        let mut machines: Vec<&str> = boards::emulated(cfg.base.arch).and_then(|b| b.qemu_machine).into_iter().collect();
+        for b in boards::for_arch(cfg.base.arch) {
+            if let Some(m) = b.qemu_machine.filter(|m| !machines.contains(m)) {
+                machines.push(m);
+                all.push(Card { cfg, host, image: image.clone(), boots: 1, board: Some(b.name) });
+            }
+        }
+    }
+    all
 }
 
 /// The cards of another deployment (`other`, the cluster example) for architectures none of
@@ -185,7 +228,8 @@ pub fn build_cluster_cards(sh: &Shell, other: &ImageConfig, covered: &[Arch]) ->
 
 /// The card of `host` (in `view`, a config as that card's build saw it) in `images`, booted once.
 pub fn card_of<'a>(view: &'a ImageConfig, host: &str, images: &Path) -> Result<Card<'a>> {
-    Ok(Card { cfg: view, host: view.host(host)?, image: images.join(format!("{host}.img")), boots: 1 })
+    let host = view.host(host)?;
+    Ok(Card { cfg: view, host, image: images.join(format!("{}.img", host.name)), boots: 1, board: host.board })
 }
 
 /// The 32-bit card CI boots besides an arm64 deployment's: the same config for armhf with
@@ -255,7 +299,8 @@ fn card(sh: &Shell, c: &Card, dir: &Path) -> Result<Vec<BootReport>> {
     let (cfg, host, image) = (c.cfg, c.host, c.image.as_path());
     ensure!(image.exists(), "{} is missing: run `cargo xtask image all`", image.display());
     std::fs::create_dir_all(dir)?;
-    let model = model_for(cfg.base.arch, host.board)?;
+    let model = model_for(cfg.base.arch, c.board)?;
+    let program = model.program(sh)?;
     let sd = dir.join("sd.img");
     let image_len = std::fs::metadata(image)?.len();
     let card_len = (image_len + 1).next_power_of_two();
@@ -268,9 +313,8 @@ fn card(sh: &Shell, c: &Card, dir: &Path) -> Result<Vec<BootReport>> {
     let boot = qemu::boot_files(sh, image, &dir.join("boot"))?;
     let dtb = dir.join("boot").join(model.dtb);
     qemu::fat_of(image)?.copy_out(sh, model.dtb, &dtb).with_context(|| format!("{} is not on the boot partition", model.dtb))?;
-    for node in qemu_lacks(model.machine) {
-        proc::read(cmd!(sh, "fdtput -t s {dtb} {node} status disabled"))
-            .with_context(|| format!("disabling {node} in the harness's copy of {}", model.dtb))?;
+    for edit in dtb_edits(model.machine) {
+        edit.apply(sh, &dtb).with_context(|| format!("{edit:?} in the harness's copy of {}", model.dtb))?;
     }
     if model.shell_apart() {
         // The mini UART for the shell (see the module docs); the dtb's alias finds its node.
@@ -283,7 +327,7 @@ fn card(sh: &Shell, c: &Card, dir: &Path) -> Result<Vec<BootReport>> {
     let mut after_first = None;
     for n in 1..=c.boots {
         let started = Instant::now();
-        let mut vm = Vm::launch(sh, &host.name, dir, &argv(&model, &boot, &dtb, &sd, &usb, dir))?;
+        let mut vm = Vm::launch(sh, &host.name, dir, &argv(&model, &program, &boot, &dtb, &sd, &usb, dir))?;
         vm.wait_booted(started, BOOT_LIMIT).with_context(|| format!("boot {n}"))?;
         let seconds = started.elapsed().as_secs_f64();
         eprintln!("board: {} booted on {} in {seconds:.0}s (boot {n})", c.tag(), model.machine);
@@ -313,14 +357,62 @@ fn card(sh: &Shell, c: &Card, dir: &Path) -> Result<Vec<BootReport>> {
     Ok(reports)
 }
 
-/// Device-tree nodes for hardware a Pi has and QEMU 7.2's model of it lacks, disabled in the
-/// harness's copy of the dtb (the card's own is untouched; a Pi never sees the change). raspi0
-/// has no BCM2835 power-management block: Debian's rpi kernel faults reading its ASB registers
-/// in `bcm2835_power_probe` and panics before the console. Its watchdog (the same node) is not
-/// used by the checks.
-fn qemu_lacks(machine: &str) -> &'static [&'static str] {
+/// One change to the harness's copy of a board's dtb (the card's own is untouched; a Pi never
+/// sees it), made with fdtput.
+#[derive(Debug)]
+enum DtbEdit {
+    Disable(&'static str),
+    RemoveNode(&'static str),
+    RemoveProperty(&'static str, &'static str),
+    SetString(&'static str, &'static str, &'static str),
+}
+
+impl DtbEdit {
+    fn apply(&self, sh: &Shell, dtb: &Path) -> Result<()> {
+        let c = match *self {
+            DtbEdit::Disable(node) => cmd!(sh, "fdtput -t s {dtb} {node} status disabled"),
+            DtbEdit::RemoveNode(node) => cmd!(sh, "fdtput -r {dtb} {node}"),
+            DtbEdit::RemoveProperty(node, p) => cmd!(sh, "fdtput -d {dtb} {node} {p}"),
+            DtbEdit::SetString(node, p, v) => cmd!(sh, "fdtput -t s {dtb} {node} {p} {v}"),
+        };
+        proc::read(c).map(drop)
+    }
+}
+
+/// What the harness changes in a board's dtb for QEMU's model of it, each for hardware the Pi has
+/// and the model lacks or wires otherwise.
+///
+/// raspi0: no BCM2835 power-management block: Debian's rpi kernel faults reading its ASB
+/// registers in `bcm2835_power_probe` and panics before the console. Its watchdog (the same
+/// node) is not used by the checks.
+///
+/// raspi4b (QEMU 10; what it lacks, QEMU itself disables too: PCIe, GENET, the RNG, thermal):
+/// - the always-on L2 interrupt controller and the HDMI DDC I2C controllers, which it does not
+///   model: the kernel panics probing them;
+/// - the SD card: QEMU puts `-drive if=sd` on the SD bus its GPIO block routes to the legacy
+///   EMMC (`mmc@7e300000`, the SDHCI that drives a Pi 4's Wi-Fi), not to EMMC2, whose bus is
+///   empty. So EMMC2 is disabled and the EMMC loses its Wi-Fi child and that chip's power
+///   sequence (a firmware GPIO): the same `sdhci_iproc` driver then finds the card there;
+/// - the mini UART: once its interrupt is requested the model keeps it asserted, and the boot
+///   spins in `__setup_irq` opening /dev/console. It is disabled, and the PL011 (Bluetooth's on
+///   a Pi 4) loses its Bluetooth child to carry the console and the harness shell;
+/// - USB: a Pi 4's USB-A ports are on the VL805 behind PCIe, which is not modelled; the DWC2 of
+///   its USB-C port (an OTG controller, a peripheral in the dtb) is made a host for the drive.
+fn dtb_edits(machine: &str) -> &'static [DtbEdit] {
+    use DtbEdit::*;
     match machine {
-        "raspi0" => &["/soc/watchdog@7e100000"],
+        "raspi0" => &[Disable("/soc/watchdog@7e100000")],
+        RASPI4B => &[
+            Disable("/soc/interrupt-controller@7ef00100"),
+            Disable("/soc/i2c@7ef04500"),
+            Disable("/soc/i2c@7ef09500"),
+            Disable("/emmc2bus/mmc@7e340000"),
+            RemoveNode("/soc/mmc@7e300000/wifi@1"),
+            RemoveProperty("/soc/mmc@7e300000", "mmc-pwrseq"),
+            Disable("/soc/serial@7e215040"),
+            RemoveNode("/soc/serial@7e201000/bluetooth"),
+            SetString("/soc/usb@7e980000", "dr_mode", "host"),
+        ],
         _ => &[],
     }
 }
@@ -359,24 +451,27 @@ fn emulation(machine: &str) -> Emulation {
     match machine {
         "raspi0" => Emulation { qemu_args: &["-icount", "shift=0"], append: "", boot_secs: 80 },
         "raspi2b" => Emulation { qemu_args: ONE_THREAD, append: " maxcpus=1", boot_secs: 240 },
+        // Unused clocks left on: the model lacks clock gates the kernel would otherwise switch off
+        // (it panicked in "Disabling unused clocks").
+        RASPI4B => Emulation { qemu_args: ONE_THREAD, append: " clk_ignore_unused", boot_secs: 180 },
         _ => Emulation { qemu_args: ONE_THREAD, append: "", boot_secs: 120 },
     }
 }
 
 /// The QEMU command line for one boot of the card on `model`.
-fn argv(model: &Model, boot: &qemu::BootFiles, dtb: &Path, sd: &Path, usb: &Path, dir: &Path) -> Vec<OsString> {
+fn argv(model: &Model, program: &Path, boot: &qemu::BootFiles, dtb: &Path, sd: &Path, usb: &Path, dir: &Path) -> Vec<OsString> {
     let emulation = emulation(model.machine);
     let append = format!(
         "{}{} nosoftlockup systemd.default_device_timeout_sec={DEVICE_TIMEOUT_S} systemd.default_timeout_start_sec={START_TIMEOUT_S} systemd.debug_shell={tty} systemd.mask=serial-getty@{tty}.service",
         boot.cmdline,
         emulation.append,
-        tty = boards::MINI_UART
+        tty = model.shell_tty
     );
     let shell_log = dir.join(if model.shell_apart() { SHELL_LOG } else { CONSOLE_LOG });
     let shell =
         format!("socket,id=sh,path={},server=on,wait=off,logfile={},logappend=on", dir.join(SHELL_SOCK).display(), shell_log.display());
     let mut a: Vec<String> = vec![
-        model.qemu.into(),
+        program.display().to_string(),
         "-M".into(),
         model.machine.into(),
         "-nodefaults".into(),
@@ -395,11 +490,16 @@ fn argv(model: &Model, boot: &qemu::BootFiles, dtb: &Path, sd: &Path, usb: &Path
         "usb-storage,drive=usb,removable=on".into(),
     ]);
     a.extend(["-chardev".into(), shell]);
-    // The PL011 (first port) writes to console.log when it is the console, else nowhere (the
-    // Pi 3's Bluetooth); the mini UART (second) carries the shell.
-    let pl011 = if model.shell_apart() { format!("file:{}", dir.join(CONSOLE_LOG).display()) } else { "null".into() };
-    for p in [pl011, "chardev:sh".into()] {
-        a.extend(["-serial".into(), p]);
+    // QEMU's first serial port is the PL011, its second the mini UART: the shell's port carries
+    // the shell (logged), a console apart from it writes to console.log, and a port that is
+    // neither goes nowhere (the Pi 3's PL011: Bluetooth's).
+    for tty in [boards::PL011, boards::MINI_UART] {
+        let port = match tty {
+            t if t == model.shell_tty => "chardev:sh".to_string(),
+            t if t == model.console_tty => format!("file:{}", dir.join(CONSOLE_LOG).display()),
+            _ => "null".into(),
+        };
+        a.extend(["-serial".into(), port]);
     }
     a.into_iter().map(OsString::from).collect()
 }
@@ -549,4 +649,48 @@ pub fn render(reports: &[BootReport]) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped() -> ImageConfig {
+        crate::config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../image.toml")).unwrap()
+    }
+
+    #[test]
+    fn the_first_card_also_boots_on_every_other_model_of_its_boards() {
+        let cfg = shipped();
+        let tags: Vec<(String, u32)> = cards(&cfg, Path::new("/i")).iter().map(|c| (c.tag(), c.boots)).collect();
+        assert_eq!(tags, [("rpa-arm64".into(), 2), ("rpb-arm64".into(), 1), ("rpa-arm64-pi4-b".into(), 1)]);
+        let pi4 = &cards(&cfg, Path::new("/i"))[2];
+        assert_eq!(model_for(Arch::Arm64, pi4.board).unwrap().machine, RASPI4B);
+        // The armhf variant has one model (raspi2b): no extra card.
+        let v = armhf_variant(&cfg).unwrap();
+        assert_eq!(cards(&v, Path::new("/i")).len(), 2);
+    }
+
+    /// raspi4b's shell and console share the PL011 (QEMU's first serial port); elsewhere the shell
+    /// is on the mini UART (the second), and a PL011 console apart from it goes to console.log.
+    #[test]
+    fn each_model_wires_its_shell_and_console_to_qemus_serial_ports() {
+        let boot = qemu::BootFiles { kernel: "k".into(), initrd: "i".into(), cmdline: "console=ttyS1,115200".into() };
+        let serials = |board: &str| {
+            let model = model_for(boards::arches_of(board)[0], Some(board)).unwrap();
+            let argv = argv(&model, Path::new("qemu"), &boot, Path::new("d"), Path::new("s"), Path::new("u"), Path::new("/r"));
+            let argv: Vec<String> = argv.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+            let ports: Vec<String> = argv.windows(2).filter(|w| w[0] == "-serial").map(|w| w[1].clone()).collect();
+            let append = argv.windows(2).find(|w| w[0] == "-append").map(|w| w[1].clone()).unwrap();
+            (ports, append)
+        };
+        let (ports, append) = serials("pi4-b");
+        assert_eq!(ports, ["chardev:sh", "null"]);
+        assert!(append.contains("systemd.debug_shell=ttyAMA0") && append.contains("clk_ignore_unused"), "{append}");
+        let (ports, append) = serials("pi3-b");
+        assert_eq!(ports, ["null", "chardev:sh"]);
+        assert!(append.contains("systemd.debug_shell=ttyS1"), "{append}");
+        let (ports, _) = serials("pi-zero");
+        assert_eq!(ports, ["file:/r/console.log", "chardev:sh"]);
+    }
 }

@@ -20,8 +20,8 @@ pub struct Board {
     /// The serial port on its GPIO header (pins 8/10) as the upstream device tree names it: the
     /// PL011 (ttyAMA0), or the mini UART (ttyS1) on boards whose PL011 drives Bluetooth.
     pub serial: &'static str,
-    /// QEMU's model of it or of its SoC and memory map, if QEMU 7.2 has one (booted with the
-    /// board's own dtb).
+    /// QEMU's model of it or of its SoC and memory map, if QEMU has one (booted with the board's
+    /// own dtb; `raspi4b` is QEMU 10's, the others Debian 12's QEMU 7.2's).
     pub qemu_machine: Option<&'static str>,
     /// Raspberry Pi Imager's family for it (its device tag is `<family>-<bits>bit`): the Zero
     /// is a `pi1`, the Zero 2 W a `pi3`, the 400 and CM4 `pi4`.
@@ -98,7 +98,7 @@ const ARM64: &[Board] = &[
     board("cm3", "bcm2837-rpi-cm3-io3.dtb", VC4, PL011, None, "pi3", NO_ETHERNET),
     // The Zero 2 W's RP3A0 is the Pi 3's BCM2837 with its RAM on top: raspi3b runs its dtb.
     board("pi-zero-2-w", "bcm2837-rpi-zero-2-w.dtb", VC4, MINI_UART, Some("raspi3b"), "pi3", NO_ETHERNET),
-    board("pi4-b", "bcm2711-rpi-4-b.dtb", VC6, MINI_UART, None, "pi4", BCM2711),
+    board("pi4-b", "bcm2711-rpi-4-b.dtb", VC6, MINI_UART, Some("raspi4b"), "pi4", BCM2711),
     board("pi-400", "bcm2711-rpi-400.dtb", VC6, MINI_UART, None, "pi4", BCM2711),
     board("cm4", "bcm2711-rpi-cm4-io.dtb", VC6, MINI_UART, None, "pi4", BCM2711),
 ];
