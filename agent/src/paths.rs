@@ -10,6 +10,13 @@ use std::collections::HashMap;
 pub const FAT32_MAX_FILE: u64 = (1 << 32) - 1;
 /// Long file names are at most 255 UTF-16 code units per component.
 const MAX_COMPONENT_UTF16: usize = 255;
+/// A whole relative path: Linux's PATH_MAX less its NUL. A receiver opens one component at a
+/// time, so this is no limit of its own syscalls: it bounds what one offer can make it hold and
+/// create, and no person's tree comes near it.
+pub const MAX_PATH_BYTES: usize = 4095;
+/// Directories deep: likewise far beyond any real tree, and it bounds the directories one offer
+/// can create (a 4 KB path of one-letter names was a tree 2,028 deep).
+pub const MAX_DEPTH: usize = 64;
 /// Temporary files the receiver writes are hidden and carry this marker; the sender never sends them.
 pub const TEMP_PREFIX: &str = ".pi2pi-";
 pub const TEMP_SUFFIX: &str = ".part";
@@ -32,6 +39,10 @@ pub enum PathError {
     TooLong(String),
     #[error("`{0}` is the name of a pi2pi temporary file")]
     Reserved(String),
+    #[error("the path is {0} bytes long; at most {MAX_PATH_BYTES} are allowed")]
+    PathTooLong(usize),
+    #[error("the path is {0} directories deep; at most {MAX_DEPTH} are allowed")]
+    TooDeep(usize),
 }
 
 /// Checks a '/'-separated relative path; returns its components.
@@ -42,7 +53,13 @@ pub fn check_relative(path: &str) -> Result<Vec<&str>, PathError> {
     if path.starts_with('/') {
         return Err(PathError::Absolute);
     }
+    if path.len() > MAX_PATH_BYTES {
+        return Err(PathError::PathTooLong(path.len()));
+    }
     let parts: Vec<&str> = path.split('/').collect();
+    if parts.len() > MAX_DEPTH + 1 {
+        return Err(PathError::TooDeep(parts.len() - 1));
+    }
     for c in &parts {
         check_component(c)?;
     }
@@ -78,8 +95,13 @@ pub fn check_component(c: &str) -> Result<(), PathError> {
     Ok(())
 }
 
+/// Whether `name` is (or, on a FAT drive that ignores case, is the same file as) a receiver's
+/// temporary: `.PI2PI-X.PART` is `.pi2pi-x.part` there.
 pub fn is_temp_name(name: &str) -> bool {
-    name.starts_with(TEMP_PREFIX) && name.ends_with(TEMP_SUFFIX)
+    let b = name.as_bytes();
+    b.len() >= TEMP_PREFIX.len() + TEMP_SUFFIX.len()
+        && b[..TEMP_PREFIX.len()].eq_ignore_ascii_case(TEMP_PREFIX.as_bytes())
+        && b[b.len() - TEMP_SUFFIX.len()..].eq_ignore_ascii_case(TEMP_SUFFIX.as_bytes())
 }
 
 /// Paths (among `paths`) that collide with another one when case is ignored, as FAT does.
@@ -135,6 +157,19 @@ mod tests {
         assert!(matches!(check_relative(&"x".repeat(256)), Err(PathError::TooLong(_))));
         assert!(check_relative(&"ü".repeat(255)).is_ok(), "255 UTF-16 units is allowed");
         assert!(matches!(check_relative("d/.pi2pi-abc.part"), Err(PathError::Reserved(_))));
+        // FAT ignores case: this is the temporary itself there.
+        assert!(matches!(check_relative("d/.PI2PI-ABC.PART"), Err(PathError::Reserved(_))));
+        assert!(check_relative(".pi2pi.part").is_ok(), "too short to be a temporary");
+    }
+
+    #[test]
+    fn paths_are_bounded_in_length_and_depth() {
+        let deep = vec!["d"; MAX_DEPTH].join("/") + "/f";
+        assert!(check_relative(&deep).is_ok(), "{MAX_DEPTH} directories deep is allowed");
+        assert_eq!(check_relative(&format!("d/{deep}")), Err(PathError::TooDeep(MAX_DEPTH + 1)));
+        let long = format!("{}/f", vec!["x".repeat(200); 25].join("/"));
+        assert!(long.len() > MAX_PATH_BYTES);
+        assert_eq!(check_relative(&long), Err(PathError::PathTooLong(long.len())));
     }
 
     #[test]

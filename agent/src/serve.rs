@@ -37,6 +37,12 @@ const GROUP_AGE: Duration = Duration::from_millis(500);
 /// Written data is handed to the disk in slices of this size as it arrives, so that the commit's
 /// sync finds little left to write and a large file does not pile up in the page cache.
 const WRITEBACK_SLICE: u64 = 8 << 20;
+/// Directories remembered as swept in one session. Past this the memory is given back and
+/// sweeping starts over (a directory swept twice costs one more read of it): a sender offering
+/// ever new directories made the set grow without bound (265 MB after 4,000 deep paths).
+const SWEPT_MAX: usize = 1024;
+/// What a message shows of itself in a log line or error: a peer's frame can be 1 MiB.
+const SHOWN_MAX: usize = 200;
 
 type Frames = Rx<io::Result<Option<Msg>>>;
 
@@ -54,7 +60,8 @@ pub fn serve(cfg: &Config, into: Option<&str>, input: impl Read + Send + 'static
             w.flush()?;
             bail!(m);
         }
-        other => bail!("expected Hello, got {other:?}"),
+        Some(other) => bail!("expected Hello, got {}", name_of(&other)),
+        None => bail!("expected Hello, got the end of the stream"),
     }
     write_msg(&mut w, &Msg::Welcome { version: VERSION, node: cfg.node.clone() })?;
     w.flush()?;
@@ -247,6 +254,13 @@ impl<W: Write> Receiver<'_, W> {
 
         let root = rustix::fs::open(root_dir, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
             .map_err(|e| failed(id, Code::DriveNotReady, format!("{}: {e}", root_dir.display())))?;
+        // Names in the units the drive counts, before anything is made: FAT takes 255 UTF-16
+        // units (checked above), a byte-counting filesystem (ext4: 255 bytes) fewer. Past that
+        // the file could never be stored, so it is refused, not failed to be retried.
+        let name_max = rustix::fs::fstatvfs(&root).map(|s| s.f_namemax).unwrap_or(255);
+        if let Some(long) = parts.iter().find(|c| c.len() as u64 > name_max) {
+            return Err(refused(id, Code::BadPath, format!("{path}: `{long}` is {} bytes; this drive takes {name_max}", long.len())));
+        }
         let (dirs, name) = parts.split_at(parts.len() - 1);
         let name = name[0];
         let dirs: Vec<&str> = self.into.into_iter().chain(dirs.iter().copied()).collect();
@@ -260,6 +274,9 @@ impl<W: Write> Receiver<'_, W> {
             }
             _ => io_failed(id, "cannot create directory", path, e),
         })?;
+        if self.swept.len() >= SWEPT_MAX {
+            self.swept = HashSet::new();
+        }
         if self.swept.insert(dirs.join("/")) {
             sweep_abandoned_temps(&dir);
         }
@@ -410,10 +427,16 @@ fn start_writeback(f: &File, offset: u64, len: u64) {
     }
 }
 
+/// A message as logs and errors show it, cut to `SHOWN_MAX` characters (what goes back to the
+/// peer through sshd's stderr stays small whatever it sent).
 fn name_of(m: &Msg) -> String {
-    match m {
+    let s = match m {
         Msg::Data(d) => format!("Data({} bytes)", d.len()),
         m => format!("{m:?}"),
+    };
+    match s.char_indices().nth(SHOWN_MAX) {
+        Some((i, _)) => format!("{}… ({} bytes)", &s[..i], s.len()),
+        None => s,
     }
 }
 

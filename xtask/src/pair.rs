@@ -311,6 +311,11 @@ impl Pair<'_> {
         let mount = &self.cfg.drive.mount_point;
         for ((vm, h), schedule) in self.vms.iter_mut().zip(self.hosts).zip(self.schedules) {
             vm.ok("systemctl is-active ssh", CMD)?;
+            // The bounds a peer meets in sshd (its effective settings, as sshd reads its files).
+            let sshd = vm.ok("sshd -T", CMD)?;
+            for want in ["clientaliveinterval 15", "clientalivecountmax 4", "logingracetime 20", "maxstartups 4:50:10", "maxsessions 2"] {
+                ensure!(sshd.lines().any(|l| l.trim() == want), "{}: sshd runs without `{want}`", h.name);
+            }
             let (dns, _) = vm.exec("systemctl is-active pi2pi-dnsmasq", CMD)?;
             if h.role == Role::DhcpServer {
                 ensure!(dns == 0, "{}: dnsmasq is not active on the dhcp-server", h.name);
