@@ -313,7 +313,7 @@ impl Pair<'_> {
             vm.ok("systemctl is-active ssh", CMD)?;
             // The bounds a peer meets in sshd (its effective settings, as sshd reads its files).
             let sshd = vm.ok("sshd -T", CMD)?;
-            for want in ["clientaliveinterval 15", "clientalivecountmax 4", "logingracetime 20", "maxstartups 4:50:10", "maxsessions 2"] {
+            for want in ["clientaliveinterval 15", "clientalivecountmax 4", "logingracetime 60", "maxstartups 4:50:10", "maxsessions 2"] {
                 ensure!(sshd.lines().any(|l| l.trim() == want), "{}: sshd runs without `{want}`", h.name);
             }
             let (dns, _) = vm.exec("systemctl is-active pi2pi-dnsmasq", CMD)?;
