@@ -9,10 +9,10 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use pi2pi_agent::rules::{self, Source};
-
-use crate::mac::Mac;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
+
+use crate::mac::Mac;
 
 pub use pi2pi_agent::rules::ConfigError;
 
