@@ -655,13 +655,9 @@ pub fn render(reports: &[BootReport]) -> String {
 mod tests {
     use super::*;
 
-    fn shipped() -> ImageConfig {
-        crate::config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../image.toml")).unwrap()
-    }
-
     #[test]
     fn the_first_card_also_boots_on_every_other_model_of_its_boards() {
-        let cfg = shipped();
+        let cfg = crate::config::shipped();
         let tags: Vec<(String, u32)> = cards(&cfg, Path::new("/i")).iter().map(|c| (c.tag(), c.boots)).collect();
         assert_eq!(tags, [("rpa-arm64".into(), 2), ("rpb-arm64".into(), 1), ("rpa-arm64-pi4-b".into(), 1)]);
         let pi4 = &cards(&cfg, Path::new("/i"))[2];

@@ -606,6 +606,12 @@ fn link(cx: &Source, idx: usize, h: &RawHost, name: &str) -> Result<Link, Config
     })
 }
 
+/// The shipped image.toml, as the tests of every module read it.
+#[cfg(test)]
+pub fn shipped() -> ImageConfig {
+    load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../image.toml")).expect("the shipped image.toml is valid")
+}
+
 pub fn load(path: &Path) -> Result<ImageConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError::unreadable(path, &e))?;
     parse(path, &text)

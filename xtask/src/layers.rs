@@ -335,10 +335,7 @@ mod tests {
     use crate::config::{self, ImageConfig, Schedule};
 
     fn shipped(schedule: Schedule) -> ImageConfig {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let mut cfg = config::load(&root.join("image.toml")).unwrap();
-        cfg.schedule = schedule;
-        cfg
+        ImageConfig { schedule, ..config::shipped() }
     }
 
     fn cluster() -> ImageConfig {

@@ -316,10 +316,6 @@ mod tests {
     use super::*;
     use crate::config::Arch;
 
-    fn shipped_config() -> ImageConfig {
-        crate::config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../image.toml")).unwrap()
-    }
-
     /// What `verify` would not see, building on all cores both times: the compressed bytes are
     /// the same with one thread (what `-T0` gives on a one-core machine) and with four.
     #[test]
@@ -364,7 +360,7 @@ mod tests {
 
     #[test]
     fn device_tags_follow_the_boards_of_the_architecture() {
-        let mut cfg = shipped_config();
+        let mut cfg = crate::config::shipped();
         let tags = |cfg: &ImageConfig| imager_devices(cfg).join(" ");
         cfg.base.arch = Arch::Arm64;
         assert_eq!(tags(&cfg), "pi3-64bit pi4-64bit");
@@ -385,7 +381,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("pi2pi-ship-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let cfg = shipped_config();
+        let cfg = crate::config::shipped();
         let host = &cfg.hosts[0];
         let img = dir.join(format!("{}.img", host.name));
         let mut f = std::fs::File::create(&img).unwrap();
@@ -427,7 +423,7 @@ mod tests {
     /// The rules of Imager's schema, each broken once; the list we write keeps them.
     #[test]
     fn imager_lists_are_checked_against_imagers_schema() {
-        let cfg = shipped_config();
+        let cfg = crate::config::shipped();
         let entry = ImagerEntry {
             name: "pi2pi rpa (arm64)".into(),
             description: "rpa".into(),
