@@ -1,7 +1,8 @@
 //! The receiver's group commit: verified temporaries become durable final files in two syncs
 //! per group, on a thread of their own, and only then are they acknowledged.
 
-use std::io::Write;
+use std::fs::File;
+use std::io::{self, Write};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,7 +20,27 @@ pub struct Pending {
     pub name: String,
     /// `Some(temp)`: rename it to `name`, then answer `Stored`. `None`: the final file already was
     /// the content (`Skip`); answer `Have` once it is known to be on disk.
-    pub temp: Option<String>,
+    pub temp: Option<Temp>,
+}
+
+/// A verified temporary, still open and locked (see `serve::claim_temp`): no other offer or
+/// session can write to it until it is renamed into place and this is dropped.
+pub struct Temp {
+    pub name: String,
+    pub file: File,
+}
+
+impl Temp {
+    /// Renames the temporary to `final_name`, after proving that the name still leads to the
+    /// file this session wrote and verified.
+    fn rename_into_place(&self, dir: &OwnedFd, final_name: &str) -> io::Result<()> {
+        let ours = rustix::fs::fstat(&self.file)?;
+        let there = rustix::fs::statat(dir, self.name.as_str(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW)?;
+        if (there.st_dev, there.st_ino) != (ours.st_dev, ours.st_ino) {
+            return Err(io::Error::other("the temporary was replaced after it was verified"));
+        }
+        Ok(rustix::fs::renameat(dir, self.name.as_str(), dir, final_name)?)
+    }
 }
 
 /// Makes a group durable and answers for it:
@@ -43,9 +64,9 @@ pub fn commit<W: Write>(group: Vec<Pending>, out: &Out<W>) -> Result<()> {
         .iter()
         .map(|p| match (synced, &p.temp) {
             (Err(e), _) => io_failure(p.id, "cannot sync", &p.path, &e.into()),
-            (Ok(()), Some(temp)) => match rustix::fs::renameat(&*p.dir, temp.as_str(), &*p.dir, p.name.as_str()) {
+            (Ok(()), Some(temp)) => match temp.rename_into_place(&p.dir, &p.name) {
                 Ok(()) => Msg::Stored { id: p.id },
-                Err(e) => io_failure(p.id, "cannot rename into place", &p.path, &e.into()),
+                Err(e) => io_failure(p.id, "cannot rename into place", &p.path, &e),
             },
             (Ok(()), None) => Msg::Have { id: p.id },
         })

@@ -15,6 +15,7 @@ pub struct Config {
     pub drive: DriveConfig,
     pub state_dir: PathBuf,
     pub sync: SyncConfig,
+    pub serve: ServeConfig,
     pub peers: Vec<Peer>,
 }
 
@@ -39,6 +40,16 @@ pub struct SyncConfig {
     pub rescan: Duration,
     /// Ceiling of the exponential retry backoff.
     pub retry_max: Duration,
+}
+
+/// How long `serve` waits for a peer that has a key but sends nothing.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Outside a transfer: a session idle this long is closed (the sender reconnects).
+    pub idle: Duration,
+    /// Inside a transfer: the longest wait for its next frame. A transfer also has to average
+    /// `serve::MIN_RATE`, after a grace of twice this.
+    pub frame: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -73,6 +84,7 @@ struct RawConfig {
     drive: RawDrive,
     state: Option<RawState>,
     sync: Option<RawSync>,
+    serve: Option<RawServe>,
     #[serde(default)]
     peer: Vec<RawPeer>,
 }
@@ -101,6 +113,13 @@ struct RawSync {
     settle_ms: Option<Spanned<u64>>,
     rescan_secs: Option<Spanned<u64>>,
     retry_max_secs: Option<Spanned<u64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServe {
+    idle_secs: Option<Spanned<u64>>,
+    frame_secs: Option<Spanned<u64>>,
 }
 
 /// How a peer is reached; read by serde, so a new kind is added here only.
@@ -201,6 +220,11 @@ fn validate(cx: &Source, raw: RawConfig) -> Result<Config, ConfigError> {
         rescan: Duration::from_secs(ranged(&s.rescan_secs, "sync.rescan_secs", 30, 1, 3600)?),
         retry_max: Duration::from_secs(ranged(&s.retry_max_secs, "sync.retry_max_secs", 30, 1, 3600)?),
     };
+    let v = raw.serve.unwrap_or_default();
+    let serve = ServeConfig {
+        idle: Duration::from_secs(ranged(&v.idle_secs, "serve.idle_secs", 600, 1, 3600)?),
+        frame: Duration::from_secs(ranged(&v.frame_secs, "serve.frame_secs", 60, 1, 600)?),
+    };
 
     let mut peers = Vec::new();
     for (i, p) in raw.peer.into_iter().enumerate() {
@@ -241,7 +265,7 @@ fn validate(cx: &Source, raw: RawConfig) -> Result<Config, ConfigError> {
         peers.push(Peer { name, transport });
     }
 
-    Ok(Config { node, drive, state_dir, sync, peers })
+    Ok(Config { node, drive, state_dir, sync, serve, peers })
 }
 
 #[cfg(test)]

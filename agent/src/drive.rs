@@ -5,6 +5,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use rustix::fs::{AtFlags, Mode, OFlags};
+
 use crate::config::DriveConfig;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -112,11 +114,27 @@ pub const PROBE: &str = ".pi2pi-probe.part";
 fn probe_writable(dir: &Path) -> Result<(), DriveError> {
     let err = |e: std::io::Error| DriveError::NotWritable { path: dir.to_path_buf(), err: e.to_string() };
     fs::create_dir_all(dir).map_err(err)?;
-    let probe = dir.join(PROBE);
-    fs::write(&probe, b"probe").map_err(err)?;
-    match fs::remove_file(&probe) {
+    let d = rustix::fs::open(dir, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).map_err(|e| err(e.into()))?;
+    // Made new, through the directory and never through a link at its name: whatever is there
+    // (a probe left by a killed process, or a symlink planted on a non-FAT drive) is unlinked,
+    // never written through.
+    let create = || {
+        let flags = OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::WRONLY | OFlags::CLOEXEC;
+        rustix::fs::openat(&d, PROBE, flags, Mode::from_raw_mode(0o644))
+    };
+    let probe = match create() {
+        Err(rustix::io::Errno::EXIST) => {
+            let _ = rustix::fs::unlinkat(&d, PROBE, AtFlags::empty());
+            create()
+        }
+        made => made,
+    };
+    let probe = probe.map_err(|e| err(e.into()))?;
+    rustix::io::write(&probe, b"probe").map_err(|e| err(e.into()))?;
+    drop(probe);
+    match rustix::fs::unlinkat(&d, PROBE, AtFlags::empty()) {
         // Another receiver (a second peer) probing at the same moment removed it first.
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(err(e)),
+        Err(e) if e != rustix::io::Errno::NOENT => Err(err(e.into())),
         _ => Ok(()),
     }
 }

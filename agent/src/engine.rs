@@ -187,7 +187,7 @@ impl Engine {
         let ready = self.ready(&files, hot, now, &mut report);
         let collisions: HashMap<&str, &str> =
             paths::case_collisions(files.iter().map(|f| f.rel.as_str())).into_iter().flat_map(|(a, b)| [(a, b), (b, a)]).collect();
-        let retry_max = self.cfg.sync.retry_max;
+        let limits = Limits { retry_max: self.cfg.sync.retry_max, serve_idle: self.cfg.serve.idle };
         for ps in &mut self.peers {
             if let Some(at) = ps.retry_at.filter(|t| *t > now) {
                 report.wake(at - now);
@@ -198,7 +198,7 @@ impl Engine {
             let jobs = jobs_for(ps, &ready, &collisions, &self.cfg.drive.sending);
             ps.status.pending = jobs.iter().map(|j| j.rel.to_string()).chain(held).collect();
             if !jobs.is_empty() {
-                deliver(ps, &jobs, &mut self.seen, retry_max, &mut report);
+                deliver(ps, &jobs, &mut self.seen, limits, &mut report);
             }
         }
         report
@@ -337,25 +337,27 @@ fn still_needed(ps: &mut PeerState, f: &Found) -> Option<Option<[u8; 32]>> {
 }
 
 /// Sends `jobs` to `ps` over its open session (or a new one), applying each outcome as it comes.
-fn deliver(ps: &mut PeerState, jobs: &[Job], seen: &mut HashMap<String, Seen>, retry_max: Duration, report: &mut PassReport) {
-    let Some(mut session) = session_for(ps, retry_max, report) else { return };
-    let started = Instant::now();
+fn deliver(ps: &mut PeerState, jobs: &[Job], seen: &mut HashMap<String, Seen>, limits: Limits, report: &mut PassReport) {
+    let Some((mut session, kept)) = session_for(ps, limits, report) else { return };
     let mut settled = vec![false; jobs.len()];
-    let result = session.deliver(jobs, |i, outcome| {
-        let applied = apply_outcome(ps, &jobs[i], outcome, started, retry_max, report);
-        if applied.retry_after_settle {
-            seen.remove(jobs[i].rel);
-        }
-        settled[i] = applied.settled;
-        applied.go_on
-    });
+    let mut result = deliver_on(&mut session, ps, jobs, seen, &mut settled, limits, report);
+    // A kept session the peer closed meanwhile (it ends idle ones, or restarted) fails at once,
+    // before any answer: not a lost link, so a new connection is tried at once, quietly.
+    if result.as_ref().is_err_and(|(_, answered)| *answered == 0) && kept {
+        tracing::info!(peer = %ps.peer.name, "the peer had closed the kept session; reconnecting");
+        session.close();
+        ps.status.connected = false;
+        let Some((s, _)) = session_for(ps, limits, report) else { return };
+        session = s;
+        result = deliver_on(&mut session, ps, jobs, seen, &mut settled, limits, report);
+    }
     if let Err(e) = ps.journal.sync() {
         tracing::error!("cannot sync delivery journal: {e:#}");
     }
     ps.status.pending = jobs.iter().zip(&settled).filter(|(_, s)| !**s).map(|(j, _)| j.rel.to_string()).collect();
     match result {
         Ok(()) => ps.session = Some(session),
-        Err(e) => {
+        Err((e, _)) => {
             let why = session.last_stderr();
             session.close();
             let msg = if why.is_empty() {
@@ -364,29 +366,66 @@ fn deliver(ps: &mut PeerState, jobs: &[Job], seen: &mut HashMap<String, Seen>, r
                 format!("link to {} lost: {e:#} ({why})", ps.peer.name)
             };
             ps.status.connected = false;
-            fail(ps, msg, retry_max);
+            fail(ps, msg, limits.retry_max);
             report.failures += 1;
         }
     }
 }
 
-/// The peer's open session, or a new connection; `None` (and a backoff) if it cannot be reached.
-fn session_for(ps: &mut PeerState, retry_max: Duration, report: &mut PassReport) -> Option<Session> {
-    if let Some(s) = ps.session.take() {
-        return Some(s);
+/// One attempt at a batch on `session`; on a broken link, why, and how many files had an outcome
+/// before it broke.
+fn deliver_on(
+    session: &mut Session,
+    ps: &mut PeerState,
+    jobs: &[Job],
+    seen: &mut HashMap<String, Seen>,
+    settled: &mut [bool],
+    limits: Limits,
+    report: &mut PassReport,
+) -> Result<(), (anyhow::Error, usize)> {
+    let started = Instant::now();
+    let mut outcomes = 0;
+    let result = session.deliver(jobs, |i, outcome| {
+        outcomes += 1;
+        let applied = apply_outcome(ps, &jobs[i], outcome, started, limits.retry_max, report);
+        if applied.retry_after_settle {
+            seen.remove(jobs[i].rel);
+        }
+        settled[i] = applied.settled;
+        applied.go_on
+    });
+    session.used = Instant::now();
+    result.map_err(|e| (e, outcomes))
+}
+
+/// The peer's open session if it was used lately enough that the peer still holds it (half the
+/// `serve.idle_secs` after which a receiver closes one), or a new connection; `None` (and a
+/// backoff) if it cannot be reached. With whether the session was kept from before.
+fn session_for(ps: &mut PeerState, limits: Limits, report: &mut PassReport) -> Option<(Session, bool)> {
+    match ps.session.take() {
+        Some(s) if s.used.elapsed() < limits.serve_idle / 2 => return Some((s, true)),
+        Some(s) => s.close(),
+        None => {}
     }
     match Session::connect(&ps.peer) {
         Ok(s) => {
             tracing::info!(peer = %ps.peer.name, "connected to {}", s.peer_node);
             ps.status.connected = true;
-            Some(s)
+            Some((s, false))
         }
         Err(e) => {
-            fail(ps, format!("{e:#}"), retry_max);
+            fail(ps, format!("{e:#}"), limits.retry_max);
             report.failures += 1;
             None
         }
     }
+}
+
+/// The times `deliver` works to.
+#[derive(Clone, Copy)]
+struct Limits {
+    retry_max: Duration,
+    serve_idle: Duration,
 }
 
 /// What one outcome means for the pass.

@@ -20,6 +20,10 @@ pub const VERSION: u16 = 2;
 /// Largest frame accepted: one data chunk plus headroom. Bounds memory on hostile input.
 pub const MAX_FRAME: usize = 1 << 20;
 pub const CHUNK: usize = 256 * 1024;
+/// Offers a sender keeps ahead of the file it is streaming: enough to hide the link's round trip
+/// behind the small files, few enough that a peer-wide failure wastes little. A receiver holds a
+/// sender to twice this.
+pub const WINDOW: usize = 64;
 
 pub type Hash = [u8; 32];
 

@@ -8,9 +8,14 @@
 //! sender's SHA-256; then, in a group commit, the temporaries are synced, renamed into place and
 //! the renames synced, and only then is `Stored` sent. The temporary name is derived from the
 //! final name, so a transfer cut by a crash resumes from the bytes already there once the sender
-//! has checked that they are a prefix of its file.
+//! has checked that they are a prefix of its file. A session holds a lock on each temporary it
+//! has accepted from the offer until the rename, so the bytes it verified are the bytes renamed:
+//! another offer of the path, in this session or another, is told it is busy.
+//!
+//! A peer with a key is held to bounds (ARCHITECTURE.md, "Threat model"): offers in flight,
+//! descriptors, memory, bytes hashed per session, time idle and time per transfer.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -22,16 +27,17 @@ use anyhow::{anyhow, bail, Context, Result};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
 use sha2::{Digest, Sha256};
 
-use crate::commit::{commit, Pending};
+use crate::commit::{commit, Pending, Temp};
 use crate::config::Config;
-use crate::proto::{read_msg, write_msg, Code, Hash, Msg, VERSION};
+use crate::proto::{read_msg, write_msg, Code, Hash, Msg, VERSION, WINDOW};
 use crate::reply::{answer, emit, failed, io_failed, refused, Out, Setback};
-use crate::{drive, fsutil, paths};
+use crate::{drive, fsutil, lock, paths};
 
 const RESOLVE: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_SYMLINKS).union(ResolveFlags::NO_MAGICLINKS);
 
 /// A group commit happens when the input runs dry, or when the group is this large or this old.
-const GROUP_FILES: usize = 256;
+/// Each file of a group holds two descriptors until it is committed.
+const GROUP_FILES: usize = 128;
 const GROUP_BYTES: u64 = 256 << 20;
 const GROUP_AGE: Duration = Duration::from_millis(500);
 /// Written data is handed to the disk in slices of this size as it arrives, so that the commit's
@@ -43,6 +49,24 @@ const WRITEBACK_SLICE: u64 = 8 << 20;
 const SWEPT_MAX: usize = 1024;
 /// What a message shows of itself in a log line or error: a peer's frame can be 1 MiB.
 const SHOWN_MAX: usize = 200;
+/// Offers accepted and not yet started that a session may hold: twice the sender's window (ours
+/// holds at most `WINDOW + 1`). Past it the session ends. Each holds two descriptors.
+pub const IN_FLIGHT_MAX: usize = 2 * WINDOW;
+/// Descriptors a session holds at most: its accepted offers, the group being filled and the one
+/// being committed (a directory and a temporary each), and a few of its own. Under the 1,024 that
+/// sshd's sessions get by default.
+pub const DESCRIPTORS_MAX: usize = 2 * IN_FLIGHT_MAX + 2 * 2 * GROUP_FILES + 32;
+/// Bytes of files already on the drive a session may hash to answer offers of their size, beyond
+/// what it has received: past that an offer is answered as a new file and the sender sends it, so
+/// a 20-byte offer cannot make the receiver read a gigabyte. (Costs a re-send only to a sender
+/// that lost its journal and offers more than this of what is already here.)
+pub const HASH_FREE: u64 = 256 << 20;
+/// Hashes of files already here that a session remembers, so the same file offered again is not
+/// read again.
+const KNOWN_MAX: usize = 1024;
+/// The slowest a transfer may average (after a grace of twice `serve.frame_secs`): a 4 GiB file
+/// has 4.5 hours. A transfer kept alive by a trickle of frames ends there; its prefix is kept.
+pub const MIN_RATE: u64 = 256 << 10;
 
 type Frames = Rx<io::Result<Option<Msg>>>;
 
@@ -63,6 +87,12 @@ pub fn serve(cfg: &Config, into: Option<&str>, input: impl Read + Send + 'static
         Some(other) => bail!("expected Hello, got {}", name_of(&other)),
         None => bail!("expected Hello, got the end of the stream"),
     }
+    let Some(_slot) = lock::session_slot(&cfg.state_dir, into)? else {
+        let m = format!("this sender already has {} sessions open here; try again later", lock::SESSIONS_MAX);
+        write_msg(&mut w, &Msg::Failed { id: 0, code: Code::Io, message: m.clone() })?;
+        w.flush()?;
+        bail!(m);
+    };
     write_msg(&mut w, &Msg::Welcome { version: VERSION, node: cfg.node.clone() })?;
     w.flush()?;
     // Frames are read and decoded on their own thread, so that reading the link overlaps writing
@@ -95,6 +125,9 @@ pub fn serve(cfg: &Config, into: Option<&str>, input: impl Read + Send + 'static
             commits: commit_tx,
             probed: false,
             swept: HashSet::new(),
+            known: HashMap::new(),
+            hashed: 0,
+            received: 0,
             accepted: VecDeque::new(),
             group: Vec::new(),
             group_paths: HashSet::new(),
@@ -118,6 +151,11 @@ struct Receiver<'a, W: Write> {
     probed: bool,
     /// Directories (relative to receiving/) already swept of abandoned temporaries this session.
     swept: HashSet<String>,
+    /// Hashes of files already here, by what identifies their content.
+    known: HashMap<FileId, Hash>,
+    /// Bytes of files already here hashed this session, and bytes received (see `HASH_FREE`).
+    hashed: u64,
+    received: u64,
     /// Offers answered with `Accept` whose `Start` or `Skip` has not come yet, oldest first.
     accepted: VecDeque<Accepted>,
     /// Verified files waiting for the group commit.
@@ -135,14 +173,55 @@ struct Accepted {
     size: u64,
     dir: Arc<OwnedFd>,
     name: String,
-    temp: String,
+    temp: Temp,
     /// Bytes kept from an earlier attempt, and their hash so far.
     have: u64,
     hasher: Sha256,
 }
 
+impl Accepted {
+    /// Lets go of an offer never started: a temporary it made and left empty is removed (while
+    /// still locked, so it is this one), one with an earlier attempt's bytes kept.
+    fn release(self) {
+        if self.temp.file.metadata().is_ok_and(|m| m.len() == 0) {
+            let _ = rustix::fs::unlinkat(&*self.dir, self.temp.name.as_str(), AtFlags::empty());
+        }
+    }
+}
+
+/// A file's identity and version as far as the filesystem tells it: same values, same content.
+#[derive(Hash, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+    size: i64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileId {
+    fn of(st: &rustix::fs::Stat) -> FileId {
+        FileId {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            size: st.st_size,
+            mtime: (st.st_mtime, st.st_mtime_nsec as i64),
+            ctime: (st.st_ctime, st.st_ctime_nsec as i64),
+        }
+    }
+}
+
 impl<W: Write> Receiver<'_, W> {
     fn run(mut self, rx: &Frames) -> Result<()> {
+        let result = self.receive_all(rx);
+        for a in std::mem::take(&mut self.accepted) {
+            a.release();
+        }
+        result
+    }
+
+    fn receive_all(&mut self, rx: &Frames) -> Result<()> {
+        let idle = self.cfg.serve.idle;
         loop {
             let next = match rx.try_recv() {
                 Ok(m) => m,
@@ -150,20 +229,27 @@ impl<W: Write> Receiver<'_, W> {
                     // Nothing waiting: the sender is done or slower than us; make what we have
                     // durable and say so now rather than later.
                     self.hand_off()?;
-                    match rx.recv() {
+                    match rx.recv_timeout(idle) {
                         Ok(m) => m,
-                        Err(_) => return Ok(()),
+                        Err(RecvTimeoutError::Disconnected) => return Ok(()),
+                        Err(RecvTimeoutError::Timeout) => {
+                            // Not an error: the sender reconnects when it next has files.
+                            tracing::info!("the sender sent nothing for {} s; closing the session", idle.as_secs());
+                            return Ok(());
+                        }
                     }
                 }
             };
             match next.context("reading from the sender")? {
                 None | Some(Msg::Bye) => return self.hand_off(),
                 Some(Msg::Offer { id, path, size }) => {
-                    // A newer version of a file not yet committed: let that commit finish first.
-                    if self.group_paths.contains(&path) {
-                        self.hand_off()?;
+                    if self.accepted.len() >= IN_FLIGHT_MAX {
+                        bail!("protocol error: more than {IN_FLIGHT_MAX} offers accepted and not started");
                     }
-                    if self.committing.contains(&path) {
+                    // A newer version of a file not yet committed: let that commit finish first
+                    // (its temporary stays locked until it is renamed).
+                    if self.group_paths.contains(&path) || self.committing.contains(&path) {
+                        self.hand_off()?;
                         self.barrier()?;
                     }
                     match self.accept(id, &path, size) {
@@ -178,8 +264,10 @@ impl<W: Write> Receiver<'_, W> {
                     }
                 }
                 Some(Msg::Skip { id }) => {
+                    // The final file is the content: a kept prefix is of no more use. Unlinked
+                    // while locked, so it is the one this session claimed.
                     let a = self.take_accepted(id)?;
-                    let _ = rustix::fs::unlinkat(&*a.dir, a.temp.as_str(), AtFlags::empty());
+                    let _ = rustix::fs::unlinkat(&*a.dir, a.temp.name.as_str(), AtFlags::empty());
                     self.add(Pending { id, path: a.path, dir: a.dir, name: a.name, temp: None }, 0);
                 }
                 Some(Msg::Start { id, from }) => {
@@ -229,12 +317,13 @@ impl<W: Write> Receiver<'_, W> {
     }
 
     /// The accepted offer `id`; older accepted offers the sender skipped over are dropped (their
-    /// temporaries stay, to resume from later).
+    /// temporaries stay, to resume from later, unless empty).
     fn take_accepted(&mut self, id: u32) -> Result<Accepted> {
         while let Some(a) = self.accepted.pop_front() {
             if a.id == id {
                 return Ok(a);
             }
+            a.release();
         }
         bail!("protocol error: transfer {id} was not offered and accepted")
     }
@@ -265,7 +354,16 @@ impl<W: Write> Receiver<'_, W> {
         let name = name[0];
         let dirs: Vec<&str> = self.into.into_iter().chain(dirs.iter().copied()).collect();
         let dirs = dirs.as_slice();
-        let dir = open_dirs(&root, dirs).map_err(|e| match e.kind() {
+        // Directories are made only once the file is known to fit (with what this session has
+        // accepted already): a full drive does not fill up with empty directories.
+        let dir = match open_dirs(&root, dirs, false) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.check_space(id, path, &root, size)?;
+                open_dirs(&root, dirs, true)
+            }
+            opened => opened,
+        };
+        let dir = dir.map_err(|e| match e.kind() {
             io::ErrorKind::NotADirectory => refused(id, Code::NotRegular, format!("{path}: a parent is not a directory")),
             _ if e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error())
                 || e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) =>
@@ -288,37 +386,78 @@ impl<W: Write> Receiver<'_, W> {
             Ok(st) if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile => {
                 return Err(refused(id, Code::NotRegular, format!("{path}: exists and is not a regular file")));
             }
-            Ok(st) if st.st_size as u64 == size => {
-                // Unreadable (a bad sector): that file fails, the session and the others go on.
-                let f = open_beneath(&dir, name, OFlags::RDONLY).map_err(|e| io_failed(id, "cannot read", path, e))?;
-                let (h, _) = fsutil::hash_reader(&mut File::from(f), u64::MAX).map_err(|e| io_failed(id, "cannot read", path, e))?;
-                existing = Some(h.finalize().into());
-            }
+            Ok(st) if st.st_size as u64 == size => existing = self.existing_hash(id, path, &dir, name, &st)?,
             _ => {}
         }
 
-        // What an earlier attempt left in the temporary file, and its hash, so the final check
-        // covers the whole file. More than the offered size cannot be a prefix: start over.
-        let temp = temp_name(name);
+        // The temporary, this session's alone until the file is renamed or dropped; what an
+        // earlier attempt left in it, and its hash, so the final check covers the whole file.
+        // More than the offered size cannot be a prefix: start over.
+        let temp_name = temp_name(name);
+        let mut file = match claim_temp(&dir, &temp_name) {
+            Ok(Some(f)) => f,
+            Ok(None) => return Err(failed(id, Code::Io, format!("{path}: being received in another transfer; try again later"))),
+            Err(e) => return Err(io_failed(id, "cannot create", path, e)),
+        };
         let (mut have, mut hasher) = (0, Sha256::new());
-        if let Ok(st) = rustix::fs::statat(&dir, temp.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
-            if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile && (st.st_size as u64) <= size && st.st_size > 0 {
-                // A kept prefix that cannot be read back is not kept: the transfer starts from zero
-                // and rewrites the temporary.
-                let read =
-                    open_beneath(&dir, &temp, OFlags::RDONLY).and_then(|f| fsutil::hash_reader(&mut File::from(f), st.st_size as u64));
-                match read {
-                    Ok(kept) => (hasher, have) = kept,
-                    Err(e) => tracing::warn!("{path}: the partial copy cannot be read ({e}); starting over"),
-                }
+        let kept = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if kept > 0 && kept <= size {
+            // A kept prefix that cannot be read back is not kept: the transfer starts from zero
+            // and rewrites the temporary.
+            match fsutil::hash_reader(&mut file, kept) {
+                Ok(read) => (hasher, have) = read,
+                Err(e) => tracing::warn!("{path}: the partial copy cannot be read ({e}); starting over"),
             }
         }
-        let free = rustix::fs::fstatvfs(&dir).map(|s| s.f_bavail.saturating_mul(s.f_frsize)).unwrap_or(u64::MAX);
-        if existing.is_none() && free < size - have {
-            return Err(failed(id, Code::NoSpace, format!("receiver's drive is full: {path} needs {} bytes, {free} free", size - have)));
+        if existing.is_none() {
+            if let Err(full) = self.check_space(id, path, &dir, size - have) {
+                // A temporary claimed just now holds nothing worth keeping on a full drive.
+                if have == 0 {
+                    let _ = rustix::fs::unlinkat(&dir, temp_name.as_str(), AtFlags::empty());
+                }
+                return Err(full);
+            }
         }
+        let temp = Temp { name: temp_name, file };
         let a = Accepted { id, path: path.to_string(), size, dir: Arc::new(dir), name: name.to_string(), temp, have, hasher };
         Ok((a, existing))
+    }
+
+    /// Fails the offer unless the drive has room for `need` bytes beyond what this session has
+    /// accepted and not yet received.
+    fn check_space(&self, id: u32, path: &str, on: &OwnedFd, need: u64) -> Result<(), Setback> {
+        let reserved: u64 = self.accepted.iter().map(|a| a.size - a.have).sum();
+        let free = rustix::fs::fstatvfs(on).map(|s| s.f_bavail.saturating_mul(s.f_frsize)).unwrap_or(u64::MAX);
+        if free < reserved.saturating_add(need) {
+            let m = format!("receiver's drive is full: {path} needs {need} bytes, {free} free, {reserved} promised to earlier offers");
+            return Err(failed(id, Code::NoSpace, m));
+        }
+        Ok(())
+    }
+
+    /// The hash of the file of the offered size already at `name`: remembered if this session
+    /// read it before, read if the session's budget (`HASH_FREE`) allows, else `None` (the sender
+    /// then sends the file).
+    fn existing_hash(&mut self, id: u32, path: &str, dir: &OwnedFd, name: &str, st: &rustix::fs::Stat) -> Result<Option<Hash>, Setback> {
+        let key = FileId::of(st);
+        if let Some(h) = self.known.get(&key) {
+            return Ok(Some(*h));
+        }
+        let size = st.st_size as u64;
+        if self.hashed.saturating_add(size) > HASH_FREE.saturating_add(self.received) {
+            tracing::debug!(path, "not hashing the file already here: over this session's budget");
+            return Ok(None);
+        }
+        // Unreadable (a bad sector): that file fails, the session and the others go on.
+        let f = open_beneath(dir, name, OFlags::RDONLY).map_err(|e| io_failed(id, "cannot read", path, e))?;
+        let (h, n) = fsutil::hash_reader(&mut File::from(f), u64::MAX).map_err(|e| io_failed(id, "cannot read", path, e))?;
+        self.hashed += n;
+        let h: Hash = h.finalize().into();
+        if self.known.len() >= KNOWN_MAX {
+            self.known = HashMap::new();
+        }
+        self.known.insert(key, h);
+        Ok(Some(h))
     }
 
     /// Writes one transfer into its temporary file and verifies it. `Ok(None)`: the sender aborted.
@@ -327,40 +466,34 @@ impl<W: Write> Receiver<'_, W> {
         if from != 0 && from != have {
             return Err(Setback::Broken(anyhow!("{path}: sender asked to start at {from}; only 0 or {have} are possible")));
         }
+        let clock = Clock::start(self.cfg.serve.frame, size - from);
+        // Unlinked only while this session holds its lock: it is the temporary it claimed.
         let unlink_temp = || {
-            let _ = rustix::fs::unlinkat(&*dir, temp.as_str(), AtFlags::empty());
+            let _ = rustix::fs::unlinkat(&*dir, temp.name.as_str(), AtFlags::empty());
         };
-        let mut file = match open_beneath(&dir, &temp, OFlags::RDWR | OFlags::CREATE) {
-            Ok(fd) => File::from(fd),
-            Err(e) => {
-                // Keep the stream in step: read (and drop) this transfer, then report.
-                drain(rx, &path)?;
-                return Err(io_failed(id, "cannot create", &path, e));
-            }
-        };
+        let mut file = &temp.file;
         if from == 0 {
             hasher = Sha256::new();
-            file.set_len(0)?;
         }
-        file.seek(SeekFrom::Start(from))?;
+        // After a write error the stream is still read to its end, so the session stays in step.
+        let mut write_err = position(file, from).err();
         let mut left = size - from;
         let (mut written, mut handed) = (from, from);
-        let mut write_err: Option<io::Error> = None;
         loop {
-            match recv(rx, &path)? {
+            match clock.recv(rx, &path)? {
                 Msg::Data(d) => {
                     if d.len() as u64 > left {
                         return Err(Setback::Broken(anyhow!("{path}: sender sent more than the offered size")));
                     }
                     left -= d.len() as u64;
-                    // After a write error keep draining the stream so the session stays usable.
+                    self.received += d.len() as u64;
                     if write_err.is_none() {
                         match file.write_all(&d) {
                             Ok(()) => {
                                 hasher.update(&d);
                                 written += d.len() as u64;
                                 if written - handed >= WRITEBACK_SLICE {
-                                    start_writeback(&file, handed, written - handed);
+                                    start_writeback(file, handed, written - handed);
                                     handed = written;
                                 }
                             }
@@ -369,7 +502,6 @@ impl<W: Write> Receiver<'_, W> {
                     }
                 }
                 Msg::Done { id: done, sha256 } if done == id => {
-                    drop(file);
                     if let Some(e) = write_err {
                         unlink_temp();
                         return Err(io_failed(id, "cannot write", &path, e));
@@ -389,7 +521,6 @@ impl<W: Write> Receiver<'_, W> {
                     return Ok(Some(Pending { id, path, dir, name, temp: Some(temp) }));
                 }
                 Msg::Abort { id: done } if done == id => {
-                    drop(file);
                     unlink_temp();
                     return Ok(None);
                 }
@@ -399,22 +530,40 @@ impl<W: Write> Receiver<'_, W> {
     }
 }
 
-fn recv(rx: &Frames, path: &str) -> Result<Msg, Setback> {
-    match rx.recv_timeout(Duration::from_secs(3600)) {
-        Ok(Ok(Some(m))) => Ok(m),
-        Ok(Ok(None)) | Err(RecvTimeoutError::Disconnected) => Err(Setback::Broken(anyhow!("{path}: sender went away mid-transfer"))),
-        Ok(Err(e)) => Err(Setback::Broken(anyhow::Error::new(e).context(format!("{path}: reading data")))),
-        Err(RecvTimeoutError::Timeout) => Err(Setback::Broken(anyhow!("{path}: no data from the sender for an hour"))),
-    }
+/// Readies a claimed temporary for data from `from`: what is past it is not ours to keep.
+fn position(mut file: &File, from: u64) -> io::Result<()> {
+    file.set_len(from)?;
+    file.seek(SeekFrom::Start(from)).map(drop)
 }
 
-/// Reads a transfer's frames up to its `Done` or `Abort` without keeping them.
-fn drain(rx: &Frames, path: &str) -> Result<(), Setback> {
-    loop {
-        match recv(rx, path)? {
-            Msg::Data(_) => {}
-            Msg::Done { .. } | Msg::Abort { .. } => return Ok(()),
-            m => return Err(Setback::Broken(anyhow!("{path}: unexpected {} during transfer", name_of(&m)))),
+/// How long a transfer may wait for its next frame, and by when it must be done: a trickle of
+/// frames (even empty ones) keeps no session alive past `MIN_RATE`.
+struct Clock {
+    frame: Duration,
+    started: Instant,
+    deadline: Instant,
+}
+
+impl Clock {
+    fn start(frame: Duration, bytes: u64) -> Clock {
+        let started = Instant::now();
+        Clock { frame, started, deadline: started + 2 * frame + Duration::from_secs(bytes / MIN_RATE) }
+    }
+
+    fn recv(&self, rx: &Frames, path: &str) -> Result<Msg, Setback> {
+        let wait = self.frame.min(self.deadline.saturating_duration_since(Instant::now()));
+        match rx.recv_timeout(wait) {
+            Ok(Ok(Some(m))) => Ok(m),
+            Ok(Ok(None)) | Err(RecvTimeoutError::Disconnected) => Err(Setback::Broken(anyhow!("{path}: sender went away mid-transfer"))),
+            Ok(Err(e)) => Err(Setback::Broken(anyhow::Error::new(e).context(format!("{path}: reading data")))),
+            Err(RecvTimeoutError::Timeout) if Instant::now() >= self.deadline => Err(Setback::Broken(anyhow!(
+                "{path}: transfer too slow: not done after {} s (a transfer must average {} KiB/s)",
+                self.started.elapsed().as_secs(),
+                MIN_RATE >> 10
+            ))),
+            Err(RecvTimeoutError::Timeout) => {
+                Err(Setback::Broken(anyhow!("{path}: no data from the sender for {} s", self.frame.as_secs())))
+            }
         }
     }
 }
@@ -446,17 +595,49 @@ fn open_beneath(dir: &OwnedFd, name: &str, flags: OFlags) -> io::Result<OwnedFd>
     Ok(rustix::fs::openat2(dir, name, flags | OFlags::CLOEXEC | OFlags::NOFOLLOW, mode, RESOLVE)?)
 }
 
-/// Opens (creating as needed) each directory below `root`, never following a symlink.
-fn open_dirs(root: &OwnedFd, dirs: &[&str]) -> io::Result<OwnedFd> {
+/// Opens each directory below `root` (making missing ones with `make`), never following a symlink.
+fn open_dirs(root: &OwnedFd, dirs: &[&str], make: bool) -> io::Result<OwnedFd> {
     let mut cur = rustix::io::dup(root)?;
     for d in dirs {
-        match rustix::fs::mkdirat(&cur, *d, Mode::from_raw_mode(0o755)) {
-            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-            Err(e) => return Err(e.into()),
+        if make {
+            match rustix::fs::mkdirat(&cur, *d, Mode::from_raw_mode(0o755)) {
+                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         cur = rustix::fs::openat2(&cur, *d, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty(), RESOLVE)?;
     }
     Ok(cur)
+}
+
+/// Opens the temporary `temp` in `dir` for this session alone: made if missing, never through a
+/// symlink, a regular file with one link (a hard link planted to a file elsewhere is unlinked,
+/// never written through), and locked. `None`: another offer or session holds it.
+fn claim_temp(dir: &OwnedFd, temp: &str) -> io::Result<Option<File>> {
+    // Twice at most: once more after unlinking a planted link or losing a race with an unlink.
+    for _ in 0..2 {
+        let fd = open_beneath(dir, temp, OFlags::RDWR | OFlags::CREATE | OFlags::NONBLOCK)?;
+        let st = rustix::fs::fstat(&fd)?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            return Err(io::Error::other(format!("{temp} is not a regular file")));
+        }
+        match rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        let here = rustix::fs::statat(dir, temp, AtFlags::SYMLINK_NOFOLLOW).ok().map(|s| (s.st_dev, s.st_ino));
+        if st.st_nlink == 1 && here == Some((st.st_dev, st.st_ino)) {
+            // Blocking again for the writes to come.
+            rustix::fs::fcntl_setfl(&fd, OFlags::empty())?;
+            return Ok(Some(File::from(fd)));
+        }
+        if st.st_nlink > 1 {
+            tracing::warn!("{temp} is a hard link to another file; removing the link");
+            let _ = rustix::fs::unlinkat(dir, temp, AtFlags::empty());
+        }
+    }
+    Err(io::Error::other(format!("{temp} keeps changing under this receiver")))
 }
 
 /// A temporary nobody has written to for this long belongs to a transfer whose file is gone from
@@ -484,8 +665,12 @@ fn sweep_abandoned_temps(dir: &OwnedFd) {
         }
     }
     for name in old {
-        tracing::info!("removing an abandoned partial transfer {name}");
-        let _ = rustix::fs::unlinkat(dir, name.as_str(), AtFlags::empty());
+        // Claimed first, so a temporary another session holds (an old prefix it is about to
+        // resume) is left to it.
+        if let Ok(Some(_held)) = claim_temp(dir, &name) {
+            tracing::info!("removing an abandoned partial transfer {name}");
+            let _ = rustix::fs::unlinkat(dir, name.as_str(), AtFlags::empty());
+        }
     }
 }
 

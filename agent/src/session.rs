@@ -6,18 +6,15 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::process::{ChildStdin, ChildStdout};
+use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 use crate::config::Peer;
 use crate::fsutil;
-use crate::proto::{read_msg, write_data, write_msg, Code, Hash, Msg, CHUNK, VERSION};
+use crate::proto::{read_msg, write_data, write_msg, Code, Hash, Msg, CHUNK, VERSION, WINDOW};
 use crate::transport::{self, Link};
-
-/// Offers sent ahead of the file being streamed: enough to hide the link's round trip behind the
-/// small files, few enough that a peer-wide failure wastes little.
-const WINDOW: usize = 64;
 
 pub struct Session {
     link: Link,
@@ -25,6 +22,8 @@ pub struct Session {
     w: BufWriter<ChildStdin>,
     pub peer_node: String,
     next_id: u32,
+    /// When the last batch ended: a session idle too long has been closed by the peer.
+    pub used: Instant,
 }
 
 /// One file to deliver, as the scan saw it.
@@ -70,7 +69,7 @@ impl Session {
         let r = BufReader::with_capacity(64 * 1024, link.stdout.take().expect("piped"));
         // Smaller than a chunk, so data frames go from our buffer to the pipe without a copy.
         let w = BufWriter::with_capacity(64 * 1024, link.stdin.take().expect("piped"));
-        let mut s = Session { link, r, w, peer_node: String::new(), next_id: 1 };
+        let mut s = Session { link, r, w, peer_node: String::new(), next_id: 1, used: Instant::now() };
         let hello = s.handshake();
         match hello {
             Ok(node) => {

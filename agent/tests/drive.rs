@@ -235,7 +235,10 @@ impl UnreadableFile {
     fn mount(dir: &Path, name: &str, size: u64) -> fuser::BackgroundSession {
         // Written just now, as a transfer's kept prefix would be (an old one is swept away).
         let fs = UnreadableFile { name: name.to_string(), size, mtime: std::time::SystemTime::now() };
-        let opts = [fuser::MountOption::RO, fuser::MountOption::FSName("pi2pi-unreadable".into())];
+        // Read-write, as a drive with a bad sector is: opening the file to write succeeds (the
+        // receiver claims a temporary so), reads fail, and so does every change (fuser's
+        // defaults answer them ENOSYS).
+        let opts = [fuser::MountOption::FSName("pi2pi-unreadable".into())];
         let session = fuser::spawn_mount2(fs, dir, &opts).expect("mounting the unreadable file (FUSE)");
         assert_eq!(
             fs::read(dir.join(name)).map_err(|e| e.raw_os_error()),
@@ -349,9 +352,9 @@ fn an_unreadable_file_at_the_receiver_fails_alone() {
 }
 
 /// An earlier attempt's kept prefix (the temporary) that cannot be read back: the receiver does
-/// not trust it and starts that transfer over, and the session goes on. Here the temporary's
-/// drive is also read-only, so starting over fails too, and only that file: it stays pending and
-/// the files around it are delivered.
+/// not trust it and starts that transfer over, and the session goes on. Here the temporary cannot
+/// be written either, so starting over fails too, and only that file: it stays pending and the
+/// files around it are delivered.
 #[test]
 fn an_unreadable_partial_copy_is_started_over_and_holds_up_nothing() {
     if skip_unless_root() {

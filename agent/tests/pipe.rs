@@ -124,6 +124,28 @@ fn daemon_delivers_a_new_file_soon_after_it_is_closed() {
     assert!(st.contains("\"daemon_running\": true"), "{st}");
 }
 
+/// The receiver closes a session idle for `serve.idle_secs` (here 1 s); the sender, which keeps
+/// its session between passes, finds it closed at the next file and reconnects at once, without
+/// reporting a lost link or backing off. Before, that was "link to rpb lost" and a backoff.
+#[test]
+fn a_session_the_receiver_closed_as_idle_is_reopened_quietly() {
+    let (_t, a, b) = pipe_pair();
+    b.write_config("require_mount = false", "[serve]\nidle_secs = 1\n");
+    let _daemon = KillOnDrop(a.spawn_run());
+    for i in 0..2 {
+        let name = format!("after-idle-{i}.txt");
+        let data = content(i, 10_000);
+        write_file(&a.sending(), &name, &data);
+        assert!(
+            wait_until(Duration::from_secs(10), || fs::read(b.receiving().join(&name)).ok().as_deref() == Some(&data[..])),
+            "{name} did not arrive"
+        );
+        let st = peer_status(&a);
+        assert_eq!((st.last_error, st.last_error_unix), (None, 0), "an error was reported by {name}");
+        std::thread::sleep(Duration::from_secs(2)); // the receiver closes the session meanwhile
+    }
+}
+
 /// With nothing to send, the daemon sleeps until a file changes or the rescan is due. Its own
 /// reads of sending/ (each pass opens the directory and the files it hashes) must not wake it:
 /// they did, and it ran a pass about 40 times a second, rewriting status.json each time.
