@@ -333,6 +333,14 @@ impl ImageConfig {
     pub fn address_seen_by(&self, from: &Host, to: &Host) -> Option<Ipv4Addr> {
         to.address.or_else(|| from.link.as_ref().map(|l| l.manager))
     }
+    /// The directory below `receiver`'s receiving/ that `sender`'s files go into (`serve --into`,
+    /// fixed by the receiver's authorized_keys): its own whenever the receiver has more than one
+    /// sender (always on a manager), so that no sender can replace, probe or confirm another's
+    /// files; `None` (receiving/ itself) for a receiver's only sender.
+    pub fn sender_dir<'h>(&self, receiver: &Host, sender: &'h Host) -> Option<&'h str> {
+        let senders = self.hosts.iter().filter(|h| h.peers.contains(&receiver.name)).count();
+        (receiver.role == Role::Manager || senders > 1).then_some(sender.name.as_str())
+    }
     /// The config file's name, for messages (`image.toml`).
     pub fn file_name(&self) -> String {
         self.lock_file.with_extension("toml").file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
@@ -870,6 +878,16 @@ fn hosts(
                 if let Some(bad) = p.get_ref().iter().find(|x| !names.contains(x) || **x == me.name) {
                     return cx.err(p, &format!("host[{idx}].peers"), format!("`{bad}` is not another host in this file"));
                 }
+                // A worker's link leads to its manager only; workers take nothing from each other.
+                if me.role == Role::Worker {
+                    if let Some(bad) = p.get_ref().iter().find(|x| hosts.iter().any(|o| o.name == **x && o.role != Role::Manager)) {
+                        return cx.err(
+                            p,
+                            &format!("host[{idx}].peers"),
+                            format!("`{bad}` is a worker; a worker delivers to its manager only"),
+                        );
+                    }
+                }
                 p.get_ref().clone()
             }
         };
@@ -1200,6 +1218,10 @@ mod tests {
         let e = err("board = \"pi-zero-2-w\"\nlink = 1", "board = \"pi-zero\"\nlink = 1");
         assert_eq!((e.key.as_str(), e.line), ("host[1].board", Some(line_of("board = \"pi-zero-2-w\""))));
         assert!(e.message.contains("armel (ARMv6)") && e.message.contains("arm64 (64-bit)"), "{e}");
+        // A worker listing another worker would make that one a receiver of a second sender.
+        let e = err("link = 2\n", "link = 2\npeers = [\"manager\", \"worker1\"]\n");
+        assert_eq!(e.key, "host[2].peers");
+        assert!(e.message.contains("`worker1` is a worker; a worker delivers to its manager only"), "{e}");
         let e = err("board = \"pi-zero-2-w\"\nlink = 1", "board = \"pi3-b\"\nlink = 1");
         assert!(e.message.contains("no USB port that can be a gadget"), "{e}");
         assert!(parse_str(&t.replacen("link = 2\n", "link = 2\nhost_mac = \"02:00:00:00:00:01\"\n", 1)).is_ok(), "a given MAC");

@@ -244,8 +244,8 @@ pub fn build(i: &Inputs) -> Result<Layer> {
 
 /// What a host's sshd lets in (authorized_keys) and which host keys its ssh trusts
 /// (ssh_known_hosts, under every name the host is reached by):
-/// - every host that delivers to this one may run the receiver, and only that; a manager takes
-///   each worker's files into `receiving/<worker>/`;
+/// - every host that delivers to this one may run the receiver, and only that; one with more
+///   than one sender (a manager always) takes each one's files into `receiving/<sender>/`;
 /// - a manager logs in to its workers (a shell, as the seed's owner did by hand, now with no
 ///   password and no "type yes"): a worker authorises its manager's key for a login.
 fn ssh_trust(cfg: &ImageConfig, me: &Host, others: &[(&Host, Identity)]) -> Result<(String, String)> {
@@ -253,7 +253,7 @@ fn ssh_trust(cfg: &ImageConfig, me: &Host, others: &[(&Host, Identity)]) -> Resu
     let mut known = String::from("# pi2pi: pinned host keys of the hosts this one connects to (no \"type yes\").\n");
     for (other, keys) in others {
         if other.peers.contains(&me.name) {
-            let into = if me.role == Role::Manager { format!(" --into {}", other.name) } else { String::new() };
+            let into = cfg.sender_dir(me, other).map(|d| format!(" --into {d}")).unwrap_or_default();
             authorized += &format!("restrict,command=\"/usr/local/bin/pi2pi-agent serve{into}\" {}\n", keys.user_pub);
         }
         if me.role == Role::Worker && other.role == Role::Manager {
@@ -427,6 +427,24 @@ mod tests {
             assert!(!enabled(&c, "multi-user.target", "pi2pi-agent.service"));
             assert!(!c.root.contains_key("etc/systemd/system/pi2pi-agent.service"));
             assert!(text(&c, "etc/cron.d/pi2pi-agent").contains("* * * * * pi /usr/local/bin/pi2pi-agent sync "));
+        }
+    }
+
+    /// A pair with a second dhcp-client: each host then receives from two senders (a pair's
+    /// hosts deliver to all the others), so each sender gets its own directory there, fixed by
+    /// the receiver's authorized_keys. A two-host pair keeps receiving/ itself (the test above).
+    #[test]
+    fn a_host_with_two_senders_gives_each_its_own_directory() {
+        let shipped = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../image.toml")).unwrap();
+        let three = format!("{shipped}\n[[host]]\nname = \"rpc\"\nrole = \"dhcp-client\"\naddress = \"10.0.0.50\"\n");
+        let cfg = config::parse(Path::new("image.toml"), &three).unwrap();
+        for (me, senders) in [("rpa", ["rpb", "rpc"]), ("rpb", ["rpa", "rpc"]), ("rpc", ["rpa", "rpb"])] {
+            let auth = text(&layer_for(&cfg, me), "home/pi/.ssh/authorized_keys").to_string();
+            for s in senders {
+                let line = format!("restrict,command=\"/usr/local/bin/pi2pi-agent serve --into {s}\" ssh-ed25519 USERPUB{s} pi@{s}");
+                assert!(auth.lines().any(|l| l == line), "{me}: {auth}");
+            }
+            assert!(!auth.contains("serve\""), "{me} lets a sender into receiving/ itself: {auth}");
         }
     }
 
