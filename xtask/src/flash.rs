@@ -140,7 +140,7 @@ pub struct Options {
 
 /// Writes `img` (with its `.img.xz` and `.img.bmap` beside it) to `target`, after the checks.
 pub fn run(sh: &Shell, img: &Path, target: &Path, opts: &Options) -> Result<()> {
-    let (xz, bmap) = (crate::ship::xz_of(img), crate::ship::bmap_of(img));
+    let (xz, bmap) = (crate::build::ship::xz_of(img), crate::build::ship::bmap_of(img));
     for f in [img, &xz, &bmap] {
         ensure!(f.exists(), "{} is missing: run `cargo xtask image` first", f.display());
     }
@@ -339,7 +339,7 @@ mod tests {
         f.write_all(&data[5 << 20..(5 << 20) + 11]).unwrap();
         f.set_len(data.len() as u64).unwrap();
         drop(f);
-        crate::ship::package(sh, &img).unwrap();
+        crate::build::ship::package(sh, &img).unwrap();
         data
     }
 

@@ -1,41 +1,21 @@
 //! `cargo xtask`: builds pi2pi's card images and runs its tests. See `cargo xtask --help`.
 
-mod agent_build;
-mod base;
 mod bench;
-mod board;
-mod boards;
-mod cache;
-mod cluster;
-mod config;
-mod disk;
-mod fat;
+mod build;
 mod flash;
-mod image;
-mod keys;
-mod layers;
-mod mac;
-mod manifest;
-mod pair;
-mod pins;
 mod proc;
-mod qemu;
-mod qmp;
-mod rootfs;
-mod run;
-mod setup;
-mod ship;
-mod soak;
-mod test;
-mod time32;
-mod tools;
-mod verify;
+mod systest;
+mod vm;
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use xshell::Shell;
+
+use build::{config, image, keys, setup};
+use systest::{boots, cluster, pair, phases, soak, time32, verify};
+use vm::interactive;
 
 #[derive(Parser)]
 #[command(about = "pi2pi build and test tasks", arg_required_else_help = true)]
@@ -202,7 +182,7 @@ fn main() -> Result<()> {
             setup::ensure(&sh, cfg.base.arch)?;
             flash::run(&sh, &img, &cwd.join(device), &flash::Options { yes, force })?;
         }
-        Task::Test { which: None, no_qemu } => test::all(&sh, &load()?, no_qemu)?,
+        Task::Test { which: None, no_qemu } => phases::all(&sh, &load()?, no_qemu)?,
         Task::Soak { faults, seed, max_mib, max_cut } => {
             let cfg = load()?;
             setup::ensure(&sh, cfg.base.arch)?;
@@ -215,7 +195,7 @@ fn main() -> Result<()> {
             let cfg = load()?;
             let built = image::build(&sh, &cfg, &image::select(&cfg, "all")?, &image::Options::default_for(&sh))?;
             let dir = built.first().and_then(|b| b.path.parent()).context("no cards built")?.to_path_buf();
-            print!("{}", board::render(&board::test(&sh, &cfg, &dir, armhf, &only)?));
+            print!("{}", boots::render(&boots::test(&sh, &cfg, &dir, armhf, &only)?));
         }
         Task::Test { which: Some(TestWhich::Time32), .. } => time32::check_all(&sh)?,
         Task::Test { which: Some(TestWhich::Cluster), .. } => {
@@ -229,7 +209,7 @@ fn main() -> Result<()> {
             setup::ensure(&sh, cfg.base.arch)?;
             print!("{}", pair::run(&sh, &cfg, &pair::schedules(&cfg, schedule), true)?.render());
         }
-        Task::Run { host } => run::run(&sh, &load()?, &host)?,
+        Task::Run { host } => interactive::run(&sh, &load()?, &host)?,
         Task::Bench { what: Bench::Agent } => bench::agent(&sh)?,
         Task::Bench { what: Bench::Image } => bench::image(&sh, &load()?)?,
     }

@@ -149,7 +149,7 @@ impl Drop for Spinner {
 pub fn skip_test_without(tools: &[&str], root: bool, test: &str) -> bool {
     let have = |t: &&str| std::process::Command::new(t).arg("--version").output().is_ok_and(|o| o.status.success());
     let mut missing: Vec<String> = tools.iter().filter(|t| !have(t)).map(|t| t.to_string()).collect();
-    if root && !crate::setup::is_root() {
+    if root && !crate::build::setup::is_root() {
         missing.push("root".into());
     }
     if missing.is_empty() {

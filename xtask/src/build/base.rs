@@ -9,14 +9,14 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::cache;
-use crate::config::{self, ImageConfig};
-use crate::pins::{BasePins, LockFile};
+use crate::build::cache;
+use crate::build::config::{self, ImageConfig};
+use crate::build::pins::{BasePins, LockFile};
 use crate::proc;
 
-const SETUP: &str = include_str!("../hooks/setup.sh");
-const ESSENTIAL: &str = include_str!("../hooks/essential.sh");
-const CUSTOMIZE: &str = include_str!("../hooks/customize.sh");
+const SETUP: &str = include_str!("../../hooks/setup.sh");
+const ESSENTIAL: &str = include_str!("../../hooks/essential.sh");
+const CUSTOMIZE: &str = include_str!("../../hooks/customize.sh");
 
 pub struct BuiltBase {
     pub tar: PathBuf,

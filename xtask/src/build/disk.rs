@@ -11,9 +11,9 @@ use std::time::{Duration, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::fat::Fat;
+use crate::build::fat::Fat;
 
-use crate::tools::Mke2fs;
+use crate::build::tools::Mke2fs;
 
 pub const SECTOR: u64 = 512;
 /// First partition at 4 MiB, as Raspberry Pi OS does (erase-block friendly).
@@ -30,7 +30,7 @@ pub struct Ids {
 
 impl Ids {
     pub fn for_host(host: &str) -> Ids {
-        let h = |tag: &str| crate::cache::sha256_hex(format!("pi2pi:{tag}:{host}").as_bytes());
+        let h = |tag: &str| crate::build::cache::sha256_hex(format!("pi2pi:{tag}:{host}").as_bytes());
         let u = h("root-uuid");
         Ids {
             disk_id: u32::from_str_radix(&h("disk-id")[..8], 16).unwrap(),

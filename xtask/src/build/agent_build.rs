@@ -29,8 +29,9 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::config::Arch;
-use crate::{cache, proc};
+use crate::build::config::Arch;
+use crate::proc;
+use crate::build::cache;
 
 pub struct Agent {
     pub binary: PathBuf,

@@ -27,11 +27,11 @@ use anyhow::{bail, ensure, Context, Result};
 use sha2::{Digest, Sha256};
 use xshell::Shell;
 
-use crate::config::{Host, ImageConfig, Role};
-use crate::image;
-use crate::mac::PiMacs;
-use crate::pair::{drive_tree, guest_tree, make_drive, test_files};
-use crate::qemu::{self, Nic, Vm};
+use crate::build::config::{Host, ImageConfig, Role};
+use crate::build::image;
+use crate::build::mac::PiMacs;
+use crate::systest::pair::{drive_tree, guest_tree, make_drive, test_files};
+use crate::vm::qemu::{self, Nic, Vm};
 
 /// The cluster the test builds and boots when not given another.
 pub const EXAMPLE: &str = "examples/cluster.toml";
@@ -84,7 +84,7 @@ pub fn run(sh: &Shell, cfg: &ImageConfig) -> Result<Report> {
     let hosts = booted_hosts(cfg)?;
     let root = sh.current_dir();
     let opts = image::Options::test_cards(sh, "cluster");
-    crate::keys::ensure(sh, cfg)?;
+    crate::build::keys::ensure(sh, cfg)?;
     let built = image::build(sh, cfg, &hosts, &opts)?;
     eprint!("{}", image::summary(&built));
     let images: Vec<PathBuf> = built.iter().map(|b| b.path.clone()).collect();
@@ -191,7 +191,7 @@ impl<'a> Cluster<'a> {
             let dir = run_dir.join(&h.name);
             std::fs::create_dir_all(&dir)?;
             let f = if h.role == Role::Worker { test_files(&h.name) } else { Vec::new() };
-            make_drive(sh, &dir.join("usb.img"), &cfg.drive.label, crate::pair::DRIVE_KIB, &f, &dir.join("stage"))?;
+            make_drive(sh, &dir.join("usb.img"), &cfg.drive.label, crate::systest::pair::DRIVE_KIB, &f, &dir.join("stage"))?;
             files.push(f);
             let nics = match &h.link {
                 // The worker: its gadget end.
@@ -262,7 +262,7 @@ impl<'a> Cluster<'a> {
         }
     }
 
-    fn workers(&self) -> impl Iterator<Item = (usize, &'a Host, &'a crate::config::Link)> + 'a {
+    fn workers(&self) -> impl Iterator<Item = (usize, &'a Host, &'a crate::build::config::Link)> + 'a {
         self.hosts.iter().enumerate().skip(1).filter_map(|(i, h)| h.link.as_ref().map(|l| (i, *h, l)))
     }
 
@@ -512,11 +512,11 @@ mod tests {
     #[test]
     fn the_example_shares_the_pairs_base_and_its_pins() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let pair = crate::config::load(&root.join("image.toml")).unwrap();
-        let cluster = crate::config::load(&root.join(EXAMPLE)).unwrap();
+        let pair = crate::build::config::load(&root.join("image.toml")).unwrap();
+        let cluster = crate::build::config::load(&root.join(EXAMPLE)).unwrap();
         let json = |c: &ImageConfig| serde_json::to_string(&(&c.base, &c.system)).unwrap();
         assert_eq!(json(&pair), json(&cluster), "[base] and [system] of image.toml and {EXAMPLE} differ");
-        let (b, read) = (&pair.base, |p: &Path| crate::pins::LockFile::read(p).unwrap());
+        let (b, read) = (&pair.base, |p: &Path| crate::build::pins::LockFile::read(p).unwrap());
         let (a, c) = (read(&pair.lock_file), read(&cluster.lock_file));
         assert!(a.get(&b.suite, b.arch.deb()).is_some(), "image.lock pins the base");
         assert_eq!(a.get(&b.suite, b.arch.deb()), c.get(&b.suite, b.arch.deb()), "refresh both locks together");
@@ -524,7 +524,7 @@ mod tests {
 
     #[test]
     fn the_example_has_a_manager_and_two_workers_to_boot() {
-        let cfg = crate::config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(EXAMPLE)).unwrap();
+        let cfg = crate::build::config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(EXAMPLE)).unwrap();
         let hosts = booted_hosts(&cfg).unwrap();
         assert_eq!(hosts.iter().map(|h| h.name.as_str()).collect::<Vec<_>>(), ["manager", "worker1", "worker2"]);
         assert_eq!(hosts[0].uplink.as_deref(), Some("eth0"), "the manager's first NIC is its uplink");

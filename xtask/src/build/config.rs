@@ -12,7 +12,7 @@ use pi2pi_agent::rules::{self, Source};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use crate::mac::Mac;
+use crate::build::mac::Mac;
 
 pub use pi2pi_agent::rules::ConfigError;
 
@@ -538,19 +538,19 @@ fn mac(cx: &Source, m: &S<String>, key: &str) -> Result<Mac, ConfigError> {
 /// Hex on both sides: dhcpcd sends exactly these bytes, and dnsmasq's `id:` matches them (in text
 /// form dnsmasq would drop the type byte that dhcpcd adds). 16 bytes, within dhcpcd's 48.
 fn dhcp_client_id(name: &str) -> String {
-    let d = crate::cache::sha256_hex(format!("pi2pi dhcp-client {name}").as_bytes());
+    let d = crate::build::cache::sha256_hex(format!("pi2pi dhcp-client {name}").as_bytes());
     std::iter::once("00").chain((0..15).map(|i| &d[2 * i..2 * i + 2])).collect::<Vec<_>>().join(":")
 }
 
 /// The board `at` names, which must be one the base's architecture boots.
-fn board(cx: &Source, at: &S<String>, key: &str, arch: Arch) -> Result<&'static crate::boards::Board, ConfigError> {
+fn board(cx: &Source, at: &S<String>, key: &str, arch: Arch) -> Result<&'static crate::build::boards::Board, ConfigError> {
     let name = at.get_ref();
-    let ours = crate::boards::for_arch(arch);
+    let ours = crate::build::boards::for_arch(arch);
     if let Some(b) = ours.iter().find(|b| b.name == name) {
         return Ok(b);
     }
     let list = ours.iter().map(|b| b.name).collect::<Vec<_>>().join(", ");
-    let msg = match crate::boards::arches_of(name).first() {
+    let msg = match crate::build::boards::arches_of(name).first() {
         Some(other) => format!(
             "`{name}` needs an {} card, and this host's base is {}; give the host `base = \"<name>\"` of a \
              [bases.<name>] with architecture = \"{}\" ({} cards boot: {list})",
@@ -1082,9 +1082,9 @@ mod tests {
     #[test]
     fn the_previous_suite_validates_with_only_the_suite_changed() {
         let t = text();
-        let other = format!("suite = \"{}\"", crate::test::OTHER_SUITE);
+        let other = format!("suite = \"{}\"", crate::systest::phases::OTHER_SUITE);
         let c = parse_str(&t.replace("suite = \"trixie\"", &other)).unwrap();
-        assert_eq!(c.base.suite, crate::test::OTHER_SUITE);
+        assert_eq!(c.base.suite, crate::systest::phases::OTHER_SUITE);
         assert_eq!(parse_str(&t).unwrap().base.suite, "trixie", "the shipped default is Debian 13");
     }
 

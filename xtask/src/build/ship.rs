@@ -10,8 +10,8 @@ use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use xshell::{cmd, Shell};
 
-use crate::boards;
-use crate::config::{Host, ImageConfig};
+use crate::build::boards;
+use crate::build::config::{Host, ImageConfig};
 use crate::proc;
 
 /// xz's preset. Measured on a 770 MiB trixie card here (2 cores): -1 24 s, 158 MB; -3 48 s,
@@ -29,7 +29,7 @@ pub const IMAGER_LIST: &str = "rpi-imager.json";
 /// The icon Imager shows beside every card of the list (its schema requires one), shipped
 /// beside the list.
 pub const IMAGER_ICON: &str = "pi2pi.svg";
-const ICON_SVG: &[u8] = include_bytes!("../assets/pi2pi.svg");
+const ICON_SVG: &[u8] = include_bytes!("../../assets/pi2pi.svg");
 /// The checksum file beside the cards, over every file written there.
 pub const SUMS: &str = "SHA256SUMS";
 
@@ -111,7 +111,7 @@ pub fn imager_entry(cfg: &ImageConfig, host: &Host, img: &Path, img_sha256: &str
         extract_size: std::fs::metadata(img)?.len(),
         extract_sha256: img_sha256.to_string(),
         image_download_size: std::fs::metadata(&xz).with_context(|| format!("{} is missing", xz.display()))?.len(),
-        image_download_sha256: crate::image::sha256_file(&xz)?,
+        image_download_sha256: crate::build::image::sha256_file(&xz)?,
         release_date: date_of(epoch)?,
         devices: imager_devices(cfg),
     })
@@ -264,7 +264,7 @@ fn checked_sums(sh: &Shell, dir: &Path) -> Result<std::collections::BTreeSet<Str
 /// `scratch` holds the copies.
 pub fn check(sh: &Shell, cfg: &ImageConfig, dir: &Path, scratch: &Path) -> Result<usize> {
     std::fs::create_dir_all(scratch)?;
-    let lock = crate::pins::LockFile::read(&cfg.lock_file)?;
+    let lock = crate::build::pins::LockFile::read(&cfg.lock_file)?;
     let text = std::fs::read_to_string(dir.join(IMAGER_LIST)).with_context(|| format!("reading {}", dir.join(IMAGER_LIST).display()))?;
     imager_schema::check(&text).with_context(|| format!("{}", dir.join(IMAGER_LIST).display()))?;
     let list: ImagerList = serde_json::from_str(&text).with_context(|| format!("{} is not an Imager list", IMAGER_LIST))?;
@@ -290,13 +290,13 @@ pub fn check(sh: &Shell, cfg: &ImageConfig, dir: &Path, scratch: &Path) -> Resul
         let copy = scratch.join(img.file_name().context("no file name")?);
         let _ = std::fs::remove_file(&copy);
         proc::read(cmd!(sh, "bmaptool -q copy --bmap {bmap} {xz} {copy}"))?;
-        let copied = crate::image::sha256_file(&copy)?;
+        let copied = crate::build::image::sha256_file(&copy)?;
         let _ = std::fs::remove_file(&copy);
-        ensure!(copied == crate::image::sha256_file(&img)?, "bmaptool copy of {} differs from {}", xz.display(), img.display());
+        ensure!(copied == crate::build::image::sha256_file(&img)?, "bmaptool copy of {} differs from {}", xz.display(), img.display());
         ensure!(copied == e.extract_sha256, "{}: extract_sha256 {} is not the image's {copied}", e.name, e.extract_sha256);
         ensure!(e.extract_size == std::fs::metadata(&img)?.len(), "{}: extract_size is not the image's size", e.name);
         ensure!(e.image_download_size == std::fs::metadata(&xz)?.len(), "{}: image_download_size is not the .img.xz's size", e.name);
-        ensure!(e.image_download_sha256 == crate::image::sha256_file(&xz)?, "{}: image_download_sha256 is not the .img.xz's", e.name);
+        ensure!(e.image_download_sha256 == crate::build::image::sha256_file(&xz)?, "{}: image_download_sha256 is not the .img.xz's", e.name);
         ensure!(e.devices == devices, "{}: device tags {:?}, but the card boots {devices:?}", e.name, e.devices);
         ensure!(e.release_date == date, "{}: release_date {} is not the locked packages' date {date}", e.name, e.release_date);
         ensure!(
@@ -314,7 +314,7 @@ mod tests {
     use std::io::{Seek, SeekFrom, Write};
 
     use super::*;
-    use crate::config::Arch;
+    use crate::build::config::Arch;
 
     /// What `verify` would not see, building on all cores both times: the compressed bytes are
     /// the same with one thread (what `-T0` gives on a one-core machine) and with four.
@@ -360,7 +360,7 @@ mod tests {
 
     #[test]
     fn device_tags_follow_the_boards_of_the_architecture() {
-        let mut cfg = crate::config::shipped();
+        let mut cfg = crate::build::config::shipped();
         let tags = |cfg: &ImageConfig| imager_devices(cfg).join(" ");
         cfg.base.arch = Arch::Arm64;
         assert_eq!(tags(&cfg), "pi3-64bit pi4-64bit");
@@ -381,7 +381,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("pi2pi-ship-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let cfg = crate::config::shipped();
+        let cfg = crate::build::config::shipped();
         let host = &cfg.hosts[0];
         let img = dir.join(format!("{}.img", host.name));
         let mut f = std::fs::File::create(&img).unwrap();
@@ -392,9 +392,9 @@ mod tests {
         drop(f);
         let sh = Shell::new().unwrap();
         package(&sh, &img).unwrap();
-        let lock = crate::pins::LockFile::read(&cfg.lock_file).unwrap();
+        let lock = crate::build::pins::LockFile::read(&cfg.lock_file).unwrap();
         let epoch = lock.get(&cfg.base.suite, cfg.base.arch.deb()).unwrap().source_date_epoch;
-        let sha = crate::image::sha256_file(&img).unwrap();
+        let sha = crate::build::image::sha256_file(&img).unwrap();
         write_imager_list(&dir, vec![imager_entry(&cfg, host, &img, &sha, epoch).unwrap()]).unwrap();
         // SHA256SUMS as the image build writes it: every file there.
         let sum_all = || {
@@ -423,7 +423,7 @@ mod tests {
     /// The rules of Imager's schema, each broken once; the list we write keeps them.
     #[test]
     fn imager_lists_are_checked_against_imagers_schema() {
-        let cfg = crate::config::shipped();
+        let cfg = crate::build::config::shipped();
         let entry = ImagerEntry {
             name: "pi2pi rpa (arm64)".into(),
             description: "rpa".into(),

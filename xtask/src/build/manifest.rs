@@ -9,8 +9,8 @@ use std::io::Read;
 
 use anyhow::{bail, Context, Result};
 
-use crate::boards::{self, Board};
-use crate::config::{Arch, Role};
+use crate::build::boards::{self, Board};
+use crate::build::config::{Arch, Role};
 
 /// The kernel drivers a card carries, by module name (`-` written `_`, as modprobe matches them).
 #[derive(Debug, Default, Clone)]
@@ -24,7 +24,7 @@ pub struct Drivers {
 impl Drivers {
     /// What the base carries: its modules and built-in drivers, and what its initramfs
     /// (`initrd`, on the boot partition) can load.
-    pub fn of(facts: &crate::rootfs::BaseFacts, initrd: &str) -> Result<Drivers> {
+    pub fn of(facts: &crate::build::rootfs::BaseFacts, initrd: &str) -> Result<Drivers> {
         let image = facts.boot.get(initrd).with_context(|| format!("{initrd} is not in the base's /boot/firmware"))?;
         let loadable = initramfs_modules(image).with_context(|| format!("reading {initrd}"))?;
         Ok(Drivers {

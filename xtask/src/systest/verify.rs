@@ -14,8 +14,9 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::config::ImageConfig;
-use crate::{image, proc};
+use crate::build::config::ImageConfig;
+use crate::proc;
+use crate::build::image;
 
 /// The second build's environment: a zone 13:45 ahead of UTC, the C locale, a umask that drops
 /// group and other bits.
@@ -54,7 +55,7 @@ pub fn run(sh: &Shell, cfg: &ImageConfig, cold: bool, first: Option<&Path>) -> R
 }
 
 fn moved_note() -> &'static str {
-    if crate::setup::is_root() {
+    if crate::build::setup::is_root() {
         ", the checkout at another path"
     } else {
         "; not root, so the checkout stays where it is"
@@ -70,13 +71,13 @@ fn build_elsewhere(sh: &Shell, cfg: &ImageConfig, opts: &image::Options) -> Resu
     let moved = sh.current_dir().join("target/verify/checkout");
     // (`env` starts whichever comes first.) `sh -c`: set the umask, bind the checkout elsewhere (private mount namespace: gone when the
     // build ends), then run the build from there.
-    let script = if crate::setup::is_root() {
+    let script = if crate::build::setup::is_root() {
         r#"umask "$1" && mount --bind "$2" "$3" && cd "$3" && shift 3 && PI2PI_ROOT="$PWD" exec "$@""#
     } else {
         r#"umask "$1" && cd "$2" && shift 3 && exec "$@""#
     };
     std::fs::create_dir_all(&moved)?;
-    let ns: &[&str] = if crate::setup::is_root() { &["unshare", "--mount", "--propagation", "private"] } else { &[] };
+    let ns: &[&str] = if crate::build::setup::is_root() { &["unshare", "--mount", "--propagation", "private"] } else { &[] };
     let c = cmd!(
         sh,
         "env {ns...} sh -c {script} verify {UMASK} {checkout} {moved} {exe} --config {config} image all --out-dir {out} --work-dir {work} --cache-dir {cache}"
@@ -89,7 +90,7 @@ fn build_elsewhere(sh: &Shell, cfg: &ImageConfig, opts: &image::Options) -> Resu
 
 /// Every file in either SHA256SUMS is in both with the same hash.
 fn compare(a: &Path, b: &Path) -> Result<()> {
-    let (sa, sb) = (crate::ship::read_sums(a)?, crate::ship::read_sums(b)?);
+    let (sa, sb) = (crate::build::ship::read_sums(a)?, crate::build::ship::read_sums(b)?);
     let mut bad = Vec::new();
     for name in sa.keys().chain(sb.keys().filter(|k| !sa.contains_key(*k))) {
         let (ha, hb) = (sa.get(name).map(String::as_str).unwrap_or("(missing)"), sb.get(name).map(String::as_str).unwrap_or("(missing)"));

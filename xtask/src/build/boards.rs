@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{bail, Result};
 
-use crate::config::Arch;
+use crate::build::config::Arch;
 
 /// One board a card supports.
 #[derive(Debug, Clone, Copy)]

@@ -8,8 +8,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::config::{Host, ImageConfig, Role, Schedule};
-use crate::keys::Identity;
+use crate::build::config::{Host, ImageConfig, Role, Schedule};
+use crate::build::keys::Identity;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
@@ -65,12 +65,12 @@ struct Ctx<'a> {
     manager: Option<&'a Host>,
     /// This host's workers, if it is a manager.
     workers: Vec<&'a Host>,
-    network: &'a crate::config::Network,
+    network: &'a crate::build::config::Network,
     /// The pair's netmask (empty in a cluster).
     netmask: String,
-    drive: &'a crate::config::Drive,
+    drive: &'a crate::build::config::Drive,
     drive_mount_unit: String,
-    system: &'a crate::config::System,
+    system: &'a crate::build::config::System,
     schedule: Schedule,
     arch: &'static str,
     /// `console=` values, in order (see `boards::consoles`).
@@ -147,7 +147,7 @@ pub fn build(i: &Inputs) -> Result<Layer> {
         system: &cfg.system,
         schedule: cfg.schedule,
         arch: cfg.base.arch.deb(),
-        consoles: crate::boards::consoles(cfg.base.arch),
+        consoles: crate::build::boards::consoles(cfg.base.arch),
         disk_id: format!("{:08x}", i.disk_id),
         kernel: i.kernel.clone(),
         initrd: i.initrd.clone(),
@@ -332,7 +332,7 @@ fn render(env: &minijinja::Environment, ctx: &Ctx, rel: &str, data: Vec<u8>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{self, ImageConfig, Schedule};
+    use crate::build::config::{self, ImageConfig, Schedule};
 
     fn shipped(schedule: Schedule) -> ImageConfig {
         ImageConfig { schedule, ..config::shipped() }

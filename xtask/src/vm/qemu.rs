@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::fat::Fat;
-use crate::mac::Mac;
+use crate::build::fat::Fat;
+use crate::build::mac::Mac;
 use crate::proc;
 
 /// What the card's boot partition says to boot.
@@ -162,7 +162,7 @@ pub fn argv(spec: &Spec, boot: &BootFiles, append: &str, overlay: &Path, console
         push(&format!("base={base}"));
     }
     push("-qmp");
-    push(&format!("unix:{},server=on,wait=off", spec.dir.join(crate::qmp::QMP_SOCK).display()));
+    push(&format!("unix:{},server=on,wait=off", spec.dir.join(crate::vm::qmp::QMP_SOCK).display()));
     push("-chardev");
     push(console);
     push("-serial");

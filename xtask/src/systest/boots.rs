@@ -39,11 +39,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::boards;
-use crate::config::{Arch, Host, ImageConfig};
-use crate::fat::Fat;
-use crate::qemu::{self, Vm, CONSOLE_LOG, SHELL_SOCK};
-use crate::{image, proc};
+use crate::build::boards;
+use crate::build::config::{Arch, Host, ImageConfig};
+use crate::build::fat::Fat;
+use crate::vm::qemu::{self, Vm, CONSOLE_LOG, SHELL_SOCK};
+use crate::proc;
+use crate::build::image;
 
 const BOOT_LIMIT: Duration = Duration::from_secs(600);
 /// How long systemd waits for a device (default 90 s). Emulated, the Pi 3's udev takes minutes to
@@ -80,7 +81,7 @@ impl Model {
     /// QEMU 10, unpacked into the cache.
     fn program(&self, sh: &Shell) -> Result<std::path::PathBuf> {
         match self.machine {
-            RASPI4B => crate::tools::qemu_raspi4b(sh, &crate::cache::dir()),
+            RASPI4B => crate::build::tools::qemu_raspi4b(sh, &crate::build::cache::dir()),
             _ => Ok(self.qemu.into()),
         }
     }
@@ -154,9 +155,9 @@ impl Card<'_> {
 pub fn test(sh: &Shell, cfg: &ImageConfig, images: &Path, armhf: bool, only: &[String]) -> Result<Vec<BootReport>> {
     let mut all = cards(cfg, images);
     // When the deployment is the example, its own cards are those of its first base.
-    let example = sh.current_dir().join(crate::cluster::EXAMPLE);
+    let example = sh.current_dir().join(crate::systest::cluster::EXAMPLE);
     let is_example = cfg.file() == example;
-    let cluster = if is_example { cfg.clone() } else { crate::config::load(&example)? };
+    let cluster = if is_example { cfg.clone() } else { crate::build::config::load(&example)? };
     let covered = if is_example { vec![cfg.base.arch] } else { vec![] };
     let (others, dir) = build_cluster_cards(sh, &cluster, &covered)?;
     for (view, host) in &others {
@@ -657,7 +658,7 @@ mod tests {
 
     #[test]
     fn the_first_card_also_boots_on_every_other_model_of_its_boards() {
-        let cfg = crate::config::shipped();
+        let cfg = crate::build::config::shipped();
         let tags: Vec<(String, u32)> = cards(&cfg, Path::new("/i")).iter().map(|c| (c.tag(), c.boots)).collect();
         assert_eq!(tags, [("rpa-arm64".into(), 2), ("rpb-arm64".into(), 1), ("rpa-arm64-pi4-b".into(), 1)]);
         let pi4 = &cards(&cfg, Path::new("/i"))[2];

@@ -6,10 +6,11 @@
 use anyhow::Result;
 use xshell::Shell;
 
-use crate::config::ImageConfig;
-use crate::fat::Fat;
-use crate::mac::PiMacs;
-use crate::{proc, qemu};
+use crate::build::config::ImageConfig;
+use crate::build::fat::Fat;
+use crate::build::mac::PiMacs;
+use crate::proc;
+use crate::vm::qemu;
 
 pub fn run(sh: &Shell, cfg: &ImageConfig, host: &str) -> Result<()> {
     let h = cfg.host(host)?;

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use crate::layers::{Entry, Kind, Layer};
+use crate::build::layers::{Entry, Kind, Layer};
 
 /// What the root tarball holds, for sizing the filesystem.
 pub struct Stats {
@@ -51,12 +51,12 @@ pub fn read_base_facts(base: &Path) -> Result<BaseFacts> {
             }
         } else if path == "etc/passwd" {
             e.read_to_string(&mut facts.passwd)?;
-        } else if crate::manifest::in_module_tree(&path) {
+        } else if crate::build::manifest::in_module_tree(&path) {
             if path.ends_with("/modules.builtin") {
                 let mut text = String::new();
                 e.read_to_string(&mut text)?;
-                facts.builtin.extend(crate::manifest::builtin(&text));
-            } else if let Some(m) = crate::manifest::module_name(&path) {
+                facts.builtin.extend(crate::build::manifest::builtin(&text));
+            } else if let Some(m) = crate::build::manifest::module_name(&path) {
                 facts.modules.insert(m);
             }
         }

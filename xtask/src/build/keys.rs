@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::config::ImageConfig;
+use crate::build::config::ImageConfig;
 use crate::proc;
 
 pub struct HostKeys {

@@ -18,8 +18,9 @@ use std::path::Path;
 use anyhow::{ensure, Context, Result};
 use xshell::Shell;
 
-use crate::config::Arch;
-use crate::{agent_build, proc, setup};
+use crate::build::config::Arch;
+use crate::proc;
+use crate::build::{agent_build, setup};
 
 /// (file name, date for `touch -d`)
 const DATED: &[(&str, &str)] =

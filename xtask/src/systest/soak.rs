@@ -25,12 +25,13 @@ use anyhow::{bail, ensure, Context, Result};
 use serde_json::json;
 use xshell::{cmd, Shell};
 
-use crate::config::{Host, ImageConfig};
-use crate::mac::PiMacs;
-use crate::pair::{drive_tree, guest_written, specs, wait_arrival, wait_idle, Drives};
-use crate::qemu::{self, Vm};
-use crate::qmp::{Qmp, QMP_SOCK};
-use crate::{image, proc};
+use crate::build::config::{Host, ImageConfig};
+use crate::build::mac::PiMacs;
+use crate::systest::pair::{drive_tree, guest_written, specs, wait_arrival, wait_idle, Drives};
+use crate::vm::qemu::{self, Vm};
+use crate::vm::qmp::{Qmp, QMP_SOCK};
+use crate::proc;
+use crate::build::image;
 
 const BOOT_LIMIT: Duration = Duration::from_secs(420);
 const CMD: Duration = Duration::from_secs(300);
@@ -167,7 +168,7 @@ pub fn run(sh: &Shell, cfg: &ImageConfig, opts: &Options, build: bool) -> Result
         "soak: {} faults, seed {} (replay: {}={} cargo xtask soak --faults {} --seed {} --max-mib {} --max-cut {})",
         opts.faults,
         opts.seed,
-        crate::mac::SEED_VAR,
+        crate::build::mac::SEED_VAR,
         macs.seed(),
         opts.faults,
         opts.seed,

@@ -11,8 +11,8 @@ use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use xshell::Shell;
 
-use crate::config::{Host, ImageConfig};
-use crate::{agent_build, base, boards, disk, keys, layers, rootfs, setup, ship, tools};
+use crate::build::config::{Host, ImageConfig};
+use crate::build::{agent_build, base, boards, disk, keys, layers, rootfs, setup, ship, tools};
 
 pub struct Options {
     pub update_lock: bool,
@@ -32,7 +32,7 @@ impl Options {
             update_lock: false,
             out_dir: root.join("target/images"),
             work_dir: root.join("target/image-build"),
-            cache_dir: crate::cache::dir(),
+            cache_dir: crate::build::cache::dir(),
             ship: true,
         }
     }
@@ -131,7 +131,7 @@ fn build_group(sh: &Shell, cfg: &ImageConfig, hosts: &[&Host], opts: &Options) -
         }
     };
     let (kernel, initrd) = (find("vmlinuz-")?, find("initrd.img-")?);
-    let drivers = crate::manifest::Drivers::of(&facts, &initrd)?;
+    let drivers = crate::build::manifest::Drivers::of(&facts, &initrd)?;
     let mke2fs = tools::mke2fs(sh, &opts.cache_dir)?;
     let facts_s = t_facts.elapsed().as_secs_f64();
     let epoch = base.pins.source_date_epoch;
@@ -215,7 +215,7 @@ struct Shared<'a> {
     mke2fs: &'a tools::Mke2fs,
     epoch: u64,
     /// What the base's kernel and initramfs carry, for the hardware manifest.
-    drivers: crate::manifest::Drivers,
+    drivers: crate::build::manifest::Drivers,
     stages: Vec<Lap>,
 }
 
@@ -260,7 +260,7 @@ fn build_host(sh: &Shell, shared: &Shared, host: &Host) -> Result<Built> {
     let mut boot: BTreeMap<String, Vec<u8>> = facts.boot.clone();
     boot.extend(layer.boot.clone());
     boards::check_boot_partition(cfg.base.arch, &boot)?;
-    crate::manifest::check(cfg.base.arch, host.role, &shared.drivers)?;
+    crate::build::manifest::check(cfg.base.arch, host.role, &shared.drivers)?;
     let boot_img = work.join("boot.vfat");
     disk::boot_fs(sh, &boot, cfg.image.boot_mib, ids.boot_volid, epoch, &work, &boot_img)?;
     let root_img = work.join("root.ext4");
@@ -297,8 +297,8 @@ pub fn sha256_file(p: &Path) -> Result<String> {
 /// SHA256SUMS in `sha256sum -c` format over `files` (path, hash); lines for files not written
 /// now (other hosts' cards) are kept while those files exist.
 fn write_sums(dir: &Path, files: &[(PathBuf, String)]) -> Result<()> {
-    let path = dir.join(crate::ship::SUMS);
-    let mut lines = crate::ship::read_sums(dir).unwrap_or_default();
+    let path = dir.join(crate::build::ship::SUMS);
+    let mut lines = crate::build::ship::read_sums(dir).unwrap_or_default();
     lines.retain(|n, _| dir.join(n).exists());
     for (f, sha) in files {
         let name = f.file_name().with_context(|| format!("{} has no file name", f.display()))?;

@@ -12,8 +12,10 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use xshell::{cmd, Shell};
 
-use crate::config::ImageConfig;
-use crate::{base, board, cluster, config, image, pair, proc, setup, ship, soak, time32, verify};
+use crate::build::config::ImageConfig;
+use crate::proc;
+use crate::build::{base, config, image, setup, ship};
+use crate::systest::{boots, cluster, pair, soak, time32, verify};
 
 /// The previous Debian stable, which README promises stays buildable by changing `base.suite`.
 pub const OTHER_SUITE: &str = "bookworm";
@@ -100,7 +102,7 @@ pub fn all(sh: &Shell, cfg: &ImageConfig, skip_qemu: bool) -> Result<()> {
             format!("board test (each card on its Pi's QEMU model: the pair's, {}'s, and an armhf variant on raspi2b)", cluster::EXAMPLE),
             Box::new(|| {
                 let images = image::Options::default_for(sh).out_dir;
-                eprint!("{}", board::render(&board::test(sh, cfg, &images, true, &[])?));
+                eprint!("{}", boots::render(&boots::test(sh, cfg, &images, true, &[])?));
                 Ok(())
             }),
         ));
@@ -123,7 +125,7 @@ fn bases_used(sh: &Shell, cfg: &ImageConfig, skip_qemu: bool) -> Result<Vec<Imag
     if !skip_qemu {
         let cluster = config::load(&sh.current_dir().join(cluster::EXAMPLE))?;
         views.extend(cluster.hosts.iter().map(|h| cluster.for_host(h)));
-        views.extend(board::armhf_variant(cfg));
+        views.extend(boots::armhf_variant(cfg));
     }
     Ok(views)
 }

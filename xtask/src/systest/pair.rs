@@ -19,11 +19,11 @@ use anyhow::{bail, ensure, Context, Result};
 use sha2::{Digest, Sha256};
 use xshell::Shell;
 
-use crate::config::{Host, ImageConfig, Role, Schedule};
-use crate::fat::Fat;
-use crate::image;
-use crate::mac::{Mac, PiMacs};
-use crate::qemu::{self, Vm};
+use crate::build::config::{Host, ImageConfig, Role, Schedule};
+use crate::build::fat::Fat;
+use crate::build::image;
+use crate::build::mac::{Mac, PiMacs};
+use crate::vm::qemu::{self, Vm};
 
 const BOOT_LIMIT: Duration = Duration::from_secs(420);
 const CMD: Duration = Duration::from_secs(60);
@@ -330,7 +330,7 @@ impl Pair<'_> {
                 vm.ok("systemctl is-active cron && test -f /etc/cron.d/pi2pi-agent", CMD)?;
             }
             qemu::wait_mounted(vm, mount, "vfat")?;
-            let units = crate::layers::masked_units().collect::<Vec<_>>().join(" ");
+            let units = crate::build::layers::masked_units().collect::<Vec<_>>().join(" ");
             let (_, state) = vm.exec(&format!("systemctl is-enabled {units}"), CMD)?;
             ensure!(state.lines().all(|l| l.trim() == "masked"), "{}: {units} should be masked: {state}", h.name);
         }
