@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::build::config::{Arch, ImageConfig};
-use crate::proc;
+use crate::build::arch::Arch;
+use crate::build::config::ImageConfig;
 use crate::build::{agent_build, image};
+use crate::proc;
 
 fn fill(path: &Path, len: usize, seed: u64) -> Result<()> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -149,7 +150,7 @@ fn timed(argv: &[OsString], report: &Path) -> Result<Run> {
 const ROUNDS: usize = 5;
 
 pub fn agent(sh: &Shell) -> Result<()> {
-    crate::build::setup::ensure(sh, crate::build::config::Arch::Arm64)?;
+    crate::build::setup::ensure(sh, crate::build::arch::Arch::Arm64)?;
     proc::run(cmd!(sh, "cargo build --quiet --release --locked -p pi2pi-agent"))?;
     proc::run(cmd!(sh, "cargo build --quiet --release --locked -p pi2pi-agent --target aarch64-unknown-linux-musl"))?;
     proc::run(cmd!(sh, "cargo build --quiet --release --locked -p pi2pi-agent --target armv7-unknown-linux-gnueabihf"))?;

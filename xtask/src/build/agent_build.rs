@@ -29,9 +29,9 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::build::config::Arch;
-use crate::proc;
+use crate::build::arch::Arch;
 use crate::build::cache;
+use crate::proc;
 
 pub struct Agent {
     pub binary: PathBuf,

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{bail, Result};
 
-use crate::build::config::Arch;
+use crate::build::arch::Arch;
 
 /// One board a card supports.
 #[derive(Debug, Clone, Copy)]

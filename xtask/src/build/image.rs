@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use sha2::{Digest, Sha256};
 use xshell::Shell;
 
 use crate::build::config::{Host, ImageConfig};
@@ -191,13 +190,13 @@ fn ship_all(sh: &Shell, cfg: &ImageConfig, dir: &Path, built: &mut [Built]) -> R
         b.stages.push(Lap { stage: "bmap", seconds: shipped.bmap_seconds });
         sums.push((b.path.clone(), b.sha256.clone()));
         for f in [&shipped.xz, &shipped.bmap] {
-            sums.push((f.clone(), sha256_file(f)?));
+            sums.push((f.clone(), ship::sha256_file(f)?));
         }
         let host = cfg.host(&b.host)?;
         entries.push(ship::imager_entry(&cfg.for_host(host), host, &b.path, &b.sha256, b.epoch)?);
     }
     for f in ship::write_imager_list(dir, entries)? {
-        sums.push((f.clone(), sha256_file(&f)?));
+        sums.push((f.clone(), ship::sha256_file(&f)?));
     }
     write_sums(dir, &sums)
 }
@@ -278,20 +277,13 @@ fn build_host(sh: &Shell, shared: &Shared, host: &Host) -> Result<Built> {
             cfg.image.max_bytes
         );
     }
-    let sha256 = sha256_file(&img)?;
+    let sha256 = ship::sha256_file(&img)?;
     lap("checks", &mut stages);
     // The intermediate filesystems are as big as the image: don't keep two copies around.
     for f in [&root_img, &boot_img, &root_tar] {
         let _ = std::fs::remove_file(f);
     }
     Ok(Built { host: host.name.clone(), path: img, bytes, sha256, xz_bytes: 0, epoch, stages })
-}
-
-pub fn sha256_file(p: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h)?;
-    Ok(hex::encode(h.finalize()))
 }
 
 /// SHA256SUMS in `sha256sum -c` format over `files` (path, hash); lines for files not written

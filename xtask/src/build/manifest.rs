@@ -9,8 +9,10 @@ use std::io::Read;
 
 use anyhow::{bail, Context, Result};
 
+use crate::build::arch::Arch;
 use crate::build::boards::{self, Board};
-use crate::build::config::{Arch, Role};
+use crate::build::config::Role;
+use crate::build::rootfs::{module_name, BaseFacts};
 
 /// The kernel drivers a card carries, by module name (`-` written `_`, as modprobe matches them).
 #[derive(Debug, Default, Clone)]
@@ -24,7 +26,7 @@ pub struct Drivers {
 impl Drivers {
     /// What the base carries: its modules and built-in drivers, and what its initramfs
     /// (`initrd`, on the boot partition) can load.
-    pub fn of(facts: &crate::build::rootfs::BaseFacts, initrd: &str) -> Result<Drivers> {
+    pub fn of(facts: &BaseFacts, initrd: &str) -> Result<Drivers> {
         let image = facts.boot.get(initrd).with_context(|| format!("{initrd} is not in the base's /boot/firmware"))?;
         let loadable = initramfs_modules(image).with_context(|| format!("reading {initrd}"))?;
         Ok(Drivers {
@@ -32,23 +34,6 @@ impl Drivers {
             initramfs: loadable.union(&facts.builtin).cloned().collect(),
         })
     }
-}
-
-/// A module's name from its path (`…/kernel/drivers/mmc/host/sdhci-iproc.ko.xz` → `sdhci_iproc`).
-pub fn module_name(path: &str) -> Option<String> {
-    let file = path.rsplit('/').next()?;
-    let stem = [".ko", ".ko.xz", ".ko.zst", ".ko.gz"].iter().find_map(|ext| file.strip_suffix(ext))?;
-    Some(stem.replace('-', "_"))
-}
-
-/// Whether `path` (in the root tar, no leading `/`) is under a kernel's module tree.
-pub fn in_module_tree(path: &str) -> bool {
-    path.starts_with("usr/lib/modules/") || path.starts_with("lib/modules/")
-}
-
-/// The module names of `modules.builtin` (one path a line).
-pub fn builtin(text: &str) -> impl Iterator<Item = String> + '_ {
-    text.lines().filter_map(module_name)
 }
 
 /// The modules in an initramfs: newc cpio archives one after another, as mkinitramfs writes them
@@ -135,6 +120,7 @@ pub fn check(arch: Arch, role: Role, drivers: &Drivers) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::build::rootfs::builtin;
 
     /// Every driver of every board, as a card with nothing left out would have them.
     fn complete(arch: Arch) -> Drivers {

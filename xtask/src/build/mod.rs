@@ -2,6 +2,7 @@
 //! that make a host of it, the filesystems and disk image, and what ships with the images.
 
 pub mod agent_build;
+pub mod arch;
 pub mod base;
 pub mod boards;
 pub mod cache;

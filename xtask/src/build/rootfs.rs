@@ -51,12 +51,12 @@ pub fn read_base_facts(base: &Path) -> Result<BaseFacts> {
             }
         } else if path == "etc/passwd" {
             e.read_to_string(&mut facts.passwd)?;
-        } else if crate::build::manifest::in_module_tree(&path) {
+        } else if in_module_tree(&path) {
             if path.ends_with("/modules.builtin") {
                 let mut text = String::new();
                 e.read_to_string(&mut text)?;
-                facts.builtin.extend(crate::build::manifest::builtin(&text));
-            } else if let Some(m) = crate::build::manifest::module_name(&path) {
+                facts.builtin.extend(builtin(&text));
+            } else if let Some(m) = module_name(&path) {
                 facts.modules.insert(m);
             }
         }
@@ -180,6 +180,23 @@ fn append<W: std::io::Write>(b: &mut tar::Builder<W>, path: &str, e: &Entry, epo
         }
     }
     Ok(())
+}
+
+/// A module's name from its path (`…/kernel/drivers/mmc/host/sdhci-iproc.ko.xz` → `sdhci_iproc`).
+pub fn module_name(path: &str) -> Option<String> {
+    let file = path.rsplit('/').next()?;
+    let stem = [".ko", ".ko.xz", ".ko.zst", ".ko.gz"].iter().find_map(|ext| file.strip_suffix(ext))?;
+    Some(stem.replace('-', "_"))
+}
+
+/// Whether `path` (in the root tar, no leading `/`) is under a kernel's module tree.
+pub fn in_module_tree(path: &str) -> bool {
+    path.starts_with("usr/lib/modules/") || path.starts_with("lib/modules/")
+}
+
+/// The module names of `modules.builtin` (one path a line).
+pub fn builtin(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.lines().filter_map(module_name)
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::build::config::Arch;
+use crate::build::arch::Arch;
 use crate::proc;
 
 /// Debian packages the build and the tests use, and what for.

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use xshell::{cmd, Shell};
 
 use crate::build::boards;
@@ -111,7 +112,7 @@ pub fn imager_entry(cfg: &ImageConfig, host: &Host, img: &Path, img_sha256: &str
         extract_size: std::fs::metadata(img)?.len(),
         extract_sha256: img_sha256.to_string(),
         image_download_size: std::fs::metadata(&xz).with_context(|| format!("{} is missing", xz.display()))?.len(),
-        image_download_sha256: crate::build::image::sha256_file(&xz)?,
+        image_download_sha256: sha256_file(&xz)?,
         release_date: date_of(epoch)?,
         devices: imager_devices(cfg),
     })
@@ -290,13 +291,13 @@ pub fn check(sh: &Shell, cfg: &ImageConfig, dir: &Path, scratch: &Path) -> Resul
         let copy = scratch.join(img.file_name().context("no file name")?);
         let _ = std::fs::remove_file(&copy);
         proc::read(cmd!(sh, "bmaptool -q copy --bmap {bmap} {xz} {copy}"))?;
-        let copied = crate::build::image::sha256_file(&copy)?;
+        let copied = sha256_file(&copy)?;
         let _ = std::fs::remove_file(&copy);
-        ensure!(copied == crate::build::image::sha256_file(&img)?, "bmaptool copy of {} differs from {}", xz.display(), img.display());
+        ensure!(copied == sha256_file(&img)?, "bmaptool copy of {} differs from {}", xz.display(), img.display());
         ensure!(copied == e.extract_sha256, "{}: extract_sha256 {} is not the image's {copied}", e.name, e.extract_sha256);
         ensure!(e.extract_size == std::fs::metadata(&img)?.len(), "{}: extract_size is not the image's size", e.name);
         ensure!(e.image_download_size == std::fs::metadata(&xz)?.len(), "{}: image_download_size is not the .img.xz's size", e.name);
-        ensure!(e.image_download_sha256 == crate::build::image::sha256_file(&xz)?, "{}: image_download_sha256 is not the .img.xz's", e.name);
+        ensure!(e.image_download_sha256 == sha256_file(&xz)?, "{}: image_download_sha256 is not the .img.xz's", e.name);
         ensure!(e.devices == devices, "{}: device tags {:?}, but the card boots {devices:?}", e.name, e.devices);
         ensure!(e.release_date == date, "{}: release_date {} is not the locked packages' date {date}", e.name, e.release_date);
         ensure!(
@@ -309,12 +310,20 @@ pub fn check(sh: &Shell, cfg: &ImageConfig, dir: &Path, scratch: &Path) -> Resul
     Ok(list.os_list.len())
 }
 
+/// The SHA-256 of a file, in hex (as SHA256SUMS and Imager's list give it).
+pub fn sha256_file(p: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h)?;
+    Ok(hex::encode(h.finalize()))
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::{Seek, SeekFrom, Write};
 
     use super::*;
-    use crate::build::config::Arch;
+    use crate::build::arch::Arch;
 
     /// What `verify` would not see, building on all cores both times: the compressed bytes are
     /// the same with one thread (what `-T0` gives on a one-core machine) and with four.
@@ -394,7 +403,7 @@ mod tests {
         package(&sh, &img).unwrap();
         let lock = crate::build::pins::LockFile::read(&cfg.lock_file).unwrap();
         let epoch = lock.get(&cfg.base.suite, cfg.base.arch.deb()).unwrap().source_date_epoch;
-        let sha = crate::build::image::sha256_file(&img).unwrap();
+        let sha = sha256_file(&img).unwrap();
         write_imager_list(&dir, vec![imager_entry(&cfg, host, &img, &sha, epoch).unwrap()]).unwrap();
         // SHA256SUMS as the image build writes it: every file there.
         let sum_all = || {

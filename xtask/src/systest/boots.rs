@@ -39,12 +39,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use xshell::{cmd, Shell};
 
+use crate::build::arch::Arch;
 use crate::build::boards;
-use crate::build::config::{Arch, Host, ImageConfig};
+use crate::build::config::{Host, ImageConfig};
 use crate::build::fat::Fat;
-use crate::vm::qemu::{self, Vm, CONSOLE_LOG, SHELL_SOCK};
-use crate::proc;
 use crate::build::image;
+use crate::proc;
+use crate::vm::qemu::{self, Vm, CONSOLE_LOG, SHELL_SOCK};
 
 const BOOT_LIMIT: Duration = Duration::from_secs(600);
 /// How long systemd waits for a device (default 90 s). Emulated, the Pi 3's udev takes minutes to

@@ -13,8 +13,8 @@ use anyhow::{bail, Result};
 use xshell::{cmd, Shell};
 
 use crate::build::config::ImageConfig;
-use crate::proc;
 use crate::build::{base, config, image, setup, ship};
+use crate::proc;
 use crate::systest::{boots, cluster, pair, soak, time32, verify};
 
 /// The previous Debian stable, which README promises stays buildable by changing `base.suite`.

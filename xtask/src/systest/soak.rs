@@ -26,12 +26,12 @@ use serde_json::json;
 use xshell::{cmd, Shell};
 
 use crate::build::config::{Host, ImageConfig};
+use crate::build::image;
 use crate::build::mac::PiMacs;
+use crate::proc;
 use crate::systest::pair::{drive_tree, guest_written, specs, wait_arrival, wait_idle, Drives};
 use crate::vm::qemu::{self, Vm};
 use crate::vm::qmp::{Qmp, QMP_SOCK};
-use crate::proc;
-use crate::build::image;
 
 const BOOT_LIMIT: Duration = Duration::from_secs(420);
 const CMD: Duration = Duration::from_secs(300);

@@ -18,9 +18,9 @@ use std::path::Path;
 use anyhow::{ensure, Context, Result};
 use xshell::Shell;
 
-use crate::build::config::Arch;
-use crate::proc;
+use crate::build::arch::Arch;
 use crate::build::{agent_build, setup};
+use crate::proc;
 
 /// (file name, date for `touch -d`)
 const DATED: &[(&str, &str)] =

@@ -15,8 +15,8 @@ use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
 use crate::build::config::ImageConfig;
-use crate::proc;
 use crate::build::image;
+use crate::proc;
 
 /// The second build's environment: a zone 13:45 ahead of UTC, the C locale, a umask that drops
 /// group and other bits.
