@@ -152,6 +152,7 @@ fn full_receiver_is_a_clear_error_and_a_later_retry_loses_nothing() {
     let big = content(3, 6 << 20);
     write_file(&a.sending(), "big.bin", &big);
     write_file(&a.sending(), "a-small.txt", b"fits");
+    write_file(&a.sending(), "new/dirs/big.bin", &big);
     std::thread::sleep(Duration::from_millis(150));
 
     let o = a.sync_once();
@@ -159,6 +160,7 @@ fn full_receiver_is_a_clear_error_and_a_later_retry_loses_nothing() {
     assert!(stderr(&o).contains("receiver's drive is full"), "{}", stderr(&o));
     assert_eq!(fs::read(b.receiving().join("a-small.txt")).unwrap(), b"fits");
     assert!(!b.receiving().join("big.bin").exists());
+    assert!(!b.receiving().join("new").exists(), "directories made for a file that does not fit");
     assert!(temps(&b.receiving()).is_empty(), "temporary left behind on a full drive");
     assert_eq!(fs::read(a.sending().join("big.bin")).unwrap(), big, "sender's file touched");
 
@@ -167,6 +169,7 @@ fn full_receiver_is_a_clear_error_and_a_later_retry_loses_nothing() {
     let o = a.sync_once();
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(fs::read(b.receiving().join("big.bin")).unwrap(), big);
+    assert_eq!(fs::read(b.receiving().join("new/dirs/big.bin")).unwrap(), big);
 }
 
 /// One file the receiver cannot write (here: its directory is a read-only bind mount, EROFS; on a
