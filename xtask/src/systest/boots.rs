@@ -45,6 +45,7 @@ use crate::build::config::{Host, ImageConfig};
 use crate::build::fat::Fat;
 use crate::build::image;
 use crate::proc;
+use crate::vm::guest::{wait_mounted, CMD};
 use crate::vm::qemu::{self, Vm, CONSOLE_LOG, SHELL_SOCK};
 
 const BOOT_LIMIT: Duration = Duration::from_secs(600);
@@ -55,7 +56,6 @@ const DEVICE_TIMEOUT_S: u32 = 400;
 /// was so slow for a while that chronyd took 60 s to load its seccomp filter, and it and dhcpcd
 /// timed out; on a Pi they start in a second or two.
 const START_TIMEOUT_S: u32 = 300;
-const CMD: Duration = Duration::from_secs(60);
 /// Where the harness shell's port is logged when it is not the board's console.
 const SHELL_LOG: &str = "shell.log";
 
@@ -516,7 +516,7 @@ fn check_running(vm: &mut Vm, cfg: &ImageConfig) -> Result<()> {
     ensure!(root.lines().any(|l| l.trim() == "/dev/mmcblk0p2"), "root is not mounted from the SD card: {root}");
     let mount = &cfg.drive.mount_point;
     let mut tries = 0;
-    while let Err(e) = qemu::wait_mounted(vm, mount, "vfat") {
+    while let Err(e) = wait_mounted(vm, mount, "vfat") {
         tries += 1;
         ensure!(tries <= REPLUGS, "{e:#}\n(the USB drive enumerated again {REPLUGS} times)");
         replug_after_failed_enumeration(vm).context(e)?;

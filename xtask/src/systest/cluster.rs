@@ -30,7 +30,8 @@ use xshell::Shell;
 use crate::build::config::{Host, ImageConfig, Role};
 use crate::build::image;
 use crate::build::mac::PiMacs;
-use crate::systest::pair::{drive_tree, guest_tree, make_drive, test_files};
+use crate::vm::drive::{drive_tree, make_drive, test_files, DRIVE_KIB};
+use crate::vm::guest::{guest_tree, wait_until, CMD};
 use crate::vm::qemu::{self, Nic, Vm};
 
 /// The cluster the test builds and boots when not given another.
@@ -38,7 +39,6 @@ pub const EXAMPLE: &str = "examples/cluster.toml";
 /// Two workers: enough for routing between links, and three VMs is what two cores boot in time.
 const WORKERS: usize = 2;
 const BOOT_LIMIT: Duration = Duration::from_secs(540);
-const CMD: Duration = Duration::from_secs(60);
 /// The manager's uplink in the test: TEST-NET-1 (RFC 5737), documentation-only addresses; the
 /// "gateway" is the test's socket, which answers nothing.
 const UPLINK: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
@@ -191,7 +191,7 @@ impl<'a> Cluster<'a> {
             let dir = run_dir.join(&h.name);
             std::fs::create_dir_all(&dir)?;
             let f = if h.role == Role::Worker { test_files(&h.name) } else { Vec::new() };
-            make_drive(sh, &dir.join("usb.img"), &cfg.drive.label, crate::systest::pair::DRIVE_KIB, &f, &dir.join("stage"))?;
+            make_drive(sh, &dir.join("usb.img"), &cfg.drive.label, DRIVE_KIB, &f, &dir.join("stage"))?;
             files.push(f);
             let nics = match &h.link {
                 // The worker: its gadget end.
@@ -372,7 +372,7 @@ impl<'a> Cluster<'a> {
     /// build time, where fake-hwclock put it, being later than the RTC's), and is then within
     /// CLOCK_TOLERANCE of the manager's; returns (worker, step, offset).
     fn check_clocks(&mut self) -> Result<Vec<(String, f64, f64)>> {
-        let deadline = Instant::now() + Duration::from_secs(180);
+        let started = Instant::now();
         let mut out = Vec::new();
         let workers: Vec<(usize, String)> = self.workers().map(|(i, h, _)| (i, h.name.clone())).collect();
         for (i, name) in workers {
@@ -381,27 +381,28 @@ impl<'a> Cluster<'a> {
                 self.vms[i].console().contains(&format!("setting system clock to {year}-")),
                 "{name}'s console does not show its clock starting in {year} (is -rtc base= in force?)"
             );
-            loop {
-                let log = self.vms[i].ok("journalctl -b --no-pager -u chrony -o cat | grep 'System clock wrong by' || true", CMD)?;
+            let what = format!("{name}'s clock stepped by chrony to within {CLOCK_TOLERANCE}s of the manager's");
+            let left = Duration::from_secs(180).saturating_sub(started.elapsed());
+            let vms = &mut self.vms;
+            let stepped = wait_until(&what, left, Duration::from_secs(3), || {
+                let log = vms[i].ok("journalctl -b --no-pager -u chrony -o cat | grep 'System clock wrong by' || true", CMD)?;
                 let step: Option<f64> = log.lines().find_map(|l| l.split("wrong by ").nth(1)?.split_whitespace().next()?.parse().ok());
-                let off = clock_offset(&mut self.vms[i])? - clock_offset(&mut self.vms[0])?;
-                match step {
-                    Some(s) if off.abs() <= CLOCK_TOLERANCE => {
-                        ensure!(
-                            s.abs() > 60.0,
-                            "{name}'s clock was only {s:+.1}s off when chrony first stepped it: it did not start far off"
-                        );
-                        out.push((name, s, off));
-                        break;
-                    }
-                    _ if Instant::now() > deadline => {
-                        let (_, why) =
-                            self.vms[i].exec("chronyc -n sources; chronyc tracking; journalctl -b --no-pager -u chrony | tail", CMD)?;
-                        bail!("{name}'s clock is {off:+.1}s from the manager's (chrony's first step: {step:?}) after waiting:\n{why}");
-                    }
-                    _ => std::thread::sleep(Duration::from_secs(3)),
+                let off = clock_offset(&mut vms[i])? - clock_offset(&mut vms[0])?;
+                Ok(match step {
+                    Some(s) if off.abs() <= CLOCK_TOLERANCE => Ok((s, off)),
+                    _ => Err(format!("{off:+.1}s from the manager's (chrony's first step: {step:?})")),
+                })
+            });
+            let (s, off) = match stepped {
+                Ok(v) => v,
+                Err(e) => {
+                    let (_, why) =
+                        self.vms[i].exec("chronyc -n sources; chronyc tracking; journalctl -b --no-pager -u chrony | tail", CMD)?;
+                    return Err(e.context(why));
                 }
-            }
+            };
+            ensure!(s.abs() > 60.0, "{name}'s clock was only {s:+.1}s off when chrony first stepped it: it did not start far off");
+            out.push((name, s, off));
         }
         Ok(out)
     }
@@ -410,19 +411,19 @@ impl<'a> Cluster<'a> {
     /// from the host after power-off).
     fn wait_delivered(&mut self) -> Result<()> {
         let mount = self.cfg.drive.mount_point.clone();
-        let deadline = Instant::now() + Duration::from_secs(240);
+        let started = Instant::now();
         for (i, h) in self.hosts.iter().enumerate().skip(1) {
             let want: BTreeMap<String, String> = self.files[i].iter().map(|(p, d)| (p.clone(), hex::encode(Sha256::digest(d)))).collect();
-            loop {
-                let got = guest_tree(&mut self.vms[0], &format!("{mount}/receiving/{}", h.name)).unwrap_or_default();
-                if got == want {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    let (_, status) = self.vms[i].exec("pi2pi-agent status; journalctl -b --no-pager -u pi2pi-agent | tail -30", CMD)?;
-                    bail!("the manager's receiving/{} is\n{got:#?}\nexpected\n{want:#?}\n{} says:\n{status}", h.name, h.name);
-                }
-                std::thread::sleep(Duration::from_secs(3));
+            let what = format!("the manager's receiving/{} holding\n{want:#?}", h.name);
+            let left = Duration::from_secs(240).saturating_sub(started.elapsed());
+            let manager = &mut self.vms[0];
+            let delivered = wait_until(&what, left, Duration::from_secs(3), || {
+                let got = guest_tree(manager, &format!("{mount}/receiving/{}", h.name)).unwrap_or_default();
+                Ok(if got == want { Ok(()) } else { Err(format!("{got:#?}")) })
+            });
+            if let Err(e) = delivered {
+                let (_, status) = self.vms[i].exec("pi2pi-agent status; journalctl -b --no-pager -u pi2pi-agent | tail -30", CMD)?;
+                return Err(e.context(format!("{} says:\n{status}", h.name)));
             }
         }
         Ok(())
@@ -459,17 +460,11 @@ impl<'a> Cluster<'a> {
 
 /// Runs `command` in the guest until its output satisfies `ok`, up to `limit`.
 fn poll(vm: &mut Vm, command: &str, ok: impl Fn(&str) -> bool, limit: Duration) -> Result<String> {
-    let t = Instant::now();
-    loop {
+    let what = format!("{}: `{command}`", vm.name);
+    wait_until(&what, limit, Duration::from_secs(2), || {
         let (_, out) = vm.exec(command, CMD)?;
-        if ok(&out) {
-            return Ok(out);
-        }
-        if t.elapsed() > limit {
-            bail!("{}: `{command}` still says after {limit:?}:\n{out}", vm.name);
-        }
-        std::thread::sleep(Duration::from_secs(2));
-    }
+        Ok(if ok(&out) { Ok(out) } else { Err(out) })
+    })
 }
 
 /// The guest's clock minus the host's, taking the host's at the middle of the round trip.

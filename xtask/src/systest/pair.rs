@@ -15,18 +15,18 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use sha2::{Digest, Sha256};
 use xshell::Shell;
 
 use crate::build::config::{Host, ImageConfig, Role, Schedule};
-use crate::build::fat::Fat;
 use crate::build::image;
 use crate::build::mac::{Mac, PiMacs};
+use crate::vm::drive::{drive_tree, make_drive, test_files, DRIVE_KIB};
+use crate::vm::guest::{guest_tree, guest_written, wait_arrival, wait_idle, wait_mounted, wait_until, CMD};
 use crate::vm::qemu::{self, Vm};
 
 const BOOT_LIMIT: Duration = Duration::from_secs(420);
-const CMD: Duration = Duration::from_secs(60);
 
 pub struct Report {
     /// Each host and the schedule its agent ran on.
@@ -79,63 +79,6 @@ fn address(h: &Host) -> std::net::Ipv4Addr {
     h.address.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED)
 }
 
-/// Test files for one drive: names with spaces, UTF-8 and subdirectories, 0 bytes to tens of MB.
-pub(crate) fn test_files(node: &str) -> Vec<(String, Vec<u8>)> {
-    let gen = |seed: &str, len: usize| -> Vec<u8> {
-        let mut out = Vec::with_capacity(len + 32);
-        let mut block = Sha256::digest(seed.as_bytes()).to_vec();
-        while out.len() < len {
-            block = Sha256::digest(&block).to_vec();
-            out.extend_from_slice(&block);
-        }
-        out.truncate(len);
-        out
-    };
-    vec![
-        (format!("empty-{node}.txt"), Vec::new()),
-        (format!("note from {node}.txt"), format!("hello from {node}\n").into_bytes()),
-        (format!("photos/{node} ünïcødé 日本.jpg"), gen(node, 1 << 20)),
-        (format!("videos/deep dir/{node}-clip.mp4"), gen(&format!("{node}v"), 24 << 20)),
-        (format!("docs/{node}/report.bin"), gen(&format!("{node}d"), 65_537)),
-    ]
-}
-
-/// A FAT32 USB drive image with the shared label, sending/ (pre-filled) and receiving/.
-pub(crate) fn make_drive(sh: &Shell, path: &Path, label: &str, kib: u64, files: &[(String, Vec<u8>)], stage: &Path) -> Result<()> {
-    let fat = Fat::create(sh, path, label, kib, None)?;
-    fat.mkdirs(sh, &["sending", "receiving"])?;
-    let _ = std::fs::remove_dir_all(stage);
-    std::fs::create_dir_all(stage.join("sending"))?;
-    for (rel, data) in files {
-        let p = stage.join("sending").join(rel);
-        std::fs::create_dir_all(p.parent().unwrap())?;
-        std::fs::write(&p, data)?;
-    }
-    let entries: Vec<PathBuf> = std::fs::read_dir(stage.join("sending"))?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
-    if entries.is_empty() {
-        return Ok(());
-    }
-    fat.copy_in(sh, &entries, "sending/")
-}
-
-/// rel path → sha256 of every file under `dir` on a FAT image (read with mtools, from the host).
-pub(crate) fn drive_tree(sh: &Shell, img: &Path, dir: &str, scratch: &Path) -> Result<BTreeMap<String, String>> {
-    let _ = std::fs::remove_dir_all(scratch);
-    std::fs::create_dir_all(scratch)?;
-    Fat::file(img).copy_out(sh, dir, scratch)?;
-    // mcopy puts the directory's last component in `scratch`, as cp -r would.
-    let root = scratch.join(Path::new(dir).file_name().context("a directory path")?);
-    let mut out = BTreeMap::new();
-    for e in walkdir::WalkDir::new(&root) {
-        let e = e?;
-        if e.file_type().is_file() {
-            let rel = e.path().strip_prefix(&root)?.to_string_lossy().into_owned();
-            out.insert(rel, hex::encode(Sha256::digest(std::fs::read(e.path())?)));
-        }
-    }
-    Ok(out)
-}
-
 /// The pair's USB drives: FAT32 images of `kib`, pre-filled with `files` (one list per host).
 pub(crate) struct Drives<'a> {
     pub files: &'a [Vec<(String, Vec<u8>)>],
@@ -176,9 +119,6 @@ pub(crate) fn specs(
     }
     Ok(specs)
 }
-
-/// The pair test's drives: 256 MiB, room for the test files both ways.
-pub(crate) const DRIVE_KIB: u64 = 262_144;
 
 /// `schedules`: one per host (see [`schedules`]). `build`: build the configured schedule's images
 /// first; false when the caller has just built them (`cargo xtask test`), so the test boots exactly
@@ -329,7 +269,7 @@ impl Pair<'_> {
                 ensure!(c != 0, "{}: pi2pi-agent.service is enabled with the cron schedule", h.name);
                 vm.ok("systemctl is-active cron && test -f /etc/cron.d/pi2pi-agent", CMD)?;
             }
-            qemu::wait_mounted(vm, mount, "vfat")?;
+            wait_mounted(vm, mount, "vfat")?;
             let units = crate::build::layers::masked_units().collect::<Vec<_>>().join(" ");
             let (_, state) = vm.exec(&format!("systemctl is-enabled {units}"), CMD)?;
             ensure!(state.lines().all(|l| l.trim() == "masked"), "{}: {units} should be masked: {state}", h.name);
@@ -344,16 +284,12 @@ impl Pair<'_> {
         let lan = cfg.lan()?;
         let iface = &lan.interface;
         let want = |h: &Host| format!("inet {}/{}", address(h), lan.prefix);
-        let deadline = Instant::now() + Duration::from_secs(120);
         for (i, vm) in self.vms.iter_mut().enumerate() {
-            loop {
+            let what = format!("{}: {iface} getting {}", hosts[i].name, want(hosts[i]));
+            wait_until(&what, Duration::from_secs(120), Duration::from_secs(2), || {
                 let out = vm.ok(&format!("ip -c=never -4 addr show dev {iface}"), CMD)?;
-                if out.contains(&want(hosts[i])) {
-                    break;
-                }
-                ensure!(Instant::now() < deadline, "{}: {iface} never got {}:\n{out}", hosts[i].name, want(hosts[i]));
-                std::thread::sleep(Duration::from_secs(2));
-            }
+                Ok(if out.contains(&want(hosts[i])) { Ok(()) } else { Err(out) })
+            })?;
         }
         self.check_lease()
     }
@@ -417,17 +353,15 @@ impl Pair<'_> {
             let want: BTreeMap<String, String> =
                 self.files[1 - i].iter().map(|(p, d)| (p.clone(), hex::encode(Sha256::digest(d)))).collect();
             let vm = &mut self.vms[i];
-            loop {
+            let what = format!("{}: receiving/ holding the peer's files, expected:\n{want:#?}", vm.name);
+            let left = deadline.saturating_duration_since(Instant::now());
+            let arrived = wait_until(&what, left, Duration::from_secs(2), || {
                 let got = guest_tree(vm, &format!("{mount}/receiving"))?;
-                if got == want {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    let (_, status) =
-                        vm.exec("pi2pi-agent status; journalctl -b --no-pager -t pi2pi-agent -u pi2pi-agent | tail -30", CMD)?;
-                    bail!("{}: receiving/ after {:?}:\n{got:#?}\nexpected:\n{want:#?}\n{status}", vm.name, limit);
-                }
-                std::thread::sleep(Duration::from_secs(2));
+                Ok(if got == want { Ok(()) } else { Err(format!("{got:#?}")) })
+            });
+            if let Err(e) = arrived {
+                let (_, status) = vm.exec("pi2pi-agent status; journalctl -b --no-pager -t pi2pi-agent -u pi2pi-agent | tail -30", CMD)?;
+                return Err(e.context(status));
             }
         }
         Ok(())
@@ -541,52 +475,4 @@ impl Pair<'_> {
         }
         Ok(())
     }
-}
-
-/// Waits until the guest's sender has nothing pending for any peer and no `sync` pass is running.
-pub(crate) fn wait_idle(vm: &mut Vm, limit: Duration) -> Result<()> {
-    let t = Instant::now();
-    loop {
-        let (running, _) = vm.exec("pgrep -f 'pi2pi-agent sync' >/dev/null", CMD)?;
-        let status = vm.ok("cat /var/lib/pi2pi/status.json", CMD)?;
-        let st: pi2pi_agent::status::Status =
-            serde_json::from_str(&status).with_context(|| format!("{}: status.json: {status}", vm.name))?;
-        if running != 0 && st.peers.iter().all(|p| p.pending.is_empty()) {
-            return Ok(());
-        }
-        ensure!(t.elapsed() < limit, "{}: the agent did not go idle within {limit:?}: {status}", vm.name);
-        std::thread::sleep(Duration::from_secs(2));
-    }
-}
-
-/// rel path → "size mtime ctime" of every file below `dir` in the guest. The receiver writes a
-/// delivery into a new file and renames it into place (and keeps no sender times), so a file
-/// delivered again shows new times.
-pub(crate) fn guest_written(vm: &mut Vm, dir: &str) -> Result<BTreeMap<String, String>> {
-    // A temporary renamed into place between find's readdir and its stat is no error (the soak
-    // failed on one); the file is listed under its final name next time.
-    let out = vm.ok(&format!("cd '{dir}' && find . -ignore_readdir_race -type f -printf '%P\\t%s %T@ %C@\\n'"), CMD)?;
-    Ok(out.lines().filter_map(|l| l.split_once('\t')).map(|(p, v)| (p.to_string(), v.to_string())).collect())
-}
-
-/// Polls `vm` until `path` has the content whose `sha256sum` output is `sum`; returns the wait.
-pub(crate) fn wait_arrival(vm: &mut Vm, path: &str, sum: &str, limit: Duration) -> Result<Duration> {
-    let want = sum.split_whitespace().next().unwrap_or("");
-    let t = Instant::now();
-    loop {
-        let (_, got) = vm.exec(&format!("sha256sum < '{path}' 2>/dev/null"), CMD)?;
-        if got.split_whitespace().next() == Some(want) {
-            return Ok(t.elapsed());
-        }
-        ensure!(t.elapsed() < limit, "{path} did not reach {} within {limit:?}", vm.name);
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// rel path → sha256 for every regular file below `dir` in the guest (temporaries included, so a
-/// leftover would show up as a difference).
-pub(crate) fn guest_tree(vm: &mut Vm, dir: &str) -> Result<BTreeMap<String, String>> {
-    // A temporary can be renamed between find and sha256sum: list what still exists.
-    let out = vm.ok(&format!("cd '{dir}' && {{ find . -type f -print0 | sort -z | xargs -0 -r sha256sum 2>/dev/null; true; }}"), CMD)?;
-    Ok(out.lines().filter_map(|l| l.split_once("  ")).map(|(h, p)| (p.trim_start_matches("./").to_string(), h.to_string())).collect())
 }

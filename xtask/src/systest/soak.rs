@@ -29,7 +29,9 @@ use crate::build::config::{Host, ImageConfig};
 use crate::build::image;
 use crate::build::mac::PiMacs;
 use crate::proc;
-use crate::systest::pair::{drive_tree, guest_written, specs, wait_arrival, wait_idle, Drives};
+use crate::systest::pair::{specs, Drives};
+use crate::vm::drive::drive_tree;
+use crate::vm::guest::{guest_written, wait_arrival, wait_idle, wait_mounted, wait_until};
 use crate::vm::qemu::{self, Vm};
 use crate::vm::qmp::{Qmp, QMP_SOCK};
 
@@ -268,7 +270,7 @@ impl<'a> Soak<'a> {
             eprintln!("soak: {} booted in {:.0}s", vm.name, t.as_secs_f64());
         }
         for i in 0..2 {
-            qemu::wait_mounted(&mut s.vms[i], &cfg.drive.mount_point, "vfat")?;
+            wait_mounted(&mut s.vms[i], &cfg.drive.mount_point, "vfat")?;
         }
         Ok(s)
     }
@@ -463,7 +465,7 @@ impl<'a> Soak<'a> {
         self.qmp[v] = Qmp::connect(&self.specs[v].dir.join(QMP_SOCK), Duration::from_secs(30))?;
         self.vms[v].wait_booted(on, BOOT_LIMIT)?;
         if drive {
-            qemu::wait_mounted(&mut self.vms[v], &self.cfg.drive.mount_point, "vfat")?;
+            wait_mounted(&mut self.vms[v], &self.cfg.drive.mount_point, "vfat")?;
         }
         Ok(on)
     }
@@ -496,7 +498,7 @@ impl<'a> Soak<'a> {
         let args = device_add_arguments(&device.to_string_lossy())?;
         self.qmp[v].execute("device_add", args)?;
         let plugged = Instant::now();
-        qemu::wait_mounted(&mut self.vms[v], &mount, "vfat")?;
+        wait_mounted(&mut self.vms[v], &mount, "vfat")?;
         self.drive_in[v] = true;
         let what = if across_reboot { "out across a reboot, plugged back after it" } else { "out while the peer sent, plugged back" };
         Ok((what.to_string(), plugged))
@@ -514,15 +516,13 @@ impl<'a> Soak<'a> {
         let written = Instant::now();
         self.write(v, &rel, 4096)?;
         let dir = format!("{}/receiving", self.mount());
-        let first = loop {
+        let what = format!("a delivery in {dir} either way after the fault");
+        let left = RECOVERY_LIMIT.saturating_sub(since.elapsed());
+        let first = wait_until(&what, left, Duration::from_secs(1), || {
             let now = self.receiving_now()?;
             let delivered = (0..2).any(|r| now[r].iter().any(|(p, stamp)| !is_temporary(p) && before[r].get(p) != Some(stamp)));
-            if delivered {
-                break since.elapsed();
-            }
-            ensure!(since.elapsed() < RECOVERY_LIMIT, "nothing delivered in {dir} either way within {RECOVERY_LIMIT:?} after the fault");
-            std::thread::sleep(Duration::from_secs(1));
-        };
+            Ok(if delivered { Ok(since.elapsed()) } else { Err("nothing new".into()) })
+        })?;
         let sum = self.written[v].versions[&rel].last().cloned().unwrap_or_default();
         wait_arrival(&mut self.vms[1 - v], &format!("{dir}/{rel}"), &sum, RECOVERY_LIMIT).context("the file written after the fault")?;
         Ok((first, written.elapsed()))

@@ -1,6 +1,9 @@
-//! Booting cards in QEMU: the machine and its links (`qemu`), its monitor (`qmp`), and one card
-//! on this terminal for people (`interactive`).
+//! Booting cards in QEMU: the machine and its links (`qemu`), its monitor (`qmp`), what tests do
+//! in a guest (`guest`), the USB drives they get (`drive`), and one card on this terminal for
+//! people (`interactive`).
 
+pub mod drive;
+pub mod guest;
 pub mod interactive;
 pub mod qemu;
 pub mod qmp;

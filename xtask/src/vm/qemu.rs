@@ -468,23 +468,6 @@ pub fn console_tail(path: &Path, n: usize) -> String {
     s
 }
 
-/// Waits (up to 2 minutes: USB enumerates slowly under emulation) for `fstype` to be mounted at
-/// `mount` in the guest; the drive is mounted by udev when it appears, not by the boot itself.
-pub fn wait_mounted(vm: &mut Vm, mount: &str, fstype: &str) -> Result<()> {
-    let t = Instant::now();
-    loop {
-        let (code, _) = vm.exec(&format!("findmnt -no FSTYPE {mount} | grep -qx {fstype}"), Duration::from_secs(60))?;
-        if code == 0 {
-            return Ok(());
-        }
-        if t.elapsed() > Duration::from_secs(120) {
-            let (_, why) = vm.exec(&format!("systemctl status --no-pager {mount} 2>&1 | tail -20; lsblk -f"), Duration::from_secs(60))?;
-            bail!("{}: no {fstype} mounted at {mount} after {:?}:\n{why}", vm.name, t.elapsed());
-        }
-        std::thread::sleep(Duration::from_secs(2));
-    }
-}
-
 impl Drop for Vm {
     fn drop(&mut self) {
         self.kill();
