@@ -3,6 +3,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use pi2pi_agent::{config, daemon, lock, serve, status};
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::prelude::*;
 
 /// pi2pi sync agent: delivers this Pi's sending/ to its peers' receiving/ over SSH.
 #[derive(Parser)]
@@ -42,10 +44,11 @@ fn sender_dir(s: &str) -> Result<String, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PI2PI_LOG").unwrap_or_else(|_| "info".into()))
+    // PI2PI_LOG: `info` (the default), `debug`, or per target, like `pi2pi_agent::serve=debug`.
+    let filter = std::env::var("PI2PI_LOG").ok().and_then(|s| s.parse::<Targets>().ok());
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(false))
+        .with(filter.unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO)))
         .init();
     let cfg = match config::Config::load(&cli.config) {
         Ok(c) => c,

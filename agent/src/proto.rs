@@ -416,24 +416,20 @@ mod tests {
     /// frames never panic, and whatever decodes re-encodes to the same bytes.
     #[test]
     fn random_and_mutated_frames_never_panic() {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand::rngs::StdRng::seed_from_u64(0x9192);
+        let mut rng = fastrand::Rng::with_seed(0x9192);
         let seeds: Vec<Vec<u8>> = all().iter().map(|m| m.encode()[4..].to_vec()).collect();
         for i in 0..200_000 {
-            let mut body = if i % 2 == 0 {
-                seeds[rng.gen_range(0..seeds.len())].clone()
-            } else {
-                (0..rng.gen_range(0..64)).map(|_| rng.gen()).collect()
-            };
-            for _ in 0..rng.gen_range(0..4) {
+            let mut body =
+                if i % 2 == 0 { seeds[rng.usize(0..seeds.len())].clone() } else { (0..rng.usize(0..64)).map(|_| rng.u8(..)).collect() };
+            for _ in 0..rng.usize(0..4) {
                 if body.is_empty() {
                     break;
                 }
-                let at = rng.gen_range(0..body.len());
-                match rng.gen_range(0..3) {
-                    0 => body[at] = rng.gen(),
+                let at = rng.usize(0..body.len());
+                match rng.usize(0..3) {
+                    0 => body[at] = rng.u8(..),
                     1 => body.truncate(at),
-                    _ => body.insert(at, rng.gen()),
+                    _ => body.insert(at, rng.u8(..)),
                 }
             }
             if let Ok(m) = Msg::decode(&body) {

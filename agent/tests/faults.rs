@@ -12,7 +12,6 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
-use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 
 fn points() -> usize {
@@ -47,9 +46,9 @@ fn kill_at_random_points(n: u64, resume: Side) {
     let cfg = std::fs::read_to_string(&a.config).unwrap().replace("settle_ms = 100", "settle_ms = 0");
     std::fs::write(&a.config, cfg).unwrap();
 
-    let seed = std::env::var("PI2PI_FAULT_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(rand::random::<u64>);
+    let seed = std::env::var("PI2PI_FAULT_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| fastrand::u64(..));
     eprintln!("fault seed {seed}, scenario {n} (set PI2PI_FAULT_SEED to replay)");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_add(n));
+    let mut rng = fastrand::Rng::with_seed(seed.wrapping_add(n));
 
     // Every version of every file ever written: a final file must be one of them, whole.
     let mut versions: HashMap<String, BTreeSet<String>> = HashMap::new();
@@ -78,9 +77,9 @@ fn kill_at_random_points(n: u64, resume: Side) {
             let _ = err.read_to_string(&mut s);
             s
         });
-        std::thread::sleep(Duration::from_micros(rng.gen_range(0..250_000)));
+        std::thread::sleep(Duration::from_micros(rng.u64(0..250_000)));
         let kids = descendants(child.id());
-        match rng.gen_range(0..3) {
+        match rng.usize(0..3) {
             0 => {
                 kill9(child.id());
                 killed_sender += 1;
