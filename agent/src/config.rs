@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-pub const DEFAULT_PATH: &str = "/etc/pi2pi/agent.toml";
+pub const DEFAULT_PATH: &str = crate::layout::CONFIG;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -204,7 +204,7 @@ fn validate(cx: &Source, raw: RawConfig) -> Result<Config, ConfigError> {
 
     let state_dir = match &raw.state {
         Some(s) => abs_path(cx, &s.dir, "state.dir")?,
-        None => PathBuf::from("/var/lib/pi2pi"),
+        None => PathBuf::from(crate::layout::STATE_DIR),
     };
 
     let s = raw.sync.unwrap_or(RawSync { settle_ms: None, rescan_secs: None, retry_max_secs: None });
@@ -218,7 +218,7 @@ fn validate(cx: &Source, raw: RawConfig) -> Result<Config, ConfigError> {
     let sync = SyncConfig {
         settle: Duration::from_millis(ranged(&s.settle_ms, "sync.settle_ms", 300, 0, 60_000)?),
         rescan: Duration::from_secs(ranged(&s.rescan_secs, "sync.rescan_secs", 30, 1, 3600)?),
-        retry_max: Duration::from_secs(ranged(&s.retry_max_secs, "sync.retry_max_secs", 30, 1, 3600)?),
+        retry_max: Duration::from_secs(ranged(&s.retry_max_secs, "sync.retry_max_secs", 10, 1, 3600)?),
     };
     let v = raw.serve.unwrap_or_default();
     let serve = ServeConfig {

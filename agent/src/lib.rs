@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod drive;
 pub mod engine;
 pub mod fsutil;
+pub mod layout;
 pub mod lock;
 pub mod paths;
 pub mod proto;

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
+use crate::layout::STATUS_FILE;
 use crate::state::{Entry, Journal};
 
 /// How the sender runs: its status says whether a daemon is expected to be alive.
@@ -61,16 +62,16 @@ pub fn unix_now() -> u64 {
 
 pub fn write(dir: &Path, st: &Status) -> Result<()> {
     fs::create_dir_all(dir)?;
-    let tmp = dir.join("status.json.tmp");
+    let tmp = dir.join(format!("{STATUS_FILE}.tmp"));
     let mut f = fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
     f.write_all(serde_json::to_string_pretty(st)?.as_bytes())?;
     // No fsync: status is advisory and rewritten every pass; the journal is what must be durable.
-    fs::rename(&tmp, dir.join("status.json"))?;
+    fs::rename(&tmp, dir.join(STATUS_FILE))?;
     Ok(())
 }
 
 pub fn read(dir: &Path) -> Option<Status> {
-    serde_json::from_str(&fs::read_to_string(dir.join("status.json")).ok()?).ok()
+    serde_json::from_str(&fs::read_to_string(dir.join(STATUS_FILE)).ok()?).ok()
 }
 
 /// Human-readable report: live drive check, the daemon's last word, and the journals.

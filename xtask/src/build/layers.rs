@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use pi2pi_agent::layout;
 use serde::Serialize;
 
 use crate::build::config::{Host, ImageConfig, Role, Schedule};
@@ -78,6 +79,14 @@ struct Ctx<'a> {
     disk_id: String,
     kernel: String,
     initrd: String,
+    /// Where the agent is on the card (`pi2pi_agent::layout`).
+    agent: AgentLayout,
+}
+
+#[derive(Serialize)]
+struct AgentLayout {
+    binary: &'static str,
+    state_dir: &'static str,
 }
 
 pub struct Inputs<'a> {
@@ -151,6 +160,7 @@ pub fn build(i: &Inputs) -> Result<Layer> {
         disk_id: format!("{:08x}", i.disk_id),
         kernel: i.kernel.clone(),
         initrd: i.initrd.clone(),
+        agent: AgentLayout { binary: layout::BINARY, state_dir: layout::STATE_DIR },
     };
     let mut env = minijinja::Environment::new();
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
@@ -201,7 +211,7 @@ pub fn build(i: &Inputs) -> Result<Layer> {
     layer.file(&format!("{home}/.ssh/authorized_keys"), authorized, 0o600, user);
     layer.file("etc/ssh/ssh_known_hosts", known, 0o644, root);
 
-    layer.file("usr/local/bin/pi2pi-agent", i.agent.to_vec(), 0o755, root);
+    layer.file(layout::BINARY.trim_start_matches('/'), i.agent.to_vec(), 0o755, root);
     layer.put("var/lib/pi2pi", Kind::Dir, 0o755, user);
 
     layer.file(&format!("etc/systemd/system/{}.d/pi2pi.conf", ctx.drive_mount_unit), DRIVE_MOUNT_DROP_IN, 0o644, root);
@@ -254,7 +264,7 @@ fn ssh_trust(cfg: &ImageConfig, me: &Host, others: &[(&Host, Identity)]) -> Resu
     for (other, keys) in others {
         if other.peers.contains(&me.name) {
             let into = cfg.sender_dir(me, other).map(|d| format!(" --into {d}")).unwrap_or_default();
-            authorized += &format!("restrict,command=\"/usr/local/bin/pi2pi-agent serve{into}\" {}\n", keys.user_pub);
+            authorized += &format!("restrict,command=\"{} serve{into}\" {}\n", layout::BINARY, keys.user_pub);
         }
         if me.role == Role::Worker && other.role == Role::Manager {
             authorized += &format!("# {} (the manager) logs in.\n{}\n", other.name, keys.user_pub);
@@ -331,6 +341,8 @@ fn render(env: &minijinja::Environment, ctx: &Ctx, rel: &str, data: Vec<u8>) -> 
 
 #[cfg(test)]
 mod tests {
+    use pi2pi_agent::layout::BINARY;
+
     use super::*;
     use crate::build::config::{self, ImageConfig, Schedule};
 
@@ -421,12 +433,12 @@ mod tests {
         for host in ["rpa", "rpb"] {
             let d = layer_for(&shipped(Schedule::Systemd), host);
             assert!(enabled(&d, "multi-user.target", "pi2pi-agent.service"));
-            assert!(text(&d, "etc/systemd/system/pi2pi-agent.service").contains("ExecStart=/usr/local/bin/pi2pi-agent run"));
+            assert!(text(&d, "etc/systemd/system/pi2pi-agent.service").contains(&format!("ExecStart={BINARY} run")));
             assert!(!d.root.contains_key("etc/cron.d/pi2pi-agent"));
             let c = layer_for(&shipped(Schedule::Cron), host);
             assert!(!enabled(&c, "multi-user.target", "pi2pi-agent.service"));
             assert!(!c.root.contains_key("etc/systemd/system/pi2pi-agent.service"));
-            assert!(text(&c, "etc/cron.d/pi2pi-agent").contains("* * * * * pi /usr/local/bin/pi2pi-agent sync "));
+            assert!(text(&c, "etc/cron.d/pi2pi-agent").contains(&format!("* * * * * pi {BINARY} sync ")));
         }
     }
 
@@ -441,7 +453,7 @@ mod tests {
         for (me, senders) in [("rpa", ["rpb", "rpc"]), ("rpb", ["rpa", "rpc"]), ("rpc", ["rpa", "rpb"])] {
             let auth = text(&layer_for(&cfg, me), "home/pi/.ssh/authorized_keys").to_string();
             for s in senders {
-                let line = format!("restrict,command=\"/usr/local/bin/pi2pi-agent serve --into {s}\" ssh-ed25519 USERPUB{s} pi@{s}");
+                let line = format!("restrict,command=\"{BINARY} serve --into {s}\" ssh-ed25519 USERPUB{s} pi@{s}");
                 assert!(auth.lines().any(|l| l == line), "{me}: {auth}");
             }
             assert!(!auth.contains("serve\""), "{me} lets a sender into receiving/ itself: {auth}");
@@ -452,14 +464,14 @@ mod tests {
     fn ssh_trust_is_the_peers_keys_only_and_the_agent_key_runs_the_receiver_only() {
         let l = layer_for(&shipped(Schedule::Systemd), "rpb");
         let auth = text(&l, "home/pi/.ssh/authorized_keys");
-        assert!(auth.contains("restrict,command=\"/usr/local/bin/pi2pi-agent serve\" ssh-ed25519 USERPUBrpa pi@rpa"), "{auth}");
+        assert!(auth.contains(&format!("restrict,command=\"{BINARY} serve\" ssh-ed25519 USERPUBrpa pi@rpa")), "{auth}");
         assert!(!auth.contains("USERPUBrpb"), "a host does not trust itself");
         let known = text(&l, "etc/ssh/ssh_known_hosts");
         assert!(known.contains("rpa,rpa.local,10.0.0.1 ssh-ed25519 HOSTPUBrpa"), "{known}");
         assert_eq!(l.root["home/pi/.ssh/id_ed25519"].mode, 0o600);
         assert_eq!((l.root["home/pi/.ssh"].uid, l.root["home/pi/.ssh"].mode), (1000, 0o700));
         assert_eq!(l.root["etc/ssh/ssh_host_ed25519_key"].kind, Kind::File(b"HOST-PRIVATE-rpb".to_vec()));
-        assert_eq!(l.root["usr/local/bin/pi2pi-agent"], Entry { kind: Kind::File(b"AGENT".to_vec()), mode: 0o755, uid: 0, gid: 0 });
+        assert_eq!(l.root[BINARY.trim_start_matches('/')], Entry { kind: Kind::File(b"AGENT".to_vec()), mode: 0o755, uid: 0, gid: 0 });
     }
 
     #[test]
@@ -542,7 +554,7 @@ mod tests {
         assert!(hosts.contains("10.0.12.2\tworker2.local worker2"), "{hosts}");
         assert_eq!(hosts.matches("manager.local").count(), 1, "the manager is only 127.0.1.1 to itself: {hosts}");
         let auth = text(&m, "home/pi/.ssh/authorized_keys");
-        assert!(auth.contains("restrict,command=\"/usr/local/bin/pi2pi-agent serve --into worker2\" ssh-ed25519 USERPUBworker2"), "{auth}");
+        assert!(auth.contains(&format!("restrict,command=\"{BINARY} serve --into worker2\" ssh-ed25519 USERPUBworker2")), "{auth}");
         let known = text(&m, "etc/ssh/ssh_known_hosts");
         assert!(known.contains("worker3,worker3.local,10.0.13.2 ssh-ed25519 HOSTPUBworker3"), "{known}");
         // It collects: no peers, so no agent daemon; the receiver runs from sshd.

@@ -440,7 +440,7 @@ impl<'a> Soak<'a> {
                 (format!("unplugged for {secs}s"), Instant::now())
             }
             Kind::AgentKill => {
-                self.vms[v].ok("pkill -KILL -f '^/usr/local/bin/pi2pi-agent' || true", CMD)?;
+                self.vms[v].ok(&format!("pkill -KILL -f '^{}' || true", pi2pi_agent::layout::BINARY), CMD)?;
                 ("SIGKILL to every pi2pi-agent process".to_string(), Instant::now())
             }
         };

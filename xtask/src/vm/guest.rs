@@ -25,14 +25,21 @@ pub fn wait_until<T>(what: &str, limit: Duration, every: Duration, mut probe: im
     }
 }
 
+/// What `pi2pi-agent status --json` says that the tests read: the agent's last status.
+#[derive(serde::Deserialize)]
+struct StatusReport {
+    last: Option<pi2pi_agent::status::Status>,
+}
+
 /// Waits until the guest's sender has nothing pending for any peer and no `sync` pass is running.
 pub fn wait_idle(vm: &mut Vm, limit: Duration) -> Result<()> {
     let name = vm.name.clone();
     wait_until(&format!("{name}: the agent going idle"), limit, Duration::from_secs(2), || {
         let (running, _) = vm.exec("pgrep -f 'pi2pi-agent sync' >/dev/null", CMD)?;
-        let status = vm.ok("cat /var/lib/pi2pi/status.json", CMD)?;
-        let st: pi2pi_agent::status::Status = serde_json::from_str(&status).with_context(|| format!("{name}: status.json: {status}"))?;
-        Ok(if running != 0 && st.peers.iter().all(|p| p.pending.is_empty()) { Ok(()) } else { Err(status) })
+        let status = vm.ok("pi2pi-agent status --json", CMD)?;
+        let report: StatusReport = serde_json::from_str(&status).with_context(|| format!("{name}: pi2pi-agent status --json: {status}"))?;
+        let idle = report.last.is_some_and(|st| st.peers.iter().all(|p| p.pending.is_empty()));
+        Ok(if running != 0 && idle { Ok(()) } else { Err(status) })
     })
 }
 
