@@ -93,7 +93,6 @@ fn unmounted_readonly_and_foreign_drives_are_waited_for_and_never_written() {
     }
     let (t, by_label, a, b) = bare_receiver();
     write_file(&a.sending(), "photo.jpg", &content(1, 100_000));
-    std::thread::sleep(Duration::from_millis(150));
 
     let o = a.sync_once();
     assert!(!o.status.success());
@@ -153,7 +152,6 @@ fn full_receiver_is_a_clear_error_and_a_later_retry_loses_nothing() {
     write_file(&a.sending(), "big.bin", &big);
     write_file(&a.sending(), "a-small.txt", b"fits");
     write_file(&a.sending(), "new/dirs/big.bin", &big);
-    std::thread::sleep(Duration::from_millis(150));
 
     let o = a.sync_once();
     assert!(!o.status.success());

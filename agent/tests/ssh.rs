@@ -23,7 +23,6 @@ fn delivers_over_ssh_with_no_prompt_and_the_key_cannot_get_a_shell() {
     let (_t, a, b, sshd) = setup();
     write_file(&a.sending(), "dir/photo.jpg", &content(1, 5 << 20));
     write_file(&a.sending(), "empty", b"");
-    std::thread::sleep(Duration::from_millis(150));
     let o = a.sync_once();
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(tree(&b.receiving()), tree(&a.sending()));
@@ -41,7 +40,6 @@ fn unknown_host_key_is_an_error_not_a_prompt() {
     let (_t, a, _b, sshd) = setup();
     fs::write(&sshd.known_hosts, "").unwrap();
     write_file(&a.sending(), "x", b"x");
-    std::thread::sleep(Duration::from_millis(150));
     let started = Instant::now();
     let o = a.sync_once();
     assert!(!o.status.success());
