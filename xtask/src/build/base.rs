@@ -98,7 +98,7 @@ pub fn resolve(sh: &Shell, b: &config::Base, work: &Path) -> Result<()> {
     argv.push("--simulate".into());
     argv.push(b.suite.clone().into());
     argv.push(work.join("simulated.tar").into());
-    argv.extend(b.mirrors.iter().map(OsString::from));
+    argv.extend(b.sources().into_iter().map(OsString::from));
     let log = work.join(format!("resolve-{}-{}.log", b.suite, b.arch.deb()));
     proc::run_logged(sh.current_dir().as_path(), &argv, &[], &log, "resolve")
         .with_context(|| format!("the {} {} package selection does not resolve", b.suite, b.arch.deb()))
@@ -147,7 +147,7 @@ pub fn build(sh: &Shell, cfg: &ImageConfig, update_lock: bool, work: &Path, cach
     let partial = out.join("base.tar");
     argv.push(b.suite.clone().into());
     argv.push(partial.clone().into());
-    argv.extend(b.mirrors.iter().map(OsString::from));
+    argv.extend(b.sources().into_iter().map(OsString::from));
     eprintln!("base: building {} {} with mmdebstrap (cold cache; this is the slow step)", b.suite, b.arch.deb());
     let env = [
         ("SOURCE_DATE_EPOCH", epoch.to_string()),

@@ -15,6 +15,11 @@ pub struct Board {
     /// Our name for it (and Raspberry Pi Imager's device tag family).
     pub name: &'static str,
     pub dtb: &'static str,
+    /// Other device trees the firmware may load for revisions of it (the Pi 5's D0).
+    pub other_dtbs: &'static [&'static str],
+    /// The oldest kernel that drives it: a card whose kernel is older is not for it (bookworm's
+    /// and trixie's own kernels have no RP1, so their cards are not for the Pi 5).
+    pub min_kernel: KernelVersion,
     /// Files of the VideoCore firmware this board's boot ROM and GPU need.
     pub firmware: &'static [&'static str],
     /// The serial port on its GPIO header (pins 8/10) as the upstream device tree names it: the
@@ -58,6 +63,12 @@ const ETH_SMSC95XX: &[&str] = &["smsc95xx", "smsc"];
 const ETH_LAN78XX: &[&str] = &["lan78xx", "microchip"];
 /// The Pi 4 family's GENET MAC, its UniMAC MDIO bus and Broadcom's BCM54213PE PHY.
 const ETH_GENET: &[&str] = &["genet", "mdio_bcm_unimac", "broadcom"];
+/// The Pi 5's SD card on the BCM2712's SDHCI.
+const ROOT_BCM2712: &[&str] = &["mmc_block", "sdhci_brcmstb", "ext4"];
+/// The Pi 5's USB ports: DWC3 xHCI controllers in its RP1 I/O chip, behind PCIe (Linux 6.17+).
+const USB_RP1: &[&str] = &["pcie_brcmstb", "rp1_pci", "clk_rp1", "pinctrl_rp1", "dwc3", "xhci_plat_hcd", "usb_storage", "sd_mod"];
+/// The Pi 5's Ethernet: the RP1's Cadence GEM and the same Broadcom PHY as the Pi 4's.
+const ETH_RP1: &[&str] = &["macb", "broadcom"];
 /// A worker's link: the DWC2 as the USB device controller and the Ethernet gadget.
 pub const GADGET: &[&str] = &["dwc2", "g_ether"];
 
@@ -68,10 +79,28 @@ const WITH_LAN9514: Hardware = hw(ROOT_SDHOST, USB_DWC2, ETH_SMSC95XX);
 const WITH_LAN7515: Hardware = hw(ROOT_SDHOST, USB_DWC2, ETH_LAN78XX);
 const NO_ETHERNET: Hardware = hw(ROOT_SDHOST, USB_DWC2, &[]);
 const BCM2711: Hardware = hw(ROOT_EMMC2, USB_VL805, ETH_GENET);
+const BCM2712: Hardware = hw(ROOT_BCM2712, USB_RP1, ETH_RP1);
 
 const VC4: &[&str] = &["bootcode.bin", "start.elf", "fixup.dat"];
 // The Pi 4 family's boot ROM reads its EEPROM, not bootcode.bin.
 const VC6: &[&str] = &["start4.elf", "fixup4.dat"];
+// The Pi 5's firmware is all in its EEPROM: it needs config.txt, the kernel, initramfs and dtb.
+const EEPROM_ONLY: &[&str] = &[];
+
+/// Device trees the firmware may look for under another name, with the file each is a copy of.
+/// A Pi 5 with D0 silicon is `bcm2712-d-rpi-5-b.dtb` in Linux and `bcm2712d0-rpi-5-b.dtb` in
+/// Raspberry Pi's firmware, and which one it loads with `upstream_kernel=1` is not settled
+/// (raspberrypi/firmware#2018): the card has both, the same bytes.
+pub const DTB_ALIASES: &[(&str, &str)] = &[("bcm2712d0-rpi-5-b.dtb", "bcm2712-d-rpi-5-b.dtb")];
+
+/// Adds the copies `DTB_ALIASES` names to a boot partition's files, where the file they copy is.
+pub fn add_dtb_aliases(files: &mut BTreeMap<String, Vec<u8>>) {
+    for (alias, of) in DTB_ALIASES {
+        if let Some(bytes) = files.get(*of).cloned() {
+            files.entry(alias.to_string()).or_insert(bytes);
+        }
+    }
+}
 
 pub const PL011: &str = "ttyAMA0";
 pub const MINI_UART: &str = "ttyS1";
@@ -85,12 +114,13 @@ const fn board(
     imager_family: &'static str,
     hw: Hardware,
 ) -> Board {
-    Board { name, dtb, firmware, serial, qemu_machine, imager_family, hw }
+    Board { name, dtb, other_dtbs: &[], min_kernel: (0, 0), firmware, serial, qemu_machine, imager_family, hw }
 }
 
-/// Boards a 64-bit card (Debian's arm64 kernel and raspi-firmware) boots. Not the Pi 5: its dtb
-/// ships, but kernel 6.12 has no driver for its RP1 I/O chip (Ethernet, USB), so it would boot
-/// with no network and no USB drive.
+/// Boards a 64-bit card (Debian's arm64 kernel and raspi-firmware) boots. The Pi 5 needs the
+/// backports kernel (its RP1 I/O chip, which has its Ethernet and USB, is in Linux from 6.17;
+/// trixie's 6.12 would boot it with no network and no drive). No 500 or CM5: Linux 7.3 has no dtb
+/// for them.
 const ARM64: &[Board] = &[
     board("pi3-b", "bcm2837-rpi-3-b.dtb", VC4, MINI_UART, Some("raspi3b"), "pi3", WITH_LAN9514),
     board("pi3-b-plus", "bcm2837-rpi-3-b-plus.dtb", VC4, MINI_UART, None, "pi3", WITH_LAN7515),
@@ -101,6 +131,12 @@ const ARM64: &[Board] = &[
     board("pi4-b", "bcm2711-rpi-4-b.dtb", VC6, MINI_UART, Some("raspi4b"), "pi4", BCM2711),
     board("pi-400", "bcm2711-rpi-400.dtb", VC6, MINI_UART, None, "pi4", BCM2711),
     board("cm4", "bcm2711-rpi-cm4-io.dtb", VC6, MINI_UART, None, "pi4", BCM2711),
+    // Its debug UART (the 3-pin connector), the SoC's PL011 that the dtb's alias numbers 10.
+    Board {
+        other_dtbs: &["bcm2712-d-rpi-5-b.dtb", "bcm2712d0-rpi-5-b.dtb"],
+        min_kernel: (6, 17),
+        ..board("pi5-b", "bcm2712-rpi-5-b.dtb", EEPROM_ONLY, "ttyAMA10", None, "pi5", BCM2712)
+    },
 ];
 
 /// Boards a 32-bit armhf card boots: Debian's armmp-lpae kernel needs a Cortex-A7 or later
@@ -136,6 +172,22 @@ pub fn arches_of(name: &str) -> Vec<Arch> {
     Arch::ALL.into_iter().filter(|a| for_arch(*a).iter().any(|b| b.name == name)).collect()
 }
 
+/// A kernel's version: major, minor.
+pub type KernelVersion = (u32, u32);
+
+/// The version in a kernel's file or package version: `vmlinuz-7.3.4+deb13-arm64`,
+/// `7.3.4-1~bpo13+1` → (7, 3).
+pub fn kernel_version(s: &str) -> Option<KernelVersion> {
+    let v = s.strip_prefix("vmlinuz-").unwrap_or(s);
+    let mut parts = v.split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// The boards a card of `arch` with a kernel of version `kernel` is for.
+pub fn for_card(arch: Arch, kernel: KernelVersion) -> impl Iterator<Item = &'static Board> {
+    for_arch(arch).iter().filter(move |b| b.min_kernel <= kernel)
+}
+
 pub fn for_arch(arch: Arch) -> &'static [Board] {
     match arch {
         Arch::Arm64 => ARM64,
@@ -166,16 +218,17 @@ pub fn consoles(arch: Arch) -> Vec<String> {
 
 /// Every file each supported board needs is on the boot partition (`files`: its contents by
 /// name), and config.txt asks for the upstream device trees the dtb names are for.
-pub fn check_boot_partition(arch: Arch, files: &BTreeMap<String, Vec<u8>>) -> Result<()> {
+pub fn check_boot_partition(arch: Arch, kernel: KernelVersion, files: &BTreeMap<String, Vec<u8>>) -> Result<()> {
     let mut missing = Vec::new();
-    for b in for_arch(arch) {
-        for f in std::iter::once(&b.dtb).chain(b.firmware) {
+    for b in for_card(arch, kernel) {
+        for f in std::iter::once(&b.dtb).chain(b.other_dtbs).chain(b.firmware) {
             if !files.contains_key(*f) {
                 missing.push(format!("{} needs {f}", b.name));
             }
         }
     }
     let config = files.get("config.txt").map(|c| String::from_utf8_lossy(c).into_owned()).unwrap_or_default();
+    missing.extend(kernel_and_initramfs_problems(arch, &config, files));
     if !config.lines().any(|l| l.trim() == "upstream_kernel=1") {
         missing.push("config.txt needs upstream_kernel=1 (the dtb names above are the upstream ones)".into());
     }
@@ -196,6 +249,38 @@ pub fn check_boot_partition(arch: Arch, files: &BTreeMap<String, Vec<u8>>) -> Re
     Ok(())
 }
 
+/// What is wrong with the kernel and initramfs config.txt names (the firmware loads what it names
+/// and nothing else): missing, or for arm64 not a 64-bit kernel image (plain or gzip'd, the two
+/// forms the firmware takes).
+fn kernel_and_initramfs_problems(arch: Arch, config: &str, files: &BTreeMap<String, Vec<u8>>) -> Vec<String> {
+    let named =
+        |key: &str| config.lines().find_map(|l| l.trim().strip_prefix(key).map(|v| v.trim().trim_start_matches('=').trim().to_string()));
+    let mut problems = Vec::new();
+    match named("kernel") {
+        None => problems.push("config.txt names no kernel= (each board would look for its own default name)".into()),
+        Some(k) => match files.get(&k) {
+            None => problems.push(format!("config.txt's kernel={k} is not on the partition")),
+            Some(image) if arch == Arch::Arm64 && !is_arm64_image(image) => {
+                problems.push(format!("config.txt's kernel={k} is not an arm64 kernel image (plain or gzip)"))
+            }
+            Some(_) => {}
+        },
+    }
+    // `initramfs <file> [followkernel]`, its own syntax.
+    match config.lines().find_map(|l| l.trim().strip_prefix("initramfs ").and_then(|v| v.split_whitespace().next())) {
+        None => problems.push("config.txt names no initramfs".into()),
+        Some(i) if !files.contains_key(i) => problems.push(format!("config.txt's initramfs {i} is not on the partition")),
+        Some(_) => {}
+    }
+    problems
+}
+
+/// An arm64 Linux `Image` (its header's magic "ARM\x64" at 0x38), or gzip (which the firmware
+/// inflates; the image inside is the kernel's to check).
+fn is_arm64_image(b: &[u8]) -> bool {
+    b.starts_with(&[0x1f, 0x8b]) || b.get(0x38..0x3c) == Some(b"ARM\x64")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,34 +288,77 @@ mod tests {
     fn partition(arch: Arch) -> BTreeMap<String, Vec<u8>> {
         let mut m: BTreeMap<String, Vec<u8>> = BTreeMap::new();
         for b in for_arch(arch) {
-            for f in std::iter::once(&b.dtb).chain(b.firmware) {
+            for f in std::iter::once(&b.dtb).chain(b.other_dtbs).chain(b.firmware) {
                 m.insert(f.to_string(), vec![]);
             }
         }
-        m.insert("config.txt".into(), b"arm_64bit=1\nupstream_kernel=1\n".to_vec());
+        m.insert("config.txt".into(), CONFIG.to_vec());
+        m.insert("vmlinuz-7".into(), vec![0x1f, 0x8b, 8, 0]);
+        m.insert("initrd.img-7".into(), vec![]);
         m
+    }
+
+    /// A kernel with every board's drivers.
+    const NEW: KernelVersion = (7, 3);
+
+    /// A card with a kernel too old for the Pi 5 is not for it: no Pi 5 file is asked of it.
+    #[test]
+    fn a_kernel_too_old_for_a_board_leaves_it_out() {
+        assert_eq!(kernel_version("vmlinuz-7.3.4+deb13-arm64"), Some((7, 3)));
+        assert_eq!(kernel_version("6.12.57-1"), Some((6, 12)));
+        assert!(for_card(Arch::Arm64, (6, 12)).all(|b| b.name != "pi5-b"));
+        assert!(for_card(Arch::Arm64, (6, 17)).any(|b| b.name == "pi5-b"));
+        let mut p = partition(Arch::Arm64);
+        p.remove("bcm2712-rpi-5-b.dtb");
+        assert!(check_boot_partition(Arch::Arm64, (6, 12), &p).is_ok());
+        assert!(check_boot_partition(Arch::Arm64, NEW, &p).is_err());
+    }
+
+    const CONFIG: &[u8] = b"arm_64bit=1\nupstream_kernel=1\nkernel=vmlinuz-7\ninitramfs initrd.img-7\n";
+
+    /// What the firmware loads is checked as it will load it: the files config.txt names are
+    /// there, the kernel is one a 64-bit boot takes, and the Pi 5's D0 dtb is there under both
+    /// its names (the second made from the first).
+    #[test]
+    fn the_kernel_initramfs_and_pi5_dtbs_the_firmware_loads_are_there() {
+        let with = |name: &str, bytes: &[u8]| {
+            let mut p = partition(Arch::Arm64);
+            p.insert(name.into(), bytes.to_vec());
+            check_boot_partition(Arch::Arm64, NEW, &p).err().map(|e| e.to_string()).unwrap_or_default()
+        };
+        assert!(with("vmlinuz-7", b"\x7fELF").contains("kernel=vmlinuz-7 is not an arm64 kernel image"));
+        let mut image = vec![0u8; 64];
+        image[0x38..0x3c].copy_from_slice(b"ARM\x64");
+        assert_eq!(with("vmlinuz-7", &image), "", "an uncompressed Image");
+        let cfg = String::from_utf8_lossy(CONFIG).replace("initramfs initrd.img-7", "initramfs initrd.img-8");
+        assert!(with("config.txt", cfg.as_bytes()).contains("initramfs initrd.img-8 is not on the partition"));
+        let mut p = partition(Arch::Arm64);
+        p.remove("bcm2712d0-rpi-5-b.dtb");
+        assert!(check_boot_partition(Arch::Arm64, NEW, &p).unwrap_err().to_string().contains("pi5-b needs bcm2712d0-rpi-5-b.dtb"));
+        add_dtb_aliases(&mut p);
+        assert!(check_boot_partition(Arch::Arm64, NEW, &p).is_ok(), "the alias made from bcm2712-d-rpi-5-b.dtb");
     }
 
     #[test]
     fn a_missing_dtb_or_firmware_file_names_the_board() {
-        assert!(check_boot_partition(Arch::Arm64, &partition(Arch::Arm64)).is_ok());
+        assert!(check_boot_partition(Arch::Arm64, NEW, &partition(Arch::Arm64)).is_ok());
         let mut p = partition(Arch::Arm64);
         p.remove("bcm2711-rpi-400.dtb");
         p.remove("start4.elf");
-        let e = check_boot_partition(Arch::Arm64, &p).unwrap_err().to_string();
+        let e = check_boot_partition(Arch::Arm64, NEW, &p).unwrap_err().to_string();
         assert!(e.contains("pi-400 needs bcm2711-rpi-400.dtb") && e.contains("pi4-b needs start4.elf"), "{e}");
         let mut p = partition(Arch::Arm64);
-        p.insert("config.txt".into(), b"upstream_kernel=1\n".to_vec());
-        assert!(check_boot_partition(Arch::Arm64, &p).unwrap_err().to_string().contains("arm_64bit=1"));
+        p.insert("config.txt".into(), String::from_utf8_lossy(CONFIG).replace("arm_64bit=1\n", "").into_bytes());
+        assert!(check_boot_partition(Arch::Arm64, NEW, &p).unwrap_err().to_string().contains("arm_64bit=1"));
         let mut p = partition(Arch::Arm64);
-        p.insert("config.txt".into(), b"arm_64bit=1\nupstream_kernel=1\ngpu_mem=16\n".to_vec());
-        assert!(check_boot_partition(Arch::Arm64, &p).unwrap_err().to_string().contains("gpu_mem=16 needs start_cd.elf"));
+        p.insert("config.txt".into(), [CONFIG, b"gpu_mem=16\n"].concat());
+        assert!(check_boot_partition(Arch::Arm64, NEW, &p).unwrap_err().to_string().contains("gpu_mem=16 needs start_cd.elf"));
         assert_eq!(emulated(Arch::Arm64).unwrap().qemu_machine, Some("raspi3b"));
     }
 
     #[test]
     fn the_first_boards_serial_port_is_the_last_console() {
-        assert_eq!(consoles(Arch::Arm64), ["tty0", "ttyAMA0,115200", "ttyS1,115200"]);
+        assert_eq!(consoles(Arch::Arm64), ["tty0", "ttyAMA0,115200", "ttyAMA10,115200", "ttyS1,115200"]);
         assert_eq!(consoles(Arch::Armhf), ["tty0", "ttyS1,115200", "ttyAMA0,115200"]);
         assert_eq!(consoles(Arch::Armel), ["tty0", "ttyS1,115200", "ttyAMA0,115200"]);
     }

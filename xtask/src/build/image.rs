@@ -57,6 +57,8 @@ pub struct Built {
     pub xz_bytes: u64,
     /// Its base's SOURCE_DATE_EPOCH (the build's time).
     pub epoch: u64,
+    /// Its kernel's version, which decides some of the boards it is for.
+    pub kernel_version: boards::KernelVersion,
     pub stages: Vec<Lap>,
 }
 
@@ -193,7 +195,7 @@ fn ship_all(sh: &Shell, cfg: &ImageConfig, dir: &Path, built: &mut [Built]) -> R
             sums.push((f.clone(), ship::sha256_file(f)?));
         }
         let host = cfg.host(&b.host)?;
-        entries.push(ship::imager_entry(&cfg.for_host(host), host, &b.path, &b.sha256, b.epoch)?);
+        entries.push(ship::imager_entry(&cfg.for_host(host), host, &b.path, &b.sha256, b.epoch, b.kernel_version)?);
     }
     for f in ship::write_imager_list(dir, entries)? {
         sums.push((f.clone(), ship::sha256_file(&f)?));
@@ -258,8 +260,10 @@ fn build_host(sh: &Shell, shared: &Shared, host: &Host) -> Result<Built> {
     // The firmware's own config.txt/cmdline.txt give way to ours.
     let mut boot: BTreeMap<String, Vec<u8>> = facts.boot.clone();
     boot.extend(layer.boot.clone());
-    boards::check_boot_partition(cfg.base.arch, &boot)?;
-    crate::build::manifest::check(cfg.base.arch, host.role, &shared.drivers)?;
+    boards::add_dtb_aliases(&mut boot);
+    let kernel_version = boards::kernel_version(&shared.kernel).with_context(|| format!("no kernel version in {}", shared.kernel))?;
+    boards::check_boot_partition(cfg.base.arch, kernel_version, &boot)?;
+    crate::build::manifest::check(cfg.base.arch, kernel_version, host.role, &shared.drivers)?;
     let boot_img = work.join("boot.vfat");
     disk::boot_fs(sh, &boot, cfg.image.boot_mib, ids.boot_volid, epoch, &work, &boot_img)?;
     let root_img = work.join("root.ext4");
@@ -283,7 +287,7 @@ fn build_host(sh: &Shell, shared: &Shared, host: &Host) -> Result<Built> {
     for f in [&root_img, &boot_img, &root_tar] {
         let _ = std::fs::remove_file(f);
     }
-    Ok(Built { host: host.name.clone(), path: img, bytes, sha256, xz_bytes: 0, epoch, stages })
+    Ok(Built { host: host.name.clone(), path: img, bytes, sha256, xz_bytes: 0, epoch, kernel_version, stages })
 }
 
 /// SHA256SUMS in `sha256sum -c` format over `files` (path, hash); lines for files not written

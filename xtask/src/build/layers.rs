@@ -487,9 +487,13 @@ mod tests {
         let boot_cfg = std::str::from_utf8(&l.boot["config.txt"]).unwrap();
         assert!(boot_cfg.contains("kernel=vmlinuz-6.12.0-arm64") && boot_cfg.contains("initramfs initrd.img-6.12.0-arm64"), "{boot_cfg}");
         let cmdline = std::str::from_utf8(&l.boot["cmdline.txt"]).unwrap();
-        assert!(cmdline.starts_with("console=tty0 console=ttyAMA0,115200 console=ttyS1,115200 root=PARTUUID=1234abcd-02 "), "{cmdline}");
+        assert!(
+            cmdline
+                .starts_with("console=tty0 console=ttyAMA0,115200 console=ttyAMA10,115200 console=ttyS1,115200 root=PARTUUID=1234abcd-02 "),
+            "{cmdline}"
+        );
         // A kernel upgrade on the Pi rewrites cmdline.txt from this: the same consoles, in the same order.
-        assert!(text(&l, "etc/default/raspi-firmware").contains("CONSOLES=\"tty0 ttyAMA0,115200 ttyS1,115200\""));
+        assert!(text(&l, "etc/default/raspi-firmware").contains("CONSOLES=\"tty0 ttyAMA0,115200 ttyAMA10,115200 ttyS1,115200\""));
         assert_eq!(l.root["etc/localtime"].kind, Kind::Symlink("/usr/share/zoneinfo/America/New_York".into()));
         assert_eq!(l.root["etc/systemd/system/apt-daily.timer"].kind, Kind::Symlink("/dev/null".into()), "offline: no apt timers");
         for unit in ["getty-static.service", "e2scrub_reap.service"] {

@@ -96,9 +96,9 @@ fn needs(b: &Board, role: Role) -> Vec<(&'static str, &'static [&'static str])> 
 
 /// Every board of `arch` finds what it needs for `role` in `drivers`; the root's drivers also in
 /// the initramfs.
-pub fn check(arch: Arch, role: Role, drivers: &Drivers) -> Result<()> {
+pub fn check(arch: Arch, kernel: boards::KernelVersion, role: Role, drivers: &Drivers) -> Result<()> {
     let mut missing = Vec::new();
-    for b in boards::for_arch(arch) {
+    for b in boards::for_card(arch, kernel) {
         for (what, mods) in needs(b, role) {
             for m in mods.iter().filter(|m| !drivers.card.contains(**m)) {
                 missing.push(format!("{} needs {m} for {what}: not in the card's modules nor built into its kernel", b.name));
@@ -145,25 +145,25 @@ mod tests {
     #[test]
     fn a_driver_left_out_of_the_card_is_refused_by_board() {
         for arch in Arch::ALL {
-            check(arch, Role::DhcpServer, &complete(arch)).unwrap();
-            check(arch, Role::Worker, &complete(arch)).unwrap();
+            check(arch, (7, 3), Role::DhcpServer, &complete(arch)).unwrap();
+            check(arch, (7, 3), Role::Worker, &complete(arch)).unwrap();
         }
         // What `/lib/modules/*/kernel/drivers/net/ethernet/*` without its broadcom/ exception did.
         let mut d = complete(Arch::Arm64);
         d.card.remove("genet");
-        let e = check(Arch::Arm64, Role::DhcpClient, &d).unwrap_err().to_string();
+        let e = check(Arch::Arm64, (7, 3), Role::DhcpClient, &d).unwrap_err().to_string();
         assert!(e.contains("pi4-b needs genet for its Ethernet port") && e.contains("cm4 needs genet"), "{e}");
         assert!(!e.contains("pi3-b "), "the Pi 3 does not need genet: {e}");
         // A worker does not use the Ethernet port; its gadget link is what it needs.
-        check(Arch::Arm64, Role::Worker, &d).unwrap();
+        check(Arch::Arm64, (7, 3), Role::Worker, &d).unwrap();
         let mut d = complete(Arch::Armel);
         d.card.remove("g_ether");
-        let e = check(Arch::Armel, Role::Worker, &d).unwrap_err().to_string();
+        let e = check(Arch::Armel, (7, 3), Role::Worker, &d).unwrap_err().to_string();
         assert!(e.contains("pi-zero needs g_ether for its USB gadget link"), "{e}");
         // The root's driver on the card but not in the initramfs.
         let mut d = complete(Arch::Arm64);
         d.initramfs.remove("sdhci_iproc");
-        let e = check(Arch::Arm64, Role::DhcpServer, &d).unwrap_err().to_string();
+        let e = check(Arch::Arm64, (7, 3), Role::DhcpServer, &d).unwrap_err().to_string();
         assert!(e.contains("pi4-b needs sdhci_iproc in the initramfs"), "{e}");
     }
 

@@ -94,7 +94,15 @@ pub struct ImagerList {
 }
 
 /// The list entry for `host`'s card from its files.
-pub fn imager_entry(cfg: &ImageConfig, host: &Host, img: &Path, img_sha256: &str, epoch: u64) -> Result<ImagerEntry> {
+/// `kernel_version`: its kernel's, which decides some of the boards it is for.
+pub fn imager_entry(
+    cfg: &ImageConfig,
+    host: &Host,
+    img: &Path,
+    img_sha256: &str,
+    epoch: u64,
+    kernel_version: boards::KernelVersion,
+) -> Result<ImagerEntry> {
     let xz = suffixed(img, ".xz");
     let file = xz.file_name().context("image has no file name")?.to_string_lossy().into_owned();
     Ok(ImagerEntry {
@@ -114,15 +122,15 @@ pub fn imager_entry(cfg: &ImageConfig, host: &Host, img: &Path, img_sha256: &str
         image_download_size: std::fs::metadata(&xz).with_context(|| format!("{} is missing", xz.display()))?.len(),
         image_download_sha256: sha256_file(&xz)?,
         release_date: date_of(epoch)?,
-        devices: imager_devices(cfg),
+        devices: imager_devices(cfg, kernel_version),
     })
 }
 
 /// Imager's device tags for the boards the card boots (`pi3-64bit`, `pi1-32bit`, …).
-pub fn imager_devices(cfg: &ImageConfig) -> Vec<String> {
+pub fn imager_devices(cfg: &ImageConfig, kernel: boards::KernelVersion) -> Vec<String> {
     let bits = cfg.base.arch.bits();
     let mut tags: Vec<String> = Vec::new();
-    for b in boards::for_arch(cfg.base.arch) {
+    for b in boards::for_card(cfg.base.arch, kernel) {
         let tag = format!("{}-{bits}bit", b.imager_family);
         if !tags.contains(&tag) {
             tags.push(tag);
@@ -282,7 +290,10 @@ pub fn check(sh: &Shell, cfg: &ImageConfig, dir: &Path, scratch: &Path) -> Resul
             .get(&view.base.suite, view.base.arch.deb())
             .with_context(|| format!("{} has no section for {}'s base", cfg.lock_file.display(), stem))?;
         let date = date_of(pins.source_date_epoch)?;
-        let devices = imager_devices(&view);
+        let kernel_pkg = view.base.kernel.split('/').next().unwrap_or_default();
+        let kernel = pins.packages.get(kernel_pkg).and_then(|p| boards::kernel_version(&p.version));
+        let devices =
+            imager_devices(&view, kernel.with_context(|| format!("{} pins no version of {kernel_pkg}", cfg.lock_file.display()))?);
         let bmap = img.with_extension("img.bmap");
         for f in [&img, &xz, &bmap] {
             let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -370,9 +381,9 @@ mod tests {
     #[test]
     fn device_tags_follow_the_boards_of_the_architecture() {
         let mut cfg = crate::build::config::shipped();
-        let tags = |cfg: &ImageConfig| imager_devices(cfg).join(" ");
+        let tags = |cfg: &ImageConfig| imager_devices(cfg, (7, 3)).join(" ");
         cfg.base.arch = Arch::Arm64;
-        assert_eq!(tags(&cfg), "pi3-64bit pi4-64bit");
+        assert_eq!(tags(&cfg), "pi3-64bit pi4-64bit pi5-64bit");
         cfg.base.arch = Arch::Armhf;
         assert_eq!(tags(&cfg), "pi2-32bit pi3-32bit");
         cfg.base.arch = Arch::Armel;
@@ -402,9 +413,10 @@ mod tests {
         let sh = Shell::new().unwrap();
         package(&sh, &img).unwrap();
         let lock = crate::build::pins::LockFile::read(&cfg.lock_file).unwrap();
-        let epoch = lock.get(&cfg.base.suite, cfg.base.arch.deb()).unwrap().source_date_epoch;
+        let pins = lock.get(&cfg.base.suite, cfg.base.arch.deb()).unwrap();
+        let kernel = crate::build::boards::kernel_version(&pins.packages["linux-image-arm64"].version).unwrap();
         let sha = sha256_file(&img).unwrap();
-        write_imager_list(&dir, vec![imager_entry(&cfg, host, &img, &sha, epoch).unwrap()]).unwrap();
+        write_imager_list(&dir, vec![imager_entry(&cfg, host, &img, &sha, pins.source_date_epoch, kernel).unwrap()]).unwrap();
         // SHA256SUMS as the image build writes it: every file there.
         let sum_all = || {
             let _cd = sh.push_dir(&dir);
@@ -443,7 +455,7 @@ mod tests {
             image_download_size: 1,
             image_download_sha256: "00".into(),
             release_date: "2026-12-01".into(),
-            devices: imager_devices(&cfg),
+            devices: imager_devices(&cfg, (7, 3)),
         };
         let ours = serde_json::to_value(ImagerList { os_list: vec![entry] }).unwrap();
         imager_schema::check(&ours.to_string()).unwrap();

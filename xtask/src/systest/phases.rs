@@ -17,7 +17,8 @@ use crate::build::{base, config, image, setup, ship};
 use crate::proc;
 use crate::systest::{boots, cluster, pair, soak, time32, verify};
 
-/// The previous Debian stable, which README promises stays buildable by changing `base.suite`.
+/// The previous Debian stable, which README promises stays buildable by changing `base.suite`
+/// (and the kernel to its own: it has no kernel for the Pi 5).
 pub const OTHER_SUITE: &str = "bookworm";
 
 type Phase<'a> = (String, Box<dyn FnOnce() -> Result<()> + 'a>);
@@ -34,10 +35,12 @@ pub fn all(sh: &Shell, cfg: &ImageConfig, skip_qemu: bool) -> Result<()> {
         (
             format!("other suite: {OTHER_SUITE} resolves (mmdebstrap --simulate)"),
             Box::new(|| {
-                // The suite a user may switch back to: the same config with only the suite changed
-                // must still name packages that exist and install together there.
+                // The suite a user may switch back to: the same config with only the suite (and
+                // the kernel's suite) changed must still name packages that exist and install
+                // together there.
                 let mut base = cfg.base.clone();
                 base.suite = OTHER_SUITE.into();
+                base.kernel = base.kernel.split('/').next().unwrap_or_default().into();
                 base::resolve(sh, &base, &sh.current_dir().join("target/resolve"))
             }),
         ),

@@ -41,12 +41,31 @@ pub struct Base {
     pub mirrors: Vec<String>,
     pub keyring: PathBuf,
     pub components: Vec<String>,
+    /// The kernel package, optionally from another suite of the same mirrors (apt's
+    /// `package/suite`, e.g. `linux-image-arm64/trixie-backports`).
     pub kernel: String,
     pub firmware: String,
     pub packages: Vec<String>,
     pub initramfs_modules: Vec<String>,
     pub path_exclude: Vec<String>,
     pub path_include: Vec<String>,
+}
+
+impl Base {
+    /// The suite the kernel comes from when it is not the base's own (`package/suite`).
+    pub fn kernel_suite(&self) -> Option<&str> {
+        self.kernel.split_once('/').map(|(_, suite)| suite)
+    }
+
+    /// mmdebstrap's mirror arguments: the mirrors for the base's suite, and full `deb` lines for
+    /// the kernel's suite on the same mirrors (and components), if it has its own.
+    pub fn sources(&self) -> Vec<String> {
+        let extra = self
+            .kernel_suite()
+            .into_iter()
+            .flat_map(|suite| self.mirrors.iter().map(move |m| format!("deb {m} {suite} {}", self.components.join(" "))));
+        self.mirrors.iter().cloned().chain(extra).collect()
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

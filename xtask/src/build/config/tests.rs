@@ -23,10 +23,14 @@ fn the_shipped_image_toml_is_valid() {
 }
 
 #[test]
-fn the_previous_suite_validates_with_only_the_suite_changed() {
+fn the_previous_suite_validates_with_only_the_suite_and_kernel_changed() {
     let t = text();
     let other = format!("suite = \"{}\"", crate::systest::phases::OTHER_SUITE);
-    let c = parse_str(&t.replace("suite = \"trixie\"", &other)).unwrap();
+    let t2 = t
+        .replace("suite = \"trixie\"", &other)
+        .replace("kernel = \"linux-image-arm64/trixie-backports\"", "kernel = \"linux-image-arm64\"");
+    let c = parse_str(&t2).unwrap();
+    assert_eq!(c.base.kernel, "linux-image-arm64");
     assert_eq!(c.base.suite, crate::systest::phases::OTHER_SUITE);
     assert_eq!(parse_str(&t).unwrap().base.suite, "trixie", "the shipped default is Debian 13");
 }

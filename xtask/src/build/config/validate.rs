@@ -30,6 +30,11 @@ pub(super) fn is_pkg(s: &str) -> bool {
         && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+.-".contains(&b))
 }
 
+/// A suite's name as the archive has it (`trixie`, `trixie-backports`).
+pub(super) fn is_suite(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+}
+
 /// A user name as useradd takes it (what the base's hook passes it to).
 pub(super) fn user_name(s: &str) -> Result<(), String> {
     rules::host_name(s).map_err(|_| format!("`{s}` must be a lower-case user name (letters, digits, '-')"))?;
@@ -158,12 +163,7 @@ pub fn parse(file: &Path, text: &str) -> Result<ImageConfig, ConfigError> {
 
 pub(super) fn base(cx: &Source, at: &str, b: &RawBase) -> Result<Base, ConfigError> {
     let key = |k: &str| format!("{at}.{k}");
-    cx.check(
-        !b.suite.get_ref().is_empty() && b.suite.get_ref().bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-'),
-        &b.suite,
-        &key("suite"),
-        || "must be a suite name like \"trixie\"".into(),
-    )?;
+    cx.check(is_suite(b.suite.get_ref()), &b.suite, &key("suite"), || "must be a suite name like \"trixie\"".into())?;
     cx.check(
         !b.mirrors.get_ref().is_empty()
             && b.mirrors.get_ref().iter().all(|m| {
@@ -183,9 +183,16 @@ pub(super) fn base(cx: &Source, at: &str, b: &RawBase) -> Result<Base, ConfigErr
         &key("components"),
         || "list archive components like \"main\"".into(),
     )?;
-    for (v, k) in [(&b.kernel, key("kernel")), (&b.firmware, key("firmware"))] {
-        cx.check(is_pkg(v.get_ref()), v, &k, || format!("`{}` is not a Debian package name", v.get_ref()))?;
-    }
+    let (kernel, kernel_suite) = b.kernel.get_ref().split_once('/').unwrap_or((b.kernel.get_ref(), b.suite.get_ref()));
+    cx.check(is_pkg(kernel) && is_suite(kernel_suite), &b.kernel, &key("kernel"), || {
+        format!(
+            "`{}` is not a Debian package name, or one from another suite like \"linux-image-arm64/trixie-backports\"",
+            b.kernel.get_ref()
+        )
+    })?;
+    cx.check(is_pkg(b.firmware.get_ref()), &b.firmware, &key("firmware"), || {
+        format!("`{}` is not a Debian package name", b.firmware.get_ref())
+    })?;
     if let Some(bad) = b.packages.get_ref().iter().find(|p| !is_pkg(p)) {
         return cx.err(&b.packages, &key("packages"), format!("`{bad}` is not a Debian package name"));
     }
