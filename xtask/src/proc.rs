@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use xshell::Cmd;
@@ -47,6 +47,7 @@ pub fn run_logged(dir: &Path, argv: &[OsString], envs: &[(&str, String)], log: &
     let mut tail = VecDeque::new();
     let mut lines = BufReader::new(&reader);
     let mut line = String::new();
+    let mut progress = Progress::default();
     loop {
         line.clear();
         if lines.read_line(&mut line)? == 0 {
@@ -54,12 +55,15 @@ pub fn run_logged(dir: &Path, argv: &[OsString], envs: &[(&str, String)], log: &
         }
         logf.write_all(line.as_bytes())?;
         let l = line.trim_end().to_string();
-        // mmdebstrap's "I:" lines are the stage names: worth seeing in a CI log too.
-        if l.starts_with("I: ") || l.starts_with("E: ") {
+        // mmdebstrap's "I:" lines are the stage names: worth seeing in a CI log too. Between them
+        // dpkg's "Setting up" lines count packages, shown every PROGRESS_EVERY: the emulated
+        // install of a cold base is minutes with no stage line.
+        let shown = if l.starts_with("I: ") || l.starts_with("E: ") { Some(l.clone()) } else { progress.count(&l, started.elapsed()) };
+        if let Some(shown) = shown {
             if tty {
-                bar.set_message(format!("{what}: {l}"));
+                bar.set_message(format!("{what}: {shown}"));
             } else {
-                eprintln!("[{:>5.0}s] {what}: {l}", started.elapsed().as_secs_f64());
+                eprintln!("[{:>5.0}s] {what}: {shown}", started.elapsed().as_secs_f64());
             }
         }
         tail.push_back(l);
@@ -77,6 +81,28 @@ pub fn run_logged(dir: &Path, argv: &[OsString], envs: &[(&str, String)], log: &
             Vec::from(tail).join("\n"),
             log.display()
         ),
+    }
+}
+
+/// How often a long step's package count is shown.
+const PROGRESS_EVERY: Duration = Duration::from_secs(30);
+
+/// dpkg's "Setting up <package> (<version>) ..." lines, counted.
+#[derive(Default)]
+struct Progress {
+    set_up: usize,
+    shown_at: Duration,
+}
+
+impl Progress {
+    /// Counts `line`; a message when one is due.
+    fn count(&mut self, line: &str, now: Duration) -> Option<String> {
+        let package = line.strip_prefix("Setting up ")?.split_whitespace().next()?;
+        self.set_up += 1;
+        (now >= self.shown_at + PROGRESS_EVERY).then(|| {
+            self.shown_at = now;
+            format!("{} packages set up (now {package})", self.set_up)
+        })
     }
 }
 
@@ -159,4 +185,19 @@ pub fn skip_test_without(tools: &[&str], root: bool, test: &str) -> bool {
     assert!(std::env::var_os("CI").is_none(), "{why}");
     eprintln!("SKIPPED: {why}");
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dpkg_progress_is_counted_and_shown_every_so_often() {
+        let mut p = Progress::default();
+        let at = Duration::from_secs;
+        assert_eq!(p.count("Unpacking libc6:arm64 (2.41-12) ...", at(1)), None);
+        assert_eq!(p.count("Setting up libc6:arm64 (2.41-12) ...", at(31)).as_deref(), Some("1 packages set up (now libc6:arm64)"));
+        assert_eq!(p.count("Setting up bash (5.2) ...", at(40)), None, "shown 9 s ago");
+        assert_eq!(p.count("Setting up kmod (34) ...", at(61)).as_deref(), Some("3 packages set up (now kmod)"));
+    }
 }

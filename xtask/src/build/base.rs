@@ -73,6 +73,8 @@ fn mmdebstrap_argv(b: &config::Base) -> Vec<OsString> {
         format!("--keyring={}", b.keyring.display()).into(),
         format!("--include={}", include.join(",")).into(),
         "--aptopt=Acquire::Retries \"3\"".into(),
+        // dpkg's output too, which the build counts to show progress (proc::run_logged).
+        "--verbose".into(),
     ];
     // dpkg applies them in order: the exclusions, then what is included back.
     for (option, patterns) in [("path-exclude", &b.path_exclude), ("path-include", &b.path_include)] {
