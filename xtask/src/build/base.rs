@@ -108,7 +108,7 @@ pub fn resolve(sh: &Shell, b: &config::Base, work: &Path) -> Result<()> {
 
 pub fn build(sh: &Shell, cfg: &ImageConfig, update_lock: bool, work: &Path, cache: &Path) -> Result<BuiltBase> {
     let started = Instant::now();
-    let lock_file = &cfg.lock_file;
+    let lock_file = &cfg.lock_file();
     let lock = LockFile::read(lock_file)?;
     let locked = lock.get(&cfg.base.suite, cfg.base.arch.deb()).filter(|_| !update_lock).cloned();
     let locked = locked.as_ref();

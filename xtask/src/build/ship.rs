@@ -273,7 +273,7 @@ fn checked_sums(sh: &Shell, dir: &Path) -> Result<std::collections::BTreeSet<Str
 /// `scratch` holds the copies.
 pub fn check(sh: &Shell, cfg: &ImageConfig, dir: &Path, scratch: &Path) -> Result<usize> {
     std::fs::create_dir_all(scratch)?;
-    let lock = crate::build::pins::LockFile::read(&cfg.lock_file)?;
+    let lock = crate::build::pins::LockFile::read(&cfg.lock_file())?;
     let text = std::fs::read_to_string(dir.join(IMAGER_LIST)).with_context(|| format!("reading {}", dir.join(IMAGER_LIST).display()))?;
     imager_schema::check(&text).with_context(|| format!("{}", dir.join(IMAGER_LIST).display()))?;
     let list: ImagerList = serde_json::from_str(&text).with_context(|| format!("{} is not an Imager list", IMAGER_LIST))?;
@@ -288,12 +288,12 @@ pub fn check(sh: &Shell, cfg: &ImageConfig, dir: &Path, scratch: &Path) -> Resul
         let view = cfg.for_host(cfg.host(&stem).with_context(|| format!("{}: {} is no host's card", e.name, xz.display()))?);
         let pins = lock
             .get(&view.base.suite, view.base.arch.deb())
-            .with_context(|| format!("{} has no section for {}'s base", cfg.lock_file.display(), stem))?;
+            .with_context(|| format!("{} has no section for {}'s base", cfg.lock_file().display(), stem))?;
         let date = date_of(pins.source_date_epoch)?;
         let kernel_pkg = view.base.kernel.split('/').next().unwrap_or_default();
         let kernel = pins.packages.get(kernel_pkg).and_then(|p| boards::kernel_version(&p.version));
         let devices =
-            imager_devices(&view, kernel.with_context(|| format!("{} pins no version of {kernel_pkg}", cfg.lock_file.display()))?);
+            imager_devices(&view, kernel.with_context(|| format!("{} pins no version of {kernel_pkg}", cfg.lock_file().display()))?);
         let bmap = img.with_extension("img.bmap");
         for f in [&img, &xz, &bmap] {
             let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -412,7 +412,7 @@ mod tests {
         drop(f);
         let sh = Shell::new().unwrap();
         package(&sh, &img).unwrap();
-        let lock = crate::build::pins::LockFile::read(&cfg.lock_file).unwrap();
+        let lock = crate::build::pins::LockFile::read(&cfg.lock_file()).unwrap();
         let pins = lock.get(&cfg.base.suite, cfg.base.arch.deb()).unwrap();
         let kernel = crate::build::boards::kernel_version(&pins.packages["linux-image-arm64"].version).unwrap();
         let sha = sha256_file(&img).unwrap();

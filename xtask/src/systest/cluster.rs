@@ -512,7 +512,7 @@ mod tests {
         let json = |c: &ImageConfig| serde_json::to_string(&(&c.base, &c.system)).unwrap();
         assert_eq!(json(&pair), json(&cluster), "[base] and [system] of image.toml and {EXAMPLE} differ");
         let (b, read) = (&pair.base, |p: &Path| crate::build::pins::LockFile::read(p).unwrap());
-        let (a, c) = (read(&pair.lock_file), read(&cluster.lock_file));
+        let (a, c) = (read(&pair.lock_file()), read(&cluster.lock_file()));
         assert!(a.get(&b.suite, b.arch.deb()).is_some(), "image.lock pins the base");
         assert_eq!(a.get(&b.suite, b.arch.deb()), c.get(&b.suite, b.arch.deb()), "refresh both locks together");
     }

@@ -18,8 +18,8 @@ pub use pi2pi_agent::rules::ConfigError;
 
 #[derive(Debug, Clone)]
 pub struct ImageConfig {
-    /// The package pins for this config's bases: `<config>.lock` beside the config file.
-    pub lock_file: PathBuf,
+    /// The config file itself (`image.toml`, or what `--config` named).
+    pub path: PathBuf,
     /// `[base]`: what every host's card is built from unless it names another.
     pub base: Base,
     /// `[bases.<name>]`: other bases, each `[base]` with some keys changed (an ARMv6 base for Pi
@@ -254,7 +254,11 @@ impl Host {
 impl ImageConfig {
     /// The config file itself (its lock is beside it).
     pub fn file(&self) -> PathBuf {
-        self.lock_file.with_extension("toml")
+        self.path.clone()
+    }
+    /// The package pins for this config's bases: `<config>.lock` beside the config file.
+    pub fn lock_file(&self) -> PathBuf {
+        self.path.with_extension("lock")
     }
 
     pub fn host(&self, name: &str) -> anyhow::Result<&Host> {
@@ -297,7 +301,7 @@ impl ImageConfig {
     }
     /// The config file's name, for messages (`image.toml`).
     pub fn file_name(&self) -> String {
-        self.lock_file.with_extension("toml").file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
     }
 }
 

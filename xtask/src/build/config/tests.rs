@@ -239,3 +239,11 @@ fn named_bases_change_some_keys_of_base_and_hosts_choose_them() {
     assert_eq!(e.key, "host[3].board", "a pi-zero on the arm64 base: {e}");
     assert!(e.message.contains("base = \\\"<name>\\\"") || e.message.contains("[bases.<name>]"), "{e}");
 }
+
+/// The config's path is what was given (`--config deploy.cfg` is deploy.cfg in every message),
+/// and its lock is derived from it.
+#[test]
+fn the_config_path_is_kept_and_the_lock_is_beside_it() {
+    let c = parse(Path::new("/srv/deploy.cfg"), &text()).unwrap();
+    assert_eq!((c.file_name().as_str(), c.lock_file()), ("deploy.cfg", PathBuf::from("/srv/deploy.lock")));
+}

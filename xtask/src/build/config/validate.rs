@@ -149,7 +149,7 @@ pub fn parse(file: &Path, text: &str) -> Result<ImageConfig, ConfigError> {
     let network = network(&cx, &raw.network)?;
     let hosts = hosts(&cx, &raw.host, &raw.network, &network, &base, &bases)?;
     Ok(ImageConfig {
-        lock_file: file.with_extension("lock"),
+        path: file.to_path_buf(),
         base,
         bases,
         system: system(&cx, &raw.system)?,
