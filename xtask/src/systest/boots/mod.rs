@@ -30,7 +30,6 @@
 //!   partition and its ext4 filesystem both reach the end of the SD card (sfdisk, dumpe2fs).
 //!   Boot 2: the same checks, and the partition table and filesystem size are unchanged.
 
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -46,66 +45,12 @@ use crate::build::fat::Fat;
 use crate::build::image;
 use crate::proc;
 use crate::vm::guest::{wait_mounted, CMD};
-use crate::vm::qemu::{self, Vm, CONSOLE_LOG, SHELL_SOCK};
+use crate::vm::qemu::{self, Vm, CONSOLE_LOG};
+
+mod machine;
+use machine::*;
 
 const BOOT_LIMIT: Duration = Duration::from_secs(600);
-/// How long systemd waits for a device (default 90 s). Emulated, the Pi 3's udev takes minutes to
-/// announce the SD card's partitions; a real Pi takes a second or two.
-const DEVICE_TIMEOUT_S: u32 = 400;
-/// How long systemd waits for a unit to start (default 90 s). In one CI run the emulated Pi 2
-/// was so slow for a while that chronyd took 60 s to load its seccomp filter, and it and dhcpcd
-/// timed out; on a Pi they start in a second or two.
-const START_TIMEOUT_S: u32 = 300;
-/// Where the harness shell's port is logged when it is not the board's console.
-const SHELL_LOG: &str = "shell.log";
-
-/// QEMU's model of a board family, and where its console is.
-struct Model {
-    qemu: &'static str,
-    machine: &'static str,
-    /// The dtb the firmware loads for this board with `upstream_kernel=1`.
-    dtb: &'static str,
-    /// The board's serial console (one of the card's `console=`s): the PL011 on QEMU's first
-    /// serial port, or the mini UART on its second.
-    console_tty: &'static str,
-    /// Where the harness shell is: the mini UART, except on raspi4b (see `dtb_edits`).
-    shell_tty: &'static str,
-}
-
-impl Model {
-    /// The console is another port than the shell's, so the shell has its port to itself.
-    fn shell_apart(&self) -> bool {
-        self.console_tty != self.shell_tty
-    }
-
-    /// The QEMU that models it: Debian 12's, or for raspi4b (QEMU 9 and later) bookworm-backports'
-    /// QEMU 10, unpacked into the cache.
-    fn program(&self, sh: &Shell) -> Result<std::path::PathBuf> {
-        match self.machine {
-            RASPI4B => crate::build::tools::qemu_raspi4b(sh, &crate::build::cache::dir()),
-            _ => Ok(self.qemu.into()),
-        }
-    }
-}
-
-/// QEMU's Pi 4 model, which only QEMU 9 and later have.
-const RASPI4B: &str = "raspi4b";
-
-/// The model a card boots on: its host's board when the config names one (a worker's Pi Zero 2
-/// W: the Pi 3's SoC, so `raspi3b` with the Zero 2 W's own dtb), else the first board of its
-/// architecture that QEMU models.
-fn model_for(arch: Arch, host_board: Option<&str>) -> Result<Model> {
-    let board = match host_board {
-        Some(name) => boards::for_arch(arch).iter().find(|b| b.name == name),
-        None => boards::emulated(arch),
-    }
-    .with_context(|| format!("no {} board {}", arch.deb(), host_board.unwrap_or("that QEMU models")))?;
-    let machine = board.qemu_machine.with_context(|| format!("QEMU models neither the {} nor its SoC", board.name))?;
-    // raspi4b's mini UART storms its interrupt (see `dtb_edits`): there the PL011 carries the
-    // console and the shell.
-    let (console_tty, shell_tty) = if machine == RASPI4B { (boards::PL011, boards::PL011) } else { (board.serial, boards::MINI_UART) };
-    Ok(Model { qemu: arch.qemu_system(), machine, dtb: board.dtb, console_tty, shell_tty })
-}
 
 /// What one boot showed.
 pub struct BootReport {
@@ -357,153 +302,6 @@ fn card(sh: &Shell, c: &Card, dir: &Path) -> Result<Vec<BootReport>> {
         let _ = std::fs::remove_file(f);
     }
     Ok(reports)
-}
-
-/// One change to the harness's copy of a board's dtb (the card's own is untouched; a Pi never
-/// sees it), made with fdtput.
-#[derive(Debug)]
-enum DtbEdit {
-    Disable(&'static str),
-    RemoveNode(&'static str),
-    RemoveProperty(&'static str, &'static str),
-    SetString(&'static str, &'static str, &'static str),
-}
-
-impl DtbEdit {
-    fn apply(&self, sh: &Shell, dtb: &Path) -> Result<()> {
-        let c = match *self {
-            DtbEdit::Disable(node) => cmd!(sh, "fdtput -t s {dtb} {node} status disabled"),
-            DtbEdit::RemoveNode(node) => cmd!(sh, "fdtput -r {dtb} {node}"),
-            DtbEdit::RemoveProperty(node, p) => cmd!(sh, "fdtput -d {dtb} {node} {p}"),
-            DtbEdit::SetString(node, p, v) => cmd!(sh, "fdtput -t s {dtb} {node} {p} {v}"),
-        };
-        proc::read(c).map(drop)
-    }
-}
-
-/// What the harness changes in a board's dtb for QEMU's model of it, each for hardware the Pi has
-/// and the model lacks or wires otherwise.
-///
-/// raspi0: no BCM2835 power-management block: Debian's rpi kernel faults reading its ASB
-/// registers in `bcm2835_power_probe` and panics before the console. Its watchdog (the same
-/// node) is not used by the checks.
-///
-/// raspi4b (QEMU 10; what it lacks, QEMU itself disables too: PCIe, GENET, the RNG, thermal):
-/// - the always-on L2 interrupt controller and the HDMI DDC I2C controllers, which it does not
-///   model: the kernel panics probing them;
-/// - the SD card: QEMU puts `-drive if=sd` on the SD bus its GPIO block routes to the legacy
-///   EMMC (`mmc@7e300000`, the SDHCI that drives a Pi 4's Wi-Fi), not to EMMC2, whose bus is
-///   empty. So EMMC2 is disabled and the EMMC loses its Wi-Fi child and that chip's power
-///   sequence (a firmware GPIO): the same `sdhci_iproc` driver then finds the card there;
-/// - the mini UART: once its interrupt is requested the model keeps it asserted, and the boot
-///   spins in `__setup_irq` opening /dev/console. It is disabled, and the PL011 (Bluetooth's on
-///   a Pi 4) loses its Bluetooth child to carry the console and the harness shell;
-/// - USB: a Pi 4's USB-A ports are on the VL805 behind PCIe, which is not modelled; the DWC2 of
-///   its USB-C port (an OTG controller, a peripheral in the dtb) is made a host for the drive.
-fn dtb_edits(machine: &str) -> &'static [DtbEdit] {
-    use DtbEdit::*;
-    match machine {
-        "raspi0" => &[Disable("/soc/watchdog@7e100000")],
-        RASPI4B => &[
-            Disable("/soc/interrupt-controller@7ef00100"),
-            Disable("/soc/i2c@7ef04500"),
-            Disable("/soc/i2c@7ef09500"),
-            Disable("/emmc2bus/mmc@7e340000"),
-            RemoveNode("/soc/mmc@7e300000/wifi@1"),
-            RemoveProperty("/soc/mmc@7e300000", "mmc-pwrseq"),
-            Disable("/soc/serial@7e215040"),
-            RemoveNode("/soc/serial@7e201000/bluetooth"),
-            SetString("/soc/usb@7e980000", "dr_mode", "host"),
-        ],
-        _ => &[],
-    }
-}
-
-/// How QEMU runs a board model's CPUs: its extra options, and what the harness adds to the
-/// kernel command line for it.
-struct Emulation {
-    qemu_args: &'static [&'static str],
-    append: &'static str,
-    /// About how long one boot and its checks take here, two boards at a time (for scheduling).
-    boot_secs: u32,
-}
-
-/// One emulating thread per board everywhere: two boards booting at once then take one host core
-/// each, where multi-threaded TCG ran four vCPU threads per board on this 2-core machine, each
-/// preempted at random (RCU stalls, an oops in the initramfs, and in CI an armhf boot whose
-/// page cache held garbage: cron and dhcpcd "Exec format error", fsck failed).
-///
-/// - raspi3b: all four cores, round-robin on one thread: rpb booted in 89 s beside a busy
-///   neighbour (175-201 s multi-threaded, two boards at a time).
-/// - raspi2b: one core (`maxcpus=1`, the harness's only; a Pi never sees it). Round-robin with
-///   all four, Debian's LPAE kernel stops for good after "Disabling unused power domains" (twice
-///   of two, QEMU busy); with one it reaches the login prompt in ~180 s (232-373 s before). The
-///   three cores Linux does not start wait in the boot stub's WFE, which round-robin TCG treats
-///   as a yield, not as the busy loop it is multi-threaded.
-/// - raspi0 (one core): `-icount`, which also keeps time the way the board does. Linux on the
-///   BCM2835 (no ARM generic timer) arms its next tick by reading the system timer's counter and
-///   writing counter + delta (as little as 15 µs) to a compare register, and QEMU 7.2's model
-///   fires at `compare - now` taken as an unsigned 32-bit number of µs: when the host preempts
-///   the emulated CPU between that read and that write, the compare is already past and the tick
-///   comes 71 minutes later; the guest froze mid-boot (in CI twice, here once, under load). With
-///   `-icount` the emulated clock advances by instructions executed, never between two of them.
-///   The Pi 2 and 3 tick from the ARM generic timer, which has no such window.
-fn emulation(machine: &str) -> Emulation {
-    const ONE_THREAD: &[&str] = &["-accel", "tcg,thread=single"];
-    match machine {
-        "raspi0" => Emulation { qemu_args: &["-icount", "shift=0"], append: "", boot_secs: 80 },
-        "raspi2b" => Emulation { qemu_args: ONE_THREAD, append: " maxcpus=1", boot_secs: 240 },
-        // Unused clocks left on: the model lacks clock gates the kernel would otherwise switch off
-        // (it panicked in "Disabling unused clocks").
-        RASPI4B => Emulation { qemu_args: ONE_THREAD, append: " clk_ignore_unused", boot_secs: 180 },
-        _ => Emulation { qemu_args: ONE_THREAD, append: "", boot_secs: 120 },
-    }
-}
-
-/// The QEMU command line for one boot of the card on `model`.
-fn argv(model: &Model, program: &Path, boot: &qemu::BootFiles, dtb: &Path, sd: &Path, usb: &Path, dir: &Path) -> Vec<OsString> {
-    let emulation = emulation(model.machine);
-    let append = format!(
-        "{}{} nosoftlockup systemd.default_device_timeout_sec={DEVICE_TIMEOUT_S} systemd.default_timeout_start_sec={START_TIMEOUT_S} systemd.debug_shell={tty} systemd.mask=serial-getty@{tty}.service",
-        boot.cmdline,
-        emulation.append,
-        tty = model.shell_tty
-    );
-    let shell_log = dir.join(if model.shell_apart() { SHELL_LOG } else { CONSOLE_LOG });
-    let shell =
-        format!("socket,id=sh,path={},server=on,wait=off,logfile={},logappend=on", dir.join(SHELL_SOCK).display(), shell_log.display());
-    let mut a: Vec<String> = vec![
-        program.display().to_string(),
-        "-M".into(),
-        model.machine.into(),
-        "-nodefaults".into(),
-        "-display".into(),
-        "none".into(),
-        "-no-reboot".into(),
-    ];
-    a.extend(emulation.qemu_args.iter().map(|s| s.to_string()));
-    a.extend(["-kernel".into(), boot.kernel.display().to_string(), "-initrd".into(), boot.initrd.display().to_string()]);
-    a.extend(["-dtb".into(), dtb.display().to_string(), "-append".into(), append]);
-    a.extend(["-drive".into(), format!("if=sd,format=raw,file={}", sd.display())]);
-    a.extend([
-        "-drive".into(),
-        format!("if=none,id=usb,format=raw,file={}", usb.display()),
-        "-device".into(),
-        "usb-storage,drive=usb,removable=on".into(),
-    ]);
-    a.extend(["-chardev".into(), shell]);
-    // QEMU's first serial port is the PL011, its second the mini UART: the shell's port carries
-    // the shell (logged), a console apart from it writes to console.log, and a port that is
-    // neither goes nowhere (the Pi 3's PL011: Bluetooth's).
-    for tty in [boards::PL011, boards::MINI_UART] {
-        let port = match tty {
-            t if t == model.shell_tty => "chardev:sh".to_string(),
-            t if t == model.console_tty => format!("file:{}", dir.join(CONSOLE_LOG).display()),
-            _ => "null".into(),
-        };
-        a.extend(["-serial".into(), port]);
-    }
-    a.into_iter().map(OsString::from).collect()
 }
 
 /// In the guest: root from the SD card, every unit fine, the drive fsck'd and mounted, the agent
