@@ -1,0 +1,155 @@
+//! The faults the soak injects, on a running pair: power cuts and reboots, the USB drive pulled
+//! and plugged back, and how soon deliveries resume after each.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+
+use super::*;
+
+impl Soak<'_> {
+    pub(super) fn inject(&mut self, kind: Kind, v: usize, opts: &Options) -> Result<Fault> {
+        let sender = if self.rng.bool() { v } else { 1 - v };
+        self.start_big_transfer(sender)?;
+        // The moment: somewhere in the first seconds of that transfer.
+        std::thread::sleep(Duration::from_millis(self.rng.u64(0..4000)));
+        let before = self.receiving_now()?;
+        let (what, restored) = match kind {
+            Kind::PowerCut => {
+                let how = if self.rng.bool() {
+                    let _ = self.qmp[v].quit();
+                    "QMP quit"
+                } else {
+                    self.vms[v].kill();
+                    "QEMU killed"
+                };
+                self.vms[v].kill();
+                let on = self.power_on(v, true)?;
+                (format!("{how}; cold boot {:.0}s", on.elapsed().as_secs_f64()), on)
+            }
+            Kind::Reboot => {
+                self.vms[v].stop("reboot", Duration::from_secs(180))?;
+                let on = self.power_on(v, true)?;
+                (format!("systemctl reboot; boot {:.0}s", on.elapsed().as_secs_f64()), on)
+            }
+            Kind::DrivePull => self.pull_drive(v)?,
+            Kind::CableCut => {
+                let secs = self.rng.u64(3..opts.max_cut.as_secs().max(4));
+                self.qmp[v].execute("set_link", json!({ "name": "net0", "up": false }))?;
+                std::thread::sleep(Duration::from_secs(secs));
+                self.qmp[v].execute("set_link", json!({ "name": "net0", "up": true }))?;
+                (format!("unplugged for {secs}s"), Instant::now())
+            }
+            Kind::AgentKill => {
+                self.vms[v].ok(&format!("pkill -KILL -f '^{}' || true", pi2pi_agent::layout::BINARY), CMD)?;
+                ("SIGKILL to every pi2pi-agent process".to_string(), Instant::now())
+            }
+        };
+        let (recovery, probe) = self.first_delivery_after(v, &before, restored)?;
+        let what = format!("{what}; a file written after it through in {:.1}s", probe.as_secs_f64());
+        Ok(Fault { kind, host: self.hosts[v].name.clone(), what, recovery })
+    }
+
+    /// What each receiving/ holds now (path → size and times; empty while its drive is out).
+    pub(super) fn receiving_now(&mut self) -> Result<Vec<BTreeMap<String, String>>> {
+        let dir = format!("{}/receiving", self.mount());
+        (0..2).map(|r| if self.drive_in[r] { guest_written(&mut self.vms[r], &dir) } else { Ok(BTreeMap::new()) }).collect()
+    }
+
+    /// Starts host `v`'s QEMU again on the same disks (its drive plugged in or not) and waits for
+    /// it to boot; returns when power came back.
+    pub(super) fn power_on(&mut self, v: usize, drive: bool) -> Result<Instant> {
+        let on = Instant::now();
+        self.specs[v].usb_unplugged = !drive;
+        let overlay = self.specs[v].dir.join("overlay.qcow2");
+        self.vms[v] = Vm::start(self.sh, &self.specs[v], &self.boots[v], &overlay)?;
+        self.qmp[v] = Qmp::connect(&self.specs[v].dir.join(QMP_SOCK), Duration::from_secs(30))?;
+        self.vms[v].wait_booted(on, BOOT_LIMIT)?;
+        if drive {
+            wait_mounted(&mut self.vms[v], &self.cfg.drive.mount_point, "vfat")?;
+        }
+        Ok(on)
+    }
+
+    /// Pulls `v`'s drive, keeps it out while its peer goes on sending (sometimes across a reboot),
+    /// checks nothing was written to the bare mount point, and plugs it back.
+    pub(super) fn pull_drive(&mut self, v: usize) -> Result<(String, Instant)> {
+        self.qmp[v].execute("device_del", json!({ "id": qemu::USB_DEVICE }))?;
+        self.qmp[v].wait_event("DEVICE_DELETED", Duration::from_secs(60))?;
+        self.drive_in[v] = false;
+        let mount = self.mount().to_string();
+        let t = Instant::now();
+        while self.vms[v].exec(&format!("mountpoint -q '{mount}'"), CMD)?.0 == 0 {
+            ensure!(t.elapsed() < Duration::from_secs(60), "{mount} still mounted a minute after the drive was pulled");
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        // The peer keeps writing; its agent keeps trying to deliver to the missing drive.
+        let peer = 1 - v;
+        let (rel, n) = (self.new_path(), self.size());
+        self.write(peer, &rel, n)?;
+        std::thread::sleep(Duration::from_secs(self.rng.u64(5..30)));
+        let across_reboot = self.rng.u32(0..3) == 0;
+        if across_reboot {
+            self.vms[v].stop("reboot", Duration::from_secs(180))?;
+            self.power_on(v, false)?;
+        }
+        let bare = self.vms[v].ok(&format!("mountpoint -q '{mount}' && echo MOUNTED; ls -A '{mount}'"), CMD)?;
+        ensure!(bare.trim().is_empty(), "{}: with the drive out, {mount} holds: {bare}", self.hosts[v].name);
+        let device = qemu::usb_drive_device();
+        let args = device_add_arguments(&device.to_string_lossy())?;
+        self.qmp[v].execute("device_add", args)?;
+        let plugged = Instant::now();
+        wait_mounted(&mut self.vms[v], &mount, "vfat")?;
+        self.drive_in[v] = true;
+        let what = if across_reboot { "out across a reboot, plugged back after it" } else { "out while the peer sent, plugged back" };
+        Ok((what.to_string(), plugged))
+    }
+
+    /// Writes a small probe file on `v` and waits for it at the peer: the first delivery after
+    /// `since` (when the fault ended) is no later than its arrival.
+    /// Returns how long after `since` (when the fault ended) a file was first delivered either
+    /// way (a file under its final name new or rewritten at either receiver since `before`), and
+    /// how long a small file written on `v` once the fault was over took to reach the peer (it
+    /// also makes sure there is something to deliver).
+    pub(super) fn first_delivery_after(
+        &mut self,
+        v: usize,
+        before: &[BTreeMap<String, String>],
+        since: Instant,
+    ) -> Result<(Duration, Duration)> {
+        self.serial += 1;
+        let rel = format!("probe {}.txt", self.serial);
+        let written = Instant::now();
+        self.write(v, &rel, 4096)?;
+        let dir = format!("{}/receiving", self.mount());
+        let what = format!("a delivery in {dir} either way after the fault");
+        let left = RECOVERY_LIMIT.saturating_sub(since.elapsed());
+        let first = wait_until(&what, left, Duration::from_secs(1), || {
+            let now = self.receiving_now()?;
+            let delivered = (0..2).any(|r| now[r].iter().any(|(p, stamp)| !is_temporary(p) && before[r].get(p) != Some(stamp)));
+            Ok(if delivered { Ok(since.elapsed()) } else { Err("nothing new".into()) })
+        })?;
+        let sum = self.written[v].versions[&rel].last().cloned().unwrap_or_default();
+        wait_arrival(&mut self.vms[1 - v], &format!("{dir}/{rel}"), &sum, RECOVERY_LIMIT).context("the file written after the fault")?;
+        Ok((first, written.elapsed()))
+    }
+}
+
+/// `device_add`'s arguments from a `-device` option string (`driver,key=value,…`).
+pub(super) fn device_add_arguments(device: &str) -> Result<serde_json::Value> {
+    let mut parts = device.split(',');
+    let driver = parts.next().context("an empty -device")?;
+    let mut args = serde_json::Map::new();
+    args.insert("driver".into(), json!(driver));
+    for p in parts {
+        let (k, v) = p.split_once('=').with_context(|| format!("`{p}` in -device {device}"))?;
+        let v = match v {
+            "on" => json!(true),
+            "off" => json!(false),
+            v => json!(v),
+        };
+        args.insert(k.into(), v);
+    }
+    Ok(serde_json::Value::Object(args))
+}
