@@ -200,22 +200,33 @@ pub fn build(i: &Inputs) -> Result<Layer> {
     // Time zone (a symlink, which git-kept overlays would not make portable).
     layer.put("etc/localtime", Kind::Symlink(format!("/usr/share/zoneinfo/{}", cfg.system.timezone)), 0o777, root);
 
-    // SSH: this host's pinned host key and its user key; whom it trusts (ssh_trust).
+    add_ssh(&mut layer, i, &home)?;
+    layer.file(layout::BINARY.trim_start_matches('/'), i.agent.to_vec(), 0o755, root);
+    layer.put(layout::STATE_DIR.trim_start_matches('/'), Kind::Dir, 0o755, user);
+    layer.file(&format!("etc/systemd/system/{}.d/pi2pi.conf", ctx.drive_mount_unit), DRIVE_MOUNT_DROP_IN, 0o644, root);
+    add_units(&mut layer, i.epoch);
+    Ok(layer)
+}
+
+/// SSH: this host's pinned host key and its user key; whom it trusts (`ssh_trust`).
+fn add_ssh(layer: &mut Layer, i: &Inputs, home: &str) -> Result<()> {
+    let (root, user) = ((0, 0), i.user_ids);
     let id = i.identity;
     layer.file("etc/ssh/ssh_host_ed25519_key", id.host_key.clone(), 0o600, root);
     layer.file("etc/ssh/ssh_host_ed25519_key.pub", format!("{}\n", id.host_pub), 0o644, root);
     layer.put(&format!("{home}/.ssh"), Kind::Dir, 0o700, user);
     layer.file(&format!("{home}/.ssh/id_ed25519"), id.user_key.clone(), 0o600, user);
     layer.file(&format!("{home}/.ssh/id_ed25519.pub"), format!("{}\n", id.user_pub), 0o644, user);
-    let (authorized, known) = ssh_trust(cfg, i.host, &i.others)?;
+    let (authorized, known) = ssh_trust(i.cfg, i.host, &i.others)?;
     layer.file(&format!("{home}/.ssh/authorized_keys"), authorized, 0o600, user);
     layer.file("etc/ssh/ssh_known_hosts", known, 0o644, root);
+    Ok(())
+}
 
-    layer.file(layout::BINARY.trim_start_matches('/'), i.agent.to_vec(), 0o755, root);
-    layer.put("var/lib/pi2pi", Kind::Dir, 0o755, user);
-
-    layer.file(&format!("etc/systemd/system/{}.d/pi2pi.conf", ctx.drive_mount_unit), DRIVE_MOUNT_DROP_IN, 0o644, root);
-
+/// Units enabled and masked the way `systemctl` would, without running it, and what the build
+/// did for the first boot.
+fn add_units(layer: &mut Layer, epoch: u64) {
+    let root = (0, 0);
     // Enable units the way `systemctl enable` would, without running it.
     let ours = |unit: &str| format!("/etc/systemd/system/{unit}");
     let mut wants = vec![("local-fs.target", ours("pi2pi-growroot.service"))];
@@ -244,12 +255,11 @@ pub fn build(i: &Inputs) -> Result<Layer> {
     // catalog, udev's hwdb: dpkg's triggers, in the base). Saying so spares the first boot those
     // units (9 s under emulation, seconds on a Pi Zero); an upgrade of /usr still re-runs them.
     for dir in ["etc", "var"] {
-        layer.put(&format!("{dir}/.updated"), Kind::File(update_done_stamp(i.epoch).into_bytes()), 0o644, root);
+        layer.put(&format!("{dir}/.updated"), Kind::File(update_done_stamp(epoch).into_bytes()), 0o644, root);
     }
     // systemd 257's ssh generator offers sshd on AF_VSOCK for VMs; a Pi has no vsock, and the
     // generator says "Failed to query local AF_VSOCK CID" on every boot. sshd runs as a service.
     layer.put("etc/systemd/system-generators/systemd-ssh-generator", Kind::Symlink("/dev/null".into()), 0o777, root);
-    Ok(layer)
 }
 
 /// What a host's sshd lets in (authorized_keys) and which host keys its ssh trusts
