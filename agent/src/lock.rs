@@ -16,13 +16,7 @@ pub struct Lock {
 pub fn acquire(state_dir: &Path) -> Result<Lock> {
     fs::create_dir_all(state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
     let path = state_dir.join("agent.lock");
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
+    let mut f = open_lock_file(&path)?;
     match f.try_lock() {
         Ok(()) => {}
         Err(fs::TryLockError::WouldBlock) => {
@@ -56,12 +50,7 @@ pub fn session_slot(state_dir: &Path, into: Option<&str>) -> Result<Option<Lock>
     let sender = into.unwrap_or("-");
     for k in 0..SESSIONS_MAX {
         let path = dir.join(format!("{sender}.{k}.lock"));
-        let f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
+        let f = open_lock_file(&path)?;
         match f.try_lock() {
             Ok(()) => return Ok(Some(Lock { _held: f })),
             Err(fs::TryLockError::WouldBlock) => continue,
@@ -69,6 +58,17 @@ pub fn session_slot(state_dir: &Path, into: Option<&str>) -> Result<Option<Lock>
         }
     }
     Ok(None)
+}
+
+/// A lock file, made if missing, never truncated (the agent's holds the holder's pid).
+fn open_lock_file(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))
 }
 
 #[derive(Debug, thiserror::Error)]
