@@ -62,13 +62,7 @@ pub fn session_slot(state_dir: &Path, into: Option<&str>) -> Result<Option<Lock>
 
 /// A lock file, made if missing, never truncated (the agent's holds the holder's pid).
 fn open_lock_file(path: &Path) -> Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))
+    OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).with_context(|| format!("opening {}", path.display()))
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -83,14 +83,27 @@ pub(super) enum DtbEdit {
 
 impl DtbEdit {
     pub(super) fn apply(&self, sh: &Shell, dtb: &Path) -> Result<()> {
+        let (DtbEdit::Disable(at) | DtbEdit::RemoveNode(at) | DtbEdit::RemoveProperty(at, _) | DtbEdit::SetString(at, _, _)) = *self;
+        let node = node_path(sh, dtb, at)?;
         let c = match *self {
-            DtbEdit::Disable(node) => cmd!(sh, "fdtput -t s {dtb} {node} status disabled"),
-            DtbEdit::RemoveNode(node) => cmd!(sh, "fdtput -r {dtb} {node}"),
-            DtbEdit::RemoveProperty(node, p) => cmd!(sh, "fdtput -d {dtb} {node} {p}"),
-            DtbEdit::SetString(node, p, v) => cmd!(sh, "fdtput -t s {dtb} {node} {p} {v}"),
+            DtbEdit::Disable(_) => cmd!(sh, "fdtput -t s {dtb} {node} status disabled"),
+            DtbEdit::RemoveNode(_) => cmd!(sh, "fdtput -r {dtb} {node}"),
+            DtbEdit::RemoveProperty(_, p) => cmd!(sh, "fdtput -d {dtb} {node} {p}"),
+            DtbEdit::SetString(_, p, v) => cmd!(sh, "fdtput -t s {dtb} {node} {p} {v}"),
         };
         proc::read(c).map(drop)
     }
+}
+
+/// A node's path: `at` itself when it is one, else the path of the node labelled `at` (the dtb's
+/// `__symbols__`). Labels outlive paths: Linux 7.3 moved the Pi 4's EMMC2 from `/emmc2bus` to
+/// `/emmc2-bus@fe000000`; its label is `emmc2` in both.
+fn node_path(sh: &Shell, dtb: &Path, at: &str) -> Result<String> {
+    if at.starts_with('/') {
+        return Ok(at.to_string());
+    }
+    let path = proc::read(cmd!(sh, "fdtget {dtb} /__symbols__ {at}")).with_context(|| format!("no node labelled {at}"))?;
+    Ok(path.trim().to_string())
 }
 
 /// What the harness changes in a board's dtb for QEMU's model of it, each for hardware the Pi has
@@ -116,16 +129,17 @@ pub(super) fn dtb_edits(machine: &str) -> &'static [DtbEdit] {
     use DtbEdit::*;
     match machine {
         "raspi0" => &[Disable("/soc/watchdog@7e100000")],
+        // By label: the nodes' paths change between kernels.
         RASPI4B => &[
-            Disable("/soc/interrupt-controller@7ef00100"),
-            Disable("/soc/i2c@7ef04500"),
-            Disable("/soc/i2c@7ef09500"),
-            Disable("/emmc2bus/mmc@7e340000"),
-            RemoveNode("/soc/mmc@7e300000/wifi@1"),
-            RemoveProperty("/soc/mmc@7e300000", "mmc-pwrseq"),
-            Disable("/soc/serial@7e215040"),
-            RemoveNode("/soc/serial@7e201000/bluetooth"),
-            SetString("/soc/usb@7e980000", "dr_mode", "host"),
+            Disable("aon_intr"),
+            Disable("ddc0"),
+            Disable("ddc1"),
+            Disable("emmc2"),
+            RemoveNode("brcmf"),
+            RemoveProperty("sdhci", "mmc-pwrseq"),
+            Disable("uart1"),
+            RemoveNode("bt"),
+            SetString("usb", "dr_mode", "host"),
         ],
         _ => &[],
     }
