@@ -9,6 +9,34 @@ use anyhow::{bail, Result};
 
 use crate::build::arch::Arch;
 
+/// QEMU's models of Raspberry Pis (`-M`) that the board test boots cards on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Machine {
+    Raspi0,
+    Raspi2b,
+    Raspi3b,
+    /// QEMU 9 and later only: bookworm-backports' QEMU 10 (`tools::qemu_raspi4b`).
+    Raspi4b,
+}
+
+impl Machine {
+    /// QEMU's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Machine::Raspi0 => "raspi0",
+            Machine::Raspi2b => "raspi2b",
+            Machine::Raspi3b => "raspi3b",
+            Machine::Raspi4b => "raspi4b",
+        }
+    }
+}
+
+impl std::fmt::Display for Machine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// One board a card supports.
 #[derive(Debug, Clone, Copy)]
 pub struct Board {
@@ -27,7 +55,7 @@ pub struct Board {
     pub serial: &'static str,
     /// QEMU's model of it or of its SoC and memory map, if QEMU has one (booted with the board's
     /// own dtb; `raspi4b` is QEMU 10's, the others Debian 12's QEMU 7.2's).
-    pub qemu_machine: Option<&'static str>,
+    pub qemu_machine: Option<Machine>,
     /// Raspberry Pi Imager's family for it (its device tag is `<family>-<bits>bit`): the Zero
     /// is a `pi1`, the Zero 2 W a `pi3`, the 400 and CM4 `pi4`.
     pub imager_family: &'static str,
@@ -110,7 +138,7 @@ const fn board(
     dtb: &'static str,
     firmware: &'static [&'static str],
     serial: &'static str,
-    qemu_machine: Option<&'static str>,
+    qemu_machine: Option<Machine>,
     imager_family: &'static str,
     hw: Hardware,
 ) -> Board {
@@ -122,13 +150,13 @@ const fn board(
 /// trixie's 6.12 would boot it with no network and no drive). No 500 or CM5: Linux 7.3 has no dtb
 /// for them.
 const ARM64: &[Board] = &[
-    board("pi3-b", "bcm2837-rpi-3-b.dtb", VC4, MINI_UART, Some("raspi3b"), "pi3", WITH_LAN9514),
+    board("pi3-b", "bcm2837-rpi-3-b.dtb", VC4, MINI_UART, Some(Machine::Raspi3b), "pi3", WITH_LAN9514),
     board("pi3-b-plus", "bcm2837-rpi-3-b-plus.dtb", VC4, MINI_UART, None, "pi3", WITH_LAN7515),
     board("pi3-a-plus", "bcm2837-rpi-3-a-plus.dtb", VC4, MINI_UART, None, "pi3", NO_ETHERNET),
     board("cm3", "bcm2837-rpi-cm3-io3.dtb", VC4, PL011, None, "pi3", NO_ETHERNET),
     // The Zero 2 W's RP3A0 is the Pi 3's BCM2837 with its RAM on top: raspi3b runs its dtb.
-    board("pi-zero-2-w", "bcm2837-rpi-zero-2-w.dtb", VC4, MINI_UART, Some("raspi3b"), "pi3", NO_ETHERNET),
-    board("pi4-b", "bcm2711-rpi-4-b.dtb", VC6, MINI_UART, Some("raspi4b"), "pi4", BCM2711),
+    board("pi-zero-2-w", "bcm2837-rpi-zero-2-w.dtb", VC4, MINI_UART, Some(Machine::Raspi3b), "pi3", NO_ETHERNET),
+    board("pi4-b", "bcm2711-rpi-4-b.dtb", VC6, MINI_UART, Some(Machine::Raspi4b), "pi4", BCM2711),
     board("pi-400", "bcm2711-rpi-400.dtb", VC6, MINI_UART, None, "pi4", BCM2711),
     board("cm4", "bcm2711-rpi-cm4-io.dtb", VC6, MINI_UART, None, "pi4", BCM2711),
     // Its debug UART (the 3-pin connector), the SoC's PL011 that the dtb's alias numbers 10.
@@ -144,14 +172,14 @@ const ARM64: &[Board] = &[
 /// its GENET Ethernet nor the PCIe bridge its USB ports are behind, so it would boot with no
 /// network and no drive (the hardware manifest found this); a Pi 4 takes the arm64 card.
 const ARMHF: &[Board] = &[
-    board("pi2-b", "bcm2836-rpi-2-b.dtb", VC4, PL011, Some("raspi2b"), "pi2", WITH_LAN9514),
+    board("pi2-b", "bcm2836-rpi-2-b.dtb", VC4, PL011, Some(Machine::Raspi2b), "pi2", WITH_LAN9514),
     board("pi3-b", "bcm2837-rpi-3-b.dtb", VC4, MINI_UART, None, "pi3", WITH_LAN9514),
 ];
 
 /// Boards an ARMv6 armel card boots: Debian's `linux-image-rpi` is built for the BCM2835 (Pi 1,
 /// Zero, Zero W; its dtbs are the upstream bcm2835 ones).
 const ARMEL: &[Board] = &[
-    board("pi-zero", "bcm2835-rpi-zero.dtb", VC4, PL011, Some("raspi0"), "pi1", NO_ETHERNET),
+    board("pi-zero", "bcm2835-rpi-zero.dtb", VC4, PL011, Some(Machine::Raspi0), "pi1", NO_ETHERNET),
     board("pi-zero-w", "bcm2835-rpi-zero-w.dtb", VC4, MINI_UART, None, "pi1", NO_ETHERNET),
     board("pi1-b-plus", "bcm2835-rpi-b-plus.dtb", VC4, PL011, None, "pi1", WITH_LAN9514),
     board("pi1-a-plus", "bcm2835-rpi-a-plus.dtb", VC4, PL011, None, "pi1", NO_ETHERNET),
@@ -353,7 +381,7 @@ mod tests {
         let mut p = partition(Arch::Arm64);
         p.insert("config.txt".into(), [CONFIG, b"gpu_mem=16\n"].concat());
         assert!(check_boot_partition(Arch::Arm64, NEW, &p).unwrap_err().to_string().contains("gpu_mem=16 needs start_cd.elf"));
-        assert_eq!(emulated(Arch::Arm64).unwrap().qemu_machine, Some("raspi3b"));
+        assert_eq!(emulated(Arch::Arm64).unwrap().qemu_machine, Some(Machine::Raspi3b));
     }
 
     #[test]

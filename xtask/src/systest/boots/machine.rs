@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use xshell::{cmd, Shell};
 
 use crate::build::arch::Arch;
-use crate::build::boards;
+use crate::build::boards::{self, Machine};
 use crate::proc;
 use crate::vm::qemu::{self, CONSOLE_LOG, SHELL_SOCK};
 
@@ -26,7 +26,7 @@ pub(super) const SHELL_LOG: &str = "shell.log";
 /// QEMU's model of a board family, and where its console is.
 pub(super) struct Model {
     pub(super) qemu: &'static str,
-    pub(super) machine: &'static str,
+    pub(super) machine: Machine,
     /// The dtb the firmware loads for this board with `upstream_kernel=1`.
     pub(super) dtb: &'static str,
     /// The board's serial console (one of the card's `console=`s): the PL011 on QEMU's first
@@ -46,14 +46,11 @@ impl Model {
     /// QEMU 10, unpacked into the cache.
     pub(super) fn program(&self, sh: &Shell) -> Result<std::path::PathBuf> {
         match self.machine {
-            RASPI4B => crate::build::tools::qemu_raspi4b(sh, &crate::build::cache::dir()),
+            Machine::Raspi4b => crate::build::tools::qemu_raspi4b(sh, &crate::build::cache::dir()),
             _ => Ok(self.qemu.into()),
         }
     }
 }
-
-/// QEMU's Pi 4 model, which only QEMU 9 and later have.
-pub(super) const RASPI4B: &str = "raspi4b";
 
 /// The model a card boots on: its host's board when the config names one (a worker's Pi Zero 2
 /// W: the Pi 3's SoC, so `raspi3b` with the Zero 2 W's own dtb), else the first board of its
@@ -67,7 +64,8 @@ pub(super) fn model_for(arch: Arch, host_board: Option<&str>) -> Result<Model> {
     let machine = board.qemu_machine.with_context(|| format!("QEMU models neither the {} nor its SoC", board.name))?;
     // raspi4b's mini UART storms its interrupt (see `dtb_edits`): there the PL011 carries the
     // console and the shell.
-    let (console_tty, shell_tty) = if machine == RASPI4B { (boards::PL011, boards::PL011) } else { (board.serial, boards::MINI_UART) };
+    let (console_tty, shell_tty) =
+        if machine == Machine::Raspi4b { (boards::PL011, boards::PL011) } else { (board.serial, boards::MINI_UART) };
     Ok(Model { qemu: arch.qemu_system(), machine, dtb: board.dtb, console_tty, shell_tty })
 }
 
@@ -125,12 +123,12 @@ fn node_path(sh: &Shell, dtb: &Path, at: &str) -> Result<String> {
 ///   a Pi 4) loses its Bluetooth child to carry the console and the harness shell;
 /// - USB: a Pi 4's USB-A ports are on the VL805 behind PCIe, which is not modelled; the DWC2 of
 ///   its USB-C port (an OTG controller, a peripheral in the dtb) is made a host for the drive.
-pub(super) fn dtb_edits(machine: &str) -> &'static [DtbEdit] {
+pub(super) fn dtb_edits(machine: Machine) -> &'static [DtbEdit] {
     use DtbEdit::*;
     match machine {
-        "raspi0" => &[Disable("/soc/watchdog@7e100000")],
+        Machine::Raspi0 => &[Disable("/soc/watchdog@7e100000")],
         // By label: the nodes' paths change between kernels.
-        RASPI4B => &[
+        Machine::Raspi4b => &[
             Disable("aon_intr"),
             Disable("ddc0"),
             Disable("ddc1"),
@@ -141,7 +139,7 @@ pub(super) fn dtb_edits(machine: &str) -> &'static [DtbEdit] {
             RemoveNode("bt"),
             SetString("usb", "dr_mode", "host"),
         ],
-        _ => &[],
+        Machine::Raspi2b | Machine::Raspi3b => &[],
     }
 }
 
@@ -174,15 +172,15 @@ pub(super) struct Emulation {
 ///   comes 71 minutes later; the guest froze mid-boot (in CI twice, here once, under load). With
 ///   `-icount` the emulated clock advances by instructions executed, never between two of them.
 ///   The Pi 2 and 3 tick from the ARM generic timer, which has no such window.
-pub(super) fn emulation(machine: &str) -> Emulation {
+pub(super) fn emulation(machine: Machine) -> Emulation {
     const ONE_THREAD: &[&str] = &["-accel", "tcg,thread=single"];
     match machine {
-        "raspi0" => Emulation { qemu_args: &["-icount", "shift=0"], append: "", boot_secs: 80 },
-        "raspi2b" => Emulation { qemu_args: ONE_THREAD, append: " maxcpus=1", boot_secs: 240 },
+        Machine::Raspi0 => Emulation { qemu_args: &["-icount", "shift=0"], append: "", boot_secs: 80 },
+        Machine::Raspi2b => Emulation { qemu_args: ONE_THREAD, append: " maxcpus=1", boot_secs: 240 },
         // Unused clocks left on: the model lacks clock gates the kernel would otherwise switch off
         // (it panicked in "Disabling unused clocks").
-        RASPI4B => Emulation { qemu_args: ONE_THREAD, append: " clk_ignore_unused", boot_secs: 180 },
-        _ => Emulation { qemu_args: ONE_THREAD, append: "", boot_secs: 120 },
+        Machine::Raspi4b => Emulation { qemu_args: ONE_THREAD, append: " clk_ignore_unused", boot_secs: 180 },
+        Machine::Raspi3b => Emulation { qemu_args: ONE_THREAD, append: "", boot_secs: 120 },
     }
 }
 
@@ -201,7 +199,7 @@ pub(super) fn argv(model: &Model, program: &Path, boot: &qemu::BootFiles, dtb: &
     let mut a: Vec<String> = vec![
         program.display().to_string(),
         "-M".into(),
-        model.machine.into(),
+        model.machine.name().into(),
         "-nodefaults".into(),
         "-display".into(),
         "none".into(),

@@ -39,7 +39,7 @@ use anyhow::{bail, ensure, Context, Result};
 use xshell::{cmd, Shell};
 
 use crate::build::arch::Arch;
-use crate::build::boards;
+use crate::build::boards::{self, Machine};
 use crate::build::config::{Host, ImageConfig};
 use crate::build::fat::Fat;
 use crate::build::image;
@@ -56,7 +56,7 @@ const BOOT_LIMIT: Duration = Duration::from_secs(600);
 pub struct BootReport {
     /// Host and architecture, e.g. `rpa-arm64`.
     pub card: String,
-    pub machine: &'static str,
+    pub machine: Machine,
     pub boot: u32,
     pub seconds: f64,
     /// Console lines mentioning an error or failure that were judged not ours (shown in the report).
@@ -88,8 +88,8 @@ impl Card<'_> {
 
     /// Roughly how long its boots take, for the order they are started in.
     fn expected_secs(&self) -> u32 {
-        let machine = model_for(self.cfg.base.arch, self.board).map_or("", |m| m.machine);
-        self.boots * emulation(machine).boot_secs
+        let secs = model_for(self.cfg.base.arch, self.board).map_or(0, |m| emulation(m.machine).boot_secs);
+        self.boots * secs
     }
 }
 
@@ -150,7 +150,7 @@ pub fn cards<'a>(cfg: &'a ImageConfig, images: &Path) -> Vec<Card<'a>> {
     // The first card once more on every other QEMU model of a board it is for (an arm64 card
     // on raspi4b as a Pi 4), once per model.
     if let Some((host, image)) = all.first().map(|c| (c.host, c.image.clone())) {
-        let mut machines: Vec<&str> = boards::emulated(cfg.base.arch).and_then(|b| b.qemu_machine).into_iter().collect();
+        let mut machines: Vec<Machine> = boards::emulated(cfg.base.arch).and_then(|b| b.qemu_machine).into_iter().collect();
         for b in boards::for_arch(cfg.base.arch) {
             if let Some(m) = b.qemu_machine.filter(|m| !machines.contains(m)) {
                 machines.push(m);
@@ -461,7 +461,7 @@ mod tests {
         let tags: Vec<(String, u32)> = cards(&cfg, Path::new("/i")).iter().map(|c| (c.tag(), c.boots)).collect();
         assert_eq!(tags, [("rpa-arm64".into(), 2), ("rpb-arm64".into(), 1), ("rpa-arm64-pi4-b".into(), 1)]);
         let pi4 = &cards(&cfg, Path::new("/i"))[2];
-        assert_eq!(model_for(Arch::Arm64, pi4.board).unwrap().machine, RASPI4B);
+        assert_eq!(model_for(Arch::Arm64, pi4.board).unwrap().machine, Machine::Raspi4b);
         // The armhf variant has one model (raspi2b): no extra card.
         let v = armhf_variant(&cfg).unwrap();
         assert_eq!(cards(&v, Path::new("/i")).len(), 2);
