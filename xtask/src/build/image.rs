@@ -132,6 +132,7 @@ fn build_group(sh: &Shell, cfg: &ImageConfig, hosts: &[&Host], opts: &Options) -
         }
     };
     let (kernel, initrd) = (find("vmlinuz-")?, find("initrd.img-")?);
+    let kernel_version = boards::kernel_version(&kernel).with_context(|| format!("no kernel version in {kernel}"))?;
     let drivers = crate::build::manifest::Drivers::of(&facts, &initrd)?;
     let mke2fs = tools::mke2fs(sh, &opts.cache_dir)?;
     let facts_s = t_facts.elapsed().as_secs_f64();
@@ -145,6 +146,7 @@ fn build_group(sh: &Shell, cfg: &ImageConfig, hosts: &[&Host], opts: &Options) -
         facts: &facts,
         user_ids,
         kernel,
+        kernel_version,
         initrd,
         mke2fs: &mke2fs,
         epoch,
@@ -212,6 +214,8 @@ struct Shared<'a> {
     facts: &'a rootfs::BaseFacts,
     user_ids: (u32, u32),
     kernel: String,
+    /// Its version, which decides some of the boards the cards are for.
+    kernel_version: boards::KernelVersion,
     initrd: String,
     mke2fs: &'a tools::Mke2fs,
     epoch: u64,
@@ -261,7 +265,7 @@ fn build_host(sh: &Shell, shared: &Shared, host: &Host) -> Result<Built> {
     let mut boot: BTreeMap<String, Vec<u8>> = facts.boot.clone();
     boot.extend(layer.boot.clone());
     boards::add_dtb_aliases(&mut boot);
-    let kernel_version = boards::kernel_version(&shared.kernel).with_context(|| format!("no kernel version in {}", shared.kernel))?;
+    let kernel_version = shared.kernel_version;
     boards::check_boot_partition(cfg.base.arch, kernel_version, &boot)?;
     crate::build::manifest::check(cfg.base.arch, kernel_version, host.role, &shared.drivers)?;
     let boot_img = work.join("boot.vfat");
