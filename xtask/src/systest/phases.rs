@@ -6,6 +6,11 @@
 //! the board test (each card booted the way its Pi boots it, and an armhf variant), and a short
 //! soak (the pair under faults). The bases of all of them are built first, at the same time.
 //! After a failure the remaining phases are listed as not run.
+//!
+//! The soak runs alongside the pair, cluster and board tests: most of its time one of its two
+//! guests reboots while the other waits, a core left idle that the others' boots take. Each
+//! phase has its own run directory, links and MACs, and reads the built cards through overlays or
+//! copies, so they cannot see each other's guests.
 
 use std::time::Instant;
 
@@ -21,104 +26,106 @@ use crate::systest::{boots, cluster, pair, soak, time32, verify};
 /// (and the kernel to its own: it has no kernel for the Pi 5).
 pub const OTHER_SUITE: &str = "bookworm";
 
-type Phase<'a> = (String, Box<dyn FnOnce() -> Result<()> + 'a>);
+/// A phase runs in its turn, or starts in its turn and runs alongside the phases after it (on
+/// its own thread, with its own shell: `Shell` is not `Sync`), joined at the end.
+enum Run<'a> {
+    InTurn(Box<dyn FnOnce() -> Result<()> + 'a>),
+    Alongside(Box<OnItsOwnThread<'a>>),
+}
+
+type OnItsOwnThread<'a> = dyn FnOnce(&Shell) -> Result<()> + Send + 'a;
+
+type Phase<'a> = (String, Run<'a>);
+
+fn in_turn<'a>(name: impl Into<String>, f: impl FnOnce() -> Result<()> + 'a) -> Phase<'a> {
+    (name.into(), Run::InTurn(Box::new(f)))
+}
 
 pub fn all(sh: &Shell, cfg: &ImageConfig, skip_qemu: bool) -> Result<()> {
     let mut phases: Vec<Phase> = vec![
-        ("setup".into(), Box::new(|| setup::ensure(sh, cfg.base.arch))),
-        ("format (cargo fmt --check)".into(), Box::new(|| proc::run(cmd!(sh, "cargo fmt --all --check")))),
-        (
-            "lint (cargo clippy -D warnings)".into(),
-            Box::new(|| proc::run(cmd!(sh, "cargo clippy --workspace --all-targets --locked --quiet -- -D warnings"))),
-        ),
-        ("cargo test".into(), Box::new(|| proc::run(cmd!(sh, "cargo test --workspace --locked")))),
-        (
-            format!("other suite: {OTHER_SUITE} resolves (mmdebstrap --simulate)"),
-            Box::new(|| {
-                // The suite a user may switch back to: the same config with only the suite (and
-                // the kernel's suite) changed must still name packages that exist and install
-                // together there.
-                let mut base = cfg.base.clone();
-                base.suite = OTHER_SUITE.into();
-                base.kernel = base.kernel.split('/').next().unwrap_or_default().into();
-                base::resolve(sh, &base, &sh.current_dir().join("target/resolve"))
-            }),
-        ),
-        ("32-bit agents: file times past 2038 (armv7; ARMv6 on qemu-arm's ARM1176)".into(), Box::new(|| time32::check_all(sh))),
-        (
-            "bases (every base the later phases build cards from, at the same time when cold)".into(),
-            Box::new(|| {
-                let views = bases_used(sh, cfg, skip_qemu)?;
-                for (i, v) in views.iter().enumerate() {
-                    if !views[..i].iter().any(|earlier| earlier.base.arch == v.base.arch) {
-                        setup::ensure(sh, v.base.arch)?; // binfmt for its package scripts
-                    }
+        in_turn("setup", || setup::ensure(sh, cfg.base.arch)),
+        in_turn("format (cargo fmt --check)", || proc::run(cmd!(sh, "cargo fmt --all --check"))),
+        in_turn("lint (cargo clippy -D warnings)", || {
+            proc::run(cmd!(sh, "cargo clippy --workspace --all-targets --locked --quiet -- -D warnings"))
+        }),
+        in_turn("cargo test", || proc::run(cmd!(sh, "cargo test --workspace --locked"))),
+        in_turn(format!("other suite: {OTHER_SUITE} resolves (mmdebstrap --simulate)"), || {
+            // The suite a user may switch back to: the same config with only the suite (and the
+            // kernel's suite) changed must still name packages that exist and install together.
+            let mut base = cfg.base.clone();
+            base.suite = OTHER_SUITE.into();
+            base.kernel = base.kernel.split('/').next().unwrap_or_default().into();
+            base::resolve(sh, &base, &sh.current_dir().join("target/resolve"))
+        }),
+        in_turn("32-bit agents: file times past 2038 (armv7; ARMv6 on qemu-arm's ARM1176)", || time32::check_all(sh)),
+        in_turn("bases (every base the later phases build cards from, at the same time when cold)", || {
+            let views = bases_used(sh, cfg, skip_qemu)?;
+            for (i, v) in views.iter().enumerate() {
+                if !views[..i].iter().any(|earlier| earlier.base.arch == v.base.arch) {
+                    setup::ensure(sh, v.base.arch)?; // binfmt for its package scripts
                 }
-                let opts = image::Options::default_for(sh);
-                base::build_all(&sh.current_dir(), &views, &sh.current_dir().join("target/bases"), &opts.cache_dir)
-            }),
-        ),
-        (
-            "images".into(),
-            Box::new(|| {
-                let built = image::build(sh, cfg, &image::select(cfg, "all")?, &image::Options::default_for(sh))?;
-                eprint!("{}", image::summary(&built));
-                Ok(())
-            }),
-        ),
-        (
-            "shipped files (bmaptool copy round-trip, Imager list)".into(),
-            Box::new(|| {
-                let images = image::Options::default_for(sh).out_dir;
-                let n = ship::check(sh, cfg, &images, &sh.current_dir().join("target/ship-check"))?;
-                eprintln!("ship: {n} cards: bmaptool copy of each .img.xz with its .bmap is the .img; rpi-imager.json matches the files");
-                Ok(())
-            }),
-        ),
-        (
-            format!("verify (reproducible: a second build, {})", verify::VARIED),
-            Box::new(|| verify::run(sh, cfg, false, Some(&image::Options::default_for(sh).out_dir))),
-        ),
+            }
+            let opts = image::Options::default_for(sh);
+            base::build_all(&sh.current_dir(), &views, &sh.current_dir().join("target/bases"), &opts.cache_dir)
+        }),
+        in_turn("images", || {
+            let built = image::build(sh, cfg, &image::select(cfg, "all")?, &image::Options::default_for(sh))?;
+            eprint!("{}", image::summary(&built));
+            Ok(())
+        }),
+        in_turn("shipped files (bmaptool copy round-trip, Imager list)", || {
+            let images = image::Options::default_for(sh).out_dir;
+            let n = ship::check(sh, cfg, &images, &sh.current_dir().join("target/ship-check"))?;
+            eprintln!("ship: {n} cards: bmaptool copy of each .img.xz with its .bmap is the .img; rpi-imager.json matches the files");
+            Ok(())
+        }),
+        in_turn(format!("verify (reproducible: a second build, {})", verify::VARIED), || {
+            verify::run(sh, cfg, false, Some(&image::Options::default_for(sh).out_dir))
+        }),
     ];
     if !skip_qemu {
-        let schedules = pair::schedules(cfg, None);
-        let label = cfg.hosts.iter().zip(&schedules).map(|(h, s)| format!("{} {}", h.name, s.name())).collect::<Vec<_>>().join(", ");
-        phases.push((
-            format!("qemu pair test ({label})"),
-            Box::new(move || {
-                // The configured schedule's cards are the ones the "images" phase just wrote; the
-                // other schedule's card is built as a variant.
-                let r = pair::run(sh, cfg, &schedules, false)?;
-                eprint!("{}", r.render());
+        phases.extend(qemu_phases(sh, cfg));
+    }
+    run_phases(sh, phases)
+}
+
+/// The QEMU phases: the soak first, alongside the others (it boots the cards the "images" phase
+/// wrote; the others build their variants and boot them meanwhile).
+fn qemu_phases<'a>(sh: &'a Shell, cfg: &'a ImageConfig) -> Vec<Phase<'a>> {
+    let schedules = pair::schedules(cfg, None);
+    let label = cfg.hosts.iter().zip(&schedules).map(|(h, s)| format!("{} {}", h.name, s.name())).collect::<Vec<_>>().join(", ");
+    let soak = format!(
+        "soak (the pair under faults: {} of each kind, short; alongside the next three)",
+        soak::Options::short().faults / soak::Kind::ALL.len()
+    );
+    vec![
+        (
+            soak,
+            Run::Alongside(Box::new(move |sh| {
+                eprint!("{}", soak::run(sh, cfg, &soak::Options::short(), false)?.render());
                 Ok(())
-            }),
-        ));
-        phases.push((
-            format!("qemu cluster test ({}: a manager and two workers)", cluster::EXAMPLE),
-            Box::new(|| {
-                let c = config::load(&sh.current_dir().join(cluster::EXAMPLE))?;
-                eprint!("{}", cluster::run(sh, &c)?.render());
-                Ok(())
-            }),
-        ));
-        phases.push((
+            })),
+        ),
+        in_turn(format!("qemu pair test ({label})"), move || {
+            // The configured schedule's cards are the ones the "images" phase just wrote; the
+            // other schedule's card is built as a variant.
+            eprint!("{}", pair::run(sh, cfg, &schedules, false)?.render());
+            Ok(())
+        }),
+        in_turn(format!("qemu cluster test ({}: a manager and two workers)", cluster::EXAMPLE), || {
+            let c = config::load(&sh.current_dir().join(cluster::EXAMPLE))?;
+            eprint!("{}", cluster::run(sh, &c)?.render());
+            Ok(())
+        }),
+        in_turn(
             format!("board test (each card on its Pi's QEMU model: the pair's, {}'s, and an armhf variant on raspi2b)", cluster::EXAMPLE),
-            Box::new(|| {
+            || {
                 let images = image::Options::default_for(sh).out_dir;
                 eprint!("{}", boots::render(&boots::test(sh, cfg, &images, true, &[])?));
                 Ok(())
-            }),
-        ));
-        phases.push((
-            format!("soak (the pair under faults: {} of each kind, short)", soak::Options::short().faults / soak::Kind::ALL.len()),
-            // Last: a soak that fails leaves the other phases' results standing.
-            Box::new(|| {
-                eprint!("{}", soak::run(sh, cfg, &soak::Options::short(), false)?.render());
-                Ok(())
-            }),
-        ));
-    }
-    run_phases(phases)
+            },
+        ),
+    ]
 }
 
 /// The config views (one per base) the phases build cards from: the deployment's, and for the
@@ -133,27 +140,46 @@ fn bases_used(sh: &Shell, cfg: &ImageConfig, skip_qemu: bool) -> Result<Vec<Imag
     Ok(views)
 }
 
-/// Runs phases in order until one fails; prints a table of times with the rest as not run.
-fn run_phases(phases: Vec<Phase>) -> Result<()> {
+/// Runs phases in order until one fails (a phase running alongside is waited for, not stopped);
+/// prints a table of times with the rest as not run.
+fn run_phases(sh: &Shell, phases: Vec<Phase>) -> Result<()> {
     let started = Instant::now();
+    let root = sh.current_dir();
     let mut rows: Vec<(String, Option<(f64, bool)>)> = Vec::new();
-    let mut failed = false;
-    for (name, f) in phases {
-        if failed {
-            rows.push((name, None));
-            continue;
+    std::thread::scope(|s| {
+        let mut alongside = Vec::new();
+        for (name, run) in phases {
+            if rows.iter().any(|r| matches!(r.1, Some((_, false)))) {
+                rows.push((name, None));
+                continue;
+            }
+            eprintln!("\n==> {name}");
+            match run {
+                Run::InTurn(f) => {
+                    let t = Instant::now();
+                    let r = f();
+                    rows.push((name.clone(), Some(ended(&name, t, &r))));
+                }
+                Run::Alongside(f) => {
+                    eprintln!("==> {name}: started; its result comes after the others'");
+                    let root = root.clone();
+                    let t = Instant::now();
+                    let h = s.spawn(move || {
+                        Shell::new().map_err(Into::into).and_then(|sh| {
+                            sh.change_dir(root);
+                            f(&sh)
+                        })
+                    });
+                    rows.push((name.clone(), None));
+                    alongside.push((rows.len() - 1, name, t, h));
+                }
+            }
         }
-        eprintln!("\n==> {name}");
-        let t = Instant::now();
-        let r = f();
-        let secs = t.elapsed().as_secs_f64();
-        match &r {
-            Ok(()) => eprintln!("==> {name} ok ({secs:.0}s)"),
-            Err(e) => eprintln!("==> {name} FAILED after {secs:.0}s: {e:#}"),
+        for (row, name, t, h) in alongside {
+            let r = h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the phase panicked")));
+            rows[row].1 = Some(ended(&name, t, &r));
         }
-        failed = r.is_err();
-        rows.push((name, Some((secs, r.is_ok()))));
-    }
+    });
     eprintln!("\nphases:");
     for (n, r) in &rows {
         match r {
@@ -165,8 +191,18 @@ fn run_phases(phases: Vec<Phase>) -> Result<()> {
     let passed = rows.iter().filter(|r| matches!(r.1, Some((_, true)))).count();
     let not_run = rows.iter().filter(|r| r.1.is_none()).count();
     println!("xtask test: {passed} passed, {} failed, {not_run} skipped", rows.len() - passed - not_run);
-    if failed {
+    if passed + not_run < rows.len() {
         bail!("test phases failed");
     }
     Ok(())
+}
+
+/// Says how a phase ended; its time and whether it passed.
+fn ended(name: &str, t: Instant, r: &Result<()>) -> (f64, bool) {
+    let secs = t.elapsed().as_secs_f64();
+    match r {
+        Ok(()) => eprintln!("==> {name} ok ({secs:.0}s)"),
+        Err(e) => eprintln!("==> {name} FAILED after {secs:.0}s: {e:#}"),
+    }
+    (secs, r.is_ok())
 }
