@@ -50,6 +50,9 @@ pub struct ServeConfig {
     /// Inside a transfer: the longest wait for its next frame. A transfer also has to average
     /// `serve::MIN_RATE`, after a grace of twice this.
     pub frame: Duration,
+    /// Bytes of cut transfers' partial copies one sender may keep on the drive (to resume from);
+    /// past it the oldest go. The default keeps one of the largest file FAT32 holds.
+    pub partial: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -120,6 +123,7 @@ struct RawSync {
 struct RawServe {
     idle_secs: Option<Spanned<u64>>,
     frame_secs: Option<Spanned<u64>>,
+    partial_mib: Option<Spanned<u64>>,
 }
 
 /// How a peer is reached; read by serde, so a new kind is added here only.
@@ -224,6 +228,7 @@ fn validate(cx: &Source, raw: RawConfig) -> Result<Config, ConfigError> {
     let serve = ServeConfig {
         idle: Duration::from_secs(ranged(&v.idle_secs, "serve.idle_secs", 600, 1, 3600)?),
         frame: Duration::from_secs(ranged(&v.frame_secs, "serve.frame_secs", 60, 1, 600)?),
+        partial: ranged(&v.partial_mib, "serve.partial_mib", 4096, 1, 1 << 20)? << 20,
     };
 
     let mut peers = Vec::new();

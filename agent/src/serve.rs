@@ -13,7 +13,8 @@
 //! another offer of the path, in this session or another, is told it is busy.
 //!
 //! A peer with a key is held to bounds (ARCHITECTURE.md, "Threat model"): offers in flight,
-//! descriptors, memory, bytes hashed per session, time idle and time per transfer.
+//! descriptors, memory, bytes hashed per session, time idle and time per transfer, and the
+//! partial copies of cut transfers it leaves on the drive.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
@@ -43,10 +44,9 @@ const GROUP_AGE: Duration = Duration::from_millis(500);
 /// Written data is handed to the disk in slices of this size as it arrives, so that the commit's
 /// sync finds little left to write and a large file does not pile up in the page cache.
 const WRITEBACK_SLICE: u64 = 8 << 20;
-/// Directories remembered as swept in one session. Past this the memory is given back and
-/// sweeping starts over (a directory swept twice costs one more read of it): a sender offering
-/// ever new directories made the set grow without bound (265 MB after 4,000 deep paths).
-const SWEPT_MAX: usize = 1024;
+/// Directory entries the tidy of a sender's partial copies reads at most: it runs once per
+/// session, so on a drive of very many files it tidies part of the tree rather than stall.
+const TIDY_ENTRIES_MAX: usize = 200_000;
 /// What a message shows of itself in a log line or error: a peer's frame can be 1 MiB.
 const SHOWN_MAX: usize = 200;
 /// Offers accepted and not yet started that a session may hold: twice the sender's window (ours
@@ -124,7 +124,7 @@ pub fn serve(cfg: &Config, into: Option<&str>, input: impl Read + Send + 'static
             out,
             commits: commit_tx,
             probed: false,
-            swept: HashSet::new(),
+            tidied: false,
             known: HashMap::new(),
             hashed: 0,
             received: 0,
@@ -149,8 +149,8 @@ struct Receiver<'a, W: Write> {
     commits: SyncSender<Vec<Pending>>,
     /// The write probe (a create and unlink on the drive) runs once per session.
     probed: bool,
-    /// Directories (relative to receiving/) already swept of abandoned temporaries this session.
-    swept: HashSet<String>,
+    /// The sender's partial copies are tidied once per session, before its first file.
+    tidied: bool,
     /// Hashes of files already here, by what identifies their content.
     known: HashMap<FileId, Hash>,
     /// Bytes of files already here hashed this session, and bytes received (see `HASH_FREE`).
@@ -343,6 +343,12 @@ impl<W: Write> Receiver<'_, W> {
 
         let root = rustix::fs::open(root_dir, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
             .map_err(|e| failed(id, Code::DriveNotReady, format!("{}: {e}", root_dir.display())))?;
+        if !self.tidied {
+            self.tidied = true;
+            if let Ok(top) = open_dirs(&root, self.into.as_slice(), false) {
+                tidy_partials(&top, self.cfg.serve.partial);
+            }
+        }
         // Names in the units the drive counts, before anything is made: FAT takes 255 UTF-16
         // units (checked above), a byte-counting filesystem (ext4: 255 bytes) fewer. Past that
         // the file could never be stored, so it is refused, not failed to be retried.
@@ -372,12 +378,6 @@ impl<W: Write> Receiver<'_, W> {
             }
             _ => io_failed(id, "cannot create directory", path, e),
         })?;
-        if self.swept.len() >= SWEPT_MAX {
-            self.swept = HashSet::new();
-        }
-        if self.swept.insert(dirs.join("/")) {
-            sweep_abandoned_temps(&dir);
-        }
 
         // A file of this size already here may be this very content (our `Stored` was lost in a
         // crash, or the sender lost its journal): tell the sender its hash instead of taking it again.
@@ -644,34 +644,82 @@ fn claim_temp(dir: &OwnedFd, temp: &str) -> io::Result<Option<File>> {
 /// the sender (one that is still wanted is resumed, which writes to it, long before).
 const ABANDONED: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// Removes temporaries in `dir` untouched for `ABANDONED`: a partial copy of a file deleted at the
-/// sender would otherwise stay forever (and shows on Windows, which does not hide dot files). Only
-/// partial data of ours is removed, never a user's file; a clock that jumped back only delays it.
-fn sweep_abandoned_temps(dir: &OwnedFd) {
-    let Ok(fd) = rustix::io::dup(dir) else { return };
-    let Ok(mut entries) = rustix::fs::Dir::read_from(&fd) else { return };
+/// A partial copy of a cut transfer found on the drive.
+struct Partial {
+    /// Its directory, below the sender's.
+    dir: Vec<String>,
+    name: String,
+    size: u64,
+    /// Seconds and nanoseconds: the oldest go first.
+    mtime: (i64, i64),
+}
+
+/// Once per session, before its first file: the sender's partial copies that are empty or
+/// abandoned (untouched for `ABANDONED`) go, then the oldest while the rest hold more than `cap`
+/// bytes. Only partial data of ours is removed, never a user's file, and never a copy another
+/// session holds. A session leaves at most one new partial copy behind (the transfer it was in
+/// when cut; an empty one of an offer never started is removed when the session ends), so a
+/// sender keeps at most `cap` plus one file per session it has open at once: cut transfers cannot
+/// fill the drive with hidden files, as they could for a week before.
+fn tidy_partials(top: &OwnedFd, cap: u64) {
+    let mut found = find_partials(top);
+    found.sort_by_key(|p| p.mtime);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-    let mut old = Vec::new();
-    while let Some(Ok(e)) = entries.next() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !paths::is_temp_name(&name) {
-            continue;
-        }
-        match rustix::fs::statat(dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile && now - st.st_mtime > ABANDONED.as_secs() as i64 => {
-                old.push(name)
+    let mut held: u64 = found.iter().map(|p| p.size).sum();
+    for p in found {
+        let why = match () {
+            _ if p.size == 0 => "empty",
+            // A clock that jumped back only delays this.
+            _ if now - p.mtime.0 > ABANDONED.as_secs() as i64 => "untouched for a week",
+            _ if held > cap => "the sender's oldest while over serve.partial_mib",
+            _ => continue,
+        };
+        let dirs: Vec<&str> = p.dir.iter().map(String::as_str).collect();
+        let Ok(dir) = open_dirs(top, &dirs, false) else { continue };
+        // Claimed first, so a copy another session holds (one it is resuming) is left to it.
+        if let Ok(Some(_held)) = claim_temp(&dir, &p.name) {
+            tracing::info!("removing the partial copy {}/{} ({} bytes): {why}", p.dir.join("/"), p.name, p.size);
+            if rustix::fs::unlinkat(&dir, p.name.as_str(), AtFlags::empty()).is_ok() {
+                held -= p.size;
             }
-            _ => {}
         }
     }
-    for name in old {
-        // Claimed first, so a temporary another session holds (an old prefix it is about to
-        // resume) is left to it.
-        if let Ok(Some(_held)) = claim_temp(dir, &name) {
-            tracing::info!("removing an abandoned partial transfer {name}");
-            let _ = rustix::fs::unlinkat(dir, name.as_str(), AtFlags::empty());
+}
+
+/// The partial copies (temporaries) in `top`'s tree, reading at most `TIDY_ENTRIES_MAX` entries.
+fn find_partials(top: &OwnedFd) -> Vec<Partial> {
+    let mut found = Vec::new();
+    let mut pending: Vec<Vec<String>> = vec![Vec::new()];
+    let mut budget = TIDY_ENTRIES_MAX;
+    while let Some(rel) = pending.pop() {
+        let dirs: Vec<&str> = rel.iter().map(String::as_str).collect();
+        let Ok(dir) = open_dirs(top, &dirs, false) else { continue };
+        let Ok(mut entries) = rustix::fs::Dir::read_from(&dir) else { continue };
+        while let Some(Ok(e)) = entries.next() {
+            budget = match budget.checked_sub(1) {
+                Some(b) => b,
+                None => return found,
+            };
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name == "." || name == ".." {
+                continue;
+            }
+            // A user's file needs no stat (FAT and ext4 give the type with the name).
+            if e.file_type() == FileType::RegularFile && !paths::is_temp_name(&name) {
+                continue;
+            }
+            let Ok(st) = rustix::fs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) else { continue };
+            match FileType::from_raw_mode(st.st_mode) {
+                FileType::Directory if rel.len() < paths::MAX_DEPTH => pending.push(rel.iter().cloned().chain([name]).collect()),
+                FileType::RegularFile if paths::is_temp_name(&name) => {
+                    let mtime = (st.st_mtime, st.st_mtime_nsec as i64);
+                    found.push(Partial { dir: rel.clone(), name, size: st.st_size as u64, mtime })
+                }
+                _ => {}
+            }
         }
     }
+    found
 }
 
 /// `.pi2pi-<hash of name>.part`: hidden, one per final name, short enough for FAT32 whatever the

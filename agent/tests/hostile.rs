@@ -428,3 +428,43 @@ fn sessions_per_sender_are_bounded() {
     drop(open.pop());
     assert!(matches!(over(), Some(Msg::Welcome { .. })), "a slot freed by a closed session");
 }
+
+/// Bytes of partial copies (temporaries) below `root`, by path.
+fn partial_copies(root: &std::path::Path) -> Vec<(String, u64)> {
+    common::walk(root)
+        .into_iter()
+        .filter(|p| pi2pi_agent::paths::is_temp_name(&p.file_name().unwrap().to_string_lossy()))
+        .map(|p| (p.strip_prefix(root).unwrap().display().to_string(), fs::metadata(&p).unwrap().len()))
+        .collect()
+}
+
+/// Cut transfers leave partial copies to resume from, hidden from the user. A sender keeps at
+/// most `serve.partial_mib` of them plus the one its last session was cut in: the oldest go when
+/// a session starts receiving; the newest stays to resume. An empty one a killed session left is
+/// removed. Before the bound every cut transfer's copy stayed a week (here six cuts kept 3.6 MB
+/// against a cap of 1 MiB), so a sender could fill the drive with files nobody sees.
+#[test]
+fn partial_copies_one_sender_keeps_are_bounded() {
+    let (_t, _a, b) = pipe_pair();
+    b.write_config("require_mount = false", "[serve]\npartial_mib = 1\n");
+    let empty = format!("killed/{}", pi2pi_agent::serve::temp_name("never started.bin"));
+    write_file(&b.receiving(), &empty, b"");
+    let cut = 600 << 10;
+    for n in 0..6u8 {
+        let mut s = Session::start(&b);
+        let (dir, name) = (format!("d{n}"), format!("cut {n}.bin"));
+        s.send(&[Msg::Offer { id: 1, path: format!("{dir}/{name}"), size: 1 << 20 }]);
+        assert!(matches!(s.reply(), Msg::Accept { id: 1, have: 0, .. }));
+        s.send(&[Msg::Start { id: 1, from: 0 }, Msg::Data(vec![n; cut])]);
+        let temp = b.receiving().join(&dir).join(pi2pi_agent::serve::temp_name(&name));
+        let written = common::wait_until(Duration::from_secs(30), || fs::metadata(&temp).is_ok_and(|m| m.len() == cut as u64));
+        assert!(written, "cut {n}: the data frame reached {}", temp.display());
+        drop(s); // killed: the transfer is cut
+    }
+    let left = partial_copies(&b.receiving());
+    let held: u64 = left.iter().map(|(_, n)| n).sum();
+    eprintln!("partial copies kept after 6 cut transfers of {cut} bytes, cap 1 MiB: {held} bytes in {left:?}");
+    assert!(held <= (1 << 20) + cut as u64, "the sender keeps {held} bytes of partial copies: {left:?}");
+    assert!(left.iter().any(|(p, n)| p.starts_with("d5/") && *n == cut as u64), "the last cut transfer's copy is kept: {left:?}");
+    assert!(!b.receiving().join(&empty).exists(), "an empty partial copy of a killed session is removed");
+}

@@ -312,14 +312,19 @@ fn serve_into_keeps_each_senders_files_in_its_own_directory() {
 }
 
 /// Partial transfers of files the sender no longer has do not pile up: a temporary untouched for
-/// over a week is removed when a session next writes to its directory; a recent one is kept.
+/// over a week, in any directory of the sender's, is removed when a session next receives a
+/// file; a recent one is kept, and so is a user's file however old.
 #[test]
 fn abandoned_temporaries_are_swept_recent_ones_kept() {
     let (_t, _a, b) = pipe_pair();
     write_file(&b.receiving(), "d/.pi2pi-0123456789abcdef.part", b"old partial");
+    write_file(&b.receiving(), "elsewhere/deep/.pi2pi-0123456789abcdee.part", b"old partial, in a directory not offered");
     write_file(&b.receiving(), "d/.pi2pi-fedcba9876543210.part", b"recent partial");
     write_file(&b.receiving(), "d/user.txt", b"a user's file, however old");
-    sh(&format!("touch -d '10 days ago' '{0}'/d/.pi2pi-0123456789abcdef.part '{0}'/d/user.txt", b.receiving().display()));
+    sh(&format!(
+        "touch -d '10 days ago' '{0}'/d/.pi2pi-0123456789abcdef.part '{0}'/elsewhere/deep/.pi2pi-0123456789abcdee.part '{0}'/d/user.txt",
+        b.receiving().display()
+    ));
     let replies = serve_session(&b, &[Msg::Offer { id: 1, path: "d/new.txt".into(), size: 1 }]);
     assert!(matches!(replies[1], Msg::Accept { id: 1, .. }), "{replies:?}");
     let left: Vec<String> = tree(&b.receiving()).into_keys().collect();

@@ -157,7 +157,7 @@ pub fn peer_status(n: &Node) -> pi2pi_agent::status::PeerStatus {
     st.peers.into_iter().next().expect("one peer")
 }
 
-fn walk(dir: &Path) -> Vec<PathBuf> {
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut v = Vec::new();
     if let Ok(rd) = fs::read_dir(dir) {
         for e in rd.flatten() {
