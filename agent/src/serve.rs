@@ -87,7 +87,7 @@ pub fn serve(cfg: &Config, into: Option<&str>, input: impl Read + Send + 'static
         Some(other) => bail!("expected Hello, got {}", name_of(&other)),
         None => bail!("expected Hello, got the end of the stream"),
     }
-    let Some(_slot) = lock::session_slot(&cfg.state_dir, into)? else {
+    let Some(slot) = lock::session_slot(&cfg.state_dir, into)? else {
         let m = format!("this sender already has {} sessions open here; try again later", lock::SESSIONS_MAX);
         write_msg(&mut w, &Msg::Failed { id: 0, code: Code::Io, message: m.clone() })?;
         w.flush()?;
@@ -121,6 +121,8 @@ pub fn serve(cfg: &Config, into: Option<&str>, input: impl Read + Send + 'static
         let session = Receiver {
             cfg,
             into,
+            slot: &slot,
+            receiving: 0,
             out,
             commits: commit_tx,
             probed: false,
@@ -145,6 +147,10 @@ struct Receiver<'a, W: Write> {
     cfg: &'a Config,
     /// The sender's own directory under receiving/, if it has one.
     into: Option<&'a str>,
+    /// Where this session keeps the space it has promised, for other sessions to count.
+    slot: &'a lock::SessionSlot,
+    /// Bytes of the transfer in progress not received yet (at most its size).
+    receiving: u64,
     out: &'a Out<W>,
     commits: SyncSender<Vec<Pending>>,
     /// The write probe (a create and unlink on the drive) runs once per session.
@@ -258,6 +264,7 @@ impl<W: Write> Receiver<'_, W> {
                             // Flushed at once: the sender may be waiting for exactly this answer.
                             emit(self.out, &Msg::Accept { id, have: a.have, have_sha256, existing }, true)?;
                             self.accepted.push_back(a);
+                            self.record_promise();
                         }
                         Err(Setback::Answer(m)) => answer(self.out, &path, m)?,
                         Err(Setback::Broken(e)) => return Err(e),
@@ -267,13 +274,19 @@ impl<W: Write> Receiver<'_, W> {
                     // The final file is the content: a kept prefix is of no more use. Unlinked
                     // while locked, so it is the one this session claimed.
                     let a = self.take_accepted(id)?;
+                    self.record_promise();
                     let _ = rustix::fs::unlinkat(&*a.dir, a.temp.name.as_str(), AtFlags::empty());
                     self.add(Pending { id, path: a.path, dir: a.dir, name: a.name, temp: None }, 0);
                 }
                 Some(Msg::Start { id, from }) => {
                     let a = self.take_accepted(id)?;
                     let (size, path) = (a.size, a.path.clone());
-                    match self.receive(a, from, rx) {
+                    self.receiving = size;
+                    self.record_promise();
+                    let received = self.receive(a, from, rx);
+                    self.receiving = 0;
+                    self.record_promise();
+                    match received {
                         Ok(Some(p)) => self.add(p, size),
                         Ok(None) => {} // aborted by the sender
                         Err(Setback::Answer(m)) => answer(self.out, &path, m)?,
@@ -423,13 +436,23 @@ impl<W: Write> Receiver<'_, W> {
         Ok((a, existing))
     }
 
-    /// Fails the offer unless the drive has room for `need` bytes beyond what this session has
-    /// accepted and not yet received.
+    /// Bytes this session has promised: its accepted offers' and its transfer's yet to come.
+    fn promised(&self) -> u64 {
+        self.accepted.iter().map(|a| a.size - a.have).sum::<u64>() + self.receiving
+    }
+
+    fn record_promise(&self) {
+        self.slot.promise(self.promised());
+    }
+
+    /// Fails the offer unless the drive has room for `need` bytes beyond what this session and
+    /// the others live on this receiver have promised.
     fn check_space(&self, id: u32, path: &str, on: &OwnedFd, need: u64) -> Result<(), Setback> {
-        let reserved: u64 = self.accepted.iter().map(|a| a.size - a.have).sum();
+        let reserved = self.promised().saturating_add(self.slot.promised_by_others());
         let free = rustix::fs::fstatvfs(on).map(|s| s.f_bavail.saturating_mul(s.f_frsize)).unwrap_or(u64::MAX);
         if free < reserved.saturating_add(need) {
-            let m = format!("receiver's drive is full: {path} needs {need} bytes, {free} free, {reserved} promised to earlier offers");
+            let m =
+                format!("receiver's drive is full: {path} needs {need} bytes, {free} free, {reserved} promised to offers accepted before");
             return Err(failed(id, Code::NoSpace, m));
         }
         Ok(())
@@ -495,6 +518,9 @@ impl<W: Write> Receiver<'_, W> {
                                 if written - handed >= WRITEBACK_SLICE {
                                     start_writeback(file, handed, written - handed);
                                     handed = written;
+                                    // What is written is counted by the drive's free space now.
+                                    self.receiving = size - written;
+                                    self.record_promise();
                                 }
                             }
                             Err(e) => write_err = Some(e),

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
+use pi2pi_agent::proto::{read_msg, write_msg, Code, Msg, VERSION};
 
 /// A filesystem image attached to a loop device, optionally mounted; cleaned up on drop.
 struct Drive {
@@ -168,6 +169,52 @@ fn full_receiver_is_a_clear_error_and_a_later_retry_loses_nothing() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(fs::read(b.receiving().join("big.bin")).unwrap(), big);
     assert_eq!(fs::read(b.receiving().join("new/dirs/big.bin")).unwrap(), big);
+}
+
+/// A `serve` session with one offer made and left open (its promise stands while it lives):
+/// the session, and the answer to the offer.
+fn offer_and_hold(b: &Node, path: &str, size: u64) -> (KillOnDrop, Msg) {
+    use std::process::Stdio;
+    let mut child = b.cmd(&["serve"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let mut frames = Vec::new();
+    write_msg(&mut frames, &Msg::Hello { version: VERSION }).unwrap();
+    write_msg(&mut frames, &Msg::Offer { id: 1, path: path.into(), size }).unwrap();
+    std::io::Write::write_all(&mut input, &frames).unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    assert!(matches!(read_msg(&mut out).unwrap(), Some(Msg::Welcome { .. })));
+    let answer = read_msg(&mut out).unwrap().expect("an answer to the offer");
+    // Both ends stay open with the child: the session lives until the child is killed.
+    std::mem::forget((input, out));
+    (KillOnDrop(child), answer)
+}
+
+/// Space promised to one session is not promised to another: two sessions (two senders, or a
+/// reconnect) offering files that fit alone but not together, the second is told at once that the
+/// drive is full, and may have the space once the first session is gone. Before, both were
+/// accepted and one failed in the middle of its transfer.
+#[test]
+fn space_promised_to_one_session_is_not_promised_to_another() {
+    if skip_unless_root() {
+        return;
+    }
+    let (t, by_label, _a, b) = bare_receiver();
+    let mut d = Drive::new(t.path(), "promise", "PI2PI", 34);
+    label_link(&by_label, "PI2PI", &d);
+    d.mount(&b.drive, "rw");
+    fs::create_dir_all(b.receiving()).unwrap();
+    let free = rustix::fs::statvfs(&b.drive).map(|s| s.f_bavail * s.f_frsize).unwrap();
+    let size = free * 2 / 3;
+    let (first, accepted) = offer_and_hold(&b, "one.bin", size);
+    assert!(matches!(accepted, Msg::Accept { id: 1, .. }), "first session: {accepted:?}");
+    let (second, refused) = offer_and_hold(&b, "two.bin", size);
+    match refused {
+        Msg::Failed { code: Code::NoSpace, message, .. } => assert!(message.contains("promised"), "{message}"),
+        other => panic!("a second session offered space promised to the first: {other:?}"),
+    }
+    drop((second, first));
+    let (_third, again) = offer_and_hold(&b, "two.bin", size);
+    assert!(matches!(again, Msg::Accept { id: 1, .. }), "once the first session is gone: {again:?}");
 }
 
 /// One file the receiver cannot write (here: its directory is a read-only bind mount, EROFS; on a
