@@ -8,7 +8,7 @@
 //! the same one. A card whose schedule differs from the configuration is built as a variant into
 //! target/images-<schedule>/.
 //!
-//! Runs under target/qemu/<schedules>/. On failure the console logs, the QEMU command lines and
+//! Runs under target/qemu/<schedules>/. On failure the console logs, the transcripts (every guest command and its output), the QEMU command lines and
 //! report.txt stay there; on success the big overlay and drive images are removed.
 
 use std::collections::BTreeMap;
@@ -23,10 +23,8 @@ use crate::build::config::{Host, ImageConfig, Role, Schedule};
 use crate::build::image;
 use crate::build::mac::{Mac, PiMacs};
 use crate::vm::drive::{drive_tree, make_drive, test_files, DRIVE_KIB};
-use crate::vm::guest::{guest_tree, guest_written, wait_arrival, wait_idle, wait_mounted, wait_until, CMD};
+use crate::vm::guest::{guest_tree, guest_written, wait_arrival, wait_idle, wait_mounted, wait_until};
 use crate::vm::qemu::{self, Vm};
-
-const BOOT_LIMIT: Duration = Duration::from_secs(420);
 
 pub struct Report {
     /// Each host and the schedule its agent ran on.
@@ -161,7 +159,7 @@ pub fn run(sh: &Shell, cfg: &ImageConfig, schedules: &[Schedule], build: bool) -
         }
         Err(e) => {
             std::fs::write(run_dir.join("report.txt"), format!("FAILED: {e:#}\n"))?;
-            eprintln!("pair test failed; console logs and report in {}", run_dir.display());
+            eprintln!("pair test failed; console logs, transcripts and report in {}", run_dir.display());
         }
     }
     result
@@ -231,7 +229,7 @@ impl Pair<'_> {
         let started = Instant::now();
         let mut times = Vec::new();
         for vm in self.vms.iter_mut() {
-            let t = vm.wait_booted(started, BOOT_LIMIT)?;
+            let t = vm.wait_booted(started)?;
             eprintln!("qemu: {} booted in {:.0}s", vm.name, t.as_secs_f64());
             times.push((vm.name.clone(), t));
         }
@@ -250,28 +248,28 @@ impl Pair<'_> {
     fn check_services(&mut self) -> Result<()> {
         let mount = &self.cfg.drive.mount_point;
         for ((vm, h), schedule) in self.vms.iter_mut().zip(self.hosts).zip(self.schedules) {
-            vm.ok("systemctl is-active ssh", CMD)?;
+            vm.ok("systemctl is-active ssh")?;
             // The bounds a peer meets in sshd (its effective settings, as sshd reads its files).
-            let sshd = vm.ok("sshd -T", CMD)?;
+            let sshd = vm.ok("sshd -T")?;
             for want in ["clientaliveinterval 15", "clientalivecountmax 4", "logingracetime 60", "maxstartups 4:50:10", "maxsessions 2"] {
                 ensure!(sshd.lines().any(|l| l.trim() == want), "{}: sshd runs without `{want}`", h.name);
             }
-            let (dns, _) = vm.exec("systemctl is-active pi2pi-dnsmasq", CMD)?;
+            let (dns, _) = vm.exec("systemctl is-active pi2pi-dnsmasq")?;
             if h.role == Role::DhcpServer {
                 ensure!(dns == 0, "{}: dnsmasq is not active on the dhcp-server", h.name);
             } else {
                 ensure!(dns != 0, "{}: dnsmasq runs on a dhcp-client", h.name);
             }
             if *schedule == Schedule::Systemd {
-                vm.ok("systemctl is-active pi2pi-agent", CMD)?;
+                vm.ok("systemctl is-active pi2pi-agent")?;
             } else {
-                let (c, _) = vm.exec("systemctl is-enabled pi2pi-agent", CMD)?;
+                let (c, _) = vm.exec("systemctl is-enabled pi2pi-agent")?;
                 ensure!(c != 0, "{}: pi2pi-agent.service is enabled with the cron schedule", h.name);
-                vm.ok("systemctl is-active cron && test -f /etc/cron.d/pi2pi-agent", CMD)?;
+                vm.ok("systemctl is-active cron && test -f /etc/cron.d/pi2pi-agent")?;
             }
             wait_mounted(vm, mount, "vfat")?;
             let units = crate::build::layers::masked_units().collect::<Vec<_>>().join(" ");
-            let (_, state) = vm.exec(&format!("systemctl is-enabled {units}"), CMD)?;
+            let (_, state) = vm.exec(&format!("systemctl is-enabled {units}"))?;
             ensure!(state.lines().all(|l| l.trim() == "masked"), "{}: {units} should be masked: {state}", h.name);
         }
         Ok(())
@@ -287,7 +285,7 @@ impl Pair<'_> {
         for (i, vm) in self.vms.iter_mut().enumerate() {
             let what = format!("{}: {iface} getting {}", hosts[i].name, want(hosts[i]));
             wait_until(&what, Duration::from_secs(120), Duration::from_secs(2), || {
-                let out = vm.ok(&format!("ip -c=never -4 addr show dev {iface}"), CMD)?;
+                let out = vm.ok(&format!("ip -c=never -4 addr show dev {iface}"))?;
                 Ok(if out.contains(&want(hosts[i])) { Ok(()) } else { Err(out) })
             })?;
         }
@@ -297,7 +295,7 @@ impl Pair<'_> {
     /// The server's lease file gives the client its reserved address, to the Ethernet address its
     /// NIC has now and the identifier its card sends.
     fn check_lease(&mut self) -> Result<()> {
-        let leases = self.vms[self.server].ok("cat /var/lib/misc/dnsmasq.leases", CMD)?;
+        let leases = self.vms[self.server].ok("cat /var/lib/misc/dnsmasq.leases")?;
         let c = self.hosts[self.client];
         let mac = self.client_mac();
         let want = (mac.to_string(), address(c).to_string(), c.name.as_str(), c.client_id.as_deref().unwrap_or("-"));
@@ -328,15 +326,14 @@ impl Pair<'_> {
         for (i, vm) in self.vms.iter_mut().enumerate() {
             for h in hosts {
                 let name = format!("{}.{}", h.name, cfg.network.domain);
-                let out = vm.ok(&format!("getent hosts {name}"), CMD)?;
+                let out = vm.ok(&format!("getent hosts {name}"))?;
                 ensure!(out.contains(&address(h).to_string()), "{}: {name} resolves to {out}", hosts[i].name);
             }
             let peer = format!("{}.{}", hosts[1 - i].name, cfg.network.domain);
             let user = &cfg.system.user;
-            let (code, out) = vm.exec(
-                &format!("sudo -u {user} ssh -o BatchMode=yes -i /home/{user}/.ssh/id_ed25519 {user}@{peer} 'echo SHELL-$((6*7))'"),
-                CMD,
-            )?;
+            let (code, out) = vm.exec(&format!(
+                "sudo -u {user} ssh -o BatchMode=yes -i /home/{user}/.ssh/id_ed25519 {user}@{peer} 'echo SHELL-$((6*7))'"
+            ))?;
             ensure!(code != 255, "{}: ssh to {peer} failed (exit 255):\n{out}", hosts[i].name);
             ensure!(!out.contains("SHELL-42"), "{}: the agent key got a shell on {peer}:\n{out}", hosts[i].name);
         }
@@ -360,7 +357,7 @@ impl Pair<'_> {
                 Ok(if got == want { Ok(()) } else { Err(format!("{got:#?}")) })
             });
             if let Err(e) = arrived {
-                let (_, status) = vm.exec("pi2pi-agent status; journalctl -b --no-pager -t pi2pi-agent -u pi2pi-agent | tail -30", CMD)?;
+                let (_, status) = vm.exec("pi2pi-agent status; journalctl -b --no-pager -t pi2pi-agent -u pi2pi-agent | tail -30")?;
                 return Err(e.context(status));
             }
         }
@@ -395,10 +392,9 @@ impl Pair<'_> {
     /// propagated). Returns its `sha256sum` line.
     fn write_staged(&mut self, sender: usize, name: &str, bytes: u32) -> Result<String> {
         let mount = &self.cfg.drive.mount_point;
-        self.vms[sender].ok(
-            &format!("t={mount}/.{name}.part; f={mount}/sending/{name}; head -c {bytes} /dev/urandom > $t && mv $t $f && sha256sum < $f"),
-            CMD,
-        )
+        self.vms[sender].ok(&format!(
+            "t={mount}/.{name}.part; f={mount}/sending/{name}; head -c {bytes} /dev/urandom > $t && mv $t $f && sha256sum < $f"
+        ))
     }
 
     /// Waits for `name` from `sender` in the peer's receiving/; returns the wait.
@@ -424,7 +420,7 @@ impl Pair<'_> {
         self.specs[c].nics[0].mac = moved_to;
         let restarted = Instant::now();
         self.vms[c] = Vm::start(self.sh, &self.specs[c], &self.boots[c], &self.specs[c].dir.join("overlay.qcow2"))?;
-        let t = self.vms[c].wait_booted(restarted, BOOT_LIMIT)?;
+        let t = self.vms[c].wait_booted(restarted)?;
         eprintln!("qemu: {} rebooted in another Pi ({moved_to}) in {:.0}s", self.hosts[c].name, t.as_secs_f64());
         self.check_addresses().context("after the card moved to another Pi")?;
         let names: Vec<String> = [self.server, c].iter().map(|&i| format!("after-reboot-{}.bin", self.hosts[i].name)).collect();

@@ -1,5 +1,5 @@
 //! What the tests do in a guest, over the harness's shell (`Vm::exec`): the one wait
-//! (`wait_until`), the limit a guest command gets, and reading the guest's drive and agent.
+//! (`wait_until`), and reading the guest's drive and agent.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -7,9 +7,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::vm::qemu::Vm;
-
-/// The longest one command in a guest may take (an emulated Pi under load answers in seconds).
-pub const CMD: Duration = Duration::from_secs(60);
 
 /// Polls `probe` every `every` until it is done, for at most `limit`: every wait of the harness,
 /// so each is bounded in time and count and fails the same way. `probe` answers `Ok(Ok(value))`
@@ -35,8 +32,8 @@ struct StatusReport {
 pub fn wait_idle(vm: &mut Vm, limit: Duration) -> Result<()> {
     let name = vm.name.clone();
     wait_until(&format!("{name}: the agent going idle"), limit, Duration::from_secs(2), || {
-        let (running, _) = vm.exec("pgrep -f 'pi2pi-agent sync' >/dev/null", CMD)?;
-        let status = vm.ok("pi2pi-agent status --json", CMD)?;
+        let (running, _) = vm.exec("pgrep -f 'pi2pi-agent sync' >/dev/null")?;
+        let status = vm.ok("pi2pi-agent status --json")?;
         let report: StatusReport = serde_json::from_str(&status).with_context(|| format!("{name}: pi2pi-agent status --json: {status}"))?;
         let idle = report.last.is_some_and(|st| st.peers.iter().all(|p| p.pending.is_empty()));
         Ok(if running != 0 && idle { Ok(()) } else { Err(status) })
@@ -49,7 +46,7 @@ pub fn wait_idle(vm: &mut Vm, limit: Duration) -> Result<()> {
 pub fn guest_written(vm: &mut Vm, dir: &str) -> Result<BTreeMap<String, String>> {
     // A temporary renamed into place between find's readdir and its stat is no error (the soak
     // failed on one); the file is listed under its final name next time.
-    let out = vm.ok(&format!("cd '{dir}' && find . -ignore_readdir_race -type f -printf '%P\\t%s %T@ %C@\\n'"), CMD)?;
+    let out = vm.ok(&format!("cd '{dir}' && find . -ignore_readdir_race -type f -printf '%P\\t%s %T@ %C@\\n'"))?;
     Ok(out.lines().filter_map(|l| l.split_once('\t')).map(|(p, v)| (p.to_string(), v.to_string())).collect())
 }
 
@@ -59,7 +56,7 @@ pub fn wait_arrival(vm: &mut Vm, path: &str, sum: &str, limit: Duration) -> Resu
     let t = Instant::now();
     let what = format!("{path} reaching {}", vm.name);
     wait_until(&what, limit, Duration::from_millis(200), || {
-        let (_, got) = vm.exec(&format!("sha256sum < '{path}' 2>/dev/null"), CMD)?;
+        let (_, got) = vm.exec(&format!("sha256sum < '{path}' 2>/dev/null"))?;
         Ok(if got.split_whitespace().next() == Some(want.as_str()) { Ok(t.elapsed()) } else { Err(got) })
     })
 }
@@ -68,7 +65,7 @@ pub fn wait_arrival(vm: &mut Vm, path: &str, sum: &str, limit: Duration) -> Resu
 /// leftover would show up as a difference).
 pub fn guest_tree(vm: &mut Vm, dir: &str) -> Result<BTreeMap<String, String>> {
     // A temporary can be renamed between find and sha256sum: list what still exists.
-    let out = vm.ok(&format!("cd '{dir}' && {{ find . -type f -print0 | sort -z | xargs -0 -r sha256sum 2>/dev/null; true; }}"), CMD)?;
+    let out = vm.ok(&format!("cd '{dir}' && {{ find . -type f -print0 | sort -z | xargs -0 -r sha256sum 2>/dev/null; true; }}"))?;
     Ok(out.lines().filter_map(|l| l.split_once("  ")).map(|(h, p)| (p.trim_start_matches("./").to_string(), h.to_string())).collect())
 }
 
@@ -77,11 +74,11 @@ pub fn guest_tree(vm: &mut Vm, dir: &str) -> Result<BTreeMap<String, String>> {
 pub fn wait_mounted(vm: &mut Vm, mount: &str, fstype: &str) -> Result<()> {
     let what = format!("{}: {fstype} mounted at {mount}", vm.name);
     let mounted = wait_until(&what, Duration::from_secs(120), Duration::from_secs(2), || {
-        let (code, _) = vm.exec(&format!("findmnt -no FSTYPE {mount} | grep -qx {fstype}"), CMD)?;
+        let (code, _) = vm.exec(&format!("findmnt -no FSTYPE {mount} | grep -qx {fstype}"))?;
         Ok(if code == 0 { Ok(()) } else { Err(String::new()) })
     });
     mounted.or_else(|e| {
-        let (_, why) = vm.exec(&format!("systemctl status --no-pager {mount} 2>&1 | tail -20; lsblk -f"), CMD)?;
+        let (_, why) = vm.exec(&format!("systemctl status --no-pager {mount} 2>&1 | tail -20; lsblk -f"))?;
         Err(e.context(why))
     })
 }

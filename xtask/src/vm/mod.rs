@@ -1,9 +1,10 @@
 //! Booting cards in QEMU: the machine and its links (`qemu`), its monitor (`qmp`), what tests do
-//! in a guest (`guest`), the USB drives they get (`drive`), and one card on this terminal for
-//! people (`interactive`).
+//! in a guest (`guest`), how long they wait for one (`limits`), the USB drives they get
+//! (`drive`), and one card on this terminal for people (`interactive`).
 
 pub mod drive;
 pub mod guest;
 pub mod interactive;
+pub mod limits;
 pub mod qemu;
 pub mod qmp;

@@ -13,7 +13,7 @@
 //!   sockets): no host interface, no user-mode networking, nothing reaches outside.
 
 use std::ffi::OsString;
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -24,6 +24,7 @@ use xshell::{cmd, Shell};
 use crate::build::fat::Fat;
 use crate::build::mac::Mac;
 use crate::proc;
+use crate::vm::limits::{Guest, Limits};
 
 /// What the card's boot partition says to boot.
 pub struct BootFiles {
@@ -219,6 +220,12 @@ pub const READY: &str = "@@READY42";
 pub const CONSOLE_LOG: &str = "console.log";
 /// The harness shell's socket, in the VM's directory.
 pub const SHELL_SOCK: &str = "shell.sock";
+/// Every command the harness ran in the guest, with its output and status, in the VM's directory.
+pub const TRANSCRIPT: &str = "transcript.log";
+/// How long past a command's limit the host waits for the guest's `timeout` to answer.
+const FRAME_GRACE: Duration = Duration::from_secs(30);
+/// `timeout`'s status for a command it ended.
+const TIMED_OUT: i32 = 124;
 
 /// What the kernel prints for systemd's first messages (PID 1 logs to the kernel log until journald runs).
 const SYSTEMD_RUNS: &str = "systemd[1]: ";
@@ -239,6 +246,7 @@ pub struct Vm {
     seq: u64,
     /// Where this boot's part of the console log begins (a reboot appends to it).
     console_from: usize,
+    limits: Limits,
 }
 
 impl Vm {
@@ -249,12 +257,12 @@ impl Vm {
         }
         let append = qemu_cmdline(&boot.cmdline, HARNESS_APPEND);
         let console = format!("file,id=con,path={},append=on", spec.dir.join(CONSOLE_LOG).display());
-        Vm::launch(sh, &spec.name, &spec.dir, &argv(spec, boot, &append, overlay, &console))
+        Vm::launch(sh, &spec.name, &spec.dir, &argv(spec, boot, &append, overlay, &console), Guest::Virt)
     }
 
     /// Starts QEMU with `argv`, which must send the guest's console to `<dir>/console.log` (appended
     /// to, so a reboot continues the same log) and offer the harness shell on `<dir>/shell.sock`.
-    pub fn launch(sh: &Shell, name: &str, dir: &Path, argv: &[OsString]) -> Result<Vm> {
+    pub fn launch(sh: &Shell, name: &str, dir: &Path, argv: &[OsString], guest: Guest) -> Result<Vm> {
         std::fs::create_dir_all(dir)?;
         let _ = std::fs::remove_file(dir.join(SHELL_SOCK));
         std::fs::write(dir.join("qemu.cmdline"), argv.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ") + "\n")?;
@@ -269,6 +277,7 @@ impl Vm {
             shell: None,
             buf: String::new(),
             seq: 0,
+            limits: guest.limits(),
         })
     }
 
@@ -296,8 +305,10 @@ impl Vm {
         }
     }
 
-    /// Waits for the guest's shell, then for systemd to finish booting; returns the time taken.
-    pub fn wait_booted(&mut self, started: Instant, limit: Duration) -> Result<Duration> {
+    /// Waits for the guest's shell, then for systemd to finish booting (within its machine's boot
+    /// limit from `started`); returns the time taken.
+    pub fn wait_booted(&mut self, started: Instant) -> Result<Duration> {
+        let limit = self.limits.boot;
         let _spinner = crate::proc::Spinner::new(&format!("{}: booting", self.name));
         let deadline = started + limit;
         let sock = self.dir.join(SHELL_SOCK);
@@ -343,15 +354,14 @@ impl Vm {
             }
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        let (_, out) = self.exec("echo \"@@STATE=$(systemctl is-system-running --wait)\"", left)?;
+        let (_, out) = self.exec_within("echo \"@@STATE=$(systemctl is-system-running --wait)\"", left)?;
         let t = started.elapsed();
         let state = system_state(&out);
         if state != "running" {
-            let (_, failed) = self.exec("systemctl --failed --no-legend --plain", Duration::from_secs(30))?;
+            let (_, failed) = self.exec("systemctl --failed --no-legend --plain")?;
             // What the failed units said, for the report (the console shows only their names).
             let units: Vec<&str> = failed.lines().filter_map(|l| l.split_whitespace().next()).collect();
-            let (_, journal) = self
-                .exec(&format!("journalctl -b --no-pager -o short-monotonic -n 60 -u {}", units.join(" -u ")), Duration::from_secs(60))?;
+            let (_, journal) = self.exec(&format!("journalctl -b --no-pager -o short-monotonic -n 60 -u {}", units.join(" -u ")))?;
             bail!("{}: system is `{state}` after boot; failed units:\n{failed}\ntheir journal:\n{journal}", self.name);
         }
         Ok(t)
@@ -370,41 +380,74 @@ impl Vm {
         match sh.read(&mut b) {
             Ok(0) => bail!("{}: the guest shell closed", self.name),
             Ok(n) => self.buf.push_str(&String::from_utf8_lossy(&b[..n]).replace('\r', "")),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-            Err(e) => return Err(e.into()),
+            // A read with a timeout is never restarted after a signal (signal(7)): EINTR is "no
+            // data yet" (the soak, beside the other phases' threads, got one).
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {}
+            Err(e) => return Err(e).with_context(|| format!("{}: reading the guest shell", self.name)),
         }
         Ok(())
     }
 
-    /// Runs a shell command in the guest; returns (exit status, output).
-    pub fn exec(&mut self, command: &str, limit: Duration) -> Result<(i32, String)> {
+    /// Runs a shell command in the guest under the guest's own `timeout` of its machine's command
+    /// limit (so a command that hangs frees the shell for the next one); returns (exit status,
+    /// output), framed by markers so that console noise cannot be taken for either. Every
+    /// command, its output and status go to the VM's transcript.
+    pub fn exec(&mut self, command: &str) -> Result<(i32, String)> {
+        self.exec_within(command, self.limits.cmd)
+    }
+
+    /// `exec` with a limit of its own (a wait done in the guest, like systemd's boot).
+    pub fn exec_within(&mut self, command: &str, limit: Duration) -> Result<(i32, String)> {
         self.seq += 1;
         let n = self.seq;
         let (begin, end) = (format!("@@B{n}@@\n"), format!("@@E{n}:"));
-        self.send(&format!("echo \"@@\"\"B{n}@@\"; ( {command} ) </dev/null 2>&1; echo \"@@\"\"E{n}:$?\"\n"))?;
-        let deadline = Instant::now() + limit;
+        let secs = limit.as_secs().max(1);
+        self.send(&format!(
+            "echo \"@@\"\"B{n}@@\"; timeout -k 5 {secs} sh -c {} </dev/null 2>&1; echo \"@@\"\"E{n}:$?\"\n",
+            shell_quote(command)
+        ))?;
+        let started = Instant::now();
+        // The frame still has to come over the serial line after the guest's timeout ends it.
+        let deadline = started + limit + FRAME_GRACE;
         loop {
             if let (Some(b), Some(e)) = (self.buf.find(&begin), self.buf.find(&end)) {
                 if let Some(nl) = self.buf[e..].find('\n') {
                     let out = self.buf[b + begin.len()..e].to_string();
                     let code = self.buf[e + end.len()..e + nl].trim().parse().unwrap_or(-1);
                     self.buf.drain(..e + nl + 1);
+                    self.transcribe(command, &out, &format!("exit {code}"), started);
+                    if code == TIMED_OUT {
+                        bail!("{}: `{command}` did not finish within {limit:?} (ended by the guest's timeout):\n{out}", self.name);
+                    }
                     return Ok((code, out));
                 }
             }
             if Instant::now() > deadline {
-                bail!("{}: `{command}` did not finish within {limit:?}", self.name);
+                self.transcribe(command, "", "no answer", started);
+                bail!("{}: `{command}` did not finish within {limit:?}, nor its guest timeout answer", self.name);
             }
             if let Some(why) = self.exited() {
+                self.transcribe(command, "", &why, started);
                 bail!("{}: QEMU {why} during `{command}`", self.name);
             }
             self.pump(Duration::from_millis(200))?;
         }
     }
 
+    /// Appends one command to `<dir>/transcript.log` (best effort: a transcript that cannot be
+    /// written does not fail the test it documents).
+    fn transcribe(&self, command: &str, out: &str, ended: &str, started: Instant) {
+        let entry = format!("$ {command}\n{out}[{ended} after {:.1}s]\n", started.elapsed().as_secs_f64());
+        let _ = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(TRANSCRIPT))
+            .and_then(|mut f| f.write_all(entry.as_bytes()));
+    }
+
     /// `exec` that must succeed.
-    pub fn ok(&mut self, command: &str, limit: Duration) -> Result<String> {
-        let (code, out) = self.exec(command, limit)?;
+    pub fn ok(&mut self, command: &str) -> Result<String> {
+        let (code, out) = self.exec(command)?;
         if code != 0 {
             bail!("{}: `{command}` exited {code}:\n{}", self.name, out.trim_end());
         }
@@ -448,6 +491,11 @@ impl Vm {
             let _ = h.kill();
         }
     }
+}
+
+/// `s` as one word for a POSIX shell.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 /// Everything a guest printed so far. Lossy: a UART's first byte can be line noise (the Pi 3's
@@ -517,5 +565,12 @@ mod tests {
         assert_eq!(system_state("@@STATE=degraded[  9.1] x\n"), "degraded");
         assert_eq!(system_state("@@STATE=$(systemctl is-system-running --wait)\n@@STATE=starting\n"), "starting");
         assert_eq!(system_state("nothing"), "");
+    }
+
+    #[test]
+    fn a_command_reaches_the_guest_shell_as_written() {
+        let command = r#"cd '/media/pi/x y' && echo "it's $((6*7))" | tr -d '\n'; printf '%s' "$HOME" >/dev/null"#;
+        let out = std::process::Command::new("sh").arg("-c").arg(format!("printf '%s' {}", shell_quote(command))).output().unwrap();
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), command);
     }
 }

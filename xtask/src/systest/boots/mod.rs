@@ -44,13 +44,12 @@ use crate::build::config::{Host, ImageConfig};
 use crate::build::fat::Fat;
 use crate::build::image;
 use crate::proc;
-use crate::vm::guest::{wait_mounted, CMD};
+use crate::vm::guest::wait_mounted;
+use crate::vm::limits::Guest;
 use crate::vm::qemu::{self, Vm, CONSOLE_LOG};
 
 mod machine;
 use machine::*;
-
-const BOOT_LIMIT: Duration = Duration::from_secs(600);
 
 /// What one boot showed.
 pub struct BootReport {
@@ -235,7 +234,7 @@ fn boot_card(root: &Path, run_dir: &Path, c: &Card) -> Result<Vec<BootReport>> {
     let _ = std::fs::remove_dir_all(&dir);
     let r = card(&sh, c, &dir);
     if let Err(e) = &r {
-        eprintln!("board: {} failed: {e:#}\n  console log and QEMU command line kept in {}", c.tag(), dir.display());
+        eprintln!("board: {} failed: {e:#}\n  console log, transcript and QEMU command line kept in {}", c.tag(), dir.display());
         eprint!("{}", qemu::console_tail(&dir.join(CONSOLE_LOG), 30));
     }
     r.with_context(|| format!("{} ({}) on its board model", c.host.name, c.cfg.base.arch.deb()))
@@ -274,8 +273,8 @@ fn card(sh: &Shell, c: &Card, dir: &Path) -> Result<Vec<BootReport>> {
     let mut after_first = None;
     for n in 1..=c.boots {
         let started = Instant::now();
-        let mut vm = Vm::launch(sh, &host.name, dir, &argv(&model, &program, &boot, &dtb, &sd, &usb, dir))?;
-        vm.wait_booted(started, BOOT_LIMIT).with_context(|| format!("boot {n}"))?;
+        let mut vm = Vm::launch(sh, &host.name, dir, &argv(&model, &program, &boot, &dtb, &sd, &usb, dir), Guest::Pi(model.machine))?;
+        vm.wait_booted(started).with_context(|| format!("boot {n}"))?;
         let seconds = started.elapsed().as_secs_f64();
         eprintln!("board: {} booted on {} in {seconds:.0}s (boot {n})", c.tag(), model.machine);
         let booted_len = vm.console().len();
@@ -309,8 +308,8 @@ fn card(sh: &Shell, c: &Card, dir: &Path) -> Result<Vec<BootReport>> {
 fn check_running(vm: &mut Vm, cfg: &ImageConfig) -> Result<()> {
     // The shell shares the console: from here on keep kernel messages off it, so that command
     // output is not interleaved with them (the boot's messages are already in console.log).
-    vm.ok("dmesg -n 1", CMD)?;
-    let root = vm.ok("findmnt -no SOURCE /", CMD)?;
+    vm.ok("dmesg -n 1")?;
+    let root = vm.ok("findmnt -no SOURCE /")?;
     ensure!(root.lines().any(|l| l.trim() == "/dev/mmcblk0p2"), "root is not mounted from the SD card: {root}");
     let mount = &cfg.drive.mount_point;
     let mut tries = 0;
@@ -321,15 +320,14 @@ fn check_running(vm: &mut Vm, cfg: &ImageConfig) -> Result<()> {
     }
     // The fstab entry's fsck ran for the drive, before its mount, and passed.
     let label = &cfg.drive.label;
-    let fsck = vm.ok(
-        &format!("systemctl show -p ActiveState,Result \"systemd-fsck@$(systemd-escape --path /dev/disk/by-label/{label}).service\""),
-        CMD,
-    )?;
+    let fsck = vm.ok(&format!(
+        "systemctl show -p ActiveState,Result \"systemd-fsck@$(systemd-escape --path /dev/disk/by-label/{label}).service\""
+    ))?;
     ensure!(
         fsck.lines().any(|l| l.trim() == "ActiveState=active") && fsck.lines().any(|l| l.trim() == "Result=success"),
         "no successful fsck of the drive before it was mounted: {fsck}"
     );
-    let status = vm.ok("pi2pi-agent status --json", CMD)?;
+    let status = vm.ok("pi2pi-agent status --json")?;
     let json = &status[status.find('{').context("no JSON from pi2pi-agent status")?..];
     let v: serde_json::Value = serde_json::from_str(json.trim()).with_context(|| format!("pi2pi-agent status: {status}"))?;
     ensure!(v["drive_ready"] == serde_json::Value::Bool(true), "the agent does not see the drive: {status}");
@@ -345,14 +343,14 @@ const REPLUGS: u32 = 3;
 /// Only in that case, and saying so, the harness asks the kernel to enumerate again (the root
 /// hub de-authorised and authorised), up to `REPLUGS` times.
 fn replug_after_failed_enumeration(vm: &mut Vm) -> Result<()> {
-    let (_, log) = vm.exec("dmesg | grep -c 'dwc2 .*: Not connected'; ls /sys/block | grep -c '^sd'", CMD)?;
+    let (_, log) = vm.exec("dmesg | grep -c 'dwc2 .*: Not connected'; ls /sys/block | grep -c '^sd'")?;
     let counts: Vec<u32> = log.lines().filter_map(|l| l.trim().parse().ok()).collect();
     ensure!(counts.len() == 2 && counts[0] > 0 && counts[1] == 0, "the drive was not mounted, and not for a lost USB enumeration");
     eprintln!(
         "board: {}: the emulated dwc2 lost the USB drive's enumeration ({} \"Not connected\"); enumerating again",
         vm.name, counts[0]
     );
-    vm.ok("echo 0 > /sys/bus/usb/devices/usb1/authorized && sleep 2 && echo 1 > /sys/bus/usb/devices/usb1/authorized", CMD)?;
+    vm.ok("echo 0 > /sys/bus/usb/devices/usb1/authorized && sleep 2 && echo 1 > /sys/bus/usb/devices/usb1/authorized")?;
     Ok(())
 }
 

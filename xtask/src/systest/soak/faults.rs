@@ -42,7 +42,7 @@ impl Soak<'_> {
                 (format!("unplugged for {secs}s"), Instant::now())
             }
             Kind::AgentKill => {
-                self.vms[v].ok(&format!("pkill -KILL -f '^{}' || true", pi2pi_agent::layout::BINARY), CMD)?;
+                self.vms[v].ok(&format!("pkill -KILL -f '^{}' || true", pi2pi_agent::layout::BINARY))?;
                 ("SIGKILL to every pi2pi-agent process".to_string(), Instant::now())
             }
         };
@@ -65,7 +65,7 @@ impl Soak<'_> {
         let overlay = self.specs[v].dir.join("overlay.qcow2");
         self.vms[v] = Vm::start(self.sh, &self.specs[v], &self.boots[v], &overlay)?;
         self.qmp[v] = Qmp::connect(&self.specs[v].dir.join(QMP_SOCK), Duration::from_secs(30))?;
-        self.vms[v].wait_booted(on, BOOT_LIMIT)?;
+        self.vms[v].wait_booted(on)?;
         if drive {
             wait_mounted(&mut self.vms[v], &self.cfg.drive.mount_point, "vfat")?;
         }
@@ -80,7 +80,7 @@ impl Soak<'_> {
         self.drive_in[v] = false;
         let mount = self.mount().to_string();
         let t = Instant::now();
-        while self.vms[v].exec(&format!("mountpoint -q '{mount}'"), CMD)?.0 == 0 {
+        while self.vms[v].exec(&format!("mountpoint -q '{mount}'"))?.0 == 0 {
             ensure!(t.elapsed() < Duration::from_secs(60), "{mount} still mounted a minute after the drive was pulled");
             std::thread::sleep(Duration::from_secs(1));
         }
@@ -94,7 +94,7 @@ impl Soak<'_> {
             self.vms[v].stop("reboot", Duration::from_secs(180))?;
             self.power_on(v, false)?;
         }
-        let bare = self.vms[v].ok(&format!("mountpoint -q '{mount}' && echo MOUNTED; ls -A '{mount}'"), CMD)?;
+        let bare = self.vms[v].ok(&format!("mountpoint -q '{mount}' && echo MOUNTED; ls -A '{mount}'"))?;
         ensure!(bare.trim().is_empty(), "{}: with the drive out, {mount} holds: {bare}", self.hosts[v].name);
         let device = qemu::usb_drive_device();
         let args = device_add_arguments(&device.to_string_lossy())?;

@@ -47,7 +47,7 @@ impl Soak<'_> {
         // A few paths per command: the harness shell reads lines of at most 4 KiB.
         for chunk in changed.chunks(16) {
             let args: Vec<String> = chunk.iter().map(|p| format!("'{p}'")).collect();
-            let out = self.vms[r].ok(&format!("cd '{dir}' && {{ sha256sum -- {} 2>/dev/null; true; }}", args.join(" ")), CMD)?;
+            let out = self.vms[r].ok(&format!("cd '{dir}' && {{ sha256sum -- {} 2>/dev/null; true; }}", args.join(" ")))?;
             for (sum, path) in out.lines().filter_map(|l| l.split_once("  ")) {
                 if let Some(stamp) = stamps.get(path) {
                     cache.insert(path.to_string(), (stamp.clone(), sum.to_string()));
@@ -106,8 +106,8 @@ impl Soak<'_> {
                     break;
                 }
                 let mount = self.mount().to_string();
-                self.vms[s].ok(&format!("rm -f '{mount}/sending/{path}'"), CMD)?;
-                self.vms[1 - s].ok(&format!("rm -f '{mount}/receiving/{path}'"), CMD)?;
+                self.vms[s].ok(&format!("rm -f '{mount}/sending/{path}'"))?;
+                self.vms[1 - s].ok(&format!("rm -f '{mount}/receiving/{path}'"))?;
                 self.written[s].present.remove(&path);
                 self.received[1 - s].remove(&path);
                 total -= self.written[s].bytes.get(&path).copied().unwrap_or(0);
