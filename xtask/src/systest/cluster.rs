@@ -32,7 +32,7 @@ use crate::build::image;
 use crate::build::mac::PiMacs;
 use crate::vm::drive::{drive_tree, make_drive, test_files, DRIVE_KIB};
 use crate::vm::guest::{guest_tree, wait_until};
-use crate::vm::qemu::{self, Nic, Vm};
+use crate::vm::qemu::{self, Nic, Power, Vm};
 
 /// The cluster the test builds and boots when not given another.
 pub const EXAMPLE: &str = "examples/cluster.toml";
@@ -439,7 +439,7 @@ impl<'a> Cluster<'a> {
 
     fn stop_and_compare_drives(&mut self) -> Result<()> {
         for vm in self.vms.iter_mut() {
-            vm.stop("poweroff", Duration::from_secs(120))?;
+            vm.stop(Power::Off)?;
         }
         let scratch = self.specs[0].dir.join("compare");
         let manager_drive = self.specs[0].dir.join("usb.img");

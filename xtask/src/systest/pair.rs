@@ -24,7 +24,7 @@ use crate::build::image;
 use crate::build::mac::{Mac, PiMacs};
 use crate::vm::drive::{drive_tree, make_drive, test_files, DRIVE_KIB};
 use crate::vm::guest::{guest_tree, guest_written, wait_arrival, wait_idle, wait_mounted, wait_until};
-use crate::vm::qemu::{self, Vm};
+use crate::vm::qemu::{self, Power, Vm};
 
 pub struct Report {
     /// Each host and the schedule its agent ran on.
@@ -415,7 +415,7 @@ impl Pair<'_> {
         let receiving = format!("{mount}/receiving");
         let before: Vec<_> = self.vms.iter_mut().map(|vm| guest_written(vm, &receiving)).collect::<Result<_>>()?;
         let c = self.client;
-        self.vms[c].stop("reboot", Duration::from_secs(120))?;
+        self.vms[c].stop(Power::Reboot)?;
         let moved_to = self.macs.next(&format!("{} eth0, its card moved to another Pi", self.hosts[c].name));
         self.specs[c].nics[0].mac = moved_to;
         let restarted = Instant::now();
@@ -454,7 +454,7 @@ impl Pair<'_> {
     /// Clean shutdown, then each sending/ and the peer's receiving/ compared from the host.
     fn stop_and_compare_drives(&mut self, run_dir: &Path) -> Result<()> {
         for vm in self.vms.iter_mut() {
-            vm.stop("poweroff", Duration::from_secs(120))?;
+            vm.stop(Power::Off)?;
         }
         let hosts = self.hosts;
         for i in 0..2 {

@@ -22,6 +22,8 @@ pub struct Limits {
     pub boot: Duration,
     /// One command in the guest's shell; the guest's own `timeout` ends it there.
     pub cmd: Duration,
+    /// From `systemctl poweroff` (or `reboot`) to QEMU's exit.
+    pub shutdown: Duration,
 }
 
 impl Guest {
@@ -29,11 +31,11 @@ impl Guest {
     /// shared by up to five guests while the soak runs beside the other QEMU phases, and for the
     /// raspi2b, the slowest (one emulated core for Debian's LPAE kernel).
     pub fn limits(self) -> Limits {
-        let boot = match self {
-            Guest::Virt => 540,
-            Guest::Pi(Machine::Raspi2b) => 720,
-            Guest::Pi(_) => 600,
+        let (boot, shutdown) = match self {
+            Guest::Virt => (540, 180),
+            Guest::Pi(Machine::Raspi2b) => (720, 300),
+            Guest::Pi(_) => (600, 300),
         };
-        Limits { boot: Duration::from_secs(boot), cmd: Duration::from_secs(120) }
+        Limits { boot: Duration::from_secs(boot), cmd: Duration::from_secs(120), shutdown: Duration::from_secs(shutdown) }
     }
 }

@@ -454,17 +454,18 @@ impl Vm {
         Ok(out)
     }
 
-    /// Asks the guest to power off (or reboot) and waits for QEMU to exit.
-    pub fn stop(&mut self, how: &str, limit: Duration) -> Result<()> {
-        let seen = self.console().len();
-        let _ = self.send(&format!("systemctl {how}\n"));
+    /// Asks the guest to power off (or reboot) and waits, within its machine's shutdown limit,
+    /// for QEMU to exit (`-no-reboot`: a reboot ends QEMU too, and the test boots the card again).
+    pub fn stop(&mut self, how: Power) -> Result<()> {
+        let (seen, limit) = (self.console().len(), self.limits.shutdown);
+        let _ = self.send(&format!("systemctl {}\n", how.verb()));
         // Keep the shell open and drained until QEMU exits: closing it at once can drop the end of
         // the command (a UART takes 16 bytes at a time), and an unread console stalls the guest.
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             // A board QEMU cannot switch off (raspi0: no power-management block) halts instead,
             // after the same clean shutdown; then QEMU is ended here.
-            if how == "poweroff" && self.console().get(seen..).is_some_and(|c| c.contains(HALTED)) {
+            if how == Power::Off && self.console().get(seen..).is_some_and(|c| c.contains(HALTED)) {
                 self.kill();
             }
             if self.exited().is_some() || self.handle.is_none() {
@@ -483,7 +484,7 @@ impl Vm {
         }
         self.kill();
         self.shell = None;
-        bail!("{}: did not {how} within {limit:?}", self.name)
+        bail!("{}: did not {} within {limit:?}", self.name, how.verb())
     }
 
     pub fn kill(&mut self) {
@@ -496,6 +497,22 @@ impl Vm {
 /// `s` as one word for a POSIX shell.
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// How a guest is asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Power {
+    Off,
+    Reboot,
+}
+
+impl Power {
+    fn verb(self) -> &'static str {
+        match self {
+            Power::Off => "poweroff",
+            Power::Reboot => "reboot",
+        }
+    }
 }
 
 /// Everything a guest printed so far. Lossy: a UART's first byte can be line noise (the Pi 3's

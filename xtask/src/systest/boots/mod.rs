@@ -33,7 +33,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
 use xshell::{cmd, Shell};
@@ -46,7 +46,7 @@ use crate::build::image;
 use crate::proc;
 use crate::vm::guest::wait_mounted;
 use crate::vm::limits::Guest;
-use crate::vm::qemu::{self, Vm, CONSOLE_LOG};
+use crate::vm::qemu::{self, Power, Vm, CONSOLE_LOG};
 
 mod machine;
 use machine::*;
@@ -279,7 +279,7 @@ fn card(sh: &Shell, c: &Card, dir: &Path) -> Result<Vec<BootReport>> {
         eprintln!("board: {} booted on {} in {seconds:.0}s (boot {n})", c.tag(), model.machine);
         let booted_len = vm.console().len();
         check_running(&mut vm, cfg).with_context(|| format!("boot {n}"))?;
-        vm.stop("poweroff", Duration::from_secs(300)).with_context(|| format!("boot {n}: power-off"))?;
+        vm.stop(Power::Off).with_context(|| format!("boot {n}: power-off"))?;
         // The boot's part of the console: what came before the harness shell answered.
         let console = vm.console();
         let boot_part = console.get(..booted_len).unwrap_or(&console);

@@ -29,7 +29,7 @@ impl Soak<'_> {
                 (format!("{how}; cold boot {:.0}s", on.elapsed().as_secs_f64()), on)
             }
             Kind::Reboot => {
-                self.vms[v].stop("reboot", Duration::from_secs(180))?;
+                self.vms[v].stop(Power::Reboot)?;
                 let on = self.power_on(v, true)?;
                 (format!("systemctl reboot; boot {:.0}s", on.elapsed().as_secs_f64()), on)
             }
@@ -91,7 +91,7 @@ impl Soak<'_> {
         std::thread::sleep(Duration::from_secs(self.rng.u64(5..30)));
         let across_reboot = self.rng.u32(0..3) == 0;
         if across_reboot {
-            self.vms[v].stop("reboot", Duration::from_secs(180))?;
+            self.vms[v].stop(Power::Reboot)?;
             self.power_on(v, false)?;
         }
         let bare = self.vms[v].ok(&format!("mountpoint -q '{mount}' && echo MOUNTED; ls -A '{mount}'"))?;

@@ -120,7 +120,7 @@ impl Soak<'_> {
     /// the last version of every file in the peer's sending/ (and of deleted ones, some version).
     pub(super) fn finish(&mut self) -> Result<(Vec<String>, usize, u64)> {
         for vm in self.vms.iter_mut() {
-            vm.stop("poweroff", Duration::from_secs(180))?;
+            vm.stop(Power::Off)?;
         }
         let mut lost = Vec::new();
         let (mut files, mut bytes) = (0, 0);

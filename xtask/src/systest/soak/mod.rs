@@ -33,7 +33,7 @@ use crate::proc;
 use crate::systest::pair::{specs, Drives};
 use crate::vm::drive::drive_tree;
 use crate::vm::guest::{guest_written, wait_arrival, wait_idle, wait_mounted, wait_until};
-use crate::vm::qemu::{self, Vm};
+use crate::vm::qemu::{self, Power, Vm};
 
 mod faults;
 mod judge;
