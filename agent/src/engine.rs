@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
@@ -55,8 +56,39 @@ const WRITER_IDLE: Duration = Duration::from_secs(30);
 /// is this recent may have changed without its (size, mtime) changing.
 const FAT_MTIME_SLACK: Duration = Duration::from_secs(4);
 
+/// The engine's monotonic time: `Instant::now` on a Pi; in a test, a clock the test moves by hand
+/// (`Clock::manual`, `advance`), so that quiescence, holds and backoff are tested without sleeping.
+#[derive(Clone, Default)]
+pub struct Clock(Option<Arc<Mutex<Instant>>>);
+
+impl Clock {
+    pub fn system() -> Clock {
+        Clock(None)
+    }
+
+    /// A clock that stands still until `advance`d.
+    pub fn manual() -> Clock {
+        Clock(Some(Arc::new(Mutex::new(Instant::now()))))
+    }
+
+    pub fn now(&self) -> Instant {
+        match &self.0 {
+            None => Instant::now(),
+            Some(t) => *t.lock().unwrap_or_else(|e| e.into_inner()),
+        }
+    }
+
+    /// Moves a manual clock on (a system clock moves by itself).
+    pub fn advance(&self, by: Duration) {
+        if let Some(t) = &self.0 {
+            *t.lock().unwrap_or_else(|e| e.into_inner()) += by;
+        }
+    }
+}
+
 pub struct Engine {
     pub cfg: Config,
+    clock: Clock,
     peers: Vec<PeerState>,
     /// First time each stat signature was seen (monotonic), for quiescence without trusting the
     /// wall clock: a Pi has no RTC and its clock can jump at boot.
@@ -102,6 +134,10 @@ impl PassReport {
 
 impl Engine {
     pub fn new(cfg: Config, mode: Mode) -> Result<Engine> {
+        Engine::with_clock(cfg, mode, Clock::system())
+    }
+
+    pub fn with_clock(cfg: Config, mode: Mode, clock: Clock) -> Result<Engine> {
         let mut peers = Vec::new();
         for p in &cfg.peers {
             let journal = Journal::open(&cfg.state_dir, &p.name)?;
@@ -120,7 +156,7 @@ impl Engine {
                 status,
             });
         }
-        Ok(Engine { cfg, peers, seen: HashMap::new(), drive_error: None, mode })
+        Ok(Engine { cfg, clock, peers, seen: HashMap::new(), drive_error: None, mode })
     }
 
     /// Is the sending side usable? Logs only when the answer changes.
@@ -183,11 +219,11 @@ impl Engine {
             return report;
         }
         let files = self.scan();
-        let now = Instant::now();
+        let now = self.clock.now();
         let ready = self.ready(&files, hot, now, &mut report);
         let collisions: HashMap<&str, &str> =
             paths::case_collisions(files.iter().map(|f| f.rel.as_str())).into_iter().flat_map(|(a, b)| [(a, b), (b, a)]).collect();
-        let limits = Limits { retry_max: self.cfg.sync.retry_max, serve_idle: self.cfg.serve.idle };
+        let limits = Limits { retry_max: self.cfg.sync.retry_max, serve_idle: self.cfg.serve.idle, clock: &self.clock };
         for ps in &mut self.peers {
             if let Some(at) = ps.retry_at.filter(|t| *t > now) {
                 report.wake(at - now);
@@ -366,7 +402,7 @@ fn deliver(ps: &mut PeerState, jobs: &[Job], seen: &mut HashMap<String, Seen>, l
                 format!("link to {} lost: {e:#} ({why})", ps.peer.name)
             };
             ps.status.connected = false;
-            fail(ps, msg, limits.retry_max);
+            fail(ps, msg, limits);
             report.failures += 1;
         }
     }
@@ -383,18 +419,18 @@ fn deliver_on(
     limits: Limits,
     report: &mut PassReport,
 ) -> Result<(), (anyhow::Error, usize)> {
-    let started = Instant::now();
+    let started = limits.clock.now();
     let mut outcomes = 0;
     let result = session.deliver(jobs, |i, outcome| {
         outcomes += 1;
-        let applied = apply_outcome(ps, &jobs[i], outcome, started, limits.retry_max, report);
+        let applied = apply_outcome(ps, &jobs[i], outcome, started, limits, report);
         if applied.retry_after_settle {
             seen.remove(jobs[i].rel);
         }
         settled[i] = applied.settled;
         applied.go_on
     });
-    session.used = Instant::now();
+    session.used = limits.clock.now();
     result.map_err(|e| (e, outcomes))
 }
 
@@ -403,29 +439,31 @@ fn deliver_on(
 /// backoff) if it cannot be reached. With whether the session was kept from before.
 fn session_for(ps: &mut PeerState, limits: Limits, report: &mut PassReport) -> Option<(Session, bool)> {
     match ps.session.take() {
-        Some(s) if s.used.elapsed() < limits.serve_idle / 2 => return Some((s, true)),
+        Some(s) if limits.clock.now().saturating_duration_since(s.used) < limits.serve_idle / 2 => return Some((s, true)),
         Some(s) => s.close(),
         None => {}
     }
     match Session::connect(&ps.peer) {
-        Ok(s) => {
+        Ok(mut s) => {
+            s.used = limits.clock.now();
             tracing::info!(peer = %ps.peer.name, "connected to {}", s.peer_node);
             ps.status.connected = true;
             Some((s, false))
         }
         Err(e) => {
-            fail(ps, format!("{e:#}"), limits.retry_max);
+            fail(ps, format!("{e:#}"), limits);
             report.failures += 1;
             None
         }
     }
 }
 
-/// The times `deliver` works to.
+/// The times `deliver` works to, and its clock.
 #[derive(Clone, Copy)]
-struct Limits {
+struct Limits<'c> {
     retry_max: Duration,
     serve_idle: Duration,
+    clock: &'c Clock,
 }
 
 /// What one outcome means for the pass.
@@ -439,7 +477,7 @@ struct Applied {
 }
 
 /// Records one file's outcome in the journal, the status and the report.
-fn apply_outcome(ps: &mut PeerState, j: &Job, outcome: Outcome, started: Instant, retry_max: Duration, report: &mut PassReport) -> Applied {
+fn apply_outcome(ps: &mut PeerState, j: &Job, outcome: Outcome, started: Instant, limits: Limits, report: &mut PassReport) -> Applied {
     let (resumed_from, sha256, verb) = match outcome {
         Outcome::Stored { resumed_from, sha256 } => (resumed_from, sha256, "delivered"),
         Outcome::Had { sha256 } => (j.size, sha256, "already there"),
@@ -464,20 +502,21 @@ fn apply_outcome(ps: &mut PeerState, j: &Job, outcome: Outcome, started: Instant
                 // directory): the others go on; this one waits out its own backoff, so that a file
                 // that keeps failing neither holds up the peer nor is retried in a tight loop.
                 Code::Io => {
-                    hold(ps, j.rel, retry_max, &msg);
+                    hold(ps, j.rel, limits, &msg);
                     ps.status.last_error = Some(msg);
                     ps.status.last_error_unix = unix_now();
                     Applied { settled: false, retry_after_settle: false, go_on: true }
                 }
                 // Peer-wide trouble (full or missing drive): back off for this peer.
                 _ => {
-                    fail(ps, msg, retry_max);
+                    fail(ps, msg, limits);
                     Applied { settled: false, retry_after_settle: false, go_on: false }
                 }
             };
         }
     };
-    tracing::info!(peer = %ps.peer.name, path = %j.rel, bytes = j.size, resumed_from, ms = started.elapsed().as_millis() as u64, "{verb}");
+    let ms = limits.clock.now().saturating_duration_since(started).as_millis() as u64;
+    tracing::info!(peer = %ps.peer.name, path = %j.rel, bytes = j.size, resumed_from, ms, "{verb}");
     record(ps, Entry::Delivered { path: j.rel.to_string(), size: j.size, mtime_ns: j.mtime_ns, sha256: hex::encode(sha256) });
     ps.held.remove(j.rel);
     ps.status.delivered_total += 1;
@@ -512,18 +551,19 @@ fn doubled(prev: Duration, max: Duration) -> Duration {
     (prev * 2).clamp(Duration::from_secs(1), max)
 }
 
-/// Holds `rel` back from `ps` for a doubling backoff (1 s up to `max`).
-fn hold(ps: &mut PeerState, rel: &str, max: Duration, msg: &str) {
-    let h = ps.held.entry(rel.to_string()).or_insert(Hold { until: Instant::now(), backoff: Duration::ZERO });
-    h.backoff = doubled(h.backoff, max);
-    h.until = Instant::now() + h.backoff;
+/// Holds `rel` back from `ps` for a doubling backoff (1 s up to `retry_max`).
+fn hold(ps: &mut PeerState, rel: &str, limits: Limits, msg: &str) {
+    let now = limits.clock.now();
+    let h = ps.held.entry(rel.to_string()).or_insert(Hold { until: now, backoff: Duration::ZERO });
+    h.backoff = doubled(h.backoff, limits.retry_max);
+    h.until = now + h.backoff;
     tracing::warn!(peer = %ps.peer.name, "{msg}; this file again in {:?}, the others go on", h.backoff);
 }
 
-fn fail(ps: &mut PeerState, msg: String, max: Duration) {
-    ps.backoff = doubled(ps.backoff, max);
+fn fail(ps: &mut PeerState, msg: String, limits: Limits) {
+    ps.backoff = doubled(ps.backoff, limits.retry_max);
     tracing::warn!(peer = %ps.peer.name, "{msg}; retrying in {:?}", ps.backoff);
-    ps.retry_at = Some(Instant::now() + ps.backoff);
+    ps.retry_at = Some(limits.clock.now() + ps.backoff);
     ps.status.last_error = Some(msg);
     ps.status.last_error_unix = unix_now();
 }
