@@ -63,6 +63,13 @@ pub struct Board {
     pub hw: Hardware,
 }
 
+/// In a template's context (a host's `board`), a board is its name.
+impl serde::Serialize for Board {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name)
+    }
+}
+
 /// Kernel modules by name (as `modprobe` and `modules.builtin` name them, `_` for `-`), each
 /// present in the card as a module or built into its kernel.
 #[derive(Debug, Clone, Copy)]

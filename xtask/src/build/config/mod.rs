@@ -199,7 +199,7 @@ pub struct Host {
     /// The `[bases.<name>]` its card is built from; None: `[base]`.
     pub base: Option<String>,
     /// The board it is for, when the file names one (always, for a worker).
-    pub board: Option<&'static str>,
+    pub board: Option<&'static crate::build::boards::Board>,
     /// A manager's interface to the world, the only one its workers' traffic is NATed out of.
     pub uplink: Option<String>,
     /// A worker's USB cable to the manager.

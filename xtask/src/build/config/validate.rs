@@ -521,18 +521,8 @@ pub(super) fn one_host(
         },
     };
     let board = h.board.as_ref().map(|b| board(cx, b, &key("board"), arch)).transpose()?;
-    let mut host = Host {
-        name,
-        role,
-        address: None,
-        mac: None,
-        client_id: None,
-        peers: Vec::new(),
-        base: base_name,
-        board: board.map(|b| b.name),
-        uplink: None,
-        link: None,
-    };
+    let mut host =
+        Host { name, role, address: None, mac: None, client_id: None, peers: Vec::new(), base: base_name, board, uplink: None, link: None };
     match role {
         Role::DhcpServer | Role::DhcpClient => {
             let Some(a) = &h.address else { return cx.err(&h.role, &key("address"), "a pair's host needs `address`") };

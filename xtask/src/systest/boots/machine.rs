@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use xshell::{cmd, Shell};
 
 use crate::build::arch::Arch;
-use crate::build::boards::{self, Machine};
+use crate::build::boards::{self, Board, Machine};
 use crate::proc;
 use crate::vm::qemu::{self, CONSOLE_LOG, SHELL_SOCK};
 
@@ -55,12 +55,8 @@ impl Model {
 /// The model a card boots on: its host's board when the config names one (a worker's Pi Zero 2
 /// W: the Pi 3's SoC, so `raspi3b` with the Zero 2 W's own dtb), else the first board of its
 /// architecture that QEMU models.
-pub(super) fn model_for(arch: Arch, host_board: Option<&str>) -> Result<Model> {
-    let board = match host_board {
-        Some(name) => boards::for_arch(arch).iter().find(|b| b.name == name),
-        None => boards::emulated(arch),
-    }
-    .with_context(|| format!("no {} board {}", arch.deb(), host_board.unwrap_or("that QEMU models")))?;
+pub(super) fn model_for(arch: Arch, host_board: Option<&'static Board>) -> Result<Model> {
+    let board = host_board.or_else(|| boards::emulated(arch)).with_context(|| format!("no {} board that QEMU models", arch.deb()))?;
     let machine = board.qemu_machine.with_context(|| format!("QEMU models neither the {} nor its SoC", board.name))?;
     // raspi4b's mini UART storms its interrupt (see `dtb_edits`): there the PL011 carries the
     // console and the shell.

@@ -39,7 +39,7 @@ use anyhow::{bail, ensure, Context, Result};
 use xshell::{cmd, Shell};
 
 use crate::build::arch::Arch;
-use crate::build::boards::{self, Machine};
+use crate::build::boards::{self, Board, Machine};
 use crate::build::config::{Host, ImageConfig};
 use crate::build::fat::Fat;
 use crate::build::image;
@@ -71,7 +71,7 @@ pub struct Card<'a> {
     pub boots: u32,
     /// The board it is booted as: its host's (None: the first of its architecture QEMU models),
     /// or another board the card is for.
-    pub board: Option<&'static str>,
+    pub board: Option<&'static Board>,
 }
 
 impl Card<'_> {
@@ -80,7 +80,7 @@ impl Card<'_> {
     fn tag(&self) -> String {
         let card = format!("{}-{}", self.host.name, self.cfg.base.arch.deb());
         match self.board {
-            Some(b) if self.host.board != Some(b) => format!("{card}-{b}"),
+            Some(b) if self.host.board.is_none_or(|h| h.name != b.name) => format!("{card}-{}", b.name),
             _ => card,
         }
     }
@@ -153,7 +153,7 @@ pub fn cards<'a>(cfg: &'a ImageConfig, images: &Path) -> Vec<Card<'a>> {
         for b in boards::for_arch(cfg.base.arch) {
             if let Some(m) = b.qemu_machine.filter(|m| !machines.contains(m)) {
                 machines.push(m);
-                all.push(Card { cfg, host, image: image.clone(), boots: 1, board: Some(b.name) });
+                all.push(Card { cfg, host, image: image.clone(), boots: 1, board: Some(b) });
             }
         }
     }
@@ -471,7 +471,8 @@ mod tests {
     fn each_model_wires_its_shell_and_console_to_qemus_serial_ports() {
         let boot = qemu::BootFiles { kernel: "k".into(), initrd: "i".into(), cmdline: "console=ttyS1,115200".into() };
         let serials = |board: &str| {
-            let model = model_for(boards::arches_of(board)[0], Some(board)).unwrap();
+            let arch = boards::arches_of(board)[0];
+            let model = model_for(arch, boards::for_arch(arch).iter().find(|b| b.name == board)).unwrap();
             let argv = argv(&model, Path::new("qemu"), &boot, Path::new("d"), Path::new("s"), Path::new("u"), Path::new("/r"));
             let argv: Vec<String> = argv.iter().map(|a| a.to_string_lossy().into_owned()).collect();
             let ports: Vec<String> = argv.windows(2).filter(|w| w[0] == "-serial").map(|w| w[1].clone()).collect();
