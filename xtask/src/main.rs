@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 use xshell::Shell;
 
 use build::{config, image, keys, setup};
-use systest::{boots, cluster, pair, phases, soak, time32, verify};
+use systest::{boots, cluster, fuzz, pair, phases, soak, time32, verify};
 use vm::interactive;
 
 #[derive(Parser)]
@@ -127,6 +127,12 @@ enum TestWhich {
     /// The 32-bit agents (armv7, and ARMv6 on the Pi Zero's CPU), run under qemu-arm, read file
     /// times past 2038 right.
     Time32,
+    /// Run each of the agent's cargo-fuzz targets for a while (stable, no sanitizer).
+    Fuzz {
+        /// Seconds per target (by default what CI runs).
+        #[arg(long, default_value_t = fuzz::EACH.as_secs())]
+        seconds: u64,
+    },
     /// Boot both images together in QEMU and check the whole system.
     Qemu {
         /// Both cards on this schedule; when omitted, the dhcp-server on the configured one and
@@ -198,6 +204,10 @@ fn main() -> Result<()> {
             print!("{}", boots::render(&boots::test(&sh, &cfg, &dir, armhf, &only)?));
         }
         Task::Test { which: Some(TestWhich::Time32), .. } => time32::check_all(&sh)?,
+        Task::Test { which: Some(TestWhich::Fuzz { seconds }), .. } => {
+            setup::ensure(&sh, load()?.base.arch)?;
+            fuzz::run(&sh, std::time::Duration::from_secs(seconds))?
+        }
         Task::Test { which: Some(TestWhich::Cluster), .. } => {
             let cfg = load()?;
             let cfg = if cfg.manager().is_some() { cfg } else { config::load(&sh.current_dir().join(cluster::EXAMPLE))? };

@@ -1,7 +1,7 @@
 //! Everything a fresh Debian 12 machine needs before an image can be built or tested: Debian
-//! packages, rustup targets, binfmt_misc registration for the image's architecture, and a newer
-//! mke2fs (kept in the cache, the host's e2fsprogs untouched). When it cannot do this itself
-//! (not root, not Debian) it prints the exact commands instead.
+//! packages, rustup targets and components, cargo-fuzz, binfmt_misc registration for the image's
+//! architecture, and a newer mke2fs (kept in the cache, the host's e2fsprogs untouched). When it
+//! cannot do this itself (not root, not Debian) it prints the exact commands instead.
 
 use std::path::{Path, PathBuf};
 
@@ -53,6 +53,9 @@ fn manual(steps: &str) -> anyhow::Error {
     anyhow::anyhow!("pi2pi needs a Debian 12 machine and root to set itself up. Run these, then try again:\n{steps}")
 }
 
+/// The cargo-fuzz the fuzz phase runs.
+const CARGO_FUZZ: &str = "0.13.2";
+
 pub fn ensure(sh: &Shell, arch: Arch) -> Result<()> {
     let missing = missing_packages(sh)?;
     let targets = missing_targets(sh)?;
@@ -63,6 +66,11 @@ pub fn ensure(sh: &Shell, arch: Arch) -> Result<()> {
             eprintln!("setup: adding the {component} component");
             proc::run(cmd!(sh, "rustup component add {component}"))?;
         }
+    }
+    // The fuzz phase's runner (a pinned version: it decides the flags the targets are built with).
+    if cmd!(sh, "cargo fuzz --version").quiet().ignore_stdout().ignore_stderr().run().is_err() {
+        eprintln!("setup: installing cargo-fuzz {CARGO_FUZZ}");
+        proc::run(cmd!(sh, "cargo install --locked cargo-fuzz --version {CARGO_FUZZ}"))?;
     }
     // The ARMv6 agent's standard library is compiled from the toolchain's sources.
     if !proc::read(cmd!(sh, "rustup component list --installed"))?.lines().any(|l| l.trim().starts_with("rust-src")) {

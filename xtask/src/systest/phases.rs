@@ -1,6 +1,6 @@
 //! `cargo xtask test`: the README's test command and what `.ci/run` calls. Sets the machine up,
 //! then runs every phase in order, printing each phase's time: format, lint, unit and integration
-//! tests, the previous suite's package resolution, the 32-bit agent's clock, the images, what
+//! tests, the agent's fuzz targets for a bounded time, the previous suite's package resolution, the 32-bit agent's clock, the images, what
 //! ships with them (`sha256sum -c`, the bmaptool round trip, the Imager list), the
 //! reproducibility check, the QEMU pair test (one card on each schedule), the QEMU cluster test,
 //! the board test (each card booted the way its Pi boots it, and an armhf variant), and a short
@@ -20,7 +20,7 @@ use xshell::{cmd, Shell};
 use crate::build::config::ImageConfig;
 use crate::build::{base, config, image, setup, ship};
 use crate::proc;
-use crate::systest::{boots, cluster, pair, soak, time32, verify};
+use crate::systest::{boots, cluster, fuzz, pair, soak, time32, verify};
 
 /// The previous Debian stable, which README promises stays buildable by changing `base.suite`
 /// (and the kernel to its own: it has no kernel for the Pi 5).
@@ -49,6 +49,7 @@ pub fn all(sh: &Shell, cfg: &ImageConfig, skip_qemu: bool) -> Result<()> {
             proc::run(cmd!(sh, "cargo clippy --workspace --all-targets --locked --quiet -- -D warnings"))
         }),
         in_turn("cargo test", || proc::run(cmd!(sh, "cargo test --workspace --locked"))),
+        in_turn(format!("fuzz (cargo-fuzz, no sanitizer: {} s per target)", fuzz::EACH.as_secs()), || fuzz::run(sh, fuzz::EACH)),
         in_turn(format!("other suite: {OTHER_SUITE} resolves (mmdebstrap --simulate)"), || {
             // The suite a user may switch back to: the same config with only the suite (and the
             // kernel's suite) changed must still name packages that exist and install together.

@@ -1,0 +1,34 @@
+//! The fuzz phase: each cargo-fuzz target in `agent/fuzz` (the frame decoder; the receiver's
+//! state machine, checked as `agent/tests/receiver_states.rs` checks it) runs for a bounded time.
+//! On the stable toolchain, so without a sanitizer (`--sanitizer none`, which cargo-fuzz supports
+//! there): what it finds is a panic, a hang or runaway memory, which is what safe Rust can do; a
+//! longer run with AddressSanitizer is `cargo +nightly fuzz run <target>` (tests/README.md).
+//!
+//! New inputs go to `target/fuzz-corpus/<target>/`, kept between runs, so each run goes on from
+//! what the last one found; a crash leaves its input in `agent/fuzz/artifacts/<target>/`.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use xshell::{cmd, Shell};
+
+use crate::proc;
+
+/// The targets, as `agent/fuzz/Cargo.toml` names them.
+pub const TARGETS: [&str; 2] = ["frame_decoder", "receiver"];
+
+/// How long each target runs in `cargo xtask test`.
+pub const EACH: Duration = Duration::from_secs(45);
+
+pub fn run(sh: &Shell, each: Duration) -> Result<()> {
+    let root = sh.current_dir();
+    let secs = each.as_secs().to_string();
+    for target in TARGETS {
+        let corpus = root.join("target/fuzz-corpus").join(target);
+        std::fs::create_dir_all(&corpus).with_context(|| format!("creating {}", corpus.display()))?;
+        let _fuzz = sh.push_dir(root.join("agent/fuzz"));
+        proc::run(cmd!(sh, "cargo fuzz run --sanitizer none {target} {corpus} -- -max_total_time={secs}"))
+            .with_context(|| format!("fuzz target {target}: a crash's input is in agent/fuzz/artifacts/{target}/"))?;
+    }
+    Ok(())
+}
