@@ -26,8 +26,8 @@ fn fill(path: &Path, len: usize, seed: u64) -> Result<()> {
         x ^= x << 17;
         chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
     }
-    std::fs::create_dir_all(path.parent().unwrap())?;
-    std::fs::write(path, buf)?;
+    fs_err::create_dir_all(path.parent().unwrap())?;
+    fs_err::write(path, buf)?;
     Ok(())
 }
 
@@ -77,8 +77,8 @@ impl Drop for Sshd {
 /// A loopback sshd whose one client key may run the agent's receiver (forced command) and,
 /// for the baseline, a second key that may run rsync.
 fn start_sshd(sh: &Shell, dir: &Path, serve: &str) -> Result<(Sshd, PathBuf)> {
-    std::fs::create_dir_all(dir)?;
-    std::fs::create_dir_all("/run/sshd")?;
+    fs_err::create_dir_all(dir)?;
+    fs_err::create_dir_all("/run/sshd")?;
     let (host, agent_key, rsync_key) = (dir.join("host"), dir.join("agent"), dir.join("rsync"));
     for k in [&host, &agent_key, &rsync_key] {
         if !k.exists() {
@@ -86,10 +86,10 @@ fn start_sshd(sh: &Shell, dir: &Path, serve: &str) -> Result<(Sshd, PathBuf)> {
         }
     }
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let pubk = |k: &Path| std::fs::read_to_string(k.with_extension("pub"));
-    std::fs::write(dir.join("known_hosts"), format!("[127.0.0.1]:{port} {}", pubk(&host)?))?;
-    std::fs::write(dir.join("authorized_keys"), format!("restrict,command=\"{serve}\" {}{}", pubk(&agent_key)?, pubk(&rsync_key)?))?;
-    std::fs::write(
+    let pubk = |k: &Path| fs_err::read_to_string(k.with_extension("pub"));
+    fs_err::write(dir.join("known_hosts"), format!("[127.0.0.1]:{port} {}", pubk(&host)?))?;
+    fs_err::write(dir.join("authorized_keys"), format!("restrict,command=\"{serve}\" {}{}", pubk(&agent_key)?, pubk(&rsync_key)?))?;
+    fs_err::write(
         dir.join("sshd_config"),
         format!(
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nPasswordAuthentication no\n\
@@ -110,7 +110,7 @@ fn start_sshd(sh: &Shell, dir: &Path, serve: &str) -> Result<(Sshd, PathBuf)> {
 }
 
 fn node_config(path: &Path, name: &str, drive: &Path, state: &Path, peer: &str) -> Result<()> {
-    std::fs::write(
+    fs_err::write(
         path,
         format!(
             "node = \"{name}\"\n[drive]\nlabel = \"PI2PI\"\nmount_point = \"{}\"\nrequire_mount = false\n[state]\ndir = \"{}\"\n{peer}",
@@ -124,7 +124,7 @@ fn node_config(path: &Path, name: &str, drive: &Path, state: &Path, peer: &str) 
 /// Busy CPU time of the whole machine so far (all processes: ours, ssh, sshd, kernel writeback),
 /// in seconds, from /proc/stat (user + nice + system + irq + softirq; USER_HZ is 100 on Linux).
 fn busy_cpu() -> f64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let stat = fs_err::read_to_string("/proc/stat").unwrap_or_default();
     let f: Vec<f64> = stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
     [0, 1, 2, 5, 6].iter().filter_map(|&i| f.get(i)).sum::<f64>() / 100.0
 }
@@ -142,7 +142,7 @@ fn timed(argv: &[OsString], report: &Path) -> Result<Run> {
     let status = proc::run_inherited(argv, &[("PI2PI_LOG", "warn".into())])?;
     let (secs, cpu) = (t.elapsed().as_secs_f64(), busy_cpu() - cpu);
     ensure!(status.success(), "{argv:?} failed with {status}");
-    let kib = std::fs::read_to_string(report)?.trim().lines().last().unwrap_or("0").trim().parse().unwrap_or(0);
+    let kib = fs_err::read_to_string(report)?.trim().lines().last().unwrap_or("0").trim().parse().unwrap_or(0);
     Ok(Run { secs, kib, cpu })
 }
 
@@ -157,7 +157,7 @@ pub fn agent(sh: &Shell) -> Result<()> {
     let root = sh.current_dir();
     let bin = root.join("target/release/pi2pi-agent");
     let dir = root.join("target/bench/agent");
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = fs_err::remove_dir_all(&dir);
     let (a, b, r) = (dir.join("a"), dir.join("b"), dir.join("rsync-dst"));
     eprintln!("bench: writing 1 GiB of test files");
     let (files, bytes) = dataset(&a.join("sending"))?;
@@ -194,8 +194,8 @@ pub fn agent(sh: &Shell) -> Result<()> {
         // Each run starts from an empty destination (and the agent from an empty journal), with
         // no earlier run's dirty pages left for it to write back. All read the same cached files.
         for d in [b.join("receiving"), r.join("receiving"), r2.join("receiving"), dir.join("a-state"), dir.join("b-state")] {
-            let _ = std::fs::remove_dir_all(&d);
-            std::fs::create_dir_all(&d)?;
+            let _ = fs_err::remove_dir_all(&d);
+            fs_err::create_dir_all(&d)?;
         }
         proc::run(cmd!(sh, "sync").quiet())?;
         runs[0].push(timed(&time(&[bin.as_ref(), "--config".as_ref(), a_conf.as_ref(), "sync".as_ref()]), &report)?);
@@ -215,7 +215,7 @@ pub fn agent(sh: &Shell) -> Result<()> {
     let (lat, daemon_kib) = latency(sh, &bin, &dir)?;
 
     // The cross builds are whatever `cargo xtask image` or `test` last built at this checkout.
-    let size = |p: &Path| std::fs::metadata(p).map_or_else(|_| "(not built yet)".to_string(), |m| format!("{} bytes", m.len()));
+    let size = |p: &Path| fs_err::metadata(p).map_or_else(|_| "(not built yet)".to_string(), |m| format!("{} bytes", m.len()));
     print_throughput(files, bytes, &runs);
     println!(
         "  latency close->arrival (4 KiB, daemon, settle 300 ms): median {:.3} s, p90 {:.3} s, max {:.3} s (goal <= 1 s)",
@@ -230,7 +230,7 @@ pub fn agent(sh: &Shell) -> Result<()> {
         size(&agent_build::binary(sh, Arch::Armhf)),
         size(&bin)
     );
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = fs_err::remove_dir_all(&dir);
     Ok(())
 }
 
@@ -281,8 +281,8 @@ fn print_throughput(files: usize, bytes: u64, runs: &[Vec<Run>; 3]) {
 fn latency(sh: &Shell, bin: &Path, dir: &Path) -> Result<(Vec<f64>, u64)> {
     let lat_conf = dir.join("lat.toml");
     let (la, lb) = (dir.join("la"), dir.join("lb"));
-    std::fs::create_dir_all(la.join("sending"))?;
-    std::fs::create_dir_all(lb.join("receiving"))?;
+    fs_err::create_dir_all(la.join("sending"))?;
+    fs_err::create_dir_all(lb.join("receiving"))?;
     let lb_conf = dir.join("lb.toml");
     node_config(&lb_conf, "rpb", &lb, &dir.join("lb-state"), "")?;
     let (sshd2, _) = start_sshd(sh, &dir.join("ssh2"), &format!("{} --config {} serve", bin.display(), lb_conf.display()))?;
@@ -296,7 +296,7 @@ fn latency(sh: &Shell, bin: &Path, dir: &Path) -> Result<(Vec<f64>, u64)> {
         let name = format!("small-{i}.txt");
         let t;
         {
-            let mut f = std::fs::File::create(la.join("sending").join(&name))?;
+            let mut f = fs_err::File::create(la.join("sending").join(&name))?;
             f.write_all(&vec![b'x'; 4096])?;
             drop(f);
             t = Instant::now();
@@ -308,7 +308,7 @@ fn latency(sh: &Shell, bin: &Path, dir: &Path) -> Result<(Vec<f64>, u64)> {
         lat.push(t.elapsed().as_secs_f64());
         std::thread::sleep(Duration::from_millis(300));
     }
-    let daemon_kib = std::fs::read_to_string(format!("/proc/{}/status", daemon.pids()[0]))?
+    let daemon_kib = fs_err::read_to_string(format!("/proc/{}/status", daemon.pids()[0]))?
         .lines()
         .find(|l| l.starts_with("VmHWM:"))
         .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
@@ -323,7 +323,7 @@ fn latency(sh: &Shell, bin: &Path, dir: &Path) -> Result<(Vec<f64>, u64)> {
 pub fn image(sh: &Shell, cfg: &ImageConfig) -> Result<()> {
     let root = sh.current_dir();
     let dir = root.join("target/bench/image");
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = fs_err::remove_dir_all(&dir);
     let hosts = image::select(cfg, "all")?;
     let opts = image::Options {
         out_dir: dir.join("images"),
@@ -360,7 +360,7 @@ pub fn image(sh: &Shell, cfg: &ImageConfig) -> Result<()> {
     }
     // Same lock, keys and commit as target/images: equal hashes mean the base, rebuilt from an
     // empty cache, came out byte-identical too.
-    let sums = std::fs::read_to_string(root.join("target/images/SHA256SUMS")).unwrap_or_default();
+    let sums = fs_err::read_to_string(root.join("target/images/SHA256SUMS")).unwrap_or_default();
     for b in &cold {
         let name = format!("{}.img", b.host);
         match sums.lines().find(|l| l.ends_with(&format!("  {name}"))) {
@@ -369,6 +369,6 @@ pub fn image(sh: &Shell, cfg: &ImageConfig) -> Result<()> {
             None => println!("  {name}: no target/images/{name} to compare with"),
         }
     }
-    let _ = std::fs::remove_dir_all(&dir).context("cleaning up");
+    let _ = fs_err::remove_dir_all(&dir).context("cleaning up");
     Ok(())
 }

@@ -46,15 +46,15 @@ impl System {
     pub fn real() -> Result<System> {
         Ok(System {
             sys_block: PathBuf::from("/sys/class/block"),
-            mountinfo: std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?,
-            swaps: std::fs::read_to_string("/proc/swaps").unwrap_or_default(),
+            mountinfo: fs_err::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?,
+            swaps: fs_err::read_to_string("/proc/swaps").unwrap_or_default(),
         })
     }
 
     /// The whole device `name` (e.g. `sdb`): its size, model and everything using it.
     pub fn device(&self, name: &str) -> Result<Device> {
         let dir = self.sys_block.join(name);
-        let read = |f: &str| std::fs::read_to_string(dir.join(f)).map(|s| s.trim().to_string());
+        let read = |f: &str| fs_err::read_to_string(dir.join(f)).map(|s| s.trim().to_string());
         ensure!(dir.exists(), "no block device `{name}` in {}", self.sys_block.display());
         ensure!(!dir.join("partition").exists(), "`{name}` is a partition: give the whole device (e.g. /dev/sdb, not /dev/sdb1)");
         let sectors: u64 = read("size")?.parse().with_context(|| format!("{}/size", dir.display()))?;
@@ -67,16 +67,16 @@ impl System {
         let mut d = Device { name: name.into(), bytes: sectors * 512, removable: read("removable")? == "1", model, ..Device::default() };
         // The device and its partitions (subdirectories with a `partition` file).
         let mut parts = vec![(name.to_string(), dir.clone())];
-        for e in std::fs::read_dir(&dir)? {
+        for e in fs_err::read_dir(&dir)? {
             let e = e?;
             if e.path().join("partition").exists() {
                 parts.push((e.file_name().to_string_lossy().into_owned(), e.path()));
             }
         }
         for (part, pdir) in &parts {
-            let dev = std::fs::read_to_string(pdir.join("dev")).with_context(|| format!("{}/dev", pdir.display()))?;
+            let dev = fs_err::read_to_string(pdir.join("dev")).with_context(|| format!("{}/dev", pdir.display()))?;
             d.mounts.extend(mounts_of(&self.mountinfo, dev.trim()));
-            if let Ok(hs) = std::fs::read_dir(pdir.join("holders")) {
+            if let Ok(hs) = fs_err::read_dir(pdir.join("holders")) {
                 d.holders.extend(hs.filter_map(|h| h.ok()).map(|h| h.file_name().to_string_lossy().into_owned()));
             }
             let dev_path = format!("/dev/{part}");
@@ -144,7 +144,7 @@ pub fn run(sh: &Shell, img: &Path, target: &Path, opts: &Options) -> Result<()> 
     for f in [img, &xz, &bmap] {
         ensure!(f.exists(), "{} is missing: run `cargo xtask image` first", f.display());
     }
-    let meta = std::fs::metadata(target).with_context(|| format!("{} does not exist", target.display()))?;
+    let meta = fs_err::metadata(target).with_context(|| format!("{} does not exist", target.display()))?;
     let what = if meta.file_type().is_block_device() {
         let name = block_name(target, meta.rdev())?;
         let d = System::real()?.device(&name)?;
@@ -159,7 +159,7 @@ pub fn run(sh: &Shell, img: &Path, target: &Path, opts: &Options) -> Result<()> 
             d.bytes as f64 / 1e9,
             if d.removable { ", removable" } else { "" }
         );
-        ensure!(d.bytes >= std::fs::metadata(img)?.len(), "{what} is smaller than the image");
+        ensure!(d.bytes >= fs_err::metadata(img)?.len(), "{what} is smaller than the image");
         what
     } else {
         ensure!(meta.is_file(), "{} is neither a block device nor a file", target.display());
@@ -174,7 +174,7 @@ pub fn run(sh: &Shell, img: &Path, target: &Path, opts: &Options) -> Result<()> 
         // Read back from the card, not from this machine's cache of what was written.
         proc::read(cmd!(sh, "blockdev --flushbufs {target}"))?;
     }
-    let ranges = mapped_ranges(&std::fs::read_to_string(&bmap).with_context(|| format!("reading {}", bmap.display()))?)
+    let ranges = mapped_ranges(&fs_err::read_to_string(&bmap).with_context(|| format!("reading {}", bmap.display()))?)
         .with_context(|| format!("{} is not a block map bmaptool wrote", bmap.display()))?;
     verify_ranges(target, &ranges).with_context(|| format!("reading back {card} from {what}"))?;
     println!("flash: wrote {card} to {what}; every mapped block read back and verified against {}", bmap.display());
@@ -185,7 +185,7 @@ pub fn run(sh: &Shell, img: &Path, target: &Path, opts: &Options) -> Result<()> 
 fn block_name(target: &Path, rdev: u64) -> Result<String> {
     let (major, minor) = (libc::major(rdev), libc::minor(rdev));
     let link =
-        std::fs::read_link(format!("/sys/dev/block/{major}:{minor}")).with_context(|| format!("{}: no sysfs entry", target.display()))?;
+        fs_err::read_link(format!("/sys/dev/block/{major}:{minor}")).with_context(|| format!("{}: no sysfs entry", target.display()))?;
     Ok(link.file_name().context("odd sysfs link")?.to_string_lossy().into_owned())
 }
 
@@ -244,7 +244,7 @@ fn verify_ranges(target: &Path, ranges: &[Mapped]) -> Result<()> {
     use std::io::{Seek, SeekFrom};
     let total: u64 = ranges.iter().map(|r| r.len).sum();
     let bar = proc::progress_bar(total, "reading back");
-    let mut f = std::fs::File::open(target).with_context(|| format!("opening {}", target.display()))?;
+    let mut f = fs_err::File::open(target).with_context(|| format!("opening {}", target.display()))?;
     for r in ranges {
         f.seek(SeekFrom::Start(r.offset))?;
         let mut h = Sha256::new();
@@ -262,20 +262,20 @@ mod tests {
 
     /// A fake /sys/class/block with one disk `sdz` (8:240) of `bytes` and its partitions.
     fn fake_sys(dir: &Path, bytes: u64, removable: bool, parts: &[(&str, &str)]) {
-        let _ = std::fs::remove_dir_all(dir);
+        let _ = fs_err::remove_dir_all(dir);
         let disk = dir.join("sdz");
-        std::fs::create_dir_all(disk.join("device")).unwrap();
-        std::fs::create_dir_all(disk.join("holders")).unwrap();
-        std::fs::write(disk.join("dev"), "8:240\n").unwrap();
-        std::fs::write(disk.join("size"), format!("{}\n", bytes / 512)).unwrap();
-        std::fs::write(disk.join("removable"), if removable { "1\n" } else { "0\n" }).unwrap();
-        std::fs::write(disk.join("device/vendor"), "Generic \n").unwrap();
-        std::fs::write(disk.join("device/model"), "SD/MMC Reader\n").unwrap();
+        fs_err::create_dir_all(disk.join("device")).unwrap();
+        fs_err::create_dir_all(disk.join("holders")).unwrap();
+        fs_err::write(disk.join("dev"), "8:240\n").unwrap();
+        fs_err::write(disk.join("size"), format!("{}\n", bytes / 512)).unwrap();
+        fs_err::write(disk.join("removable"), if removable { "1\n" } else { "0\n" }).unwrap();
+        fs_err::write(disk.join("device/vendor"), "Generic \n").unwrap();
+        fs_err::write(disk.join("device/model"), "SD/MMC Reader\n").unwrap();
         for (name, dev) in parts {
             let p = disk.join(name);
-            std::fs::create_dir_all(p.join("holders")).unwrap();
-            std::fs::write(p.join("partition"), "1\n").unwrap();
-            std::fs::write(p.join("dev"), format!("{dev}\n")).unwrap();
+            fs_err::create_dir_all(p.join("holders")).unwrap();
+            fs_err::write(p.join("partition"), "1\n").unwrap();
+            fs_err::write(p.join("dev"), format!("{dev}\n")).unwrap();
             // /sys/class/block lists partitions too, as links into their disk's directory.
             std::os::unix::fs::symlink(format!("sdz/{name}"), dir.join(name)).unwrap();
         }
@@ -294,14 +294,14 @@ mod tests {
         let d = system(&dir, ROOT_ELSEWHERE, "Filename Type Size Used Priority\n").device("sdz").unwrap();
         assert_eq!((d.bytes, d.removable, d.model.as_str()), (32_000_000_000, true, "Generic SD/MMC Reader"));
         assert!(refusals(&d, false).is_empty(), "{:?}", refusals(&d, false));
-        let _ = std::fs::remove_dir_all(&dir);
+        let _ = fs_err::remove_dir_all(&dir);
     }
 
     #[test]
     fn mounted_system_swap_held_partition_fixed_and_huge_devices_are_refused() {
         let dir = std::env::temp_dir().join(format!("pi2pi-flash-refuse-{}", std::process::id()));
         fake_sys(&dir, 1_000_000_000_000, false, &[("sdz1", "8:241"), ("sdz2", "8:242"), ("sdz3", "8:243")]);
-        std::fs::create_dir_all(dir.join("sdz/sdz3/holders/dm-0")).unwrap();
+        fs_err::create_dir_all(dir.join("sdz/sdz3/holders/dm-0")).unwrap();
         let mountinfo = "22 1 8:241 / / rw - ext4 /dev/sdz1 rw\n30 22 8:242 / /media/pi/CARD rw - vfat /dev/sdz2 rw\n";
         let swaps = "Filename Type Size Used Priority\n/dev/sdz2 partition 1 0 -2\n";
         let d = system(&dir, mountinfo, swaps).device("sdz").unwrap();
@@ -321,19 +321,19 @@ mod tests {
         assert!(!forced.contains("removable") && !forced.contains("1000 GB") && forced.contains("running system"), "{forced}");
         let e = system(&dir, ROOT_ELSEWHERE, "").device("sdz1").unwrap_err().to_string();
         assert!(e.contains("is a partition"), "{e}");
-        let _ = std::fs::remove_dir_all(&dir);
+        let _ = fs_err::remove_dir_all(&dir);
     }
 
     /// A small sparse card (`rpa.img` with its .xz and .bmap) in `dir`; returns the image's bytes.
     fn small_card(sh: &Shell, dir: &Path) -> Vec<u8> {
-        let _ = std::fs::remove_dir_all(dir);
-        std::fs::create_dir_all(dir).unwrap();
+        let _ = fs_err::remove_dir_all(dir);
+        fs_err::create_dir_all(dir).unwrap();
         let img = dir.join("rpa.img");
         let mut data = vec![0u8; 6 << 20];
         data[..4096].fill(0xa5);
         data[5 << 20..(5 << 20) + 11].copy_from_slice(b"end of card");
         // Sparse, as the build writes cards: the zeros between are a hole, unmapped.
-        let mut f = std::fs::File::create(&img).unwrap();
+        let mut f = fs_err::File::create(&img).unwrap();
         f.write_all(&data[..4096]).unwrap();
         std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(5 << 20)).unwrap();
         f.write_all(&data[5 << 20..(5 << 20) + 11]).unwrap();
@@ -355,19 +355,19 @@ mod tests {
         let data = small_card(&sh, &dir);
         let img = dir.join("rpa.img");
         let target = dir.join("card");
-        std::fs::write(&target, vec![0xffu8; 8 << 20]).unwrap(); // an old card's contents
+        fs_err::write(&target, vec![0xffu8; 8 << 20]).unwrap(); // an old card's contents
         run(&sh, &img, &target, &Options { yes: true, force: false }).unwrap();
-        let written = std::fs::read(&target).unwrap();
+        let written = fs_err::read(&target).unwrap();
         assert_eq!(&written[..data.len()], &data[..], "the card holds the image");
         // A card that does not keep what was written is caught by the read-back.
-        let ranges = mapped_ranges(&std::fs::read_to_string(dir.join("rpa.img.bmap")).unwrap()).unwrap();
+        let ranges = mapped_ranges(&fs_err::read_to_string(dir.join("rpa.img.bmap")).unwrap()).unwrap();
         assert_eq!(ranges.iter().map(|r| (r.offset, r.len)).collect::<Vec<_>>(), [(0, 4096), (5 << 20, 4096)]);
         let mut bad = written.clone();
         bad[(5 << 20) + 3] ^= 1;
-        std::fs::write(&target, bad).unwrap();
+        fs_err::write(&target, bad).unwrap();
         let e = verify_ranges(&target, &ranges).unwrap_err().to_string();
         assert!(e.contains(&format!("bytes {}..", 5 << 20)), "{e}");
-        let _ = std::fs::remove_dir_all(&dir);
+        let _ = fs_err::remove_dir_all(&dir);
     }
 
     /// The block-device path for real (root): a loop device with an old card's bytes. Loop
@@ -382,7 +382,7 @@ mod tests {
         let sh = Shell::new().unwrap();
         let data = small_card(&sh, &dir);
         let backing = dir.join("loop.bin");
-        std::fs::write(&backing, vec![0xffu8; 8 << 20]).unwrap();
+        fs_err::write(&backing, vec![0xffu8; 8 << 20]).unwrap();
         let dev = cmd!(sh, "losetup --find --show {backing}").read().unwrap();
         let dev = PathBuf::from(dev.trim());
         let refused = run(&sh, &dir.join("rpa.img"), &dev, &Options { yes: true, force: false });
@@ -391,10 +391,10 @@ mod tests {
         let e = refused.unwrap_err().to_string();
         assert!(e.contains("not a removable device"), "{e}");
         written.unwrap();
-        let card = std::fs::read(&backing).unwrap();
+        let card = fs_err::read(&backing).unwrap();
         assert_eq!(&card[..4096], &data[..4096]);
         assert_eq!(&card[5 << 20..(5 << 20) + 11], b"end of card");
         assert_eq!(card[8192], 0xff, "an unmapped block keeps the old card's byte");
-        let _ = std::fs::remove_dir_all(&dir);
+        let _ = fs_err::remove_dir_all(&dir);
     }
 }

@@ -28,9 +28,9 @@ pub fn read(cmd: Cmd<'_>) -> Result<String> {
 pub fn run_logged(dir: &Path, argv: &[OsString], envs: &[(&str, String)], log: &Path, what: &str) -> Result<()> {
     let (prog, args) = argv.split_first().context("empty command")?;
     if let Some(p) = log.parent() {
-        std::fs::create_dir_all(p)?;
+        fs_err::create_dir_all(p)?;
     }
-    let mut logf = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let mut logf = fs_err::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let mut expr = duct::cmd(prog, args).dir(dir).stderr_to_stdout().unchecked();
     for (k, v) in envs {
         expr = expr.env(k, v);
@@ -120,7 +120,7 @@ pub fn run_inherited(argv: &[OsString], envs: &[(&str, String)]) -> Result<std::
 /// Starts a long-lived process (a VM, a server) with stdout/stderr in `log`; the caller owns its lifetime.
 pub fn spawn(dir: &Path, argv: &[OsString], log: &Path) -> Result<duct::Handle> {
     let (prog, args) = argv.split_first().context("empty command")?;
-    let f = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let f = fs_err::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     duct::cmd(prog, args)
         .dir(dir)
         .stdin_null()

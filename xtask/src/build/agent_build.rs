@@ -56,10 +56,10 @@ pub fn build(sh: &Shell, arch: Arch) -> Result<Agent> {
     let started = Instant::now();
     let target = arch.rust_target();
     let target_dir = target_dir(arch);
-    std::fs::create_dir_all(&target_dir)?;
+    fs_err::create_dir_all(&target_dir)?;
     // Held (until dropped) over the build and the copy of its binary.
     let lock_path = target_dir.with_extension("lock");
-    let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path)?;
+    let lock = fs_err::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path)?;
     lock.lock().with_context(|| format!("locking {}", lock_path.display()))?;
     let tool = if have_container_engine(sh) && cmd!(sh, "cross --version").quiet().ignore_stdout().ignore_stderr().run().is_ok() {
         "cross"
@@ -79,8 +79,8 @@ pub fn build(sh: &Shell, arch: Arch) -> Result<Agent> {
     }
     let built = target_dir.join(target).join("release/pi2pi-agent");
     let binary = binary(sh, arch);
-    std::fs::create_dir_all(binary.parent().context("the agent's path has a parent")?)?;
-    std::fs::copy(&built, &binary).with_context(|| format!("copying {} to {}", built.display(), binary.display()))?;
+    fs_err::create_dir_all(binary.parent().context("the agent's path has a parent")?)?;
+    fs_err::copy(&built, &binary).with_context(|| format!("copying {} to {}", built.display(), binary.display()))?;
     Ok(Agent { binary, seconds: started.elapsed().as_secs_f64() })
 }
 

@@ -46,7 +46,7 @@ fn epoch(sh: &Shell, locked: Option<&BasePins>) -> Result<u64> {
 fn cache_key(cfg: &ImageConfig, lock: Option<&BasePins>, epoch: u64) -> Result<String> {
     let base = serde_json::to_vec(&cfg.base)?;
     let lock = lock.map(|l| l.render_section()).unwrap_or_default();
-    let keyring = std::fs::read(&cfg.base.keyring).with_context(|| format!("reading {}", cfg.base.keyring.display()))?;
+    let keyring = fs_err::read(&cfg.base.keyring).with_context(|| format!("reading {}", cfg.base.keyring.display()))?;
     Ok(cache::key(&[
         ("format", b"base-1"),
         ("base", &base),
@@ -95,7 +95,7 @@ fn with_usr_twin(pattern: &str) -> Vec<String> {
 /// Asks apt (through `mmdebstrap --simulate`: package indices only, nothing installed) whether
 /// the base's package selection can be installed from its suite and mirrors. Seconds, not minutes.
 pub fn resolve(sh: &Shell, b: &config::Base, work: &Path) -> Result<()> {
-    std::fs::create_dir_all(work)?;
+    fs_err::create_dir_all(work)?;
     let mut argv = mmdebstrap_argv(b);
     argv.push("--simulate".into());
     argv.push(b.suite.clone().into());
@@ -125,10 +125,10 @@ pub fn build(sh: &Shell, cfg: &ImageConfig, update_lock: bool, work: &Path, cach
 
     let out = work.join("base");
     if out.exists() {
-        std::fs::remove_dir_all(&out)?;
+        fs_err::remove_dir_all(&out)?;
     }
-    std::fs::create_dir_all(&out)?;
-    std::fs::create_dir_all(&dir)?;
+    fs_err::create_dir_all(&out)?;
+    fs_err::create_dir_all(&dir)?;
     // Hooks and their inputs are files in `out`; the hooks find them and every value through
     // the environment (PI2PI_*), so no path or value is ever pasted into a shell command.
     for (name, text) in [
@@ -138,7 +138,7 @@ pub fn build(sh: &Shell, cfg: &ImageConfig, update_lock: bool, work: &Path, cach
         ("preferences", locked.map(|l| l.apt_preferences()).unwrap_or_default()),
         ("modules", cfg.base.initramfs_modules.join("\n") + "\n"),
     ] {
-        std::fs::write(out.join(name), text)?;
+        fs_err::write(out.join(name), text)?;
     }
 
     let b = &cfg.base;
@@ -160,8 +160,8 @@ pub fn build(sh: &Shell, cfg: &ImageConfig, update_lock: bool, work: &Path, cach
     ];
     proc::run_logged(sh.current_dir().as_path(), &argv, &env, &out.join("mmdebstrap.log"), "base")?;
 
-    let status = std::fs::read_to_string(out.join("dpkg-status"))?;
-    let index = std::fs::read_to_string(out.join("Packages"))?;
+    let status = fs_err::read_to_string(out.join("dpkg-status"))?;
+    let index = fs_err::read_to_string(out.join("Packages"))?;
     let built = BasePins::from_build(epoch, &b.suite, b.arch.deb(), &status, &index)?;
     if let Some(l) = locked {
         let drift = l.drift(&built);
@@ -176,14 +176,14 @@ pub fn build(sh: &Shell, cfg: &ImageConfig, update_lock: bool, work: &Path, cach
             );
         }
     }
-    std::fs::rename(&partial, &tar)?;
-    std::fs::write(name(&key).with_extension("lock"), built.render())?;
+    fs_err::rename(&partial, &tar)?;
+    fs_err::write(name(&key).with_extension("lock"), built.render())?;
     // Next time the lock exists, so the key will be computed with it: store under that key too.
     let next = name(&cache_key(cfg, Some(&built), epoch)?);
     if next.with_extension("tar") != tar {
-        let _ = std::fs::remove_file(next.with_extension("tar"));
-        std::fs::hard_link(&tar, next.with_extension("tar"))?;
-        std::fs::write(next.with_extension("lock"), built.render())?;
+        let _ = fs_err::remove_file(next.with_extension("tar"));
+        fs_err::hard_link(&tar, next.with_extension("tar"))?;
+        fs_err::write(next.with_extension("lock"), built.render())?;
     }
     write_lock(lock_file, &built)?;
     Ok(BuiltBase { tar, pins: built, cached: false, seconds: started.elapsed().as_secs_f64() })
@@ -231,7 +231,7 @@ fn write_lock(path: &Path, new: &BasePins) -> Result<()> {
     let mut lock = LockFile::read(path)?;
     if lock.get(&new.suite, &new.arch) != Some(new) {
         lock.put(new.clone());
-        std::fs::write(path, lock.render()).with_context(|| format!("writing {}", path.display()))?;
+        fs_err::write(path, lock.render()).with_context(|| format!("writing {}", path.display()))?;
         eprintln!(
             "base: wrote the {} {} section of {} ({} packages); commit it so rebuilds are identical",
             new.suite,

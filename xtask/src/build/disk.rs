@@ -2,8 +2,8 @@
 //! mtools, no mount) and an ext4 root (mke2fs from the root tarball), with every identifier and
 //! time fixed so the same inputs give the same bytes.
 
+use fs_err::{File, OpenOptions};
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
@@ -42,8 +42,8 @@ impl Ids {
 
 pub fn boot_fs(sh: &Shell, files: &BTreeMap<String, Vec<u8>>, mib: u64, volid: u32, epoch: u64, work: &Path, out: &Path) -> Result<()> {
     let stage = work.join("boot-files");
-    let _ = std::fs::remove_dir_all(&stage);
-    std::fs::create_dir_all(&stage)?;
+    let _ = fs_err::remove_dir_all(&stage);
+    fs_err::create_dir_all(&stage)?;
     let total: u64 = files.values().map(|v| v.len() as u64).sum();
     if total + 4 * MIB > mib * MIB {
         bail!("the boot files need {} MiB; raise image.boot_mib (now {mib})", total / MIB + 5);
@@ -58,7 +58,7 @@ pub fn boot_fs(sh: &Shell, files: &BTreeMap<String, Vec<u8>>, mib: u64, volid: u
         for d in p.parent().into_iter().flat_map(|d| d.ancestors()).take_while(|d| *d != stage) {
             dirs.insert(d.to_path_buf());
         }
-        std::fs::create_dir_all(p.parent().unwrap_or(&stage))?;
+        fs_err::create_dir_all(p.parent().unwrap_or(&stage))?;
         let f = File::create(&p)?;
         (&f).write_all(data)?;
         drop(f);
@@ -68,7 +68,7 @@ pub fn boot_fs(sh: &Shell, files: &BTreeMap<String, Vec<u8>>, mib: u64, volid: u
     for d in dirs.iter().rev() {
         at_epoch(d)?;
     }
-    let paths: Vec<PathBuf> = std::fs::read_dir(&stage)?.map(|e| e.map(|e| e.path())).collect::<std::io::Result<_>>()?;
+    let paths: Vec<PathBuf> = fs_err::read_dir(&stage)?.map(|e| e.map(|e| e.path())).collect::<std::io::Result<_>>()?;
     let mut paths = paths;
     paths.sort();
     Fat::create(sh, out, "BOOT", mib * 1024, Some(volid))?.copy_in(sh, &paths, "/")
@@ -92,7 +92,7 @@ pub fn root_fs(
     let mut bytes = (data_bytes + entries * 512 + 40 * MIB) * 21 / 20 + headroom_mib * MIB;
     bytes = bytes.div_ceil(MIB) * MIB;
     for _ in 0..5 {
-        let _ = std::fs::remove_file(out);
+        let _ = fs_err::remove_file(out);
         File::create(out)?.set_len(bytes)?;
         let prog = &m.program;
         let extended = format!("hash_seed={uuid},root_owner=0:0,lazy_itable_init=0,lazy_journal_init=0");
@@ -122,11 +122,11 @@ pub fn root_fs(
 /// Writes the MBR and both partitions into `out`; returns the image size. Zero runs are left as
 /// holes, so the file is sparse on disk while still being a plain raw image.
 pub fn assemble(disk_id: u32, boot: &Path, root: &Path, out: &Path) -> Result<u64> {
-    let boot_len = std::fs::metadata(boot)?.len();
-    let root_len = std::fs::metadata(root)?.len();
+    let boot_len = fs_err::metadata(boot)?.len();
+    let root_len = fs_err::metadata(root)?.len();
     let root_lba = FIRST_LBA + boot_len / SECTOR;
     let total = (root_lba * SECTOR + root_len).div_ceil(MIB) * MIB;
-    let _ = std::fs::remove_file(out);
+    let _ = fs_err::remove_file(out);
     let mut f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(out)?;
     f.set_len(total)?;
     let mut mbr = mbrman::MBR::new_from(&mut f, SECTOR as u32, disk_id.to_le_bytes()).context("creating the MBR")?;

@@ -33,7 +33,7 @@ impl Fat {
     /// Makes a FAT32 filesystem of `kib` KiB in a new file. `volid` fixes the volume id, and
     /// then the filesystem's bytes depend only on the arguments (mkfs.vfat `--invariant`).
     pub fn create(sh: &Shell, path: &Path, label: &str, kib: u64, volid: Option<u32>) -> Result<Fat> {
-        let _ = std::fs::remove_file(path);
+        let _ = fs_err::remove_file(path);
         let kib = kib.to_string();
         match volid {
             Some(v) => {
@@ -73,6 +73,6 @@ impl Fat {
     /// Reads one file's bytes.
     pub fn read(&self, sh: &Shell, name: &str, scratch: &Path) -> Result<Vec<u8>> {
         self.copy_out(sh, name, scratch)?;
-        Ok(std::fs::read(scratch)?)
+        Ok(fs_err::read(scratch)?)
     }
 }

@@ -86,9 +86,9 @@ pub fn select<'a>(cfg: &'a ImageConfig, which: &str) -> Result<Vec<&'a Host>> {
 pub fn build(sh: &Shell, cfg: &ImageConfig, hosts: &[&Host], opts: &Options) -> Result<Vec<Built>> {
     keys::ensure(sh, cfg)?;
     // Every build starts from an empty build directory (what `verify` compares).
-    let _ = std::fs::remove_dir_all(&opts.work_dir);
-    std::fs::create_dir_all(&opts.work_dir)?;
-    std::fs::create_dir_all(&opts.out_dir)?;
+    let _ = fs_err::remove_dir_all(&opts.work_dir);
+    fs_err::create_dir_all(&opts.work_dir)?;
+    fs_err::create_dir_all(&opts.out_dir)?;
     // The hosts of each base together: that base (and its agent) once, then its cards.
     let mut groups: Vec<(ImageConfig, Vec<&Host>)> = Vec::new();
     for h in hosts {
@@ -120,7 +120,7 @@ fn build_group(sh: &Shell, cfg: &ImageConfig, hosts: &[&Host], opts: &Options) -
     let base = base::build(sh, cfg, opts.update_lock, &opts.work_dir, &opts.cache_dir)?;
     eprintln!("base: {} packages, {} ({:.0}s)", base.pins.packages.len(), if base.cached { "from cache" } else { "built" }, base.seconds);
     let agent = agent_build::build(sh, cfg.base.arch)?;
-    let agent_bytes = std::fs::read(&agent.binary).with_context(|| format!("reading {}", agent.binary.display()))?;
+    let agent_bytes = fs_err::read(&agent.binary).with_context(|| format!("reading {}", agent.binary.display()))?;
     let t_facts = Instant::now();
     let facts = rootfs::read_base_facts(&base.tar)?;
     let user_ids = rootfs::user_ids(&facts.passwd, &cfg.system.user)?;
@@ -189,7 +189,7 @@ fn ship_all(sh: &Shell, cfg: &ImageConfig, dir: &Path, built: &mut [Built]) -> R
     let mut entries = Vec::new();
     for b in built.iter_mut() {
         let shipped = ship::package(sh, &b.path).with_context(|| format!("compressing {}", b.path.display()))?;
-        b.xz_bytes = std::fs::metadata(&shipped.xz)?.len();
+        b.xz_bytes = fs_err::metadata(&shipped.xz)?.len();
         b.stages.push(Lap { stage: "xz", seconds: shipped.xz_seconds });
         b.stages.push(Lap { stage: "bmap", seconds: shipped.bmap_seconds });
         sums.push((b.path.clone(), b.sha256.clone()));
@@ -235,7 +235,7 @@ fn build_host(sh: &Shell, shared: &Shared, host: &Host) -> Result<Built> {
         stage = Instant::now();
     };
     let work = opts.work_dir.join(&host.name);
-    std::fs::create_dir_all(&work)?;
+    fs_err::create_dir_all(&work)?;
     let ids = disk::Ids::for_host(&host.name);
     let others = cfg
         .hosts
@@ -281,7 +281,7 @@ fn build_host(sh: &Shell, shared: &Shared, host: &Host) -> Result<Built> {
             "{} is {bytes} bytes (boot {} MiB + root {} MiB), over image.max_bytes = {}: trim base.packages or raise the limit",
             img.display(),
             cfg.image.boot_mib,
-            std::fs::metadata(&root_img)?.len() >> 20,
+            fs_err::metadata(&root_img)?.len() >> 20,
             cfg.image.max_bytes
         );
     }
@@ -289,7 +289,7 @@ fn build_host(sh: &Shell, shared: &Shared, host: &Host) -> Result<Built> {
     lap("checks", &mut stages);
     // The intermediate filesystems are as big as the image: don't keep two copies around.
     for f in [&root_img, &boot_img, &root_tar] {
-        let _ = std::fs::remove_file(f);
+        let _ = fs_err::remove_file(f);
     }
     Ok(Built { host: host.name.clone(), path: img, bytes, sha256, xz_bytes: 0, epoch, kernel_version, stages })
 }
@@ -305,7 +305,7 @@ fn write_sums(dir: &Path, files: &[(PathBuf, String)]) -> Result<()> {
         lines.insert(name.to_string_lossy().into_owned(), sha.clone());
     }
     let text: String = lines.iter().map(|(n, h)| format!("{h}  {n}\n")).collect();
-    std::fs::write(&path, text)?;
+    fs_err::write(&path, text)?;
     Ok(())
 }
 

@@ -26,7 +26,7 @@ pub struct Identity {
 
 impl HostKeys {
     pub fn read(&self) -> Result<Identity> {
-        let private = |p: &Path| std::fs::read(p).with_context(|| format!("reading {} (run `cargo xtask keys`)", p.display()));
+        let private = |p: &Path| fs_err::read(p).with_context(|| format!("reading {} (run `cargo xtask keys`)", p.display()));
         Ok(Identity {
             host_key: private(&self.host_key)?,
             host_pub: read_pub(&self.host_key)?,
@@ -38,7 +38,7 @@ impl HostKeys {
 
 fn read_pub(key: &Path) -> Result<String> {
     let p = key.with_extension("pub");
-    let s = std::fs::read_to_string(&p).with_context(|| format!("reading {} (run `cargo xtask keys`)", p.display()))?;
+    let s = fs_err::read_to_string(&p).with_context(|| format!("reading {} (run `cargo xtask keys`)", p.display()))?;
     Ok(s.trim().to_string())
 }
 

@@ -333,7 +333,7 @@ fn read_tree(dir: &Path) -> Result<Vec<OverlayFile>> {
         }
         let rel = e.path().strip_prefix(dir)?.to_str().context("overlay path is not UTF-8")?.to_string();
         let exec = e.metadata()?.permissions().mode() & 0o111 != 0;
-        out.push(OverlayFile { rel, data: std::fs::read(e.path())?, exec });
+        out.push(OverlayFile { rel, data: fs_err::read(e.path())?, exec });
     }
     Ok(out)
 }
@@ -457,7 +457,7 @@ mod tests {
     /// the receiver's authorized_keys. A two-host pair keeps receiving/ itself (the test above).
     #[test]
     fn a_host_with_two_senders_gives_each_its_own_directory() {
-        let shipped = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../image.toml")).unwrap();
+        let shipped = fs_err::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../image.toml")).unwrap();
         let three = format!("{shipped}\n[[host]]\nname = \"rpc\"\nrole = \"dhcp-client\"\naddress = \"10.0.0.50\"\n");
         let cfg = config::parse(Path::new("image.toml"), &three).unwrap();
         for (me, senders) in [("rpa", ["rpb", "rpc"]), ("rpb", ["rpa", "rpc"]), ("rpc", ["rpa", "rpb"])] {

@@ -43,7 +43,7 @@ const HEADER: &str = "# The exact Debian packages of each base root filesystem, 
 impl LockFile {
     /// The lock at `path`; an absent file is an empty lock.
     pub fn read(path: &Path) -> Result<LockFile> {
-        match std::fs::read_to_string(path) {
+        match fs_err::read_to_string(path) {
             Ok(text) => LockFile::parse(&text).with_context(|| format!("reading {}", path.display())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(LockFile::default()),
             Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),

@@ -3,8 +3,8 @@
 //! tarball directly, so no staging directory, no root privileges and no mounts are involved, and
 //! the result depends only on the two inputs.
 
+use fs_err::File;
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
 use std::io::{BufReader, BufWriter, Read};
 use std::path::Path;
 
@@ -277,13 +277,13 @@ mod tests {
         // Same inputs, same bytes.
         let again = t.join("again.tar");
         write(&base, &facts.boot, &layer, 99, &again).unwrap();
-        assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&again).unwrap());
+        assert_eq!(fs_err::read(&out).unwrap(), fs_err::read(&again).unwrap());
     }
 
     fn tempfile_dir() -> std::path::PathBuf {
         let d = std::env::temp_dir().join(format!("pi2pi-rootfs-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
+        let _ = fs_err::remove_dir_all(&d);
+        fs_err::create_dir_all(&d).unwrap();
         d
     }
 }

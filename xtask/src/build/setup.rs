@@ -43,7 +43,7 @@ pub const PACKAGES: &[&str] = &[
 pub const RUST_TARGETS: &[&str] = &["aarch64-unknown-linux-musl", "armv7-unknown-linux-gnueabihf"];
 
 pub fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
+    fs_err::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
         .unwrap_or(false)
@@ -127,9 +127,9 @@ fn register_binfmt(arch: Arch) -> Result<()> {
         proc::run(cmd!(sh, "mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc"))?;
     }
     let conf = PathBuf::from(format!("/usr/lib/binfmt.d/{}.conf", arch.binfmt()));
-    let rule = std::fs::read_to_string(&conf).with_context(|| format!("reading {}", conf.display()))?;
+    let rule = fs_err::read_to_string(&conf).with_context(|| format!("reading {}", conf.display()))?;
     if !root.join(arch.binfmt()).exists() {
-        std::fs::write(root.join("register"), rule.trim()).context("registering the qemu binfmt handler")?;
+        fs_err::write(root.join("register"), rule.trim()).context("registering the qemu binfmt handler")?;
         eprintln!("setup: registered {} in binfmt_misc", arch.binfmt());
     }
     if !root.join(arch.binfmt()).exists() {

@@ -117,9 +117,9 @@ pub fn imager_entry(
         ),
         icon: format!("{}{IMAGER_ICON}", cfg.image.download_url),
         url: format!("{}{file}", cfg.image.download_url),
-        extract_size: std::fs::metadata(img)?.len(),
+        extract_size: fs_err::metadata(img)?.len(),
         extract_sha256: img_sha256.to_string(),
-        image_download_size: std::fs::metadata(&xz).with_context(|| format!("{} is missing", xz.display()))?.len(),
+        image_download_size: fs_err::metadata(&xz).with_context(|| format!("{} is missing", xz.display()))?.len(),
         image_download_sha256: sha256_file(&xz)?,
         release_date: date_of(epoch)?,
         devices: imager_devices(cfg, kernel_version),
@@ -151,19 +151,16 @@ fn date_of(epoch: u64) -> Result<String> {
 /// icon they name beside it. Returns both files.
 pub fn write_imager_list(dir: &Path, entries: Vec<ImagerEntry>) -> Result<[PathBuf; 2]> {
     let path = dir.join(IMAGER_LIST);
-    let mut list: Vec<ImagerEntry> = std::fs::read_to_string(&path)
-        .ok()
-        .and_then(|t| serde_json::from_str::<ImagerList>(&t).ok())
-        .map(|l| l.os_list)
-        .unwrap_or_default();
+    let mut list: Vec<ImagerEntry> =
+        fs_err::read_to_string(&path).ok().and_then(|t| serde_json::from_str::<ImagerList>(&t).ok()).map(|l| l.os_list).unwrap_or_default();
     list.retain(|old| !entries.iter().any(|e| e.name == old.name) && dir.join(file_of(&old.url)).exists());
     list.extend(entries);
     list.sort_by(|a, b| a.name.cmp(&b.name));
     let text = serde_json::to_string_pretty(&ImagerList { os_list: list })? + "\n";
     imager_schema::check(&text)?;
-    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    fs_err::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     let icon = dir.join(IMAGER_ICON);
-    std::fs::write(&icon, ICON_SVG).with_context(|| format!("writing {}", icon.display()))?;
+    fs_err::write(&icon, ICON_SVG).with_context(|| format!("writing {}", icon.display()))?;
     Ok([path, icon])
 }
 
@@ -254,7 +251,7 @@ fn file_of(url: &str) -> &str {
 /// `dir`'s SHA256SUMS as file name → hash (what the image build writes and verify compares).
 pub fn read_sums(dir: &Path) -> Result<std::collections::BTreeMap<String, String>> {
     let path = dir.join(SUMS);
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let text = fs_err::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     Ok(text.lines().filter_map(|l| l.split_once("  ")).map(|(h, n)| (n.to_string(), h.to_string())).collect())
 }
 
@@ -272,9 +269,9 @@ fn checked_sums(sh: &Shell, dir: &Path) -> Result<std::collections::BTreeSet<Str
 /// `sha256sum -c` passes and lists every one of those files.
 /// `scratch` holds the copies.
 pub fn check(sh: &Shell, cfg: &ImageConfig, dir: &Path, scratch: &Path) -> Result<usize> {
-    std::fs::create_dir_all(scratch)?;
+    fs_err::create_dir_all(scratch)?;
     let lock = crate::build::pins::LockFile::read(&cfg.lock_file())?;
-    let text = std::fs::read_to_string(dir.join(IMAGER_LIST)).with_context(|| format!("reading {}", dir.join(IMAGER_LIST).display()))?;
+    let text = fs_err::read_to_string(dir.join(IMAGER_LIST)).with_context(|| format!("reading {}", dir.join(IMAGER_LIST).display()))?;
     imager_schema::check(&text).with_context(|| format!("{}", dir.join(IMAGER_LIST).display()))?;
     let list: ImagerList = serde_json::from_str(&text).with_context(|| format!("{} is not an Imager list", IMAGER_LIST))?;
     ensure!(!list.os_list.is_empty(), "{IMAGER_LIST} lists no card");
@@ -300,14 +297,14 @@ pub fn check(sh: &Shell, cfg: &ImageConfig, dir: &Path, scratch: &Path) -> Resul
             ensure!(summed.contains(&name), "{} does not list {name}", dir.join(SUMS).display());
         }
         let copy = scratch.join(img.file_name().context("no file name")?);
-        let _ = std::fs::remove_file(&copy);
+        let _ = fs_err::remove_file(&copy);
         proc::read(cmd!(sh, "bmaptool -q copy --bmap {bmap} {xz} {copy}"))?;
         let copied = sha256_file(&copy)?;
-        let _ = std::fs::remove_file(&copy);
+        let _ = fs_err::remove_file(&copy);
         ensure!(copied == sha256_file(&img)?, "bmaptool copy of {} differs from {}", xz.display(), img.display());
         ensure!(copied == e.extract_sha256, "{}: extract_sha256 {} is not the image's {copied}", e.name, e.extract_sha256);
-        ensure!(e.extract_size == std::fs::metadata(&img)?.len(), "{}: extract_size is not the image's size", e.name);
-        ensure!(e.image_download_size == std::fs::metadata(&xz)?.len(), "{}: image_download_size is not the .img.xz's size", e.name);
+        ensure!(e.extract_size == fs_err::metadata(&img)?.len(), "{}: extract_size is not the image's size", e.name);
+        ensure!(e.image_download_size == fs_err::metadata(&xz)?.len(), "{}: image_download_size is not the .img.xz's size", e.name);
         ensure!(e.image_download_sha256 == sha256_file(&xz)?, "{}: image_download_sha256 is not the .img.xz's", e.name);
         ensure!(e.devices == devices, "{}: device tags {:?}, but the card boots {devices:?}", e.name, e.devices);
         ensure!(e.release_date == date, "{}: release_date {} is not the locked packages' date {date}", e.name, e.release_date);
@@ -323,7 +320,7 @@ pub fn check(sh: &Shell, cfg: &ImageConfig, dir: &Path, scratch: &Path) -> Resul
 
 /// The SHA-256 of a file, in hex (as SHA256SUMS and Imager's list give it).
 pub fn sha256_file(p: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
+    let mut f = fs_err::File::open(p).with_context(|| format!("opening {}", p.display()))?;
     let mut h = Sha256::new();
     std::io::copy(&mut f, &mut h)?;
     Ok(hex::encode(h.finalize()))
@@ -361,21 +358,21 @@ mod tests {
     #[test]
     fn the_sums_are_checked_as_sha256sum_checks_them() {
         let dir = std::env::temp_dir().join(format!("pi2pi-sums-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        fs_err::create_dir_all(&dir).unwrap();
         let sh = Shell::new().unwrap();
         for (name, data) in [("a.img", "card"), ("a.img.xz", "packed card")] {
-            std::fs::write(dir.join(name), data).unwrap();
+            fs_err::write(dir.join(name), data).unwrap();
         }
         let sums = {
             let _cd = sh.push_dir(&dir);
             cmd!(sh, "sha256sum a.img a.img.xz").read().unwrap()
         };
-        std::fs::write(dir.join(SUMS), sums + "\n").unwrap();
+        fs_err::write(dir.join(SUMS), sums + "\n").unwrap();
         let listed = checked_sums(&sh, &dir).unwrap();
         assert_eq!(listed.into_iter().collect::<Vec<_>>(), ["a.img", "a.img.xz"]);
-        std::fs::write(dir.join("a.img"), "card, changed").unwrap();
+        fs_err::write(dir.join("a.img"), "card, changed").unwrap();
         assert!(checked_sums(&sh, &dir).is_err(), "a changed file passed sha256sum -c");
-        std::fs::remove_dir_all(&dir).unwrap();
+        fs_err::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -399,12 +396,12 @@ mod tests {
             return;
         }
         let dir = std::env::temp_dir().join(format!("pi2pi-ship-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let _ = fs_err::remove_dir_all(&dir);
+        fs_err::create_dir_all(&dir).unwrap();
         let cfg = crate::build::config::shipped();
         let host = &cfg.hosts[0];
         let img = dir.join(format!("{}.img", host.name));
-        let mut f = std::fs::File::create(&img).unwrap();
+        let mut f = fs_err::File::create(&img).unwrap();
         f.write_all(&[0x55; 4096]).unwrap();
         f.seek(SeekFrom::Start(6 << 20)).unwrap(); // a hole between the two written ranges
         f.write_all(b"end of the card").unwrap();
@@ -422,7 +419,7 @@ mod tests {
             let _cd = sh.push_dir(&dir);
             let names: Vec<String> = ["img", "img.xz", "img.bmap"].iter().map(|x| format!("{}.{x}", host.name)).collect();
             let sums = cmd!(sh, "sha256sum {names...} {IMAGER_LIST} {IMAGER_ICON}").read().unwrap();
-            std::fs::write(dir.join(SUMS), sums + "\n").unwrap();
+            fs_err::write(dir.join(SUMS), sums + "\n").unwrap();
         };
         let e = check(&sh, &cfg, &dir, &dir.join("scratch")).unwrap_err();
         assert!(format!("{e:#}").contains("SHA256SUMS"), "{e:#}");
@@ -430,15 +427,15 @@ mod tests {
         assert_eq!(check(&sh, &cfg, &dir, &dir.join("scratch")).unwrap(), 1);
 
         let list_path = dir.join(IMAGER_LIST);
-        let mut list: ImagerList = serde_json::from_str(&std::fs::read_to_string(&list_path).unwrap()).unwrap();
+        let mut list: ImagerList = serde_json::from_str(&fs_err::read_to_string(&list_path).unwrap()).unwrap();
         list.os_list[0].extract_size += 1;
-        std::fs::write(&list_path, serde_json::to_string(&list).unwrap()).unwrap();
+        fs_err::write(&list_path, serde_json::to_string(&list).unwrap()).unwrap();
         let e = check(&sh, &cfg, &dir, &dir.join("scratch")).unwrap_err();
         assert!(format!("{e:#}").contains("sha256sum -c"), "a list changed after it was summed: {e:#}");
         sum_all();
         let e = check(&sh, &cfg, &dir, &dir.join("scratch")).unwrap_err().to_string();
         assert!(e.contains("extract_size"), "{e}");
-        let _ = std::fs::remove_dir_all(&dir);
+        let _ = fs_err::remove_dir_all(&dir);
     }
 
     /// The rules of Imager's schema, each broken once; the list we write keeps them.

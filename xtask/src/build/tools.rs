@@ -60,12 +60,12 @@ fn backport(sh: &Shell, cache: &Path, name: &str, packages: &[&str]) -> Result<P
         return Ok(root);
     }
     eprintln!("tools: fetching {} from {BACKPORTS} into {}", packages.join(" "), dir.display());
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = fs_err::remove_dir_all(&dir);
     for d in ["lists/partial", "cache/archives/partial", "debs"] {
-        std::fs::create_dir_all(dir.join(d))?;
+        fs_err::create_dir_all(dir.join(d))?;
     }
     let mirror = std::env::var("PI2PI_TOOLS_MIRROR").unwrap_or_else(|_| "http://deb.debian.org/debian".into());
-    std::fs::write(dir.join("sources.list"), format!("deb {mirror} {BACKPORTS} main\n"))?;
+    fs_err::write(dir.join("sources.list"), format!("deb {mirror} {BACKPORTS} main\n"))?;
     let d = dir.display().to_string();
     let opts = [
         format!("-oDir::Etc::SourceList={d}/sources.list"),
@@ -82,10 +82,10 @@ fn backport(sh: &Shell, cache: &Path, name: &str, packages: &[&str]) -> Result<P
         let _cd = sh.push_dir(&debs_dir);
         proc::read(cmd!(sh, "apt-get -q {opts...} download {wanted...}"))?;
     }
-    for e in std::fs::read_dir(&debs_dir)? {
+    for e in fs_err::read_dir(&debs_dir)? {
         let deb = e?.path();
         proc::run(cmd!(sh, "dpkg-deb -x {deb} {root}"))?;
     }
-    std::fs::write(&done, packages.join("\n"))?;
+    fs_err::write(&done, packages.join("\n"))?;
     Ok(root)
 }

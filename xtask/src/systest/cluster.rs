@@ -89,8 +89,8 @@ pub fn run(sh: &Shell, cfg: &ImageConfig) -> Result<Report> {
     let images: Vec<PathBuf> = built.iter().map(|b| b.path.clone()).collect();
 
     let run_dir = root.join("target/qemu/cluster");
-    let _ = std::fs::remove_dir_all(&run_dir);
-    std::fs::create_dir_all(&run_dir)?;
+    let _ = fs_err::remove_dir_all(&run_dir);
+    fs_err::create_dir_all(&run_dir)?;
     let result = Cluster::start(sh, cfg, &hosts, &images, &run_dir).and_then(|mut c| {
         let r = c.check_all(t0);
         if r.is_err() {
@@ -100,15 +100,15 @@ pub fn run(sh: &Shell, cfg: &ImageConfig) -> Result<Report> {
     });
     match &result {
         Ok(r) => {
-            std::fs::write(run_dir.join("report.txt"), r.render())?;
+            fs_err::write(run_dir.join("report.txt"), r.render())?;
             for h in &hosts {
                 for f in ["overlay.qcow2", "usb.img"] {
-                    let _ = std::fs::remove_file(run_dir.join(&h.name).join(f));
+                    let _ = fs_err::remove_file(run_dir.join(&h.name).join(f));
                 }
             }
         }
         Err(e) => {
-            std::fs::write(run_dir.join("report.txt"), format!("FAILED: {e:#}\n"))?;
+            fs_err::write(run_dir.join("report.txt"), format!("FAILED: {e:#}\n"))?;
             eprintln!("cluster test failed; console logs, transcripts and report in {}", run_dir.display());
         }
     }
@@ -124,7 +124,7 @@ struct Uplink {
 impl Uplink {
     /// Binds `path` (the manager's uplink NIC sends there) and keeps every frame, up to a bound.
     fn listen(path: &Path) -> Result<Uplink> {
-        let _ = std::fs::remove_file(path);
+        let _ = fs_err::remove_file(path);
         let sock = UnixDatagram::bind(path).with_context(|| format!("binding {}", path.display()))?;
         sock.set_read_timeout(Some(Duration::from_millis(500)))?;
         let (frames, stop) = (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicBool::new(false)));
@@ -188,7 +188,7 @@ impl<'a> Cluster<'a> {
         let (mut specs, mut files) = (Vec::new(), Vec::new());
         for (h, img) in hosts.iter().zip(images) {
             let dir = run_dir.join(&h.name);
-            std::fs::create_dir_all(&dir)?;
+            fs_err::create_dir_all(&dir)?;
             let f = if h.role == Role::Worker { test_files(&h.name) } else { Vec::new() };
             make_drive(sh, &dir.join("usb.img"), &cfg.drive.label, DRIVE_KIB, &f, &dir.join("stage"))?;
             files.push(f);
@@ -257,7 +257,7 @@ impl<'a> Cluster<'a> {
                 Ok((_, out)) => out,
                 Err(e) => format!("no diagnostics: {e:#}"),
             };
-            let _ = std::fs::write(spec.dir.join("diagnostics.txt"), text);
+            let _ = fs_err::write(spec.dir.join("diagnostics.txt"), text);
         }
     }
 
@@ -448,7 +448,7 @@ impl<'a> Cluster<'a> {
             let got = drive_tree(self.sh, &manager_drive, &format!("receiving/{}", h.name), &scratch.join("b"))?;
             ensure!(sent == got, "{}'s sending/ and the manager's receiving/{} differ on disk:\n{sent:#?}\n{got:#?}", h.name, h.name);
         }
-        let _ = std::fs::remove_dir_all(&scratch);
+        let _ = fs_err::remove_dir_all(&scratch);
         Ok(())
     }
 }

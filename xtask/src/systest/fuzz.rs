@@ -25,7 +25,7 @@ pub fn run(sh: &Shell, each: Duration) -> Result<()> {
     let secs = each.as_secs().to_string();
     for target in TARGETS {
         let corpus = root.join("target/fuzz-corpus").join(target);
-        std::fs::create_dir_all(&corpus).with_context(|| format!("creating {}", corpus.display()))?;
+        fs_err::create_dir_all(&corpus).with_context(|| format!("creating {}", corpus.display()))?;
         let _fuzz = sh.push_dir(root.join("agent/fuzz"));
         proc::run(cmd!(sh, "cargo fuzz run --sanitizer none {target} {corpus} -- -max_total_time={secs}"))
             .with_context(|| format!("fuzz target {target}: a crash's input is in agent/fuzz/artifacts/{target}/"))?;

@@ -97,7 +97,7 @@ pub(crate) fn specs(
     let mut specs = Vec::new();
     for (i, h) in hosts.iter().enumerate() {
         let dir = run_dir.join(&h.name);
-        std::fs::create_dir_all(&dir)?;
+        fs_err::create_dir_all(&dir)?;
         make_drive(sh, &dir.join("usb.img"), &cfg.drive.label, drives.kib, &drives.files[i], &dir.join("stage"))?;
         let other = &hosts[1 - i].name;
         specs.push(qemu::Spec {
@@ -144,21 +144,21 @@ pub fn run(sh: &Shell, cfg: &ImageConfig, schedules: &[Schedule], build: bool) -
 
     let tag = schedules.iter().map(|s| s.name()).collect::<Vec<_>>().join("-");
     let run_dir = root.join(format!("target/qemu/{tag}"));
-    let _ = std::fs::remove_dir_all(&run_dir);
-    std::fs::create_dir_all(&run_dir)?;
+    let _ = fs_err::remove_dir_all(&run_dir);
+    fs_err::create_dir_all(&run_dir)?;
     let result = pair(sh, cfg, &hosts, &images, schedules, &run_dir, t0);
     match &result {
         Ok(r) => {
-            std::fs::write(run_dir.join("report.txt"), r.render())?;
+            fs_err::write(run_dir.join("report.txt"), r.render())?;
             for h in &hosts {
                 let d = run_dir.join(&h.name);
                 for f in ["overlay.qcow2", "usb.img"] {
-                    let _ = std::fs::remove_file(d.join(f));
+                    let _ = fs_err::remove_file(d.join(f));
                 }
             }
         }
         Err(e) => {
-            std::fs::write(run_dir.join("report.txt"), format!("FAILED: {e:#}\n"))?;
+            fs_err::write(run_dir.join("report.txt"), format!("FAILED: {e:#}\n"))?;
             eprintln!("pair test failed; console logs, transcripts and report in {}", run_dir.display());
         }
     }
@@ -467,7 +467,7 @@ impl Pair<'_> {
                 hosts[i].name,
                 hosts[1 - i].name
             );
-            let _ = std::fs::remove_dir_all(&scratch);
+            let _ = fs_err::remove_dir_all(&scratch);
         }
         Ok(())
     }

@@ -37,10 +37,10 @@ pub fn check(sh: &Shell, arch: Arch) -> Result<()> {
     proc::run(xshell::cmd!(sh, "cargo build --quiet --locked -p pi2pi-agent"))?;
     let host_agent = sh.current_dir().join("target/debug/pi2pi-agent");
     let dir = sh.current_dir().join(format!("target/time32-{}", arch.deb()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = fs_err::remove_dir_all(&dir);
     for node in ["a", "b"] {
         for d in ["sending", "receiving", "state"] {
-            std::fs::create_dir_all(dir.join(node).join(d))?;
+            fs_err::create_dir_all(dir.join(node).join(d))?;
         }
     }
     write_config(&dir, "b", "")?;
@@ -52,7 +52,7 @@ pub fn check(sh: &Shell, arch: Arch) -> Result<()> {
     write_config(&dir, "a", &serve)?;
     for (name, date) in DATED {
         let p = dir.join("a/sending").join(name);
-        std::fs::write(&p, format!("{name} dated {date}\n"))?;
+        fs_err::write(&p, format!("{name} dated {date}\n"))?;
         proc::read(xshell::cmd!(sh, "touch -d {date} {p}"))?;
     }
     if let Some(cpu) = emulated_cpu(arch) {
@@ -78,8 +78,8 @@ pub fn check(sh: &Shell, arch: Arch) -> Result<()> {
             ),
             other => anyhow::bail!("{name} was not delivered by the {} agent: {other:?}", arch.deb()),
         }
-        let sent = std::fs::read(dir.join("a/sending").join(name))?;
-        ensure!(std::fs::read(dir.join("b/receiving").join(name)).ok() == Some(sent), "{name} did not arrive intact");
+        let sent = fs_err::read(dir.join("a/sending").join(name))?;
+        ensure!(fs_err::read(dir.join("b/receiving").join(name)).ok() == Some(sent), "{name} did not arrive intact");
     }
     eprintln!("time32: the {} agent reads times before 1981, at the end of 2037 and after 2038 as the host does", arch.deb());
     Ok(())
@@ -106,11 +106,11 @@ fn write_config(dir: &Path, node: &str, peers: &str) -> Result<()> {
         n.display(),
         n.join("state").display()
     );
-    std::fs::write(dir.join(format!("{node}.toml")), text).context("writing a test config")
+    fs_err::write(dir.join(format!("{node}.toml")), text).context("writing a test config")
 }
 
 fn host_mtime_ns(p: &Path) -> Result<i64> {
     use std::os::unix::fs::MetadataExt;
-    let md = std::fs::metadata(p)?;
+    let md = fs_err::metadata(p)?;
     Ok(md.mtime() * 1_000_000_000 + md.mtime_nsec())
 }

@@ -30,7 +30,7 @@ pub const VARIED: &str = "another TZ, locale, umask and path";
 /// build directories (the test's images phase), which then stands for build 1.
 pub fn run(sh: &Shell, cfg: &ImageConfig, cold: bool, first: Option<&Path>) -> Result<()> {
     let root = sh.current_dir().join("target/verify");
-    let _ = std::fs::remove_dir_all(&root);
+    let _ = fs_err::remove_dir_all(&root);
     let dirs = |n: &str| -> image::Options {
         let dir = root.join(n);
         let mut opts = image::Options { out_dir: dir.join("images"), work_dir: dir.join("work"), ..image::Options::default_for(sh) };
@@ -76,7 +76,7 @@ fn build_elsewhere(sh: &Shell, cfg: &ImageConfig, opts: &image::Options) -> Resu
     } else {
         r#"umask "$1" && cd "$2" && shift 3 && exec "$@""#
     };
-    std::fs::create_dir_all(&moved)?;
+    fs_err::create_dir_all(&moved)?;
     let ns: &[&str] = if crate::build::setup::is_root() { &["unshare", "--mount", "--propagation", "private"] } else { &[] };
     let c = cmd!(
         sh,

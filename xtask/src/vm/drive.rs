@@ -38,14 +38,14 @@ pub fn test_files(node: &str) -> Vec<(String, Vec<u8>)> {
 pub fn make_drive(sh: &Shell, path: &Path, label: &str, kib: u64, files: &[(String, Vec<u8>)], stage: &Path) -> Result<()> {
     let fat = Fat::create(sh, path, label, kib, None)?;
     fat.mkdirs(sh, &["sending", "receiving"])?;
-    let _ = std::fs::remove_dir_all(stage);
-    std::fs::create_dir_all(stage.join("sending"))?;
+    let _ = fs_err::remove_dir_all(stage);
+    fs_err::create_dir_all(stage.join("sending"))?;
     for (rel, data) in files {
         let p = stage.join("sending").join(rel);
-        std::fs::create_dir_all(p.parent().unwrap())?;
-        std::fs::write(&p, data)?;
+        fs_err::create_dir_all(p.parent().unwrap())?;
+        fs_err::write(&p, data)?;
     }
-    let entries: Vec<PathBuf> = std::fs::read_dir(stage.join("sending"))?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+    let entries: Vec<PathBuf> = fs_err::read_dir(stage.join("sending"))?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
     if entries.is_empty() {
         return Ok(());
     }
@@ -54,8 +54,8 @@ pub fn make_drive(sh: &Shell, path: &Path, label: &str, kib: u64, files: &[(Stri
 
 /// rel path → sha256 of every file under `dir` on a FAT image (read with mtools, from the host).
 pub fn drive_tree(sh: &Shell, img: &Path, dir: &str, scratch: &Path) -> Result<BTreeMap<String, String>> {
-    let _ = std::fs::remove_dir_all(scratch);
-    std::fs::create_dir_all(scratch)?;
+    let _ = fs_err::remove_dir_all(scratch);
+    fs_err::create_dir_all(scratch)?;
     Fat::file(img).copy_out(sh, dir, scratch)?;
     // mcopy puts the directory's last component in `scratch`, as cp -r would.
     let root = scratch.join(Path::new(dir).file_name().context("a directory path")?);
@@ -64,7 +64,7 @@ pub fn drive_tree(sh: &Shell, img: &Path, dir: &str, scratch: &Path) -> Result<B
         let e = e?;
         if e.file_type().is_file() {
             let rel = e.path().strip_prefix(&root)?.to_string_lossy().into_owned();
-            out.insert(rel, hex::encode(Sha256::digest(std::fs::read(e.path())?)));
+            out.insert(rel, hex::encode(Sha256::digest(fs_err::read(e.path())?)));
         }
     }
     Ok(out)

@@ -17,7 +17,7 @@ pub fn run(sh: &Shell, cfg: &ImageConfig, host: &str) -> Result<()> {
     let image = sh.current_dir().join(format!("target/images/{host}.img"));
     anyhow::ensure!(image.exists(), "{} is missing: run `cargo xtask image {host}` first", image.display());
     let dir = sh.current_dir().join(format!("target/qemu/run-{host}"));
-    std::fs::create_dir_all(&dir)?;
+    fs_err::create_dir_all(&dir)?;
     let usb = dir.join("usb.img");
     if !usb.exists() {
         Fat::create(sh, &usb, &cfg.drive.label, 131072, None)?;

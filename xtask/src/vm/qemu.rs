@@ -37,7 +37,7 @@ pub struct BootFiles {
 /// config.txt's `kernel=` and `initramfs`, and cmdline.txt. Copies them into `dir`.
 pub fn boot_files(sh: &Shell, image: &Path, dir: &Path) -> Result<BootFiles> {
     let fat = fat_of(image)?;
-    std::fs::create_dir_all(dir)?;
+    fs_err::create_dir_all(dir)?;
     let config = String::from_utf8(fat.read(sh, "config.txt", &dir.join("config.txt"))?).context("config.txt is not UTF-8")?;
     let (kernel, initrd) = firmware_choice(&config).with_context(|| format!("the config.txt of {}", image.display()))?;
     let mut out = Vec::new();
@@ -46,13 +46,13 @@ pub fn boot_files(sh: &Shell, image: &Path, dir: &Path) -> Result<BootFiles> {
         fat.copy_out(sh, &name, &dst).with_context(|| format!("{name}, named by config.txt, is not on the boot partition"))?;
         out.push(dst);
     }
-    let cmdline = std::fs::read_to_string(&out[2])?.trim().to_string();
+    let cmdline = fs_err::read_to_string(&out[2])?.trim().to_string();
     Ok(BootFiles { kernel: out[0].clone(), initrd: out[1].clone(), cmdline })
 }
 
 /// The card's boot partition (partition 1 of its MBR).
 pub fn fat_of(image: &Path) -> Result<Fat> {
-    let mut f = std::fs::File::open(image).with_context(|| format!("opening {}", image.display()))?;
+    let mut f = fs_err::File::open(image).with_context(|| format!("opening {}", image.display()))?;
     let mbr = mbrman::MBR::read_from(&mut f, 512).with_context(|| format!("reading the MBR of {}", image.display()))?;
     Ok(Fat::partition(image, mbr[1].starting_lba as u64 * 512))
 }
@@ -201,8 +201,8 @@ pub fn start_all(sh: &Shell, specs: &[Spec]) -> Result<(Vec<BootFiles>, Vec<Vm>)
 }
 
 pub fn overlay(sh: &Shell, image: &Path, path: &Path) -> Result<()> {
-    let _ = std::fs::remove_file(path);
-    let image = std::fs::canonicalize(image)?;
+    let _ = fs_err::remove_file(path);
+    let image = fs_err::canonicalize(image)?;
     proc::read(cmd!(sh, "qemu-img create -q -f qcow2 -F raw -b {image} {path}"))?;
     Ok(())
 }
@@ -253,7 +253,7 @@ impl Vm {
     /// Boots a card on `-M virt` as the pair test does (see the module docs).
     pub fn start(sh: &Shell, spec: &Spec, boot: &BootFiles, overlay: &Path) -> Result<Vm> {
         for nic in &spec.nics {
-            let _ = std::fs::remove_file(&nic.local);
+            let _ = fs_err::remove_file(&nic.local);
         }
         let append = qemu_cmdline(&boot.cmdline, HARNESS_APPEND);
         let console = format!("file,id=con,path={},append=on", spec.dir.join(CONSOLE_LOG).display());
@@ -263,9 +263,9 @@ impl Vm {
     /// Starts QEMU with `argv`, which must send the guest's console to `<dir>/console.log` (appended
     /// to, so a reboot continues the same log) and offer the harness shell on `<dir>/shell.sock`.
     pub fn launch(sh: &Shell, name: &str, dir: &Path, argv: &[OsString], guest: Guest) -> Result<Vm> {
-        std::fs::create_dir_all(dir)?;
-        let _ = std::fs::remove_file(dir.join(SHELL_SOCK));
-        std::fs::write(dir.join("qemu.cmdline"), argv.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ") + "\n")?;
+        fs_err::create_dir_all(dir)?;
+        let _ = fs_err::remove_file(dir.join(SHELL_SOCK));
+        fs_err::write(dir.join("qemu.cmdline"), argv.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ") + "\n")?;
         let console_from = read_console(&dir.join(CONSOLE_LOG)).len();
         let handle = proc::spawn(sh.current_dir().as_path(), argv, &dir.join("qemu.log"))?;
         Ok(Vm {
@@ -438,7 +438,7 @@ impl Vm {
     /// written does not fail the test it documents).
     fn transcribe(&self, command: &str, out: &str, ended: &str, started: Instant) {
         let entry = format!("$ {command}\n{out}[{ended} after {:.1}s]\n", started.elapsed().as_secs_f64());
-        let _ = std::fs::OpenOptions::new()
+        let _ = fs_err::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.join(TRANSCRIPT))
@@ -519,7 +519,7 @@ impl Power {
 /// mini UART began with 0xb2), and a strict UTF-8 read then returned nothing at all, which every
 /// console check passed.
 fn read_console(path: &Path) -> String {
-    std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+    fs_err::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
 }
 
 /// The last `n` lines of a console log, indented, for a failure report (CI keeps no run directories).
@@ -555,9 +555,9 @@ mod tests {
     #[test]
     fn a_console_with_line_noise_is_still_read() {
         let p = std::env::temp_dir().join(format!("pi2pi-console-{}.log", std::process::id()));
-        std::fs::write(&p, b"\xb2[    0.000000] Booting Linux\nKernel panic - not syncing\n").unwrap();
+        fs_err::write(&p, b"\xb2[    0.000000] Booting Linux\nKernel panic - not syncing\n").unwrap();
         let text = read_console(&p);
-        let _ = std::fs::remove_file(&p);
+        let _ = fs_err::remove_file(&p);
         assert!(text.lines().any(|l| l.contains("Kernel panic")), "{text:?}");
     }
 

@@ -129,7 +129,7 @@ mod tests {
             return;
         }
         let dir = std::env::temp_dir().join(format!("pi2pi-qmp-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        fs_err::create_dir_all(&dir).unwrap();
         let sock = dir.join(QMP_SOCK);
         let mut qemu = std::process::Command::new("qemu-system-aarch64")
             .args(["-M", "virt", "-nodefaults", "-display", "none", "-S", "-qmp"])
@@ -147,6 +147,6 @@ mod tests {
             assert!(started.elapsed() < Duration::from_secs(20), "QEMU still running after quit");
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = std::fs::remove_dir_all(&dir);
+        let _ = fs_err::remove_dir_all(&dir);
     }
 }

@@ -6,7 +6,7 @@ use super::validate::macs;
 use super::*;
 
 fn text() -> String {
-    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../image.toml")).unwrap()
+    fs_err::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../image.toml")).unwrap()
 }
 
 fn parse_str(t: &str) -> Result<ImageConfig, ConfigError> {
@@ -120,7 +120,7 @@ fn the_label_and_name_rules_are_the_agents() {
 }
 
 fn cluster_text() -> String {
-    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/cluster.toml")).unwrap()
+    fs_err::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/cluster.toml")).unwrap()
 }
 
 #[test]

@@ -137,7 +137,7 @@ pub fn shipped() -> ImageConfig {
 }
 
 pub fn load(path: &Path) -> Result<ImageConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::unreadable(path, &e))?;
+    let text = fs_err::read_to_string(path).map_err(|e| ConfigError::unreadable(path, &e))?;
     parse(path, &text)
 }
 

@@ -231,7 +231,7 @@ fn boot_card(root: &Path, run_dir: &Path, c: &Card) -> Result<Vec<BootReport>> {
     sh.change_dir(root);
     let dir = run_dir.join(c.tag());
     // Each card's own directory only: another `--only` run may be using its neighbours.
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = fs_err::remove_dir_all(&dir);
     let r = card(&sh, c, &dir);
     if let Err(e) = &r {
         eprintln!("board: {} failed: {e:#}\n  console log, transcript and QEMU command line kept in {}", c.tag(), dir.display());
@@ -244,14 +244,14 @@ fn boot_card(root: &Path, run_dir: &Path, c: &Card) -> Result<Vec<BootReport>> {
 fn card(sh: &Shell, c: &Card, dir: &Path) -> Result<Vec<BootReport>> {
     let (cfg, host, image) = (c.cfg, c.host, c.image.as_path());
     ensure!(image.exists(), "{} is missing: run `cargo xtask image all`", image.display());
-    std::fs::create_dir_all(dir)?;
+    fs_err::create_dir_all(dir)?;
     let model = model_for(cfg.base.arch, c.board)?;
     let program = model.program(sh)?;
     let sd = dir.join("sd.img");
-    let image_len = std::fs::metadata(image)?.len();
+    let image_len = fs_err::metadata(image)?.len();
     let card_len = (image_len + 1).next_power_of_two();
     proc::read(cmd!(sh, "cp --sparse=always {image} {sd}"))?;
-    std::fs::OpenOptions::new().write(true).open(&sd)?.set_len(card_len)?;
+    fs_err::OpenOptions::new().write(true).open(&sd)?.set_len(card_len)?;
     let usb = dir.join("usb.img");
     let fat = Fat::create(sh, &usb, &cfg.drive.label, 65536, None)?;
     fat.mkdirs(sh, &["sending", "receiving"])?;
@@ -291,14 +291,14 @@ fn card(sh: &Shell, c: &Card, dir: &Path) -> Result<Vec<BootReport>> {
         }
         after_first = Some(layout);
         // Keep each boot's console apart for the report.
-        std::fs::rename(dir.join(CONSOLE_LOG), dir.join(format!("console-boot{n}.log")))?;
+        fs_err::rename(dir.join(CONSOLE_LOG), dir.join(format!("console-boot{n}.log")))?;
         if model.shell_apart() {
-            std::fs::rename(dir.join(SHELL_LOG), dir.join(format!("shell-boot{n}.log")))?;
+            fs_err::rename(dir.join(SHELL_LOG), dir.join(format!("shell-boot{n}.log")))?;
         }
         reports.push(BootReport { card: c.tag(), machine: model.machine, boot: n, seconds, noted });
     }
     for f in [&sd, &usb] {
-        let _ = std::fs::remove_file(f);
+        let _ = fs_err::remove_file(f);
     }
     Ok(reports)
 }

@@ -151,7 +151,7 @@ impl Soak<'_> {
                     }
                 }
             }
-            let _ = std::fs::remove_dir_all(self.specs[r].dir.join("compare"));
+            let _ = fs_err::remove_dir_all(self.specs[r].dir.join("compare"));
         }
         Ok((lost, files, bytes))
     }

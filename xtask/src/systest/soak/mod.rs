@@ -165,8 +165,8 @@ pub fn run(sh: &Shell, cfg: &ImageConfig, opts: &Options, build: bool) -> Result
         ensure!(i.exists(), "{} is missing: run `cargo xtask image all`", i.display());
     }
     let run_dir = sh.current_dir().join("target/soak");
-    let _ = std::fs::remove_dir_all(&run_dir);
-    std::fs::create_dir_all(&run_dir)?;
+    let _ = fs_err::remove_dir_all(&run_dir);
+    fs_err::create_dir_all(&run_dir)?;
     let mut macs = PiMacs::for_run("soak")?;
     eprintln!(
         "soak: {} faults, seed {} (replay: {}={} cargo xtask soak --faults {} --seed {} --max-mib {} --max-cut {})",
@@ -190,7 +190,7 @@ pub fn run(sh: &Shell, cfg: &ImageConfig, opts: &Options, build: bool) -> Result
         Ok(r) => r.render(),
         Err(e) => format!("FAILED: {e:#}\n"),
     };
-    std::fs::write(run_dir.join("report.txt"), &text)?;
+    fs_err::write(run_dir.join("report.txt"), &text)?;
     let report = result
         .with_context(|| format!("soak failed (seed {}); console logs, transcripts and report in {}", opts.seed, run_dir.display()))?;
     if !report.clean() {
@@ -198,7 +198,7 @@ pub fn run(sh: &Shell, cfg: &ImageConfig, opts: &Options, build: bool) -> Result
     }
     for h in &hosts {
         for f in ["overlay.qcow2", "usb.img"] {
-            let _ = std::fs::remove_file(run_dir.join(&h.name).join(f));
+            let _ = fs_err::remove_file(run_dir.join(&h.name).join(f));
         }
     }
     Ok(report)
@@ -418,7 +418,7 @@ impl<'a> Soak<'a> {
         let cmd = "systemd-analyze time | head -2; journalctl -b -o short-monotonic --no-pager \
             | grep -E 'pi2pi|dhcpcd|fsck|PI2PI|sshd|chrony|dnsmasq|Reached target|eth0|carrier' | tail -120";
         if let Ok((_, out)) = self.vms[v].exec(cmd) {
-            let _ = std::fs::write(self.specs[v].dir.join(format!("fault-{n}.txt")), out);
+            let _ = fs_err::write(self.specs[v].dir.join(format!("fault-{n}.txt")), out);
         }
     }
 
@@ -428,7 +428,7 @@ impl<'a> Soak<'a> {
             if let Ok((_, out)) =
                 vm.exec("pi2pi-agent status; findmnt /media; journalctl -b --no-pager -u pi2pi-agent -t pi2pi-agent | tail -80")
             {
-                let _ = std::fs::write(spec.dir.join("diagnostics.txt"), out);
+                let _ = fs_err::write(spec.dir.join("diagnostics.txt"), out);
             }
             vm.kill();
         }
