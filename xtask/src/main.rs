@@ -206,7 +206,7 @@ fn main() -> Result<()> {
         Task::Test { which: Some(TestWhich::Time32), .. } => time32::check_all(&sh)?,
         Task::Test { which: Some(TestWhich::Fuzz { seconds }), .. } => {
             setup::ensure(&sh, load()?.base.arch)?;
-            fuzz::run(&sh, std::time::Duration::from_secs(seconds))?
+            fuzz::run(&sh, std::time::Duration::from_secs(seconds), &image::Options::default_for(&sh).cache_dir)?
         }
         Task::Test { which: Some(TestWhich::Cluster), .. } => {
             let cfg = load()?;

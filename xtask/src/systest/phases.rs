@@ -7,10 +7,9 @@
 //! soak (the pair under faults). The bases of all of them are built first, at the same time.
 //! After a failure the remaining phases are listed as not run.
 //!
-//! The soak runs alongside the pair, cluster and board tests: most of its time one of its two
-//! guests reboots while the other waits, a core left idle that the others' boots take. Each
-//! phase has its own run directory, links and MACs, and reads the built cards through overlays or
-//! copies, so they cannot see each other's guests.
+//! The phases run one after another. The QEMU phases saturate both cores (a guest per core), so
+//! running the soak beside the others saved no time and slowed every guest threefold, past
+//! what its services wait for (dhcpcd's start timed out in the pair test).
 
 use std::time::Instant;
 
@@ -26,19 +25,10 @@ use crate::systest::{boots, cluster, fuzz, pair, soak, time32, verify};
 /// (and the kernel to its own: it has no kernel for the Pi 5).
 pub const OTHER_SUITE: &str = "bookworm";
 
-/// A phase runs in its turn, or starts in its turn and runs alongside the phases after it (on
-/// its own thread, with its own shell: `Shell` is not `Sync`), joined at the end.
-enum Run<'a> {
-    InTurn(Box<dyn FnOnce() -> Result<()> + 'a>),
-    Alongside(Box<OnItsOwnThread<'a>>),
-}
-
-type OnItsOwnThread<'a> = dyn FnOnce(&Shell) -> Result<()> + Send + 'a;
-
-type Phase<'a> = (String, Run<'a>);
+type Phase<'a> = (String, Box<dyn FnOnce() -> Result<()> + 'a>);
 
 fn in_turn<'a>(name: impl Into<String>, f: impl FnOnce() -> Result<()> + 'a) -> Phase<'a> {
-    (name.into(), Run::InTurn(Box::new(f)))
+    (name.into(), Box::new(f))
 }
 
 pub fn all(sh: &Shell, cfg: &ImageConfig, skip_qemu: bool) -> Result<()> {
@@ -49,7 +39,9 @@ pub fn all(sh: &Shell, cfg: &ImageConfig, skip_qemu: bool) -> Result<()> {
             proc::run(cmd!(sh, "cargo clippy --workspace --all-targets --locked --quiet -- -D warnings"))
         }),
         in_turn("cargo test", || proc::run(cmd!(sh, "cargo test --workspace --locked"))),
-        in_turn(format!("fuzz (cargo-fuzz, no sanitizer: {} s per target)", fuzz::EACH.as_secs()), || fuzz::run(sh, fuzz::EACH)),
+        in_turn(format!("fuzz (cargo-fuzz, no sanitizer: {} s per target)", fuzz::EACH.as_secs()), || {
+            fuzz::run(sh, fuzz::EACH, &image::Options::default_for(sh).cache_dir)
+        }),
         in_turn(format!("other suite: {OTHER_SUITE} resolves (mmdebstrap --simulate)"), || {
             // The suite a user may switch back to: the same config with only the suite (and the
             // kernel's suite) changed must still name packages that exist and install together.
@@ -87,26 +79,15 @@ pub fn all(sh: &Shell, cfg: &ImageConfig, skip_qemu: bool) -> Result<()> {
     if !skip_qemu {
         phases.extend(qemu_phases(sh, cfg));
     }
-    run_phases(sh, phases)
+    run_phases(phases)
 }
 
-/// The QEMU phases: the soak first, alongside the others (it boots the cards the "images" phase
-/// wrote; the others build their variants and boot them meanwhile).
+/// The QEMU phases, the soak last: a soak that fails leaves the other phases' results standing.
 fn qemu_phases<'a>(sh: &'a Shell, cfg: &'a ImageConfig) -> Vec<Phase<'a>> {
     let schedules = pair::schedules(cfg, None);
     let label = cfg.hosts.iter().zip(&schedules).map(|(h, s)| format!("{} {}", h.name, s.name())).collect::<Vec<_>>().join(", ");
-    let soak = format!(
-        "soak (the pair under faults: {} of each kind, short; alongside the next three)",
-        soak::Options::short().faults / soak::Kind::ALL.len()
-    );
+    let soak = format!("soak (the pair under faults: {} of each kind, short)", soak::Options::short().faults / soak::Kind::ALL.len());
     vec![
-        (
-            soak,
-            Run::Alongside(Box::new(move |sh| {
-                eprint!("{}", soak::run(sh, cfg, &soak::Options::short(), false)?.render());
-                Ok(())
-            })),
-        ),
         in_turn(format!("qemu pair test ({label})"), move || {
             // The configured schedule's cards are the ones the "images" phase just wrote; the
             // other schedule's card is built as a variant.
@@ -126,6 +107,10 @@ fn qemu_phases<'a>(sh: &'a Shell, cfg: &'a ImageConfig) -> Vec<Phase<'a>> {
                 Ok(())
             },
         ),
+        in_turn(soak, || {
+            eprint!("{}", soak::run(sh, cfg, &soak::Options::short(), false)?.render());
+            Ok(())
+        }),
     ]
 }
 
@@ -141,46 +126,20 @@ fn bases_used(sh: &Shell, cfg: &ImageConfig, skip_qemu: bool) -> Result<Vec<Imag
     Ok(views)
 }
 
-/// Runs phases in order until one fails (a phase running alongside is waited for, not stopped);
-/// prints a table of times with the rest as not run.
-fn run_phases(sh: &Shell, phases: Vec<Phase>) -> Result<()> {
+/// Runs phases in order until one fails; prints a table of times with the rest as not run.
+fn run_phases(phases: Vec<Phase>) -> Result<()> {
     let started = Instant::now();
-    let root = sh.current_dir();
     let mut rows: Vec<(String, Option<(f64, bool)>)> = Vec::new();
-    std::thread::scope(|s| {
-        let mut alongside = Vec::new();
-        for (name, run) in phases {
-            if rows.iter().any(|r| matches!(r.1, Some((_, false)))) {
-                rows.push((name, None));
-                continue;
-            }
-            eprintln!("\n==> {name}");
-            match run {
-                Run::InTurn(f) => {
-                    let t = Instant::now();
-                    let r = f();
-                    rows.push((name.clone(), Some(ended(&name, t, &r))));
-                }
-                Run::Alongside(f) => {
-                    eprintln!("==> {name}: started; its result comes after the others'");
-                    let root = root.clone();
-                    let t = Instant::now();
-                    let h = s.spawn(move || {
-                        Shell::new().map_err(Into::into).and_then(|sh| {
-                            sh.change_dir(root);
-                            f(&sh)
-                        })
-                    });
-                    rows.push((name.clone(), None));
-                    alongside.push((rows.len() - 1, name, t, h));
-                }
-            }
+    for (name, f) in phases {
+        if rows.iter().any(|r| matches!(r.1, Some((_, false)))) {
+            rows.push((name, None));
+            continue;
         }
-        for (row, name, t, h) in alongside {
-            let r = h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the phase panicked")));
-            rows[row].1 = Some(ended(&name, t, &r));
-        }
-    });
+        eprintln!("\n==> {name}");
+        let t = Instant::now();
+        let r = f();
+        rows.push((name.clone(), Some(ended(&name, t, &r))));
+    }
     eprintln!("\nphases:");
     for (n, r) in &rows {
         match r {
