@@ -288,10 +288,27 @@ fn ssh_trust(cfg: &ImageConfig, me: &Host, others: &[(&Host, Identity)]) -> Resu
 }
 
 /// Units a headless Pi of this deployment has no use for, masked so that every boot starts fewer
-/// processes (8 s and 4.7 s of an emulated boot): getty-static starts logins on tty2-tty6 where
-/// there is no logind to start them on demand (tty1 and the serial console keep theirs);
-/// e2scrub_reap removes e2scrub's leftover LVM snapshots, and the cards have no LVM.
-pub const HEADLESS_MASKED: &[&str] = &["getty-static.service", "e2scrub_reap.service"];
+/// processes (each a few seconds of an emulated boot, where one core runs them all): getty-static
+/// starts logins on tty2-tty6 where there is no logind to start them on demand (tty1 and the
+/// serial console keep theirs); e2scrub_reap removes e2scrub's leftover LVM snapshots, and the
+/// cards have no LVM; the kernel's debug, tracing, configuration (configfs: the workers' gadget is
+/// the legacy `g_ether`), huge-page, message-queue and FUSE filesystems, mounted for tools no
+/// card runs (a developer mounts one by hand); and modules loaded ahead for them or for hardware
+/// a Pi has not (DRM for a display stack no card has, EFI's pstore).
+pub const HEADLESS_MASKED: &[&str] = &[
+    "getty-static.service",
+    "e2scrub_reap.service",
+    "sys-kernel-debug.mount",
+    "sys-kernel-tracing.mount",
+    "sys-kernel-config.mount",
+    "modprobe@configfs.service",
+    "dev-hugepages.mount",
+    "dev-mqueue.mount",
+    "sys-fs-fuse-connections.mount",
+    "modprobe@fuse.service",
+    "modprobe@drm.service",
+    "modprobe@efi_pstore.service",
+];
 
 /// What systemd-update-done writes in /etc/.updated and /var/.updated once /usr's updates are
 /// applied: /usr's mtime, which is the build's epoch on our cards.

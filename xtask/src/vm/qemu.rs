@@ -402,10 +402,7 @@ impl Vm {
         let n = self.seq;
         let (begin, end) = (format!("@@B{n}@@\n"), format!("@@E{n}:"));
         let secs = limit.as_secs().max(1);
-        self.send(&format!(
-            "echo \"@@\"\"B{n}@@\"; timeout -k 5 {secs} sh -c {} </dev/null 2>&1; echo \"@@\"\"E{n}:$?\"\n",
-            shell_quote(command)
-        ))?;
+        self.send(&framed(n, command, secs))?;
         let started = Instant::now();
         // The frame still has to come over the serial line after the guest's timeout ends it.
         let deadline = started + limit + FRAME_GRACE;
@@ -492,6 +489,16 @@ impl Vm {
             let _ = h.kill();
         }
     }
+}
+
+/// The line the harness types for command `n`: begin marker, the command under `timeout`, end
+/// marker with its status. The command goes in the environment, not in an argument: a `pgrep -f`
+/// or `pkill -f` pattern in it would otherwise match (and kill) the very shell that runs it.
+fn framed(n: u64, command: &str, secs: u64) -> String {
+    format!(
+        "echo \"@@\"\"B{n}@@\"; PI2PI_CMD={} timeout -k 5 {secs} sh -c 'eval \"$PI2PI_CMD\"' </dev/null 2>&1; echo \"@@\"\"E{n}:$?\"\n",
+        shell_quote(command)
+    )
 }
 
 /// `s` as one word for a POSIX shell.
@@ -582,6 +589,15 @@ mod tests {
         assert_eq!(system_state("@@STATE=degraded[  9.1] x\n"), "degraded");
         assert_eq!(system_state("@@STATE=$(systemctl is-system-running --wait)\n@@STATE=starting\n"), "starting");
         assert_eq!(system_state("nothing"), "");
+    }
+
+    #[test]
+    fn a_framed_command_runs_as_written_and_is_not_in_any_command_line() {
+        let command = r#"echo "it's $((6*7))"; pgrep -f 'unique-[p]attern-9471' >/dev/null; echo "found $?"; exit 3 # unique-pattern-9471"#;
+        // Typed into a shell, as the harness does on the guest's console.
+        let sh = Shell::new().unwrap();
+        let out = cmd!(sh, "sh").stdin(framed(7, command, 10)).read().unwrap();
+        assert_eq!(out, "@@B7@@\nit's 42\nfound 1\n@@E7:3");
     }
 
     #[test]
