@@ -36,9 +36,13 @@ pub fn all(sh: &Shell, cfg: &ImageConfig, skip_qemu: bool) -> Result<()> {
         in_turn("setup", || setup::ensure(sh, cfg.base.arch)),
         in_turn("format (cargo fmt --check)", || proc::run(cmd!(sh, "cargo fmt --all --check"))),
         in_turn("lint (cargo clippy -D warnings)", || {
-            proc::run(cmd!(sh, "cargo clippy --workspace --all-targets --locked --quiet -- -D warnings"))
+            let dir = workspace_target();
+            proc::run(cmd!(sh, "cargo clippy --workspace --all-targets --locked --quiet --target-dir {dir} -- -D warnings"))
         }),
-        in_turn("cargo test", || proc::run(cmd!(sh, "cargo test --workspace --locked"))),
+        in_turn("cargo test", || {
+            let dir = workspace_target();
+            proc::run(cmd!(sh, "cargo test --workspace --locked --target-dir {dir}"))
+        }),
         in_turn(format!("fuzz (cargo-fuzz, no sanitizer: {} s per target)", fuzz::EACH.as_secs()), || {
             fuzz::run(sh, fuzz::EACH, &image::Options::default_for(sh).cache_dir)
         }),
@@ -112,6 +116,12 @@ fn qemu_phases<'a>(sh: &'a Shell, cfg: &'a ImageConfig) -> Vec<Phase<'a>> {
             Ok(())
         }),
     ]
+}
+
+/// Where the lint and test phases build: in the cache, like the agent's cross builds, so that a
+/// fresh clone (CI's) compiles only the workspace's own crates, not every dependency again.
+fn workspace_target() -> std::path::PathBuf {
+    crate::build::cache::dir().join("workspace-target")
 }
 
 /// The config views (one per base) the phases build cards from: the deployment's, and for the
