@@ -58,7 +58,7 @@ const FAT_MTIME_SLACK: Duration = Duration::from_secs(4);
 
 /// The engine's monotonic time: `Instant::now` on a Pi; in a test, a clock the test moves by hand
 /// (`Clock::manual`, `advance`), so that quiescence, holds and backoff are tested without sleeping.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Clock(Option<Arc<Mutex<Instant>>>);
 
 impl Clock {

@@ -603,7 +603,7 @@ mod tests {
     #[test]
     fn a_command_reaches_the_guest_shell_as_written() {
         let command = r#"cd '/media/pi/x y' && echo "it's $((6*7))" | tr -d '\n'; printf '%s' "$HOME" >/dev/null"#;
-        let out = std::process::Command::new("sh").arg("-c").arg(format!("printf '%s' {}", shell_quote(command))).output().unwrap();
-        assert_eq!(String::from_utf8(out.stdout).unwrap(), command);
+        let (sh, line) = (Shell::new().unwrap(), format!("printf '%s' {}", shell_quote(command)));
+        assert_eq!(cmd!(sh, "sh -c {line}").read().unwrap(), command);
     }
 }
