@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
 use crate::build::cache;
-use crate::build::config::{self, ImageConfig};
+use crate::build::config::{Base, ImageConfig};
 use crate::build::pins::{BasePins, LockFile};
 use crate::proc;
 
@@ -43,10 +43,10 @@ fn epoch(sh: &Shell, locked: Option<&BasePins>) -> Result<u64> {
     })
 }
 
-fn cache_key(cfg: &ImageConfig, lock: Option<&BasePins>, epoch: u64) -> Result<String> {
-    let base = serde_json::to_vec(&cfg.base)?;
+fn cache_key(cfg: &ImageConfig, b: &Base, lock: Option<&BasePins>, epoch: u64) -> Result<String> {
+    let base = serde_json::to_vec(b)?;
     let lock = lock.map(|l| l.render_section()).unwrap_or_default();
-    let keyring = fs_err::read(&cfg.base.keyring).with_context(|| format!("reading {}", cfg.base.keyring.display()))?;
+    let keyring = fs_err::read(&b.keyring).with_context(|| format!("reading {}", b.keyring.display()))?;
     Ok(cache::key(&[
         ("format", b"base-1"),
         ("base", &base),
@@ -61,7 +61,7 @@ fn cache_key(cfg: &ImageConfig, lock: Option<&BasePins>, epoch: u64) -> Result<S
 }
 
 /// mmdebstrap's options for a base (without hooks, suite, target and mirrors).
-fn mmdebstrap_argv(b: &config::Base) -> Vec<OsString> {
+fn mmdebstrap_argv(b: &Base) -> Vec<OsString> {
     let mut include = b.packages.clone();
     include.extend([b.kernel.clone(), b.firmware.clone()]);
     let mut argv: Vec<OsString> = vec![
@@ -94,7 +94,7 @@ fn with_usr_twin(pattern: &str) -> Vec<String> {
 
 /// Asks apt (through `mmdebstrap --simulate`: package indices only, nothing installed) whether
 /// the base's package selection can be installed from its suite and mirrors. Seconds, not minutes.
-pub fn resolve(sh: &Shell, b: &config::Base, work: &Path) -> Result<()> {
+pub fn resolve(sh: &Shell, b: &Base, work: &Path) -> Result<()> {
     fs_err::create_dir_all(work)?;
     let mut argv = mmdebstrap_argv(b);
     argv.push("--simulate".into());
@@ -106,16 +106,18 @@ pub fn resolve(sh: &Shell, b: &config::Base, work: &Path) -> Result<()> {
         .with_context(|| format!("the {} {} package selection does not resolve", b.suite, b.arch.deb()))
 }
 
-pub fn build(sh: &Shell, cfg: &ImageConfig, update_lock: bool, work: &Path, cache: &Path) -> Result<BuiltBase> {
+/// Builds `b` (one of `cfg`'s bases: `cfg` gives its lock file and `[system]`) into the cache,
+/// or finds it there.
+pub fn build(sh: &Shell, cfg: &ImageConfig, b: &Base, update_lock: bool, work: &Path, cache: &Path) -> Result<BuiltBase> {
     let started = Instant::now();
     let lock_file = &cfg.lock_file();
     let lock = LockFile::read(lock_file)?;
-    let locked = lock.get(&cfg.base.suite, cfg.base.arch.deb()).filter(|_| !update_lock).cloned();
+    let locked = lock.get(&b.suite, b.arch.deb()).filter(|_| !update_lock).cloned();
     let locked = locked.as_ref();
     let epoch = epoch(sh, locked)?;
-    let key = cache_key(cfg, locked, epoch)?;
+    let key = cache_key(cfg, b, locked, epoch)?;
     let dir = cache.join("base");
-    let name = |k: &str| dir.join(format!("{}-{}-{k}", cfg.base.suite, cfg.base.arch.deb()));
+    let name = |k: &str| dir.join(format!("{}-{}-{k}", b.suite, b.arch.deb()));
     let tar = name(&key).with_extension("tar");
     if tar.exists() {
         let pins = BasePins::read_single(&name(&key).with_extension("lock")).context("a cached base without its pins")?;
@@ -136,12 +138,11 @@ pub fn build(sh: &Shell, cfg: &ImageConfig, update_lock: bool, work: &Path, cach
         ("essential.sh", ESSENTIAL.to_string()),
         ("customize.sh", CUSTOMIZE.to_string()),
         ("preferences", locked.map(|l| l.apt_preferences()).unwrap_or_default()),
-        ("modules", cfg.base.initramfs_modules.join("\n") + "\n"),
+        ("modules", b.initramfs_modules.join("\n") + "\n"),
     ] {
         fs_err::write(out.join(name), text)?;
     }
 
-    let b = &cfg.base;
     let mut argv = mmdebstrap_argv(b);
     for stage in ["setup", "essential", "customize"] {
         argv.push(format!("--{stage}-hook=sh \"$PI2PI_HOOKS/{stage}.sh\" \"$1\"").into());
@@ -179,7 +180,7 @@ pub fn build(sh: &Shell, cfg: &ImageConfig, update_lock: bool, work: &Path, cach
     fs_err::rename(&partial, &tar)?;
     fs_err::write(name(&key).with_extension("lock"), built.render())?;
     // Next time the lock exists, so the key will be computed with it: store under that key too.
-    let next = name(&cache_key(cfg, Some(&built), epoch)?);
+    let next = name(&cache_key(cfg, b, Some(&built), epoch)?);
     if next.with_extension("tar") != tar {
         let _ = fs_err::remove_file(next.with_extension("tar"));
         fs_err::hard_link(&tar, next.with_extension("tar"))?;
@@ -189,29 +190,29 @@ pub fn build(sh: &Shell, cfg: &ImageConfig, update_lock: bool, work: &Path, cach
     Ok(BuiltBase { tar, pins: built, cached: false, seconds: started.elapsed().as_secs_f64() })
 }
 
-/// Builds the bases of `cfgs` (views of configs, one per base; the same suite and architecture
-/// once) at the same time, each in its own work directory under `work`, into the cache the image
-/// builds then find them in. A cold base is one emulated dpkg at a time, a single core's work:
-/// two or three at once take little longer than the slowest alone.
+/// Builds every base the hosts of `cfgs` use (the same suite and architecture once) at the same
+/// time, each in its own work directory under `work`, into the cache the image builds then find
+/// them in. A cold base is one emulated dpkg at a time, a single core's work: two or three at
+/// once take little longer than the slowest alone.
 pub fn build_all(root: &Path, cfgs: &[ImageConfig], work: &Path, cache: &Path) -> Result<()> {
-    let mut distinct: Vec<&ImageConfig> = Vec::new();
-    for c in cfgs {
-        if !distinct.iter().any(|d| (&d.base.suite, d.base.arch) == (&c.base.suite, c.base.arch)) {
-            distinct.push(c);
+    let mut distinct: Vec<(&ImageConfig, &Base)> = Vec::new();
+    for (c, b) in cfgs.iter().flat_map(|c| c.bases_in_use().into_iter().map(move |b| (c, b))) {
+        if !distinct.iter().any(|(_, d)| (&d.suite, d.arch) == (&b.suite, b.arch)) {
+            distinct.push((c, b));
         }
     }
     std::thread::scope(|s| {
         let handles: Vec<_> = distinct
             .iter()
-            .map(|cfg| {
+            .map(|&(cfg, b)| {
                 s.spawn(move || -> Result<()> {
                     let sh = Shell::new()?;
                     sh.change_dir(root);
-                    let (suite, arch) = (&cfg.base.suite, cfg.base.arch.deb());
-                    let b = build(&sh, cfg, false, &work.join(format!("{suite}-{arch}")), cache)
+                    let (suite, arch) = (&b.suite, b.arch.deb());
+                    let built = build(&sh, cfg, b, false, &work.join(format!("{suite}-{arch}")), cache)
                         .with_context(|| format!("the {suite} {arch} base of {}", cfg.file().display()))?;
-                    let how = if b.cached { "in the cache" } else { "built" };
-                    eprintln!("base: {suite} {arch}: {} packages, {how} ({:.0}s)", b.pins.packages.len(), b.seconds);
+                    let how = if built.cached { "in the cache" } else { "built" };
+                    eprintln!("base: {suite} {arch}: {} packages, {how} ({:.0}s)", built.pins.packages.len(), built.seconds);
                     Ok(())
                 })
             })

@@ -10,7 +10,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use xshell::Shell;
 
-use crate::build::config::{Host, ImageConfig};
+use crate::build::arch::Arch;
+use crate::build::config::{Base, Host, ImageConfig};
 use crate::build::{agent_build, base, boards, disk, keys, layers, rootfs, setup, ship, tools};
 
 pub struct Options {
@@ -90,16 +91,16 @@ pub fn build(sh: &Shell, cfg: &ImageConfig, hosts: &[&Host], opts: &Options) -> 
     fs_err::create_dir_all(&opts.work_dir)?;
     fs_err::create_dir_all(&opts.out_dir)?;
     // The hosts of each base together: that base (and its agent) once, then its cards.
-    let mut groups: Vec<(ImageConfig, Vec<&Host>)> = Vec::new();
+    let mut groups: Vec<(&Base, Vec<&Host>)> = Vec::new();
     for h in hosts {
         match groups.iter_mut().find(|(_, g)| g[0].base == h.base) {
             Some((_, g)) => g.push(h),
-            None => groups.push((cfg.for_host(h), vec![h])),
+            None => groups.push((cfg.base_of(h), vec![h])),
         }
     }
     let mut built = Vec::new();
-    for (view, group) in &groups {
-        built.extend(build_group(sh, view, group, opts)?);
+    for (base, group) in &groups {
+        built.extend(build_group(sh, cfg, base, group, opts)?);
     }
     built.sort_by_key(|b| hosts.iter().position(|h| h.name == b.host));
     if opts.ship {
@@ -111,15 +112,15 @@ pub fn build(sh: &Shell, cfg: &ImageConfig, hosts: &[&Host], opts: &Options) -> 
     Ok(built)
 }
 
-/// The cards of hosts that share one base (`cfg` is their view: `cfg.base` is that base).
-fn build_group(sh: &Shell, cfg: &ImageConfig, hosts: &[&Host], opts: &Options) -> Result<Vec<Built>> {
+/// The cards of `hosts`, which share the base `b`.
+fn build_group(sh: &Shell, cfg: &ImageConfig, b: &Base, hosts: &[&Host], opts: &Options) -> Result<Vec<Built>> {
     let t = Instant::now();
-    setup::ensure(sh, cfg.base.arch)?;
+    setup::ensure(sh, b.arch)?;
     let setup_s = t.elapsed().as_secs_f64();
 
-    let base = base::build(sh, cfg, opts.update_lock, &opts.work_dir, &opts.cache_dir)?;
+    let base = base::build(sh, cfg, b, opts.update_lock, &opts.work_dir, &opts.cache_dir)?;
     eprintln!("base: {} packages, {} ({:.0}s)", base.pins.packages.len(), if base.cached { "from cache" } else { "built" }, base.seconds);
-    let agent = agent_build::build(sh, cfg.base.arch)?;
+    let agent = agent_build::build(sh, b.arch)?;
     let agent_bytes = fs_err::read(&agent.binary).with_context(|| format!("reading {}", agent.binary.display()))?;
     let t_facts = Instant::now();
     let facts = rootfs::read_base_facts(&base.tar)?;
@@ -128,7 +129,7 @@ fn build_group(sh: &Shell, cfg: &ImageConfig, hosts: &[&Host], opts: &Options) -
         let names: Vec<&String> = facts.boot.keys().filter(|k| k.starts_with(prefix)).collect();
         match names.as_slice() {
             [one] => Ok(one.to_string()),
-            _ => bail!("expected one {prefix}* in the base's /boot/firmware, found {names:?} (is `{}` installed?)", cfg.base.kernel),
+            _ => bail!("expected one {prefix}* in the base's /boot/firmware, found {names:?} (is `{}` installed?)", b.kernel),
         }
     };
     let (kernel, initrd) = (find("vmlinuz-")?, find("initrd.img-")?);
@@ -140,6 +141,7 @@ fn build_group(sh: &Shell, cfg: &ImageConfig, hosts: &[&Host], opts: &Options) -
 
     let shared = Shared {
         cfg,
+        arch: b.arch,
         opts,
         base_tar: &base.tar,
         agent: &agent_bytes,
@@ -197,7 +199,7 @@ fn ship_all(sh: &Shell, cfg: &ImageConfig, dir: &Path, built: &mut [Built]) -> R
             sums.push((f.clone(), ship::sha256_file(f)?));
         }
         let host = cfg.host(&b.host)?;
-        entries.push(ship::imager_entry(&cfg.for_host(host), host, &b.path, &b.sha256, b.epoch, b.kernel_version)?);
+        entries.push(ship::imager_entry(cfg.base_of(host), &cfg.image, host, &b.path, &b.sha256, b.epoch, b.kernel_version)?);
     }
     for f in ship::write_imager_list(dir, entries)? {
         sums.push((f.clone(), ship::sha256_file(&f)?));
@@ -208,6 +210,8 @@ fn ship_all(sh: &Shell, cfg: &ImageConfig, dir: &Path, built: &mut [Built]) -> R
 /// Inputs every host's build shares (read-only).
 struct Shared<'a> {
     cfg: &'a ImageConfig,
+    /// The architecture of the base the cards are built from.
+    arch: Arch,
     opts: &'a Options,
     base_tar: &'a Path,
     agent: &'a [u8],
@@ -266,8 +270,8 @@ fn build_host(sh: &Shell, shared: &Shared, host: &Host) -> Result<Built> {
     boot.extend(layer.boot.clone());
     boards::add_dtb_aliases(&mut boot);
     let kernel_version = shared.kernel_version;
-    boards::check_boot_partition(cfg.base.arch, kernel_version, &boot)?;
-    crate::build::manifest::check(cfg.base.arch, kernel_version, host.role, &shared.drivers)?;
+    boards::check_boot_partition(shared.arch, kernel_version, &boot)?;
+    crate::build::manifest::check(shared.arch, kernel_version, host.role, &shared.drivers)?;
     let boot_img = work.join("boot.vfat");
     disk::boot_fs(sh, &boot, cfg.image.boot_mib, ids.boot_volid, epoch, &work, &boot_img)?;
     let root_img = work.join("root.ext4");

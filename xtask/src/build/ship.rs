@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use xshell::{cmd, Shell};
 
+use crate::build::arch::Arch;
 use crate::build::boards;
-use crate::build::config::{Host, ImageConfig};
+use crate::build::config::{Base, Host, ImageConfig, ImageParams};
 use crate::proc;
 
 /// xz's preset. Measured on a 770 MiB trixie card here (2 cores): -1 24 s, 158 MB; -3 48 s,
@@ -93,10 +94,11 @@ pub struct ImagerList {
     pub os_list: Vec<ImagerEntry>,
 }
 
-/// The list entry for `host`'s card from its files.
+/// The list entry for `host`'s card (built from `base`) from its files.
 /// `kernel_version`: its kernel's, which decides some of the boards it is for.
 pub fn imager_entry(
-    cfg: &ImageConfig,
+    base: &Base,
+    params: &ImageParams,
     host: &Host,
     img: &Path,
     img_sha256: &str,
@@ -106,31 +108,31 @@ pub fn imager_entry(
     let xz = suffixed(img, ".xz");
     let file = xz.file_name().context("image has no file name")?.to_string_lossy().into_owned();
     Ok(ImagerEntry {
-        name: format!("pi2pi {} ({})", host.name, cfg.base.arch.deb()),
+        name: format!("pi2pi {} ({})", host.name, base.arch.deb()),
         description: format!(
             "{}: {} {}. Debian {} ({}), built by pi2pi; flash as is (no OS customisation).",
             host.name,
             host.role.describe(),
             host.place(),
-            cfg.base.suite,
-            cfg.base.arch.deb()
+            base.suite,
+            base.arch.deb()
         ),
-        icon: format!("{}{IMAGER_ICON}", cfg.image.download_url),
-        url: format!("{}{file}", cfg.image.download_url),
+        icon: format!("{}{IMAGER_ICON}", params.download_url),
+        url: format!("{}{file}", params.download_url),
         extract_size: fs_err::metadata(img)?.len(),
         extract_sha256: img_sha256.to_string(),
         image_download_size: fs_err::metadata(&xz).with_context(|| format!("{} is missing", xz.display()))?.len(),
         image_download_sha256: sha256_file(&xz)?,
         release_date: date_of(epoch)?,
-        devices: imager_devices(cfg, kernel_version),
+        devices: imager_devices(base.arch, kernel_version),
     })
 }
 
-/// Imager's device tags for the boards the card boots (`pi3-64bit`, `pi1-32bit`, …).
-pub fn imager_devices(cfg: &ImageConfig, kernel: boards::KernelVersion) -> Vec<String> {
-    let bits = cfg.base.arch.bits();
+/// Imager's device tags for the boards a card of `arch` boots (`pi3-64bit`, `pi1-32bit`, …).
+pub fn imager_devices(arch: Arch, kernel: boards::KernelVersion) -> Vec<String> {
+    let bits = arch.bits();
     let mut tags: Vec<String> = Vec::new();
-    for b in boards::for_card(cfg.base.arch, kernel) {
+    for b in boards::for_card(arch, kernel) {
         let tag = format!("{}-{bits}bit", b.imager_family);
         if !tags.contains(&tag) {
             tags.push(tag);
@@ -282,15 +284,15 @@ pub fn check(sh: &Shell, cfg: &ImageConfig, dir: &Path, scratch: &Path) -> Resul
         let img = xz.with_extension("");
         // What the entry must say follows from its card's host: its base's boards and pins.
         let stem = img.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        let view = cfg.for_host(cfg.host(&stem).with_context(|| format!("{}: {} is no host's card", e.name, xz.display()))?);
+        let base = cfg.base_of(cfg.host(&stem).with_context(|| format!("{}: {} is no host's card", e.name, xz.display()))?);
         let pins = lock
-            .get(&view.base.suite, view.base.arch.deb())
+            .get(&base.suite, base.arch.deb())
             .with_context(|| format!("{} has no section for {}'s base", cfg.lock_file().display(), stem))?;
         let date = date_of(pins.source_date_epoch)?;
-        let kernel_pkg = view.base.kernel.split('/').next().unwrap_or_default();
+        let kernel_pkg = base.kernel.split('/').next().unwrap_or_default();
         let kernel = pins.packages.get(kernel_pkg).and_then(|p| boards::kernel_version(&p.version));
         let devices =
-            imager_devices(&view, kernel.with_context(|| format!("{} pins no version of {kernel_pkg}", cfg.lock_file().display()))?);
+            imager_devices(base.arch, kernel.with_context(|| format!("{} pins no version of {kernel_pkg}", cfg.lock_file().display()))?);
         let bmap = img.with_extension("img.bmap");
         for f in [&img, &xz, &bmap] {
             let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -331,7 +333,6 @@ mod tests {
     use std::io::{Seek, SeekFrom, Write};
 
     use super::*;
-    use crate::build::arch::Arch;
 
     /// What `verify` would not see, building on all cores both times: the compressed bytes are
     /// the same with one thread (what `-T0` gives on a one-core machine) and with four.
@@ -377,14 +378,10 @@ mod tests {
 
     #[test]
     fn device_tags_follow_the_boards_of_the_architecture() {
-        let mut cfg = crate::build::config::shipped();
-        let tags = |cfg: &ImageConfig| imager_devices(cfg, (7, 3)).join(" ");
-        cfg.base.arch = Arch::Arm64;
-        assert_eq!(tags(&cfg), "pi3-64bit pi4-64bit pi5-64bit");
-        cfg.base.arch = Arch::Armhf;
-        assert_eq!(tags(&cfg), "pi2-32bit pi3-32bit");
-        cfg.base.arch = Arch::Armel;
-        assert_eq!(tags(&cfg), "pi1-32bit");
+        let tags = |arch| imager_devices(arch, (7, 3)).join(" ");
+        assert_eq!(tags(Arch::Arm64), "pi3-64bit pi4-64bit pi5-64bit");
+        assert_eq!(tags(Arch::Armhf), "pi2-32bit pi3-32bit");
+        assert_eq!(tags(Arch::Armel), "pi1-32bit");
     }
 
     /// A small sparse image through the real tools: xz, bmaptool create, the Imager list, then
@@ -413,7 +410,8 @@ mod tests {
         let pins = lock.get(&cfg.base.suite, cfg.base.arch.deb()).unwrap();
         let kernel = crate::build::boards::kernel_version(&pins.packages["linux-image-arm64"].version).unwrap();
         let sha = sha256_file(&img).unwrap();
-        write_imager_list(&dir, vec![imager_entry(&cfg, host, &img, &sha, pins.source_date_epoch, kernel).unwrap()]).unwrap();
+        write_imager_list(&dir, vec![imager_entry(&cfg.base, &cfg.image, host, &img, &sha, pins.source_date_epoch, kernel).unwrap()])
+            .unwrap();
         // SHA256SUMS as the image build writes it: every file there.
         let sum_all = || {
             let _cd = sh.push_dir(&dir);
@@ -452,7 +450,7 @@ mod tests {
             image_download_size: 1,
             image_download_sha256: "00".into(),
             release_date: "2026-12-01".into(),
-            devices: imager_devices(&cfg, (7, 3)),
+            devices: imager_devices(cfg.base.arch, (7, 3)),
         };
         let ours = serde_json::to_value(ImagerList { os_list: vec![entry] }).unwrap();
         imager_schema::check(&ours.to_string()).unwrap();

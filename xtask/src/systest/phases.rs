@@ -16,6 +16,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use xshell::{cmd, Shell};
 
+use crate::build::arch::Arch;
 use crate::build::config::ImageConfig;
 use crate::build::{base, config, image, setup, ship};
 use crate::proc;
@@ -56,14 +57,16 @@ pub fn all(sh: &Shell, cfg: &ImageConfig, skip_qemu: bool) -> Result<()> {
         }),
         in_turn("32-bit agents: file times past 2038 (armv7; ARMv6 on qemu-arm's ARM1176)", || time32::check_all(sh)),
         in_turn("bases (every base the later phases build cards from, at the same time when cold)", || {
-            let views = bases_used(sh, cfg, skip_qemu)?;
-            for (i, v) in views.iter().enumerate() {
-                if !views[..i].iter().any(|earlier| earlier.base.arch == v.base.arch) {
-                    setup::ensure(sh, v.base.arch)?; // binfmt for its package scripts
+            let configs = configs_built(sh, cfg, skip_qemu)?;
+            let mut arches: Vec<Arch> = Vec::new();
+            for arch in configs.iter().flat_map(|c| c.bases_in_use()).map(|b| b.arch) {
+                if !arches.contains(&arch) {
+                    setup::ensure(sh, arch)?; // binfmt for its package scripts
+                    arches.push(arch);
                 }
             }
             let opts = image::Options::default_for(sh);
-            base::build_all(&sh.current_dir(), &views, &sh.current_dir().join("target/bases"), &opts.cache_dir)
+            base::build_all(&sh.current_dir(), &configs, &sh.current_dir().join("target/bases"), &opts.cache_dir)
         }),
         in_turn("images", || {
             let built = image::build(sh, cfg, &image::select(cfg, "all")?, &image::Options::default_for(sh))?;
@@ -124,16 +127,15 @@ fn workspace_target() -> std::path::PathBuf {
     crate::build::cache::dir().join("workspace-target")
 }
 
-/// The config views (one per base) the phases build cards from: the deployment's, and for the
-/// QEMU phases the cluster example's and the board test's armhf variant.
-fn bases_used(sh: &Shell, cfg: &ImageConfig, skip_qemu: bool) -> Result<Vec<ImageConfig>> {
-    let mut views = vec![cfg.clone()];
+/// The configs the phases build cards from: the deployment, and for the QEMU phases the cluster
+/// example and the board test's armhf variant.
+fn configs_built(sh: &Shell, cfg: &ImageConfig, skip_qemu: bool) -> Result<Vec<ImageConfig>> {
+    let mut configs = vec![cfg.clone()];
     if !skip_qemu {
-        let cluster = config::load(&sh.current_dir().join(cluster::EXAMPLE))?;
-        views.extend(cluster.hosts.iter().map(|h| cluster.for_host(h)));
-        views.extend(boots::armhf_variant(cfg));
+        configs.push(config::load(&sh.current_dir().join(cluster::EXAMPLE))?);
+        configs.extend(boots::armhf_variant(cfg));
     }
-    Ok(views)
+    Ok(configs)
 }
 
 /// Runs phases in order until one fails; prints a table of times with the rest as not run.

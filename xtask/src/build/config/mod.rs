@@ -274,10 +274,15 @@ impl ImageConfig {
     pub fn base_of(&self, h: &Host) -> &Base {
         h.base.as_ref().and_then(|n| self.bases.get(n)).unwrap_or(&self.base)
     }
-    /// This config as `h`'s card sees it: `base` is the host's base (every stage of one card's
-    /// build reads `cfg.base`).
-    pub fn for_host(&self, h: &Host) -> ImageConfig {
-        ImageConfig { base: self.base_of(h).clone(), ..self.clone() }
+    /// The bases its hosts' cards are built from, each once, in the order of the hosts.
+    pub fn bases_in_use(&self) -> Vec<&Base> {
+        let mut used: Vec<&Base> = Vec::new();
+        for b in self.hosts.iter().map(|h| self.base_of(h)) {
+            if !used.iter().any(|u| std::ptr::eq(*u, b)) {
+                used.push(b);
+            }
+        }
+        used
     }
     /// The pair's cable; an error for a cluster's file (what needs it is pair-only).
     pub fn lan(&self) -> anyhow::Result<&Lan> {

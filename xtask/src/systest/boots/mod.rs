@@ -66,6 +66,8 @@ pub struct BootReport {
 pub struct Card<'a> {
     pub cfg: &'a ImageConfig,
     pub host: &'a Host,
+    /// The architecture of the base it was built from.
+    pub arch: Arch,
     pub image: PathBuf,
     /// 1, or 2 to also prove that a grown card stays as it is.
     pub boots: u32,
@@ -78,7 +80,7 @@ impl Card<'_> {
     /// Its run directory's name: host and architecture (a card built for another architecture
     /// keeps its host's name), and the board when it is not the host's.
     fn tag(&self) -> String {
-        let card = format!("{}-{}", self.host.name, self.cfg.base.arch.deb());
+        let card = format!("{}-{}", self.host.name, self.arch.deb());
         match self.board {
             Some(b) if self.host.board.is_none_or(|h| h.name != b.name) => format!("{card}-{}", b.name),
             _ => card,
@@ -87,7 +89,7 @@ impl Card<'_> {
 
     /// Roughly how long its boots take, for the order they are started in.
     fn expected_secs(&self) -> u32 {
-        let secs = model_for(self.cfg.base.arch, self.board).map_or(0, |m| emulation(m.machine).boot_secs);
+        let secs = model_for(self.arch, self.board).map_or(0, |m| emulation(m.machine).boot_secs);
         self.boots * secs
     }
 }
@@ -105,8 +107,8 @@ pub fn test(sh: &Shell, cfg: &ImageConfig, images: &Path, armhf: bool, only: &[S
     let cluster = if is_example { cfg.clone() } else { crate::build::config::load(&example)? };
     let covered = if is_example { vec![cfg.base.arch] } else { vec![] };
     let (others, dir) = build_cluster_cards(sh, &cluster, &covered)?;
-    for (view, host) in &others {
-        all.push(card_of(view, host, &dir)?);
+    for host in others {
+        all.push(card_of(&cluster, host, &dir));
     }
     let variant = if armhf { armhf_variant(cfg) } else { None };
     if let Some(v) = &variant {
@@ -132,7 +134,7 @@ pub fn test(sh: &Shell, cfg: &ImageConfig, images: &Path, armhf: bool, only: &[S
 /// growing the card is done once (the same unit and script run on every card, so one card of
 /// each build proves it for all); the others boot once, which keeps the phase within budget.
 pub fn cards<'a>(cfg: &'a ImageConfig, images: &Path) -> Vec<Card<'a>> {
-    // Hosts of other bases are booted by way of `build_cluster_cards`, each with its own view.
+    // Hosts of other bases are booted by way of `build_cluster_cards`.
     let mut all: Vec<Card> = cfg
         .hosts
         .iter()
@@ -141,6 +143,7 @@ pub fn cards<'a>(cfg: &'a ImageConfig, images: &Path) -> Vec<Card<'a>> {
         .map(|(i, host)| Card {
             cfg,
             host,
+            arch: cfg.base.arch,
             image: images.join(format!("{}.img", host.name)),
             boots: if i == 0 { 2 } else { 1 },
             board: host.board,
@@ -153,7 +156,7 @@ pub fn cards<'a>(cfg: &'a ImageConfig, images: &Path) -> Vec<Card<'a>> {
         for b in boards::for_arch(cfg.base.arch) {
             if let Some(m) = b.qemu_machine.filter(|m| !machines.contains(m)) {
                 machines.push(m);
-                all.push(Card { cfg, host, image: image.clone(), boots: 1, board: Some(b) });
+                all.push(Card { cfg, host, arch: cfg.base.arch, image: image.clone(), boots: 1, board: Some(b) });
             }
         }
     }
@@ -161,21 +164,21 @@ pub fn cards<'a>(cfg: &'a ImageConfig, images: &Path) -> Vec<Card<'a>> {
 }
 
 /// The cards of another deployment (`other`, the cluster example) for architectures none of
-/// `covered` is: built, not shipped, into target/images-cluster/ (as the cluster test builds them). Returns each card's config
-/// as its build saw it (its host's base) with the host's name; boot them with [`card_of`].
-pub fn build_cluster_cards(sh: &Shell, other: &ImageConfig, covered: &[Arch]) -> Result<(Vec<(ImageConfig, String)>, PathBuf)> {
+/// `covered` is: built, not shipped, into target/images-cluster/ (as the cluster test builds
+/// them). Returns those hosts and the directory; boot them with [`card_of`].
+pub fn build_cluster_cards<'a>(sh: &Shell, other: &'a ImageConfig, covered: &[Arch]) -> Result<(Vec<&'a Host>, PathBuf)> {
     let hosts: Vec<&Host> = other.hosts.iter().filter(|h| !covered.contains(&other.base_of(h).arch)).collect();
     let opts = image::Options::test_cards(sh, "cluster");
     if !hosts.is_empty() {
         image::build(sh, other, &hosts, &opts)?;
     }
-    Ok((hosts.iter().map(|h| (other.for_host(h), h.name.clone())).collect(), opts.out_dir))
+    Ok((hosts, opts.out_dir))
 }
 
-/// The card of `host` (in `view`, a config as that card's build saw it) in `images`, booted once.
-pub fn card_of<'a>(view: &'a ImageConfig, host: &str, images: &Path) -> Result<Card<'a>> {
-    let host = view.host(host)?;
-    Ok(Card { cfg: view, host, image: images.join(format!("{}.img", host.name)), boots: 1, board: host.board })
+/// The card of `host` (one of `cfg`'s) in `images`, booted once.
+pub fn card_of<'a>(cfg: &'a ImageConfig, host: &'a Host, images: &Path) -> Card<'a> {
+    let arch = cfg.base_of(host).arch;
+    Card { cfg, host, arch, image: images.join(format!("{}.img", host.name)), boots: 1, board: host.board }
 }
 
 /// The 32-bit card CI boots besides an arm64 deployment's: the same config for armhf with
@@ -237,7 +240,7 @@ fn boot_card(root: &Path, run_dir: &Path, c: &Card) -> Result<Vec<BootReport>> {
         eprintln!("board: {} failed: {e:#}\n  console log, transcript and QEMU command line kept in {}", c.tag(), dir.display());
         eprint!("{}", qemu::console_tail(&dir.join(CONSOLE_LOG), 30));
     }
-    r.with_context(|| format!("{} ({}) on its board model", c.host.name, c.cfg.base.arch.deb()))
+    r.with_context(|| format!("{} ({}) on its board model", c.host.name, c.arch.deb()))
 }
 
 /// The card's boots and the host-side checks after each.
@@ -245,7 +248,7 @@ fn card(sh: &Shell, c: &Card, dir: &Path) -> Result<Vec<BootReport>> {
     let (cfg, host, image) = (c.cfg, c.host, c.image.as_path());
     ensure!(image.exists(), "{} is missing: run `cargo xtask image all`", image.display());
     fs_err::create_dir_all(dir)?;
-    let model = model_for(cfg.base.arch, c.board)?;
+    let model = model_for(c.arch, c.board)?;
     let program = model.program(sh)?;
     let sd = dir.join("sd.img");
     let image_len = fs_err::metadata(image)?.len();
