@@ -201,7 +201,7 @@ fn main() -> Result<()> {
             let cfg = load()?;
             let built = image::build(&sh, &cfg, &image::select(&cfg, "all")?, &image::Options::default_for(&sh))?;
             let dir = built.first().and_then(|b| b.path.parent()).context("no cards built")?.to_path_buf();
-            print!("{}", boots::render(&boots::test(&sh, &cfg, &dir, armhf, &only)?));
+            print!("{}", boots::render(&boots::test(&sh, &cfg, &dir, armhf, &only, true)?));
         }
         Task::Test { which: Some(TestWhich::Time32), .. } => time32::check_all(&sh)?,
         Task::Test { which: Some(TestWhich::Fuzz { seconds }), .. } => {
@@ -212,7 +212,7 @@ fn main() -> Result<()> {
             let cfg = load()?;
             let cfg = if cfg.manager().is_some() { cfg } else { config::load(&sh.current_dir().join(cluster::EXAMPLE))? };
             setup::ensure(&sh, cfg.base.arch)?;
-            print!("{}", cluster::run(&sh, &cfg)?.render());
+            print!("{}", cluster::run(&sh, &cfg, true)?.render());
         }
         Task::Test { which: Some(TestWhich::Qemu { schedule }), .. } => {
             let cfg = load()?;

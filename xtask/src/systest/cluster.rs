@@ -77,16 +77,29 @@ fn booted_hosts(cfg: &ImageConfig) -> Result<Vec<&Host>> {
     Ok(std::iter::once(manager).chain(workers).collect())
 }
 
-/// Builds the booted hosts' cards (into target/images-cluster/, not shipped) and runs the test.
-pub fn run(sh: &Shell, cfg: &ImageConfig) -> Result<Report> {
+/// Where the example's cards are built (not shipped): target/images-cluster/.
+pub fn cards_options(sh: &Shell) -> image::Options {
+    image::Options::test_cards(sh, "cluster")
+}
+
+/// Builds the cards of `hosts` (of `cfg`, the example) where the cluster and board tests find
+/// them; `cargo xtask test` builds all of them once, for both.
+pub fn build_cards(sh: &Shell, cfg: &ImageConfig, hosts: &[&Host]) -> Result<()> {
+    crate::build::keys::ensure(sh, cfg)?;
+    let built = image::build(sh, cfg, hosts, &cards_options(sh))?;
+    eprint!("{}", image::summary(&built));
+    Ok(())
+}
+
+/// Builds (or, `build` false, finds) the booted hosts' cards and runs the test.
+pub fn run(sh: &Shell, cfg: &ImageConfig, build: bool) -> Result<Report> {
     let t0 = Instant::now();
     let hosts = booted_hosts(cfg)?;
     let root = sh.current_dir();
-    let opts = image::Options::test_cards(sh, "cluster");
-    crate::build::keys::ensure(sh, cfg)?;
-    let built = image::build(sh, cfg, &hosts, &opts)?;
-    eprint!("{}", image::summary(&built));
-    let images: Vec<PathBuf> = built.iter().map(|b| b.path.clone()).collect();
+    if build {
+        build_cards(sh, cfg, &hosts)?;
+    }
+    let images = card_files(sh, &hosts)?;
 
     let run_dir = root.join("target/qemu/cluster");
     let _ = fs_err::remove_dir_all(&run_dir);
@@ -113,6 +126,16 @@ pub fn run(sh: &Shell, cfg: &ImageConfig) -> Result<Report> {
         }
     }
     result
+}
+
+/// The card of each of `hosts` (of the example) in [`cards_options`]' directory, which must exist.
+pub fn card_files(sh: &Shell, hosts: &[&Host]) -> Result<Vec<PathBuf>> {
+    let dir = cards_options(sh).out_dir;
+    let files: Vec<PathBuf> = hosts.iter().map(|h| dir.join(format!("{}.img", h.name))).collect();
+    if let Some(missing) = files.iter().find(|f| !f.exists()) {
+        bail!("{} is missing: the cluster example's cards were not built", missing.display());
+    }
+    Ok(files)
 }
 
 /// What the manager sends out of its uplink, as the test's end of that link receives it.

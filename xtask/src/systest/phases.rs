@@ -68,11 +68,18 @@ pub fn all(sh: &Shell, cfg: &ImageConfig, skip_qemu: bool) -> Result<()> {
             let opts = image::Options::default_for(sh);
             base::build_all(&sh.current_dir(), &configs, &sh.current_dir().join("target/bases"), &opts.cache_dir)
         }),
-        in_turn("images", || {
-            let built = image::build(sh, cfg, &image::select(cfg, "all")?, &image::Options::default_for(sh))?;
-            eprint!("{}", image::summary(&built));
-            Ok(())
-        }),
+        in_turn(
+            if skip_qemu { "images" } else { "images (the deployment's, and every card of the cluster example for the QEMU phases)" },
+            || {
+                let built = image::build(sh, cfg, &image::select(cfg, "all")?, &image::Options::default_for(sh))?;
+                eprint!("{}", image::summary(&built));
+                if !skip_qemu {
+                    let example = config::load(&sh.current_dir().join(cluster::EXAMPLE))?;
+                    cluster::build_cards(sh, &example, &example.hosts.iter().collect::<Vec<_>>())?;
+                }
+                Ok(())
+            },
+        ),
         in_turn("shipped files (bmaptool copy round-trip, Imager list)", || {
             let images = image::Options::default_for(sh).out_dir;
             let n = ship::check(sh, cfg, &images, &sh.current_dir().join("target/ship-check"))?;
@@ -103,14 +110,14 @@ fn qemu_phases<'a>(sh: &'a Shell, cfg: &'a ImageConfig) -> Vec<Phase<'a>> {
         }),
         in_turn(format!("qemu cluster test ({}: a manager and two workers)", cluster::EXAMPLE), || {
             let c = config::load(&sh.current_dir().join(cluster::EXAMPLE))?;
-            eprint!("{}", cluster::run(sh, &c)?.render());
+            eprint!("{}", cluster::run(sh, &c, false)?.render());
             Ok(())
         }),
         in_turn(
             format!("board test (each card on its Pi's QEMU model: the pair's, {}'s, and an armhf variant on raspi2b)", cluster::EXAMPLE),
             || {
                 let images = image::Options::default_for(sh).out_dir;
-                eprint!("{}", boots::render(&boots::test(sh, cfg, &images, true, &[])?));
+                eprint!("{}", boots::render(&boots::test(sh, cfg, &images, true, &[], false)?));
                 Ok(())
             },
         ),

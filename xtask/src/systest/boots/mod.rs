@@ -98,18 +98,21 @@ impl Card<'_> {
 /// cluster example (its manager, its Zero 2 W workers on raspi3b with their own dtb, its Pi Zero
 /// on raspi0), and with `armhf` the first card built for armhf when the deployment is not
 /// (nothing else boots a 32-bit card; `cargo xtask test` asks for it). `only`, when not empty,
-/// names the cards to boot (their tags, e.g. `worker3-armel`).
-pub fn test(sh: &Shell, cfg: &ImageConfig, images: &Path, armhf: bool, only: &[String]) -> Result<Vec<BootReport>> {
+/// names the cards to boot (their tags, e.g. `worker3-armel`). `build_cluster`: build the
+/// example's cards (false: `cargo xtask test` built them before, for this and the cluster test).
+pub fn test(sh: &Shell, cfg: &ImageConfig, images: &Path, armhf: bool, only: &[String], build_cluster: bool) -> Result<Vec<BootReport>> {
     let mut all = cards(cfg, images);
     // When the deployment is the example, its own cards are those of its first base.
     let example = sh.current_dir().join(crate::systest::cluster::EXAMPLE);
     let is_example = cfg.file() == example;
     let cluster = if is_example { cfg.clone() } else { crate::build::config::load(&example)? };
     let covered = if is_example { vec![cfg.base.arch] } else { vec![] };
-    let (others, dir) = build_cluster_cards(sh, &cluster, &covered)?;
-    for host in others {
-        all.push(card_of(&cluster, host, &dir));
+    let others = cluster_hosts(&cluster, &covered);
+    if build_cluster {
+        crate::systest::cluster::build_cards(sh, &cluster, &others)?;
     }
+    let files = crate::systest::cluster::card_files(sh, &others)?;
+    all.extend(others.into_iter().zip(files).map(|(host, image)| card_of(&cluster, host, image)));
     let variant = if armhf { armhf_variant(cfg) } else { None };
     if let Some(v) = &variant {
         let dir = build_variant(sh, v)?;
@@ -134,7 +137,7 @@ pub fn test(sh: &Shell, cfg: &ImageConfig, images: &Path, armhf: bool, only: &[S
 /// growing the card is done once (the same unit and script run on every card, so one card of
 /// each build proves it for all); the others boot once, which keeps the phase within budget.
 pub fn cards<'a>(cfg: &'a ImageConfig, images: &Path) -> Vec<Card<'a>> {
-    // Hosts of other bases are booted by way of `build_cluster_cards`.
+    // Hosts of other bases are booted as the cluster example's (`cluster_hosts`).
     let mut all: Vec<Card> = cfg
         .hosts
         .iter()
@@ -163,22 +166,15 @@ pub fn cards<'a>(cfg: &'a ImageConfig, images: &Path) -> Vec<Card<'a>> {
     all
 }
 
-/// The cards of another deployment (`other`, the cluster example) for architectures none of
-/// `covered` is: built, not shipped, into target/images-cluster/ (as the cluster test builds
-/// them). Returns those hosts and the directory; boot them with [`card_of`].
-pub fn build_cluster_cards<'a>(sh: &Shell, other: &'a ImageConfig, covered: &[Arch]) -> Result<(Vec<&'a Host>, PathBuf)> {
-    let hosts: Vec<&Host> = other.hosts.iter().filter(|h| !covered.contains(&other.base_of(h).arch)).collect();
-    let opts = image::Options::test_cards(sh, "cluster");
-    if !hosts.is_empty() {
-        image::build(sh, other, &hosts, &opts)?;
-    }
-    Ok((hosts, opts.out_dir))
+/// The hosts of another deployment (`cluster`, the example) whose cards are of architectures
+/// none of `covered` is.
+fn cluster_hosts<'a>(cluster: &'a ImageConfig, covered: &[Arch]) -> Vec<&'a Host> {
+    cluster.hosts.iter().filter(|h| !covered.contains(&cluster.base_of(h).arch)).collect()
 }
 
-/// The card of `host` (one of `cfg`'s) in `images`, booted once.
-pub fn card_of<'a>(cfg: &'a ImageConfig, host: &'a Host, images: &Path) -> Card<'a> {
-    let arch = cfg.base_of(host).arch;
-    Card { cfg, host, arch, image: images.join(format!("{}.img", host.name)), boots: 1, board: host.board }
+/// The card of `host` (one of `cfg`'s) in the file `image`, booted once.
+fn card_of<'a>(cfg: &'a ImageConfig, host: &'a Host, image: PathBuf) -> Card<'a> {
+    Card { cfg, host, arch: cfg.base_of(host).arch, image, boots: 1, board: host.board }
 }
 
 /// The 32-bit card CI boots besides an arm64 deployment's: the same config for armhf with
