@@ -173,7 +173,7 @@ struct Pair<'a> {
     /// Each host's schedule, in host order.
     schedules: &'a [Schedule],
     specs: Vec<qemu::Spec>,
-    boots: Vec<qemu::BootFiles>,
+    boots: Vec<crate::vm::boot::BootFiles>,
     /// What each host's drive was pre-filled with.
     files: Vec<Vec<(String, Vec<u8>)>>,
     vms: Vec<Vm>,

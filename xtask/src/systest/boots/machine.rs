@@ -11,7 +11,8 @@ use xshell::{cmd, Shell};
 use crate::build::arch::Arch;
 use crate::build::boards::{self, Board, Machine};
 use crate::proc;
-use crate::vm::qemu::{self, CONSOLE_LOG, SHELL_SOCK};
+use crate::vm::boot::BootFiles;
+use crate::vm::qemu::{CONSOLE_LOG, SHELL_SOCK};
 
 /// How long systemd waits for a device (default 90 s). Emulated, the Pi 3's udev takes minutes to
 /// announce the SD card's partitions; a real Pi takes a second or two.
@@ -181,7 +182,7 @@ pub(super) fn emulation(machine: Machine) -> Emulation {
 }
 
 /// The QEMU command line for one boot of the card on `model`.
-pub(super) fn argv(model: &Model, program: &Path, boot: &qemu::BootFiles, dtb: &Path, sd: &Path, usb: &Path, dir: &Path) -> Vec<OsString> {
+pub(super) fn argv(model: &Model, program: &Path, boot: &BootFiles, dtb: &Path, sd: &Path, usb: &Path, dir: &Path) -> Vec<OsString> {
     let emulation = emulation(model.machine);
     let append = format!(
         "{}{} nosoftlockup systemd.default_device_timeout_sec={DEVICE_TIMEOUT_S} systemd.default_timeout_start_sec={START_TIMEOUT_S} systemd.debug_shell={tty} systemd.mask=serial-getty@{tty}.service",

@@ -220,7 +220,7 @@ struct Soak<'a> {
     cfg: &'a ImageConfig,
     hosts: &'a [&'a Host],
     specs: Vec<qemu::Spec>,
-    boots: Vec<qemu::BootFiles>,
+    boots: Vec<crate::vm::boot::BootFiles>,
     vms: Vec<Vm>,
     qmp: Vec<Qmp>,
     rng: fastrand::Rng,
