@@ -11,6 +11,12 @@ cp "$root/var/lib/dpkg/status" "$out/dpkg-status"
 cat "$root"/var/lib/apt/lists/*_Packages > "$out/Packages"
 rm -f "$root/etc/apt/preferences.d/pi2pi-lock"
 
+# The one initramfs build (essential.sh put update-initramfs aside). Its post-update hook
+# (raspi-firmware's) copies the kernel, the initrd and the dtbs to /boot/firmware.
+rm "$root/usr/sbin/update-initramfs"
+chroot "$root" dpkg-divert --quiet --local --rename --remove /usr/sbin/update-initramfs
+chroot "$root" update-initramfs -c -k all
+
 sed -i "s/^# *\($locale \)/\1/" "$root/etc/locale.gen"
 chroot "$root" locale-gen >/dev/null
 

@@ -19,3 +19,10 @@ case "$1" in prereqs) echo udev; exit 0 ;; esac
 rm -f "$DESTDIR/usr/lib/udev/hwdb.bin" "$DESTDIR/lib/udev/hwdb.bin"
 HOOK
 chmod 755 "$1/etc/initramfs-tools/hooks/pi2pi-no-hwdb"
+
+# One initramfs build, not two: the kernel's postinst builds one and the initramfs-tools trigger
+# that later packages pull builds it again (each a minute under emulation). Until the customize
+# hook runs the real update-initramfs once, the name is a no-op; dpkg puts the real one aside.
+chroot "$1" dpkg-divert --quiet --local --rename --divert /usr/sbin/update-initramfs.pi2pi --add /usr/sbin/update-initramfs
+printf '#!/bin/sh\n# pi2pi: the base build runs the real update-initramfs once, at its end.\nexit 0\n' > "$1/usr/sbin/update-initramfs"
+chmod 755 "$1/usr/sbin/update-initramfs"
