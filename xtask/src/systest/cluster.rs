@@ -78,7 +78,7 @@ fn booted_hosts(cfg: &ImageConfig) -> Result<Vec<&Host>> {
 }
 
 /// Where the example's cards are built (not shipped): target/images-cluster/.
-pub fn cards_options(sh: &Shell) -> image::Options {
+fn cards_options(sh: &Shell) -> image::Options {
     image::Options::test_cards(sh, "cluster")
 }
 
@@ -241,6 +241,7 @@ impl<'a> Cluster<'a> {
                 dir,
                 memory_mib: 640,
                 rtc_base: (h.role == Role::Worker).then(|| WORKER_RTC.to_string()),
+                cpus: qemu::CPUS_BESIDE_OTHERS,
             };
             specs.push(spec);
         }

@@ -9,10 +9,11 @@
 //! dependencies again nor starts from nothing, so each short run goes on from where the last one
 //! stopped. A crash leaves its input in `agent/fuzz/artifacts/<target>/`.
 
+use std::ffi::OsString;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 use xshell::{cmd, Shell};
 
 use crate::proc;
@@ -23,16 +24,35 @@ pub const TARGETS: [&str; 2] = ["frame_decoder", "receiver"];
 /// How long each target runs in `cargo xtask test`.
 pub const EACH: Duration = Duration::from_secs(20);
 
+/// Builds the targets, then runs them all at once for `each`: a libFuzzer run is one process on
+/// one core, and this machine has as many cores as there are targets. Each run's output goes to
+/// `target/fuzz/<target>.log`; its last line (runs done, time) is shown.
 pub fn run(sh: &Shell, each: Duration, cache: &Path) -> Result<()> {
     let root = sh.current_dir();
-    let secs = each.as_secs().to_string();
     let build = cache.join("fuzz-target");
-    for target in TARGETS {
-        let corpus = cache.join("fuzz-corpus").join(target);
-        fs_err::create_dir_all(&corpus).with_context(|| format!("creating {}", corpus.display()))?;
+    {
         let _fuzz = sh.push_dir(root.join("agent/fuzz"));
-        proc::run(cmd!(sh, "cargo fuzz run --sanitizer none --target-dir {build} {target} {corpus} -- -max_total_time={secs}"))
-            .with_context(|| format!("fuzz target {target}: a crash's input is in agent/fuzz/artifacts/{target}/"))?;
+        proc::run(cmd!(sh, "cargo fuzz build --sanitizer none --target-dir {build}"))?;
     }
+    std::thread::scope(|s| {
+        let runs: Vec<_> = TARGETS.iter().map(|target| s.spawn(|| fuzz_one(&root, &build, cache, target, each))).collect();
+        runs.into_iter().map(|r| r.join().unwrap_or_else(|_| Err(anyhow!("a fuzz run panicked")))).collect::<Result<Vec<()>>>()
+    })?;
+    Ok(())
+}
+
+/// One target for `each`, going on from the inputs the cache keeps for it.
+fn fuzz_one(root: &Path, build: &Path, cache: &Path, target: &str, each: Duration) -> Result<()> {
+    let corpus = cache.join("fuzz-corpus").join(target);
+    fs_err::create_dir_all(&corpus)?;
+    let mut argv: Vec<OsString> = ["cargo", "fuzz", "run", "--sanitizer", "none", "--target-dir"].map(OsString::from).to_vec();
+    argv.extend([build.as_os_str().into(), target.into(), corpus.into(), format!("-max_total_time={}", each.as_secs()).into()]);
+    argv.insert(argv.len() - 1, "--".into());
+    let log = root.join("target/fuzz").join(format!("{target}.log"));
+    proc::run_logged(&root.join("agent/fuzz"), &argv, &[], &log, &format!("fuzz {target}"))
+        .with_context(|| format!("fuzz target {target}: a crash's input is in agent/fuzz/artifacts/{target}/"))?;
+    let text = fs_err::read_to_string(&log)?;
+    let done = text.lines().rev().find(|l| l.starts_with("Done ")).unwrap_or("(no summary line)");
+    eprintln!("fuzz {target}: {done}");
     Ok(())
 }

@@ -113,6 +113,7 @@ pub(crate) fn specs(
             dir,
             memory_mib: 768,
             rtc_base: None,
+            cpus: qemu::CPUS_BESIDE_OTHERS,
         });
     }
     Ok(specs)
@@ -418,6 +419,7 @@ impl Pair<'_> {
         self.vms[c].stop(Power::Reboot)?;
         let moved_to = self.macs.next(&format!("{} eth0, its card moved to another Pi", self.hosts[c].name));
         self.specs[c].nics[0].mac = moved_to;
+        self.specs[c].cpus = qemu::CPUS_ALONE;
         let restarted = Instant::now();
         self.vms[c] = Vm::start(self.sh, &self.specs[c], &self.boots[c], &self.specs[c].dir.join("overlay.qcow2"))?;
         let t = self.vms[c].wait_booted(restarted)?;

@@ -40,6 +40,7 @@ pub fn run(sh: &Shell, cfg: &ImageConfig, host: &str) -> Result<()> {
         dir: dir.clone(),
         memory_mib: 768,
         rtc_base: None,
+        cpus: qemu::CPUS_ALONE,
     };
     let append = qemu::qemu_cmdline(&boot.cmdline, "systemd.debug_shell=ttyAMA0 systemd.mask=serial-getty@ttyAMA0.service");
     let mut argv = qemu::argv(&spec, &boot, &append, &overlay, "stdio,id=con,mux=on,signal=off");

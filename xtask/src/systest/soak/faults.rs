@@ -62,6 +62,7 @@ impl Soak<'_> {
     pub(super) fn power_on(&mut self, v: usize, drive: bool) -> Result<Instant> {
         let on = Instant::now();
         self.specs[v].usb_unplugged = !drive;
+        self.specs[v].cpus = qemu::CPUS_ALONE;
         let overlay = self.specs[v].dir.join("overlay.qcow2");
         self.vms[v] = Vm::start(self.sh, &self.specs[v], &self.boots[v], &overlay)?;
         self.qmp[v] = Qmp::connect(&self.specs[v].dir.join(QMP_SOCK), Duration::from_secs(30))?;
