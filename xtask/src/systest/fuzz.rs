@@ -45,9 +45,19 @@ pub fn run(sh: &Shell, each: Duration, cache: &Path) -> Result<()> {
 fn fuzz_one(root: &Path, build: &Path, cache: &Path, target: &str, each: Duration) -> Result<()> {
     let corpus = cache.join("fuzz-corpus").join(target);
     fs_err::create_dir_all(&corpus)?;
-    let mut argv: Vec<OsString> = ["cargo", "fuzz", "run", "--sanitizer", "none", "--target-dir"].map(OsString::from).to_vec();
-    argv.extend([build.as_os_str().into(), target.into(), corpus.into(), format!("-max_total_time={}", each.as_secs()).into()]);
-    argv.insert(argv.len() - 1, "--".into());
+    let argv: Vec<OsString> = vec![
+        "cargo".into(),
+        "fuzz".into(),
+        "run".into(),
+        "--sanitizer".into(),
+        "none".into(),
+        "--target-dir".into(),
+        build.into(),
+        target.into(),
+        corpus.into(),
+        "--".into(),
+        format!("-max_total_time={}", each.as_secs()).into(),
+    ];
     let log = root.join("target/fuzz").join(format!("{target}.log"));
     proc::run_logged(&root.join("agent/fuzz"), &argv, &[], &log, &format!("fuzz {target}"))
         .with_context(|| format!("fuzz target {target}: a crash's input is in agent/fuzz/artifacts/{target}/"))?;
