@@ -63,7 +63,7 @@ fn cache_key(cfg: &ImageConfig, b: &Base, lock: Option<&BasePins>, epoch: u64) -
 /// mmdebstrap's options for a base (without hooks, suite, target and mirrors).
 fn mmdebstrap_argv(b: &Base) -> Vec<OsString> {
     let mut include = b.packages.clone();
-    include.extend([b.kernel.clone(), b.firmware.clone()]);
+    include.extend([b.kernel.clone(), b.firmware.clone(), b.bootloader.clone()]);
     let mut argv: Vec<OsString> = vec![
         "mmdebstrap".into(),
         "--mode=root".into(),

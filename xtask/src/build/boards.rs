@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::build::arch::Arch;
 
@@ -61,6 +61,21 @@ pub struct Board {
     pub imager_family: &'static str,
     /// The kernel drivers it needs to boot and do a pi2pi job (`manifest.rs` checks every card).
     pub hw: Hardware,
+    /// config.txt's conditional sections that apply to it (`[pi3]` …; `[all]` applies to all).
+    pub filters: &'static [&'static str],
+    /// What its firmware starts.
+    pub start: Start,
+}
+
+/// What a board's firmware starts: the card's U-Boot built for it (which boots the kernel and
+/// initramfs `boot.scr` names, see `uboot.rs`), or the kernel and initramfs themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// `/usr/lib/u-boot/<config>/u-boot.bin` of the base's bootloader package.
+    UBoot(&'static str),
+    /// The firmware loads the kernel and initramfs: the Pi 5, whose SD card Debian's U-Boot
+    /// 2025.01 is not known to read dependably (and which no QEMU models to prove it).
+    Kernel,
 }
 
 /// In a template's context (a host's `board`), a board is its name.
@@ -140,6 +155,7 @@ pub fn add_dtb_aliases(files: &mut BTreeMap<String, Vec<u8>>) {
 pub const PL011: &str = "ttyAMA0";
 pub const MINI_UART: &str = "ttyS1";
 
+#[allow(clippy::too_many_arguments)]
 const fn board(
     name: &'static str,
     dtb: &'static str,
@@ -148,29 +164,39 @@ const fn board(
     qemu_machine: Option<Machine>,
     imager_family: &'static str,
     hw: Hardware,
+    filters: &'static [&'static str],
+    start: Start,
 ) -> Board {
-    Board { name, dtb, other_dtbs: &[], min_kernel: (0, 0), firmware, serial, qemu_machine, imager_family, hw }
+    Board { name, dtb, other_dtbs: &[], min_kernel: (0, 0), firmware, serial, qemu_machine, imager_family, hw, filters, start }
 }
+
+/// Debian's U-Boot for every 64-bit Pi from the 3 on (one build: it finds the board in the
+/// firmware's device tree).
+const U_BOOT_ARM64: Start = Start::UBoot("rpi_arm64");
+/// Debian's 32-bit U-Boot builds: the Pi 2's, the Pi 3's, and the BCM2835's (Pi 1 and Zero).
+const U_BOOT_PI2: Start = Start::UBoot("rpi_2");
+const U_BOOT_PI3_32: Start = Start::UBoot("rpi_3_32b");
+const U_BOOT_BCM2835: Start = Start::UBoot("rpi");
 
 /// Boards a 64-bit card (Debian's arm64 kernel and raspi-firmware) boots. The Pi 5 needs the
 /// backports kernel (its RP1 I/O chip, which has its Ethernet and USB, is in Linux from 6.17;
 /// trixie's 6.12 would boot it with no network and no drive). No 500 or CM5: Linux 7.3 has no dtb
 /// for them.
 const ARM64: &[Board] = &[
-    board("pi3-b", "bcm2837-rpi-3-b.dtb", VC4, MINI_UART, Some(Machine::Raspi3b), "pi3", WITH_LAN9514),
-    board("pi3-b-plus", "bcm2837-rpi-3-b-plus.dtb", VC4, MINI_UART, None, "pi3", WITH_LAN7515),
-    board("pi3-a-plus", "bcm2837-rpi-3-a-plus.dtb", VC4, MINI_UART, None, "pi3", NO_ETHERNET),
-    board("cm3", "bcm2837-rpi-cm3-io3.dtb", VC4, PL011, None, "pi3", NO_ETHERNET),
+    board("pi3-b", "bcm2837-rpi-3-b.dtb", VC4, MINI_UART, Some(Machine::Raspi3b), "pi3", WITH_LAN9514, &["pi3"], U_BOOT_ARM64),
+    board("pi3-b-plus", "bcm2837-rpi-3-b-plus.dtb", VC4, MINI_UART, None, "pi3", WITH_LAN7515, &["pi3", "pi3+"], U_BOOT_ARM64),
+    board("pi3-a-plus", "bcm2837-rpi-3-a-plus.dtb", VC4, MINI_UART, None, "pi3", NO_ETHERNET, &["pi3", "pi3+"], U_BOOT_ARM64),
+    board("cm3", "bcm2837-rpi-cm3-io3.dtb", VC4, PL011, None, "pi3", NO_ETHERNET, &["pi3", "cm3"], U_BOOT_ARM64),
     // The Zero 2 W's RP3A0 is the Pi 3's BCM2837 with its RAM on top: raspi3b runs its dtb.
-    board("pi-zero-2-w", "bcm2837-rpi-zero-2-w.dtb", VC4, MINI_UART, Some(Machine::Raspi3b), "pi3", NO_ETHERNET),
-    board("pi4-b", "bcm2711-rpi-4-b.dtb", VC6, MINI_UART, Some(Machine::Raspi4b), "pi4", BCM2711),
-    board("pi-400", "bcm2711-rpi-400.dtb", VC6, MINI_UART, None, "pi4", BCM2711),
-    board("cm4", "bcm2711-rpi-cm4-io.dtb", VC6, MINI_UART, None, "pi4", BCM2711),
+    board("pi-zero-2-w", "bcm2837-rpi-zero-2-w.dtb", VC4, MINI_UART, Some(Machine::Raspi3b), "pi3", NO_ETHERNET, &["pi02"], U_BOOT_ARM64),
+    board("pi4-b", "bcm2711-rpi-4-b.dtb", VC6, MINI_UART, Some(Machine::Raspi4b), "pi4", BCM2711, &["pi4"], U_BOOT_ARM64),
+    board("pi-400", "bcm2711-rpi-400.dtb", VC6, MINI_UART, None, "pi4", BCM2711, &["pi4", "pi400"], U_BOOT_ARM64),
+    board("cm4", "bcm2711-rpi-cm4-io.dtb", VC6, MINI_UART, None, "pi4", BCM2711, &["pi4", "cm4"], U_BOOT_ARM64),
     // Its debug UART (the 3-pin connector), the SoC's PL011 that the dtb's alias numbers 10.
     Board {
         other_dtbs: &["bcm2712-d-rpi-5-b.dtb", "bcm2712d0-rpi-5-b.dtb"],
         min_kernel: (6, 17),
-        ..board("pi5-b", "bcm2712-rpi-5-b.dtb", EEPROM_ONLY, "ttyAMA10", None, "pi5", BCM2712)
+        ..board("pi5-b", "bcm2712-rpi-5-b.dtb", EEPROM_ONLY, "ttyAMA10", None, "pi5", BCM2712, &["pi5"], Start::Kernel)
     },
 ];
 
@@ -179,17 +205,17 @@ const ARM64: &[Board] = &[
 /// its GENET Ethernet nor the PCIe bridge its USB ports are behind, so it would boot with no
 /// network and no drive (the hardware manifest found this); a Pi 4 takes the arm64 card.
 const ARMHF: &[Board] = &[
-    board("pi2-b", "bcm2836-rpi-2-b.dtb", VC4, PL011, Some(Machine::Raspi2b), "pi2", WITH_LAN9514),
-    board("pi3-b", "bcm2837-rpi-3-b.dtb", VC4, MINI_UART, None, "pi3", WITH_LAN9514),
+    board("pi2-b", "bcm2836-rpi-2-b.dtb", VC4, PL011, Some(Machine::Raspi2b), "pi2", WITH_LAN9514, &["pi2"], U_BOOT_PI2),
+    board("pi3-b", "bcm2837-rpi-3-b.dtb", VC4, MINI_UART, None, "pi3", WITH_LAN9514, &["pi3"], U_BOOT_PI3_32),
 ];
 
 /// Boards an ARMv6 armel card boots: Debian's `linux-image-rpi` is built for the BCM2835 (Pi 1,
 /// Zero, Zero W; its dtbs are the upstream bcm2835 ones).
 const ARMEL: &[Board] = &[
-    board("pi-zero", "bcm2835-rpi-zero.dtb", VC4, PL011, Some(Machine::Raspi0), "pi1", NO_ETHERNET),
-    board("pi-zero-w", "bcm2835-rpi-zero-w.dtb", VC4, MINI_UART, None, "pi1", NO_ETHERNET),
-    board("pi1-b-plus", "bcm2835-rpi-b-plus.dtb", VC4, PL011, None, "pi1", WITH_LAN9514),
-    board("pi1-a-plus", "bcm2835-rpi-a-plus.dtb", VC4, PL011, None, "pi1", NO_ETHERNET),
+    board("pi-zero", "bcm2835-rpi-zero.dtb", VC4, PL011, Some(Machine::Raspi0), "pi1", NO_ETHERNET, &["pi0"], U_BOOT_BCM2835),
+    board("pi-zero-w", "bcm2835-rpi-zero-w.dtb", VC4, MINI_UART, None, "pi1", NO_ETHERNET, &["pi0", "pi0w"], U_BOOT_BCM2835),
+    board("pi1-b-plus", "bcm2835-rpi-b-plus.dtb", VC4, PL011, None, "pi1", WITH_LAN9514, &["pi1"], U_BOOT_BCM2835),
+    board("pi1-a-plus", "bcm2835-rpi-a-plus.dtb", VC4, PL011, None, "pi1", NO_ETHERNET, &["pi1"], U_BOOT_BCM2835),
 ];
 
 /// Boards whose USB port works as a device (an OTG port that a host's cable makes a gadget): the
@@ -251,19 +277,84 @@ pub fn consoles(arch: Arch) -> Vec<String> {
     std::iter::once("tty0".to_string()).chain(serial.into_iter().map(|s| format!("{s},115200"))).collect()
 }
 
+/// What the firmware loads for a board: `kernel=` and `initramfs` as config.txt leaves them for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Choice {
+    pub kernel: String,
+    pub initramfs: Option<String>,
+}
+
+/// What the firmware of a board that matches `filters` loads, read from config.txt as the
+/// firmware reads it: `kernel=<file>` and `initramfs <file> [followkernel]`, the last line of each
+/// that applies wins; a `[<filter>]` section applies when the board matches it, `[all]` ends
+/// sections, `[none]` applies to none. Other conditions (EDID, GPIO, serial numbers) are refused:
+/// the cards have none, and what they would choose depends on more than the board.
+pub fn firmware_choice(config: &str, filters: &[&str]) -> Result<Choice> {
+    let (mut kernel, mut initramfs, mut applies) = (None, None, true);
+    for line in config.lines().map(str::trim) {
+        if let Some(section) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            applies = match section {
+                "all" => true,
+                "none" => false,
+                f if f.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'+') => filters.contains(&f),
+                _ => bail!("config.txt has a conditional section `{line}` that depends on more than the board"),
+            };
+        } else if !applies {
+        } else if let Some(k) = line.strip_prefix("kernel=") {
+            kernel = Some(k.trim().to_string());
+        } else if let Some(rest) = line.strip_prefix("initramfs ") {
+            initramfs = rest.split_whitespace().next().map(str::to_string);
+        }
+    }
+    Ok(Choice { kernel: kernel.context("config.txt names no kernel= (the firmware would look for its own default name)")?, initramfs })
+}
+
+/// The file a U-Boot build is on the boot partition as.
+pub fn u_boot_file(config: &str) -> String {
+    format!("u-boot-{config}.bin")
+}
+
+/// config.txt's lines that choose what each board of the card starts (`Start`): the first
+/// board's choice for all, and a section for each board that starts something else, under its
+/// first filter. `check_boot_partition` proves the result for every board.
+pub fn firmware_lines(arch: Arch, kernel_version: KernelVersion, kernel: &str, initrd: &str) -> String {
+    let lines = |start: Start| match start {
+        Start::UBoot(config) => format!("kernel={}\n", u_boot_file(config)),
+        Start::Kernel => format!("kernel={kernel}\ninitramfs {initrd} followkernel\n"),
+    };
+    let mut boards = for_card(arch, kernel_version);
+    let Some(first) = boards.next() else { return String::new() };
+    let mut out = lines(first.start);
+    let mut sections: Vec<&str> = Vec::new();
+    for b in boards.filter(|b| b.start != first.start) {
+        if !sections.contains(&b.filters[0]) {
+            sections.push(b.filters[0]);
+            out += &format!("[{}]\n{}", b.filters[0], lines(b.start));
+        }
+    }
+    if !sections.is_empty() {
+        out += "[all]\n";
+    }
+    out
+}
+
 /// Every file each supported board needs is on the boot partition (`files`: its contents by
-/// name), and config.txt asks for the upstream device trees the dtb names are for.
+/// name): its dtb and firmware files, and what config.txt makes its firmware start, which is
+/// what the board's `Start` says.
 pub fn check_boot_partition(arch: Arch, kernel: KernelVersion, files: &BTreeMap<String, Vec<u8>>) -> Result<()> {
     let mut missing = Vec::new();
+    let config = files.get("config.txt").map(|c| String::from_utf8_lossy(c).into_owned()).unwrap_or_default();
     for b in for_card(arch, kernel) {
         for f in std::iter::once(&b.dtb).chain(b.other_dtbs).chain(b.firmware) {
             if !files.contains_key(*f) {
                 missing.push(format!("{} needs {f}", b.name));
             }
         }
+        match firmware_choice(&config, b.filters) {
+            Ok(choice) => missing.extend(start_problems(arch, b, &choice, files)),
+            Err(e) => missing.push(format!("{}: {e}", b.name)),
+        }
     }
-    let config = files.get("config.txt").map(|c| String::from_utf8_lossy(c).into_owned()).unwrap_or_default();
-    missing.extend(kernel_and_initramfs_problems(arch, &config, files));
     if !config.lines().any(|l| l.trim() == "upstream_kernel=1") {
         missing.push("config.txt needs upstream_kernel=1 (the dtb names above are the upstream ones)".into());
     }
@@ -284,28 +375,43 @@ pub fn check_boot_partition(arch: Arch, kernel: KernelVersion, files: &BTreeMap<
     Ok(())
 }
 
-/// What is wrong with the kernel and initramfs config.txt names (the firmware loads what it names
-/// and nothing else): missing, or for arm64 not a 64-bit kernel image (plain or gzip'd, the two
-/// forms the firmware takes).
-fn kernel_and_initramfs_problems(arch: Arch, config: &str, files: &BTreeMap<String, Vec<u8>>) -> Vec<String> {
-    let named =
-        |key: &str| config.lines().find_map(|l| l.trim().strip_prefix(key).map(|v| v.trim().trim_start_matches('=').trim().to_string()));
+/// What is wrong with what config.txt makes board `b`'s firmware start (it loads what config.txt
+/// names and nothing else): not the board's U-Boot, or U-Boot without its boot script; or a
+/// kernel that is missing, for arm64 not a 64-bit kernel image (plain or gzip'd, the two forms
+/// the firmware takes), or without its initramfs.
+fn start_problems(arch: Arch, b: &Board, choice: &Choice, files: &BTreeMap<String, Vec<u8>>) -> Vec<String> {
     let mut problems = Vec::new();
-    match named("kernel") {
-        None => problems.push("config.txt names no kernel= (each board would look for its own default name)".into()),
-        Some(k) => match files.get(&k) {
-            None => problems.push(format!("config.txt's kernel={k} is not on the partition")),
-            Some(image) if arch == Arch::Arm64 && !is_arm64_image(image) => {
-                problems.push(format!("config.txt's kernel={k} is not an arm64 kernel image (plain or gzip)"))
+    let k = &choice.kernel;
+    match b.start {
+        Start::UBoot(config) => {
+            let want = u_boot_file(config);
+            if *k != want {
+                problems.push(format!("{}: config.txt starts {k}, not its U-Boot {want}", b.name));
+            } else if !files.contains_key(k) {
+                problems.push(format!("{}: config.txt's kernel={k} is not on the partition", b.name));
             }
-            Some(_) => {}
-        },
-    }
-    // `initramfs <file> [followkernel]`, its own syntax.
-    match config.lines().find_map(|l| l.trim().strip_prefix("initramfs ").and_then(|v| v.split_whitespace().next())) {
-        None => problems.push("config.txt names no initramfs".into()),
-        Some(i) if !files.contains_key(i) => problems.push(format!("config.txt's initramfs {i} is not on the partition")),
-        Some(_) => {}
+            for f in [crate::build::uboot::SCRIPT, crate::build::uboot::ENV] {
+                if !files.contains_key(f) {
+                    problems.push(format!("{}: U-Boot needs {f}", b.name));
+                }
+            }
+        }
+        Start::Kernel => {
+            match files.get(k) {
+                None => problems.push(format!("{}: config.txt's kernel={k} is not on the partition", b.name)),
+                Some(image) if arch == Arch::Arm64 && !is_arm64_image(image) => {
+                    problems.push(format!("{}: config.txt's kernel={k} is not an arm64 kernel image (plain or gzip)", b.name))
+                }
+                Some(_) => {}
+            }
+            match &choice.initramfs {
+                None => problems.push(format!("{}: config.txt names no initramfs", b.name)),
+                Some(i) if !files.contains_key(i) => {
+                    problems.push(format!("{}: config.txt's initramfs {i} is not on the partition", b.name))
+                }
+                Some(_) => {}
+            }
+        }
     }
     problems
 }
@@ -327,10 +433,56 @@ mod tests {
                 m.insert(f.to_string(), vec![]);
             }
         }
-        m.insert("config.txt".into(), CONFIG.to_vec());
+        m.insert("config.txt".into(), config(arch).into_bytes());
         m.insert("vmlinuz-7".into(), vec![0x1f, 0x8b, 8, 0]);
         m.insert("initrd.img-7".into(), vec![]);
+        for b in for_arch(arch) {
+            if let Start::UBoot(c) = b.start {
+                m.insert(u_boot_file(c), vec![]);
+            }
+        }
+        m.insert(crate::build::uboot::SCRIPT.into(), vec![]);
+        m.insert(crate::build::uboot::ENV.into(), vec![]);
         m
+    }
+
+    fn config(arch: Arch) -> String {
+        format!("arm_64bit=1\nupstream_kernel=1\n{}", firmware_lines(arch, NEW, "vmlinuz-7", "initrd.img-7"))
+    }
+
+    /// What each board starts, as its firmware reads config.txt: U-Boot, the build for the board
+    /// (one section for the boards whose build is not the first board's), and on the Pi 5 the
+    /// kernel and initramfs themselves.
+    #[test]
+    fn config_txt_starts_each_boards_u_boot_and_the_pi5s_kernel() {
+        assert_eq!(
+            config(Arch::Arm64).lines().skip(2).collect::<Vec<_>>(),
+            ["kernel=u-boot-rpi_arm64.bin", "[pi5]", "kernel=vmlinuz-7", "initramfs initrd.img-7 followkernel", "[all]"]
+        );
+        assert_eq!(
+            config(Arch::Armhf).lines().skip(2).collect::<Vec<_>>(),
+            ["kernel=u-boot-rpi_2.bin", "[pi3]", "kernel=u-boot-rpi_3_32b.bin", "[all]"]
+        );
+        assert_eq!(config(Arch::Armel).lines().skip(2).collect::<Vec<_>>(), ["kernel=u-boot-rpi.bin"]);
+        let choice = |arch, board: &str| {
+            let b = for_arch(arch).iter().find(|b| b.name == board).unwrap();
+            firmware_choice(&config(arch), b.filters).unwrap()
+        };
+        assert_eq!(choice(Arch::Arm64, "pi-zero-2-w").kernel, "u-boot-rpi_arm64.bin");
+        assert_eq!(choice(Arch::Arm64, "pi5-b"), Choice { kernel: "vmlinuz-7".into(), initramfs: Some("initrd.img-7".into()) });
+        assert_eq!(choice(Arch::Armhf, "pi3-b").kernel, "u-boot-rpi_3_32b.bin");
+        assert!(firmware_choice("[EDID=VSC-TD2220]\nkernel=a\n", &[]).is_err());
+        assert!(firmware_choice("[pi4]\nkernel=a\n", &["pi3"]).is_err(), "no kernel= for a Pi 3");
+        for arch in Arch::ALL {
+            assert!(check_boot_partition(arch, NEW, &partition(arch)).is_ok(), "{arch:?}");
+        }
+        let mut p = partition(Arch::Armhf);
+        p.insert("config.txt".into(), b"upstream_kernel=1\nkernel=u-boot-rpi_2.bin\n".to_vec());
+        let e = check_boot_partition(Arch::Armhf, NEW, &p).unwrap_err().to_string();
+        assert!(e.contains("pi3-b: config.txt starts u-boot-rpi_2.bin, not its U-Boot u-boot-rpi_3_32b.bin"), "{e}");
+        p = partition(Arch::Armel);
+        p.remove(crate::build::uboot::SCRIPT);
+        assert!(check_boot_partition(Arch::Armel, NEW, &p).unwrap_err().to_string().contains("pi-zero: U-Boot needs boot.scr"));
     }
 
     /// A kernel with every board's drivers.
@@ -349,10 +501,8 @@ mod tests {
         assert!(check_boot_partition(Arch::Arm64, NEW, &p).is_err());
     }
 
-    const CONFIG: &[u8] = b"arm_64bit=1\nupstream_kernel=1\nkernel=vmlinuz-7\ninitramfs initrd.img-7\n";
-
-    /// What the firmware loads is checked as it will load it: the files config.txt names are
-    /// there, the kernel is one a 64-bit boot takes, and the Pi 5's D0 dtb is there under both
+    /// What the Pi 5's firmware loads is checked as it will load it: the files config.txt names
+    /// are there, the kernel is one a 64-bit boot takes, and the Pi 5's D0 dtb is there under both
     /// its names (the second made from the first).
     #[test]
     fn the_kernel_initramfs_and_pi5_dtbs_the_firmware_loads_are_there() {
@@ -361,11 +511,11 @@ mod tests {
             p.insert(name.into(), bytes.to_vec());
             check_boot_partition(Arch::Arm64, NEW, &p).err().map(|e| e.to_string()).unwrap_or_default()
         };
-        assert!(with("vmlinuz-7", b"\x7fELF").contains("kernel=vmlinuz-7 is not an arm64 kernel image"));
+        assert!(with("vmlinuz-7", b"\x7fELF").contains("pi5-b: config.txt's kernel=vmlinuz-7 is not an arm64 kernel image"));
         let mut image = vec![0u8; 64];
         image[0x38..0x3c].copy_from_slice(b"ARM\x64");
         assert_eq!(with("vmlinuz-7", &image), "", "an uncompressed Image");
-        let cfg = String::from_utf8_lossy(CONFIG).replace("initramfs initrd.img-7", "initramfs initrd.img-8");
+        let cfg = config(Arch::Arm64).replace("initramfs initrd.img-7", "initramfs initrd.img-8");
         assert!(with("config.txt", cfg.as_bytes()).contains("initramfs initrd.img-8 is not on the partition"));
         let mut p = partition(Arch::Arm64);
         p.remove("bcm2712d0-rpi-5-b.dtb");
@@ -383,10 +533,10 @@ mod tests {
         let e = check_boot_partition(Arch::Arm64, NEW, &p).unwrap_err().to_string();
         assert!(e.contains("pi-400 needs bcm2711-rpi-400.dtb") && e.contains("pi4-b needs start4.elf"), "{e}");
         let mut p = partition(Arch::Arm64);
-        p.insert("config.txt".into(), String::from_utf8_lossy(CONFIG).replace("arm_64bit=1\n", "").into_bytes());
+        p.insert("config.txt".into(), config(Arch::Arm64).replace("arm_64bit=1\n", "").into_bytes());
         assert!(check_boot_partition(Arch::Arm64, NEW, &p).unwrap_err().to_string().contains("arm_64bit=1"));
         let mut p = partition(Arch::Arm64);
-        p.insert("config.txt".into(), [CONFIG, b"gpu_mem=16\n"].concat());
+        p.insert("config.txt".into(), (config(Arch::Arm64) + "gpu_mem=16\n").into_bytes());
         assert!(check_boot_partition(Arch::Arm64, NEW, &p).unwrap_err().to_string().contains("gpu_mem=16 needs start_cd.elf"));
         assert_eq!(emulated(Arch::Arm64).unwrap().qemu_machine, Some(Machine::Raspi3b));
     }

@@ -12,7 +12,7 @@ use xshell::Shell;
 
 use crate::build::arch::Arch;
 use crate::build::config::{Base, Host, ImageConfig};
-use crate::build::{agent_build, base, boards, disk, keys, layers, rootfs, setup, ship, tools};
+use crate::build::{agent_build, base, boards, disk, keys, layers, rootfs, setup, ship, tools, uboot};
 
 pub struct Options {
     pub update_lock: bool,
@@ -259,6 +259,7 @@ fn build_host(sh: &Shell, shared: &Shared, host: &Host) -> Result<Built> {
         user_ids,
         kernel: kernel.clone(),
         initrd: initrd.clone(),
+        firmware_lines: boards::firmware_lines(shared.arch, shared.kernel_version, kernel, initrd),
         epoch,
     })?;
     let root_tar = work.join("root.tar");
@@ -269,6 +270,15 @@ fn build_host(sh: &Shell, shared: &Shared, host: &Host) -> Result<Built> {
     let mut boot: BTreeMap<String, Vec<u8>> = facts.boot.clone();
     boot.extend(layer.boot.clone());
     boards::add_dtb_aliases(&mut boot);
+    boot.extend(uboot::binaries(shared.arch, shared.kernel_version, &facts.u_boot, &cfg.base_of(host).bootloader)?);
+    if let Some(source) = boot.get(uboot::SOURCE) {
+        let script = uboot::compile(sh, shared.arch, source, epoch, &work)?;
+        boot.insert(uboot::SCRIPT.into(), script);
+    }
+    if let Some(source) = boot.get(uboot::ENV_SOURCE) {
+        let env = uboot::environment(sh, source, &work)?;
+        boot.insert(uboot::ENV.into(), env);
+    }
     let kernel_version = shared.kernel_version;
     boards::check_boot_partition(shared.arch, kernel_version, &boot)?;
     crate::build::manifest::check(shared.arch, kernel_version, host.role, &shared.drivers)?;

@@ -19,3 +19,4 @@ pub mod rootfs;
 pub mod setup;
 pub mod ship;
 pub mod tools;
+pub mod uboot;

@@ -27,6 +27,8 @@ pub struct BaseFacts {
     pub modules: BTreeSet<String>,
     /// The drivers built into its kernel (`modules.builtin`).
     pub builtin: BTreeSet<String>,
+    /// Its U-Boot builds (`usr/lib/u-boot/<config>/u-boot.bin` → bytes), for the boot partition.
+    pub u_boot: BTreeMap<String, Vec<u8>>,
 }
 
 fn norm(p: &Path) -> String {
@@ -39,7 +41,13 @@ const BOOT: &str = "boot/firmware/";
 pub fn read_base_facts(base: &Path) -> Result<BaseFacts> {
     let mut ar =
         tar::Archive::new(BufReader::with_capacity(1 << 20, File::open(base).with_context(|| format!("opening {}", base.display()))?));
-    let mut facts = BaseFacts { boot: BTreeMap::new(), passwd: String::new(), modules: BTreeSet::new(), builtin: BTreeSet::new() };
+    let mut facts = BaseFacts {
+        boot: BTreeMap::new(),
+        passwd: String::new(),
+        modules: BTreeSet::new(),
+        builtin: BTreeSet::new(),
+        u_boot: BTreeMap::new(),
+    };
     for e in ar.entries()? {
         let mut e = e?;
         let path = norm(&e.path()?);
@@ -49,6 +57,10 @@ pub fn read_base_facts(base: &Path) -> Result<BaseFacts> {
                 e.read_to_end(&mut v)?;
                 facts.boot.insert(name.to_string(), v);
             }
+        } else if path.starts_with("usr/lib/u-boot/") && path.ends_with("/u-boot.bin") && e.header().entry_type().is_file() {
+            let mut v = Vec::new();
+            e.read_to_end(&mut v)?;
+            facts.u_boot.insert(path, v);
         } else if path == "etc/passwd" {
             e.read_to_string(&mut facts.passwd)?;
         } else if in_module_tree(&path) {

@@ -38,6 +38,7 @@ pub const PACKAGES: &[&str] = &[
     "xz-utils",             // <host>.img.xz
     "bmap-tools",           // <host>.img.bmap, and the round-trip check with `bmaptool copy`
     "device-tree-compiler", // fdtput: the board test's copy of a dtb, for what QEMU does not model
+    "u-boot-tools",         // mkimage: the cards' boot.scr; the board test's 32-bit U-Boot as a uImage
 ];
 
 pub const RUST_TARGETS: &[&str] = &["aarch64-unknown-linux-musl", "armv7-unknown-linux-gnueabihf"];

@@ -1,36 +1,53 @@
-//! What a card boots, read out of its FAT partition as the Pi's firmware chooses it: the kernel
-//! and initramfs config.txt names, and cmdline.txt. Every QEMU boot of a card starts here, so the
-//! tests run what the card carries.
+//! What a card boots, read out of its FAT partition as the Pi's firmware chooses it: what
+//! config.txt makes the board's firmware start (its U-Boot, or a kernel and initramfs), and
+//! cmdline.txt. Every QEMU boot of a card starts here, so the tests run what the card carries.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use xshell::Shell;
 
+use crate::build::boards;
 use crate::build::fat::Fat;
 
 /// What the card's boot partition says to boot.
 pub struct BootFiles {
-    pub kernel: PathBuf,
-    pub initrd: PathBuf,
+    pub start: Start,
+    /// cmdline.txt, which the firmware puts in the device tree's /chosen/bootargs (QEMU's
+    /// `-append`), where U-Boot's boot script reads it.
     pub cmdline: String,
 }
 
-/// Reads what the card boots out of its FAT partition the way the Pi firmware chooses it:
-/// config.txt's `kernel=` and `initramfs`, and cmdline.txt. Copies them into `dir`.
-pub fn boot_files(sh: &Shell, image: &Path, dir: &Path) -> Result<BootFiles> {
+/// What the firmware starts, copied out of the card.
+pub enum Start {
+    /// U-Boot (which then loads the kernel boot.scr names from the card, as on the Pi).
+    UBoot(PathBuf),
+    Kernel {
+        kernel: PathBuf,
+        initrd: PathBuf,
+    },
+}
+
+/// Reads what the firmware of a board matching config.txt's `filters` (`Board::filters`; none
+/// for QEMU's `virt`, which is no Pi) starts from the card's FAT partition, and cmdline.txt.
+/// Copies them into `dir`.
+pub fn boot_files(sh: &Shell, image: &Path, dir: &Path, filters: &[&str]) -> Result<BootFiles> {
     let fat = fat_of(image)?;
     fs_err::create_dir_all(dir)?;
     let config = String::from_utf8(fat.read(sh, "config.txt", &dir.join("config.txt"))?).context("config.txt is not UTF-8")?;
-    let (kernel, initrd) = firmware_choice(&config).with_context(|| format!("the config.txt of {}", image.display()))?;
-    let mut out = Vec::new();
-    for name in [kernel, initrd, "cmdline.txt".to_string()] {
-        let dst = dir.join(&name);
-        fat.copy_out(sh, &name, &dst).with_context(|| format!("{name}, named by config.txt, is not on the boot partition"))?;
-        out.push(dst);
-    }
-    let cmdline = fs_err::read_to_string(&out[2])?.trim().to_string();
-    Ok(BootFiles { kernel: out[0].clone(), initrd: out[1].clone(), cmdline })
+    let choice = boards::firmware_choice(&config, filters).with_context(|| format!("the config.txt of {}", image.display()))?;
+    let copy = |name: &str| -> Result<PathBuf> {
+        let dst = dir.join(name);
+        fat.copy_out(sh, name, &dst).with_context(|| format!("{name}, named by config.txt, is not on the boot partition"))?;
+        Ok(dst)
+    };
+    let start = match &choice.initramfs {
+        // U-Boot is started without one; the firmware loads an initramfs only for a kernel.
+        None => Start::UBoot(copy(&choice.kernel)?),
+        Some(initrd) => Start::Kernel { kernel: copy(&choice.kernel)?, initrd: copy(initrd)? },
+    };
+    let cmdline = String::from_utf8(fat.read(sh, "cmdline.txt", &dir.join("cmdline.txt"))?).context("cmdline.txt is not UTF-8")?;
+    Ok(BootFiles { start, cmdline: cmdline.trim().to_string() })
 }
 
 /// The card's boot partition (partition 1 of its MBR).
@@ -38,34 +55,4 @@ pub fn fat_of(image: &Path) -> Result<Fat> {
     let mut f = fs_err::File::open(image).with_context(|| format!("opening {}", image.display()))?;
     let mbr = mbrman::MBR::read_from(&mut f, 512).with_context(|| format!("reading the MBR of {}", image.display()))?;
     Ok(Fat::partition(image, mbr[1].starting_lba as u64 * 512))
-}
-
-/// The kernel and initramfs the firmware loads, from config.txt (`kernel=<file>`,
-/// `initramfs <file> [followkernel]`; the last line of each wins, as for the firmware).
-/// Conditional sections (`[pi4]` …) are not modelled: the cards' config.txt has none.
-pub fn firmware_choice(config: &str) -> Result<(String, String)> {
-    let (mut kernel, mut initrd) = (None, None);
-    for line in config.lines().map(str::trim) {
-        if let Some(k) = line.strip_prefix("kernel=") {
-            kernel = Some(k.trim().to_string());
-        } else if let Some(rest) = line.strip_prefix("initramfs ") {
-            initrd = rest.split_whitespace().next().map(str::to_string);
-        } else if line.starts_with('[') && line != "[all]" {
-            bail!("config.txt has a conditional section `{line}`, which the harness does not model");
-        }
-    }
-    Ok((kernel.context("config.txt has no kernel= line")?, initrd.context("config.txt has no initramfs line")?))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_firmware_choice_comes_from_config_txt() {
-        let c = "arm_64bit=1\nkernel=vmlinuz-6.12.1-arm64\ninitramfs initrd.img-6.12.1-arm64 followkernel\n";
-        assert_eq!(firmware_choice(c).unwrap(), ("vmlinuz-6.12.1-arm64".into(), "initrd.img-6.12.1-arm64".into()));
-        assert!(firmware_choice("kernel=a\n").is_err());
-        assert!(firmware_choice("[pi4]\nkernel=a\ninitramfs b\n").is_err());
-    }
 }

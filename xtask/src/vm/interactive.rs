@@ -22,7 +22,7 @@ pub fn run(sh: &Shell, cfg: &ImageConfig, host: &str) -> Result<()> {
     if !usb.exists() {
         Fat::create(sh, &usb, &cfg.drive.label, 131072, None)?;
     }
-    let boot = crate::vm::boot::boot_files(sh, &image, &dir.join("boot"))?;
+    let boot = qemu::virt_boot_files(sh, &image, &dir.join("boot"))?;
     let overlay = dir.join("overlay.qcow2");
     qemu::overlay(sh, &image, &overlay)?;
     let spec = qemu::Spec {

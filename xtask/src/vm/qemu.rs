@@ -1,8 +1,10 @@
 //! Booting a card image in QEMU (`-M virt`, TCG) the way the pair test and `xtask run` need it.
 //!
 //! - The image is never written: each VM boots a qcow2 overlay backed by the raw .img.
-//! - Kernel, initrd and cmdline.txt are read out of the image's own FAT partition (mtools with an
-//!   offset, no mount) and booted directly, so the test runs exactly what the card carries.
+//! - What the card's firmware would start and cmdline.txt are read out of the image's own FAT
+//!   partition (mtools with an offset, no mount), so the test runs what the card carries: where a
+//!   Pi's firmware starts the card's U-Boot, `virt` starts U-Boot built for `virt`
+//!   (`tools::u_boot_virt`), which runs the card's boot.scr from the card as the Pi's does.
 //! - The serial console (ttyAMA0) goes to console.log, kept for failed runs.
 //! - The harness's command channel is a root shell on hvc0, asked for on the kernel command line
 //!   (`systemd.debug_shell=hvc0`) that only a direct-kernel boot can pass: a Pi boots with the
@@ -23,7 +25,7 @@ use xshell::{cmd, Shell};
 
 use crate::build::mac::Mac;
 use crate::proc;
-use crate::vm::boot::{boot_files, BootFiles};
+use crate::vm::boot::{boot_files, BootFiles, Start};
 use crate::vm::limits::{Guest, Limits};
 
 /// The emulated NIC's driver, loaded by systemd-modules-load before udev's coldplug. Loaded by
@@ -90,10 +92,19 @@ pub fn argv(spec: &Spec, boot: &BootFiles, append: &str, overlay: &Path, console
     push(&spec.cpus.to_string());
     push("-m");
     push(&spec.memory_mib.to_string());
-    push("-kernel");
-    push(&boot.kernel.display().to_string());
-    push("-initrd");
-    push(&boot.initrd.display().to_string());
+    match &boot.start {
+        Start::UBoot(u_boot) => {
+            push("-kernel");
+            push(&u_boot.display().to_string());
+        }
+        Start::Kernel { kernel, initrd } => {
+            push("-kernel");
+            push(&kernel.display().to_string());
+            push("-initrd");
+            push(&initrd.display().to_string());
+        }
+    }
+    // In the device tree's /chosen/bootargs, as a Pi's firmware puts cmdline.txt there.
     push("-append");
     push(append);
     push("-drive");
@@ -150,11 +161,21 @@ pub fn usb_drive_device() -> OsString {
     format!("usb-storage,bus=xhci.0,drive={USB_NODE},id={USB_DEVICE},removable=on").into()
 }
 
+/// What `virt` boots of the card `image`: what a Pi's firmware would start (config.txt read for no
+/// board in particular), with U-Boot built for `virt` in place of the card's U-Boot for a Pi.
+pub fn virt_boot_files(sh: &Shell, image: &Path, dir: &Path) -> Result<BootFiles> {
+    let mut boot = boot_files(sh, image, dir, &[])?;
+    if let Start::UBoot(_) = boot.start {
+        boot.start = Start::UBoot(crate::build::tools::u_boot_virt(sh, &crate::build::cache::dir())?);
+    }
+    Ok(boot)
+}
+
 /// Each spec's boot files (from its card) and qcow2 overlay, then every VM started, in order.
 pub fn start_all(sh: &Shell, specs: &[Spec]) -> Result<(Vec<BootFiles>, Vec<Vm>)> {
     let mut boots = Vec::new();
     for spec in specs {
-        boots.push(boot_files(sh, &spec.image, &spec.dir.join("boot"))?);
+        boots.push(virt_boot_files(sh, &spec.image, &spec.dir.join("boot"))?);
         overlay(sh, &spec.image, &spec.dir.join("overlay.qcow2"))?;
     }
     let mut vms = Vec::new();

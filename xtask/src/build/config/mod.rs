@@ -45,6 +45,9 @@ pub struct Base {
     /// `package/suite`, e.g. `linux-image-arm64/trixie-backports`).
     pub kernel: String,
     pub firmware: String,
+    /// The package with each board's U-Boot (`/usr/lib/u-boot/<config>/u-boot.bin`), which the
+    /// firmware starts and which picks the root slot (`build/uboot.rs`).
+    pub bootloader: String,
     pub packages: Vec<String>,
     pub initramfs_modules: Vec<String>,
     pub path_exclude: Vec<String>,

@@ -35,6 +35,7 @@ pub(super) struct RawBase {
     pub(super) components: S<Vec<String>>,
     pub(super) kernel: S<String>,
     pub(super) firmware: S<String>,
+    pub(super) bootloader: S<String>,
     pub(super) packages: S<Vec<String>>,
     pub(super) initramfs_modules: S<Vec<String>>,
     #[serde(default)]
@@ -54,6 +55,7 @@ pub(super) struct RawBaseOverride {
     pub(super) components: Option<S<Vec<String>>>,
     pub(super) kernel: Option<S<String>>,
     pub(super) firmware: Option<S<String>>,
+    pub(super) bootloader: Option<S<String>>,
     pub(super) packages: Option<S<Vec<String>>>,
     pub(super) initramfs_modules: Option<S<Vec<String>>>,
     pub(super) path_exclude: Option<Vec<S<String>>>,
@@ -73,6 +75,7 @@ impl RawBaseOverride {
             components: or(&self.components, &b.components),
             kernel: or(&self.kernel, &b.kernel),
             firmware: or(&self.firmware, &b.firmware),
+            bootloader: or(&self.bootloader, &b.bootloader),
             packages: or(&self.packages, &b.packages),
             initramfs_modules: or(&self.initramfs_modules, &b.initramfs_modules),
             path_exclude: or(&self.path_exclude, &b.path_exclude),

@@ -190,9 +190,9 @@ pub(super) fn base(cx: &Source, at: &str, b: &RawBase) -> Result<Base, ConfigErr
             b.kernel.get_ref()
         )
     })?;
-    cx.check(is_pkg(b.firmware.get_ref()), &b.firmware, &key("firmware"), || {
-        format!("`{}` is not a Debian package name", b.firmware.get_ref())
-    })?;
+    for (value, k) in [(&b.firmware, "firmware"), (&b.bootloader, "bootloader")] {
+        cx.check(is_pkg(value.get_ref()), value, &key(k), || format!("`{}` is not a Debian package name", value.get_ref()))?;
+    }
     if let Some(bad) = b.packages.get_ref().iter().find(|p| !is_pkg(p)) {
         return cx.err(&b.packages, &key("packages"), format!("`{bad}` is not a Debian package name"));
     }
@@ -219,6 +219,7 @@ pub(super) fn base(cx: &Source, at: &str, b: &RawBase) -> Result<Base, ConfigErr
         components: b.components.get_ref().clone(),
         kernel: b.kernel.get_ref().clone(),
         firmware: b.firmware.get_ref().clone(),
+        bootloader: b.bootloader.get_ref().clone(),
         packages: b.packages.get_ref().clone(),
         initramfs_modules: b.initramfs_modules.get_ref().clone(),
         path_exclude: b.path_exclude.iter().map(|p| p.get_ref().clone()).collect(),

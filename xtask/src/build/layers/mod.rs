@@ -79,6 +79,8 @@ struct Ctx<'a> {
     disk_id: String,
     kernel: String,
     initrd: String,
+    /// config.txt's lines that choose what each board's firmware starts (`boards::firmware_lines`).
+    firmware_lines: String,
     /// Where the agent is on the card (`pi2pi_agent::layout`).
     agent: AgentLayout,
 }
@@ -103,6 +105,7 @@ pub struct Inputs<'a> {
     pub user_ids: (u32, u32),
     pub kernel: String,
     pub initrd: String,
+    pub firmware_lines: String,
     /// The build's SOURCE_DATE_EPOCH: every file's mtime on the card, /usr's included.
     pub epoch: u64,
 }
@@ -160,6 +163,7 @@ pub fn build(i: &Inputs) -> Result<Layer> {
         disk_id: format!("{:08x}", i.disk_id),
         kernel: i.kernel.clone(),
         initrd: i.initrd.clone(),
+        firmware_lines: i.firmware_lines.clone(),
         agent: AgentLayout { binary: layout::BINARY, state_dir: layout::STATE_DIR },
     };
     let mut env = minijinja::Environment::new();

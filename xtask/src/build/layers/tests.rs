@@ -38,6 +38,7 @@ fn layer_for(cfg: &ImageConfig, host: &str) -> Layer {
         user_ids: (1000, 1000),
         kernel: "vmlinuz-6.12.0-arm64".into(),
         initrd: "initrd.img-6.12.0-arm64".into(),
+        firmware_lines: crate::build::boards::firmware_lines(cfg.base_of(h).arch, (7, 3), "vmlinuz-7.3.0-arm64", "initrd.img-7.3.0-arm64"),
         epoch: 1_700_000_000,
     })
     .unwrap()
@@ -142,7 +143,9 @@ fn agent_config_drive_and_boot_files_follow_the_config() {
     assert!(text(&l, "etc/udev/rules.d/90-pi2pi-drive.rules").contains("media-pi-PI2PI.mount"));
     assert!(text(&l, "etc/systemd/system/media-pi-PI2PI.mount.d/pi2pi.conf").contains("[Mount]\nLazyUnmount=yes"));
     let boot_cfg = std::str::from_utf8(&l.boot["config.txt"]).unwrap();
-    assert!(boot_cfg.contains("kernel=vmlinuz-6.12.0-arm64") && boot_cfg.contains("initramfs initrd.img-6.12.0-arm64"), "{boot_cfg}");
+    assert!(boot_cfg.contains("\nkernel=u-boot-rpi_arm64.bin\n[pi5]\nkernel=vmlinuz-7.3.0-arm64\n"), "{boot_cfg}");
+    let script = std::str::from_utf8(&l.boot["boot.cmd"]).unwrap();
+    assert!(script.contains(" vmlinuz-6.12.0-arm64\n") && script.contains("\nbooti "), "{script}");
     let cmdline = std::str::from_utf8(&l.boot["cmdline.txt"]).unwrap();
     assert!(
         cmdline.starts_with("console=tty0 console=ttyAMA0,115200 console=ttyAMA10,115200 console=ttyS1,115200 root=PARTUUID=1234abcd-02 "),

@@ -11,7 +11,7 @@ use xshell::{cmd, Shell};
 use crate::build::arch::Arch;
 use crate::build::boards::{self, Board, Machine};
 use crate::proc;
-use crate::vm::boot::BootFiles;
+use crate::vm::boot::{BootFiles, Start};
 use crate::vm::qemu::{CONSOLE_LOG, SHELL_SOCK};
 
 /// How long systemd waits for a device (default 90 s). Emulated, the Pi 3's udev takes minutes to
@@ -35,6 +35,8 @@ pub(super) struct Model {
     pub(super) console_tty: &'static str,
     /// Where the harness shell is: the mini UART, except on raspi4b (see `dtb_edits`).
     pub(super) shell_tty: &'static str,
+    /// The config.txt sections the board's firmware reads (`Board::filters`).
+    pub(super) filters: &'static [&'static str],
 }
 
 impl Model {
@@ -63,7 +65,24 @@ pub(super) fn model_for(arch: Arch, host_board: Option<&'static Board>) -> Resul
     // console and the shell.
     let (console_tty, shell_tty) =
         if machine == Machine::Raspi4b { (boards::PL011, boards::PL011) } else { (board.serial, boards::MINI_UART) };
-    Ok(Model { qemu: arch.qemu_system(), machine, dtb: board.dtb, console_tty, shell_tty })
+    Ok(Model { qemu: arch.qemu_system(), machine, dtb: board.dtb, console_tty, shell_tty, filters: board.filters })
+}
+
+/// What the firmware starts, in the form QEMU loads where the firmware would. The firmware loads
+/// a 32-bit `kernel=` at 0x8000; QEMU loads a raw `-kernel` at 0x10000, which is no place for
+/// Debian's 32-bit U-Boot builds for the Pi (linked to run at 0x8000, not relocatable): the
+/// harness gives them a uImage header that says 0x8000, which QEMU obeys. A 64-bit U-Boot is
+/// relocatable and runs as it is.
+pub(super) fn as_firmware_loads(sh: &Shell, model: &Model, start: Start, dir: &Path) -> Result<Start> {
+    match start {
+        Start::UBoot(raw) if model.qemu == "qemu-system-arm" => {
+            let wrapped = dir.join("u-boot.uimg");
+            proc::read(cmd!(sh, "mkimage -A arm -O linux -T kernel -C none -a 0x8000 -e 0x8000 -n u-boot -d {raw} {wrapped}"))
+                .context("wrapping the card's U-Boot as a uImage for QEMU")?;
+            Ok(Start::UBoot(wrapped))
+        }
+        other => Ok(other),
+    }
 }
 
 /// One change to the harness's copy of a board's dtb (the card's own is untouched; a Pi never
@@ -108,6 +127,15 @@ fn node_path(sh: &Shell, dtb: &Path, at: &str) -> Result<String> {
 /// registers in `bcm2835_power_probe` and panics before the console. Its watchdog (the same
 /// node) is not used by the checks.
 ///
+/// raspi2b: the SD card. QEMU puts it on the SD bus its GPIO block routes to the SDHCI
+/// (`mmc@7e300000`) until GPIO 48-53 are switched to the SDHOST, which Linux's pin driver does
+/// and trixie's 32-bit U-Boot (2025.01, which runs on the firmware's device tree) does not (a
+/// Pi's firmware leaves them switched for U-Boot): it read nothing and stopped after "Loading
+/// Environment from FAT". So the SDHOST is disabled and the SDHCI enabled, and U-Boot and Linux
+/// both read the card there (Linux with `sdhci_iproc`, which every card's initramfs has for the
+/// Pi 4). raspi3b routes it to the SDHOST from the start, and bookworm's U-Boot (2023.01, on its
+/// own device tree), the Zero's, switches the pins itself.
+///
 /// raspi4b (QEMU 10; what it lacks, QEMU itself disables too: PCIe, GENET, the RNG, thermal):
 /// - the always-on L2 interrupt controller and the HDMI DDC I2C controllers, which it does not
 ///   model: the kernel panics probing them;
@@ -124,6 +152,7 @@ pub(super) fn dtb_edits(machine: Machine) -> &'static [DtbEdit] {
     use DtbEdit::*;
     match machine {
         Machine::Raspi0 => &[Disable("/soc/watchdog@7e100000")],
+        Machine::Raspi2b => &[Disable("sdhost"), SetString("sdhci", "status", "okay")],
         // By label: the nodes' paths change between kernels.
         Machine::Raspi4b => &[
             Disable("aon_intr"),
@@ -136,7 +165,7 @@ pub(super) fn dtb_edits(machine: Machine) -> &'static [DtbEdit] {
             RemoveNode("bt"),
             SetString("usb", "dr_mode", "host"),
         ],
-        Machine::Raspi2b | Machine::Raspi3b => &[],
+        Machine::Raspi3b => &[],
     }
 }
 
@@ -203,7 +232,12 @@ pub(super) fn argv(model: &Model, program: &Path, boot: &BootFiles, dtb: &Path, 
         "-no-reboot".into(),
     ];
     a.extend(emulation.qemu_args.iter().map(|s| s.to_string()));
-    a.extend(["-kernel".into(), boot.kernel.display().to_string(), "-initrd".into(), boot.initrd.display().to_string()]);
+    match &boot.start {
+        Start::UBoot(u_boot) => a.extend(["-kernel".into(), u_boot.display().to_string()]),
+        Start::Kernel { kernel, initrd } => {
+            a.extend(["-kernel".into(), kernel.display().to_string(), "-initrd".into(), initrd.display().to_string()])
+        }
+    }
     a.extend(["-dtb".into(), dtb.display().to_string(), "-append".into(), append]);
     a.extend(["-drive".into(), format!("if=sd,format=raw,file={}", sd.display())]);
     a.extend([

@@ -256,7 +256,8 @@ fn card(sh: &Shell, c: &Card, dir: &Path) -> Result<Vec<BootReport>> {
     let fat = Fat::create(sh, &usb, &cfg.drive.label, 65536, None)?;
     fat.mkdirs(sh, &["sending", "receiving"])?;
 
-    let boot = boot::boot_files(sh, image, &dir.join("boot"))?;
+    let mut boot = boot::boot_files(sh, image, &dir.join("boot"), model.filters)?;
+    boot.start = as_firmware_loads(sh, &model, boot.start, dir)?;
     let dtb = dir.join("boot").join(model.dtb);
     boot::fat_of(image)?.copy_out(sh, model.dtb, &dtb).with_context(|| format!("{} is not on the boot partition", model.dtb))?;
     for edit in dtb_edits(model.machine) {
@@ -469,7 +470,7 @@ mod tests {
     /// is on the mini UART (the second), and a PL011 console apart from it goes to console.log.
     #[test]
     fn each_model_wires_its_shell_and_console_to_qemus_serial_ports() {
-        let boot = boot::BootFiles { kernel: "k".into(), initrd: "i".into(), cmdline: "console=ttyS1,115200".into() };
+        let boot = boot::BootFiles { start: boot::Start::UBoot("u".into()), cmdline: "console=ttyS1,115200".into() };
         let serials = |board: &str| {
             let arch = boards::arches_of(board)[0];
             let model = model_for(arch, boards::for_arch(arch).iter().find(|b| b.name == board)).unwrap();
