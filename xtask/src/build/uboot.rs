@@ -81,3 +81,57 @@ pub fn environment(sh: &Shell, source: &[u8], work: &Path) -> Result<Vec<u8>> {
         .context("compiling the U-Boot environment (mkenvimage is in u-boot-tools)")?;
     Ok(fs_err::read(&out)?)
 }
+
+/// What differs for QEMU's `virt` in the card's environment: its disk is virtio, its RAM starts at
+/// 1 GiB, and QEMU puts its device tree at RAM's start (where the Pi's U-Boot sets `fdt_addr` to
+/// the firmware's at run time). The values are those of U-Boot for virt's own defaults.
+const VIRT_ENV: &[(&str, &str)] =
+    &[("devtype", "virtio"), ("kernel_addr_r", "0x40400000"), ("scriptaddr", "0x40200000"), ("fdt_addr", "0x40000000")];
+/// `virt`'s flash banks are 64 MiB; U-Boot for virt keeps its environment at the second's start.
+const VIRT_FLASH_BYTES: u64 = 64 << 20;
+const VIRT_ENV_SIZE: &str = "0x40000";
+
+/// The card's U-Boot environment (`uboot-env.txt`) as U-Boot for `virt` reads it: `VIRT_ENV`'s
+/// values in place of the Pi's, as the flash image of virt's second bank, written to `out`.
+pub fn virt_env_flash(sh: &Shell, card_env: &str, out: &Path) -> Result<()> {
+    let mut lines: Vec<String> = card_env
+        .lines()
+        .filter(|l| !VIRT_ENV.iter().any(|(k, _)| l.strip_prefix(k).is_some_and(|r| r.starts_with('='))))
+        .map(str::to_string)
+        .collect();
+    lines.extend(VIRT_ENV.iter().map(|(k, v)| format!("{k}={v}")));
+    let src = out.with_extension("txt");
+    fs_err::write(&src, lines.join("\n") + "\n")?;
+    proc::read(cmd!(sh, "mkenvimage -s {VIRT_ENV_SIZE} -o {out} {src}")).context("the U-Boot environment for virt")?;
+    fs_err::OpenOptions::new().write(true).open(out)?.set_len(VIRT_FLASH_BYTES)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The card's environment reaches virt's U-Boot with virt's disk and addresses and the card's
+    /// own boot command, in a flash image of the bank's size.
+    #[test]
+    fn virt_reads_the_cards_environment_with_its_own_disk_and_addresses() {
+        if proc::skip_test_without(&["mkenvimage"], false, "the U-Boot environment for virt") {
+            return;
+        }
+        let sh = Shell::new().unwrap();
+        let dir = std::env::temp_dir().join(format!("pi2pi-uboot-test-{}", std::process::id()));
+        fs_err::create_dir_all(&dir).unwrap();
+        let card = fs_err::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../overlays/boot").join(ENV_SOURCE)).unwrap();
+        let flash = dir.join("env.flash");
+        virt_env_flash(&sh, &card, &flash).unwrap();
+        let bytes = fs_err::read(&flash).unwrap();
+        assert_eq!(bytes.len() as u64, VIRT_FLASH_BYTES);
+        let vars: Vec<&str> =
+            bytes[4..].split(|b| *b == 0).take_while(|v| !v.is_empty()).map(|v| std::str::from_utf8(v).unwrap()).collect();
+        for want in ["devtype=virtio", "kernel_addr_r=0x40400000", "fdt_addr=0x40000000", "bootdelay=-2"] {
+            assert!(vars.contains(&want), "{want} not in {vars:?}");
+        }
+        assert!(!vars.contains(&"devtype=mmc") && vars.iter().any(|v| v.starts_with("bootcmd=") && v.contains("boot.scr")), "{vars:?}");
+        let _ = fs_err::remove_dir_all(&dir);
+    }
+}

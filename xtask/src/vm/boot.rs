@@ -20,8 +20,13 @@ pub struct BootFiles {
 
 /// What the firmware starts, copied out of the card.
 pub enum Start {
-    /// U-Boot (which then loads the kernel boot.scr names from the card, as on the Pi).
-    UBoot(PathBuf),
+    /// U-Boot (which then loads the kernel boot.scr names from the card, as on the Pi), and the
+    /// flash that holds its environment where it reads it from flash (`virt`'s; a Pi's U-Boot
+    /// reads the card's uboot.env).
+    UBoot {
+        image: PathBuf,
+        env_flash: Option<PathBuf>,
+    },
     Kernel {
         kernel: PathBuf,
         initrd: PathBuf,
@@ -43,7 +48,7 @@ pub fn boot_files(sh: &Shell, image: &Path, dir: &Path, filters: &[&str]) -> Res
     };
     let start = match &choice.initramfs {
         // U-Boot is started without one; the firmware loads an initramfs only for a kernel.
-        None => Start::UBoot(copy(&choice.kernel)?),
+        None => Start::UBoot { image: copy(&choice.kernel)?, env_flash: None },
         Some(initrd) => Start::Kernel { kernel: copy(&choice.kernel)?, initrd: copy(initrd)? },
     };
     let cmdline = String::from_utf8(fat.read(sh, "cmdline.txt", &dir.join("cmdline.txt"))?).context("cmdline.txt is not UTF-8")?;

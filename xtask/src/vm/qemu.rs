@@ -4,7 +4,9 @@
 //! - What the card's firmware would start and cmdline.txt are read out of the image's own FAT
 //!   partition (mtools with an offset, no mount), so the test runs what the card carries: where a
 //!   Pi's firmware starts the card's U-Boot, `virt` starts U-Boot built for `virt`
-//!   (`tools::u_boot_virt`), which runs the card's boot.scr from the card as the Pi's does.
+//!   (`tools::u_boot_virt`) with the card's U-Boot environment in its flash (virt's disk and
+//!   addresses in place of the Pi's, `uboot::virt_env_flash`), which runs the card's boot.scr from
+//!   the card as the Pi's does.
 //! - The serial console (ttyAMA0) goes to console.log, kept for failed runs.
 //! - The harness's command channel is a root shell on hvc0, asked for on the kernel command line
 //!   (`systemd.debug_shell=hvc0`) that only a direct-kernel boot can pass: a Pi boots with the
@@ -24,6 +26,7 @@ use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
 use crate::build::mac::Mac;
+use crate::build::uboot;
 use crate::proc;
 use crate::vm::boot::{boot_files, BootFiles, Start};
 use crate::vm::limits::{Guest, Limits};
@@ -93,9 +96,13 @@ pub fn argv(spec: &Spec, boot: &BootFiles, append: &str, overlay: &Path, console
     push("-m");
     push(&spec.memory_mib.to_string());
     match &boot.start {
-        Start::UBoot(u_boot) => {
+        Start::UBoot { image, env_flash } => {
             push("-kernel");
-            push(&u_boot.display().to_string());
+            push(&image.display().to_string());
+            if let Some(flash) = env_flash {
+                push("-drive");
+                push(&format!("if=pflash,unit=1,format=raw,readonly=on,file={}", flash.display()));
+            }
         }
         Start::Kernel { kernel, initrd } => {
             push("-kernel");
@@ -162,11 +169,16 @@ pub fn usb_drive_device() -> OsString {
 }
 
 /// What `virt` boots of the card `image`: what a Pi's firmware would start (config.txt read for no
-/// board in particular), with U-Boot built for `virt` in place of the card's U-Boot for a Pi.
+/// board in particular), with U-Boot built for `virt` in place of the card's U-Boot for a Pi, and
+/// the card's U-Boot environment in its flash.
 pub fn virt_boot_files(sh: &Shell, image: &Path, dir: &Path) -> Result<BootFiles> {
     let mut boot = boot_files(sh, image, dir, &[])?;
-    if let Start::UBoot(_) = boot.start {
-        boot.start = Start::UBoot(crate::build::tools::u_boot_virt(sh, &crate::build::cache::dir())?);
+    if let Start::UBoot { .. } = boot.start {
+        let card_env = crate::vm::boot::fat_of(image)?.read(sh, uboot::ENV_SOURCE, &dir.join(uboot::ENV_SOURCE))?;
+        let card_env = String::from_utf8(card_env).with_context(|| format!("{} is not UTF-8", uboot::ENV_SOURCE))?;
+        let flash = dir.join("u-boot-env.flash");
+        uboot::virt_env_flash(sh, &card_env, &flash)?;
+        boot.start = Start::UBoot { image: crate::build::tools::u_boot_virt(sh, &crate::build::cache::dir())?, env_flash: Some(flash) };
     }
     Ok(boot)
 }

@@ -75,11 +75,11 @@ pub(super) fn model_for(arch: Arch, host_board: Option<&'static Board>) -> Resul
 /// relocatable and runs as it is.
 pub(super) fn as_firmware_loads(sh: &Shell, model: &Model, start: Start, dir: &Path) -> Result<Start> {
     match start {
-        Start::UBoot(raw) if model.qemu == "qemu-system-arm" => {
+        Start::UBoot { image: raw, env_flash } if model.qemu == "qemu-system-arm" => {
             let wrapped = dir.join("u-boot.uimg");
             proc::read(cmd!(sh, "mkimage -A arm -O linux -T kernel -C none -a 0x8000 -e 0x8000 -n u-boot -d {raw} {wrapped}"))
                 .context("wrapping the card's U-Boot as a uImage for QEMU")?;
-            Ok(Start::UBoot(wrapped))
+            Ok(Start::UBoot { image: wrapped, env_flash })
         }
         other => Ok(other),
     }
@@ -233,7 +233,7 @@ pub(super) fn argv(model: &Model, program: &Path, boot: &BootFiles, dtb: &Path, 
     ];
     a.extend(emulation.qemu_args.iter().map(|s| s.to_string()));
     match &boot.start {
-        Start::UBoot(u_boot) => a.extend(["-kernel".into(), u_boot.display().to_string()]),
+        Start::UBoot { image, .. } => a.extend(["-kernel".into(), image.display().to_string()]),
         Start::Kernel { kernel, initrd } => {
             a.extend(["-kernel".into(), kernel.display().to_string(), "-initrd".into(), initrd.display().to_string()])
         }

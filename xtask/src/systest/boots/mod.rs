@@ -470,7 +470,8 @@ mod tests {
     /// is on the mini UART (the second), and a PL011 console apart from it goes to console.log.
     #[test]
     fn each_model_wires_its_shell_and_console_to_qemus_serial_ports() {
-        let boot = boot::BootFiles { start: boot::Start::UBoot("u".into()), cmdline: "console=ttyS1,115200".into() };
+        let boot =
+            boot::BootFiles { start: boot::Start::UBoot { image: "u".into(), env_flash: None }, cmdline: "console=ttyS1,115200".into() };
         let serials = |board: &str| {
             let arch = boards::arches_of(board)[0];
             let model = model_for(arch, boards::for_arch(arch).iter().find(|b| b.name == board)).unwrap();
