@@ -271,14 +271,7 @@ fn build_host(sh: &Shell, shared: &Shared, host: &Host) -> Result<Built> {
     boot.extend(layer.boot.clone());
     boards::add_dtb_aliases(&mut boot);
     boot.extend(uboot::binaries(shared.arch, shared.kernel_version, &facts.u_boot, &cfg.base_of(host).bootloader)?);
-    if let Some(source) = boot.get(uboot::SOURCE) {
-        let script = uboot::compile(sh, shared.arch, source, epoch, &work)?;
-        boot.insert(uboot::SCRIPT.into(), script);
-    }
-    if let Some(source) = boot.get(uboot::ENV_SOURCE) {
-        let env = uboot::environment(sh, source, &work)?;
-        boot.insert(uboot::ENV.into(), env);
-    }
+    uboot::compile_sources(sh, shared.arch, epoch, &work, &mut boot)?;
     let kernel_version = shared.kernel_version;
     boards::check_boot_partition(shared.arch, kernel_version, &boot)?;
     crate::build::manifest::check(shared.arch, kernel_version, host.role, &shared.drivers)?;

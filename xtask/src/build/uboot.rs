@@ -56,30 +56,36 @@ pub fn binaries(
     Ok(out)
 }
 
-/// `boot.cmd` compiled into a `boot.scr` (a legacy U-Boot image of type script) by mkimage, its
-/// header's time the build's epoch (mkimage takes SOURCE_DATE_EPOCH), so the same source gives
-/// the same bytes.
-pub fn compile(sh: &Shell, arch: Arch, source: &[u8], epoch: u64, work: &Path) -> Result<Vec<u8>> {
-    let (src, out) = (work.join(SOURCE), work.join(SCRIPT));
-    fs_err::write(&src, source)?;
-    let u_boot_arch = match arch {
-        Arch::Arm64 => "arm64",
-        Arch::Armhf | Arch::Armel => "arm",
-    };
-    proc::read(
-        cmd!(sh, "mkimage -A {u_boot_arch} -O linux -T script -C none -n pi2pi -d {src} {out}").env("SOURCE_DATE_EPOCH", epoch.to_string()),
-    )
-    .context("compiling the boot script (mkimage is in Debian's u-boot-tools)")?;
-    Ok(fs_err::read(&out)?)
+/// Adds to the boot partition's files (`boot`) what is compiled from the sources there (in `work`,
+/// with u-boot-tools): `boot.cmd` into `boot.scr` (a legacy U-Boot image of type script, its
+/// header's time the build's epoch: mkimage takes SOURCE_DATE_EPOCH, so the same source gives the
+/// same bytes), `uboot-env.txt` into `uboot.env`.
+pub fn compile_sources(sh: &Shell, arch: Arch, epoch: u64, work: &Path, boot: &mut BTreeMap<String, Vec<u8>>) -> Result<()> {
+    if let Some(source) = boot.get(SOURCE) {
+        let (src, out) = (work.join(SOURCE), work.join(SCRIPT));
+        fs_err::write(&src, source)?;
+        let u_boot_arch = match arch {
+            Arch::Arm64 => "arm64",
+            Arch::Armhf | Arch::Armel => "arm",
+        };
+        let mkimage = cmd!(sh, "mkimage -A {u_boot_arch} -O linux -T script -C none -n pi2pi -d {src} {out}");
+        proc::read(mkimage.env("SOURCE_DATE_EPOCH", epoch.to_string())).context("compiling the boot script")?;
+        boot.insert(SCRIPT.into(), fs_err::read(&out)?);
+    }
+    if let Some(source) = boot.get(ENV_SOURCE) {
+        let out = work.join(ENV);
+        environment_image(sh, source, ENV_SIZE, &out)?;
+        boot.insert(ENV.into(), fs_err::read(&out)?);
+    }
+    Ok(())
 }
 
-/// `uboot-env.txt` compiled into `uboot.env` by mkenvimage (a CRC and the `name=value` pairs).
-pub fn environment(sh: &Shell, source: &[u8], work: &Path) -> Result<Vec<u8>> {
-    let (src, out) = (work.join(ENV_SOURCE), work.join(ENV));
-    fs_err::write(&src, source)?;
-    proc::read(cmd!(sh, "mkenvimage -s {ENV_SIZE} -o {out} {src}"))
-        .context("compiling the U-Boot environment (mkenvimage is in u-boot-tools)")?;
-    Ok(fs_err::read(&out)?)
+/// An environment's `name=value` lines (`#` comments and blank lines left out) as U-Boot stores
+/// it, `size` bytes with its CRC (mkenvimage), written to `out`.
+fn environment_image(sh: &Shell, text: &[u8], size: &str, out: &Path) -> Result<()> {
+    let src = out.with_extension("txt");
+    fs_err::write(&src, text)?;
+    proc::read(cmd!(sh, "mkenvimage -s {size} -o {out} {src}")).context("compiling a U-Boot environment").map(drop)
 }
 
 /// What differs for QEMU's `virt` in the card's environment: its disk is virtio, its RAM starts at
@@ -100,9 +106,7 @@ pub fn virt_env_flash(sh: &Shell, card_env: &str, out: &Path) -> Result<()> {
         .map(str::to_string)
         .collect();
     lines.extend(VIRT_ENV.iter().map(|(k, v)| format!("{k}={v}")));
-    let src = out.with_extension("txt");
-    fs_err::write(&src, lines.join("\n") + "\n")?;
-    proc::read(cmd!(sh, "mkenvimage -s {VIRT_ENV_SIZE} -o {out} {src}")).context("the U-Boot environment for virt")?;
+    environment_image(sh, (lines.join("\n") + "\n").as_bytes(), VIRT_ENV_SIZE, out)?;
     fs_err::OpenOptions::new().write(true).open(out)?.set_len(VIRT_FLASH_BYTES)?;
     Ok(())
 }
