@@ -155,7 +155,7 @@ pub fn add_dtb_aliases(files: &mut BTreeMap<String, Vec<u8>>) {
 pub const PL011: &str = "ttyAMA0";
 pub const MINI_UART: &str = "ttyS1";
 
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)] // one per column of the tables below, in their order
 const fn board(
     name: &'static str,
     dtb: &'static str,
@@ -390,6 +390,10 @@ fn start_problems(arch: Arch, b: &Board, choice: &Choice, files: &BTreeMap<Strin
             } else if !files.contains_key(k) {
                 problems.push(format!("{}: config.txt's kernel={k} is not on the partition", b.name));
             }
+            // U-Boot loads the initramfs boot.scr names; one from config.txt would be loaded for nothing.
+            if let Some(i) = &choice.initramfs {
+                problems.push(format!("{}: config.txt's initramfs {i} is for a kernel, and it starts U-Boot", b.name));
+            }
             for f in [crate::build::uboot::SCRIPT, crate::build::uboot::ENV] {
                 if !files.contains_key(f) {
                     problems.push(format!("{}: U-Boot needs {f}", b.name));
@@ -480,6 +484,10 @@ mod tests {
         p.insert("config.txt".into(), b"upstream_kernel=1\nkernel=u-boot-rpi_2.bin\n".to_vec());
         let e = check_boot_partition(Arch::Armhf, NEW, &p).unwrap_err().to_string();
         assert!(e.contains("pi3-b: config.txt starts u-boot-rpi_2.bin, not its U-Boot u-boot-rpi_3_32b.bin"), "{e}");
+        p = partition(Arch::Armel);
+        p.insert("config.txt".into(), (config(Arch::Armel) + "initramfs initrd.img-7\n").into_bytes());
+        let e = check_boot_partition(Arch::Armel, NEW, &p).unwrap_err().to_string();
+        assert!(e.contains("pi-zero: config.txt's initramfs initrd.img-7 is for a kernel, and it starts U-Boot"), "{e}");
         p = partition(Arch::Armel);
         p.remove(crate::build::uboot::SCRIPT);
         assert!(check_boot_partition(Arch::Armel, NEW, &p).unwrap_err().to_string().contains("pi-zero: U-Boot needs boot.scr"));

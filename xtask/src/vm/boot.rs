@@ -47,7 +47,8 @@ pub fn boot_files(sh: &Shell, image: &Path, dir: &Path, filters: &[&str]) -> Res
         Ok(dst)
     };
     let start = match &choice.initramfs {
-        // U-Boot is started without one; the firmware loads an initramfs only for a kernel.
+        // The firmware loads an initramfs only for a kernel: for U-Boot, config.txt names none
+        // (`boards::check_boot_partition`).
         None => Start::UBoot { image: copy(&choice.kernel)?, env_flash: None },
         Some(initrd) => Start::Kernel { kernel: copy(&choice.kernel)?, initrd: copy(initrd)? },
     };
