@@ -33,6 +33,25 @@ pub enum Start {
     },
 }
 
+impl Start {
+    /// QEMU's options that load it where the firmware would (`-kernel`, `-initrd`, and the flash
+    /// with U-Boot's environment where it reads it from flash).
+    pub fn qemu_args(&self) -> Vec<String> {
+        match self {
+            Start::UBoot { image, env_flash } => {
+                let mut a = vec!["-kernel".to_string(), image.display().to_string()];
+                if let Some(flash) = env_flash {
+                    a.extend(["-drive".into(), format!("if=pflash,unit=1,format=raw,readonly=on,file={}", flash.display())]);
+                }
+                a
+            }
+            Start::Kernel { kernel, initrd } => {
+                vec!["-kernel".into(), kernel.display().to_string(), "-initrd".into(), initrd.display().to_string()]
+            }
+        }
+    }
+}
+
 /// Reads what the firmware of a board matching config.txt's `filters` (`Board::filters`; none
 /// for QEMU's `virt`, which is no Pi) starts from the card's FAT partition, and cmdline.txt.
 /// Copies them into `dir`.

@@ -95,21 +95,8 @@ pub fn argv(spec: &Spec, boot: &BootFiles, append: &str, overlay: &Path, console
     push(&spec.cpus.to_string());
     push("-m");
     push(&spec.memory_mib.to_string());
-    match &boot.start {
-        Start::UBoot { image, env_flash } => {
-            push("-kernel");
-            push(&image.display().to_string());
-            if let Some(flash) = env_flash {
-                push("-drive");
-                push(&format!("if=pflash,unit=1,format=raw,readonly=on,file={}", flash.display()));
-            }
-        }
-        Start::Kernel { kernel, initrd } => {
-            push("-kernel");
-            push(&kernel.display().to_string());
-            push("-initrd");
-            push(&initrd.display().to_string());
-        }
+    for arg in boot.start.qemu_args() {
+        push(&arg);
     }
     // In the device tree's /chosen/bootargs, as a Pi's firmware puts cmdline.txt there.
     push("-append");

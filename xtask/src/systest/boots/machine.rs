@@ -26,7 +26,8 @@ pub(super) const SHELL_LOG: &str = "shell.log";
 
 /// QEMU's model of a board family, and where its console is.
 pub(super) struct Model {
-    pub(super) qemu: &'static str,
+    /// The card's architecture (its QEMU, and how the firmware loads its U-Boot).
+    pub(super) arch: Arch,
     pub(super) machine: Machine,
     /// The dtb the firmware loads for this board with `upstream_kernel=1`.
     pub(super) dtb: &'static str,
@@ -50,7 +51,7 @@ impl Model {
     pub(super) fn program(&self, sh: &Shell) -> Result<std::path::PathBuf> {
         match self.machine {
             Machine::Raspi4b => crate::build::tools::qemu_raspi4b(sh, &crate::build::cache::dir()),
-            _ => Ok(self.qemu.into()),
+            _ => Ok(self.arch.qemu_system().into()),
         }
     }
 }
@@ -65,7 +66,7 @@ pub(super) fn model_for(arch: Arch, host_board: Option<&'static Board>) -> Resul
     // console and the shell.
     let (console_tty, shell_tty) =
         if machine == Machine::Raspi4b { (boards::PL011, boards::PL011) } else { (board.serial, boards::MINI_UART) };
-    Ok(Model { qemu: arch.qemu_system(), machine, dtb: board.dtb, console_tty, shell_tty, filters: board.filters })
+    Ok(Model { arch, machine, dtb: board.dtb, console_tty, shell_tty, filters: board.filters })
 }
 
 /// What the firmware starts, in the form QEMU loads where the firmware would. The firmware loads
@@ -75,7 +76,7 @@ pub(super) fn model_for(arch: Arch, host_board: Option<&'static Board>) -> Resul
 /// relocatable and runs as it is.
 pub(super) fn as_firmware_loads(sh: &Shell, model: &Model, start: Start, dir: &Path) -> Result<Start> {
     match start {
-        Start::UBoot { image: raw, env_flash } if model.qemu == "qemu-system-arm" => {
+        Start::UBoot { image: raw, env_flash } if model.arch.bits() == 32 => {
             let wrapped = dir.join("u-boot.uimg");
             proc::read(cmd!(sh, "mkimage -A arm -O linux -T kernel -C none -a 0x8000 -e 0x8000 -n u-boot -d {raw} {wrapped}"))
                 .context("wrapping the card's U-Boot as a uImage for QEMU")?;
@@ -232,12 +233,7 @@ pub(super) fn argv(model: &Model, program: &Path, boot: &BootFiles, dtb: &Path, 
         "-no-reboot".into(),
     ];
     a.extend(emulation.qemu_args.iter().map(|s| s.to_string()));
-    match &boot.start {
-        Start::UBoot { image, .. } => a.extend(["-kernel".into(), image.display().to_string()]),
-        Start::Kernel { kernel, initrd } => {
-            a.extend(["-kernel".into(), kernel.display().to_string(), "-initrd".into(), initrd.display().to_string()])
-        }
-    }
+    a.extend(boot.start.qemu_args());
     a.extend(["-dtb".into(), dtb.display().to_string(), "-append".into(), append]);
     a.extend(["-drive".into(), format!("if=sd,format=raw,file={}", sd.display())]);
     a.extend([
