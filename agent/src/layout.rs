@@ -9,3 +9,17 @@ pub const CONFIG: &str = "/etc/pi2pi/agent.toml";
 pub const STATE_DIR: &str = "/var/lib/pi2pi";
 /// The status file in the state directory (`pi2pi-agent status` reads it).
 pub const STATUS_FILE: &str = "status.json";
+/// The boot partition's mount point and, on it, the state U-Boot's boot.scr and Linux share:
+/// which root slot boots and how many attempts each has left (bootslot.rs).
+pub const BOOT_MOUNT: &str = "/boot/firmware";
+pub const BOOT_ENV_NAME: &str = "pi2pi-boot.env";
+/// `BOOT_MOUNT/BOOT_ENV_NAME` (a literal for clap's default; the test keeps them together).
+pub const BOOT_ENV: &str = "/boot/firmware/pi2pi-boot.env";
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_boot_state_is_on_the_boot_partition() {
+        assert_eq!(super::BOOT_ENV, format!("{}/{}", super::BOOT_MOUNT, super::BOOT_ENV_NAME));
+    }
+}

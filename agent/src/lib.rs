@@ -4,6 +4,7 @@
 //! over [`transport`] (OpenSSH) with the [`proto`] frames. Receiver: [`serve`], the forced command
 //! of the sender's key. See ARCHITECTURE.md for the guarantees and where each is enforced.
 
+pub mod bootslot;
 pub mod commit;
 pub mod config;
 pub mod daemon;

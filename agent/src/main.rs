@@ -1,8 +1,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
-use pi2pi_agent::{config, daemon, lock, serve, status};
+use pi2pi_agent::bootslot::{self, Health, Slot};
+use pi2pi_agent::{config, daemon, layout, lock, serve, status};
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
 
@@ -35,6 +37,59 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Which root slot boots (the state boot.scr keeps on the boot partition); RAUC's custom
+    /// boot-loader interface. Needs no agent configuration.
+    Boot {
+        /// The state file.
+        #[arg(long, default_value = layout::BOOT_ENV)]
+        env: PathBuf,
+        #[command(subcommand)]
+        op: BootOp,
+    },
+}
+
+#[derive(Subcommand)]
+enum BootOp {
+    /// The slot the next boot starts.
+    GetPrimary,
+    /// Boot SLOT next, with all its attempts; the other stays as the fallback.
+    SetPrimary { slot: Slot },
+    /// Whether SLOT may be booted (good) or is passed over (bad).
+    GetState { slot: Slot },
+    SetState { slot: Slot, state: Health },
+    /// The slot this system was booted from.
+    GetCurrent,
+    /// This boot was healthy: give the booted slot its attempts back.
+    MarkGood,
+    /// The whole state, as the file holds it.
+    Show,
+}
+
+/// `pi2pi-agent boot …`: prints what RAUC reads (one word) and changes only what it is asked to.
+fn boot(env: &std::path::Path, op: BootOp) -> anyhow::Result<()> {
+    let mut state = bootslot::load(env)?;
+    let change = |state: &bootslot::BootState| bootslot::store(env, state);
+    match op {
+        BootOp::GetPrimary => println!("{}", state.primary().context("no slot has boot attempts left")?),
+        BootOp::SetPrimary { slot } => {
+            state.set_primary(slot);
+            change(&state)?
+        }
+        BootOp::GetState { slot } => println!("{}", state.health(slot)),
+        BootOp::SetState { slot, state: health } => {
+            state.set_health(slot, health);
+            change(&state)?
+        }
+        BootOp::GetCurrent => println!("{}", bootslot::booted_here()?),
+        BootOp::MarkGood => {
+            let slot = bootslot::booted_here()?;
+            state.set_health(slot, Health::Good);
+            change(&state)?;
+            tracing::info!("slot {slot} booted and is marked good ({} attempts)", state.left(slot));
+        }
+        BootOp::Show => print!("{}", state.render()),
+    }
+    Ok(())
 }
 
 /// `--into`'s value is one directory name, by the host-name rule (never a path).
@@ -50,6 +105,15 @@ fn main() -> ExitCode {
         .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(false))
         .with(filter.unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO)))
         .init();
+    if let Cmd::Boot { env, op } = cli.cmd {
+        return match boot(&env, op) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("pi2pi-agent: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let cfg = match config::Config::load(&cli.config) {
         Ok(c) => c,
         Err(e) => {
@@ -70,6 +134,7 @@ fn main() -> ExitCode {
             print!("{s}");
             ExitCode::SUCCESS
         }),
+        Cmd::Boot { .. } => unreachable!("handled before the configuration is read"),
     };
     match result {
         Ok(code) => code,
