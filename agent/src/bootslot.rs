@@ -123,12 +123,7 @@ impl BootState {
     /// The file's text, as `env export -t` writes it (sorted names).
     pub fn render(&self) -> String {
         let order: Vec<String> = self.order.iter().map(Slot::to_string).collect();
-        format!(
-            "BOOT_A_LEFT={}\nBOOT_B_LEFT={}\nBOOT_ORDER={}\n",
-            self.left[Slot::A.index()],
-            self.left[Slot::B.index()],
-            order.join(" ")
-        )
+        format!("BOOT_A_LEFT={}\nBOOT_B_LEFT={}\nBOOT_ORDER={}\n", self.left[Slot::A.index()], self.left[Slot::B.index()], order.join(" "))
     }
 
     pub fn left(&self, slot: Slot) -> u8 {

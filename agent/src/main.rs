@@ -53,10 +53,17 @@ enum BootOp {
     /// The slot the next boot starts.
     GetPrimary,
     /// Boot SLOT next, with all its attempts; the other stays as the fallback.
-    SetPrimary { slot: Slot },
+    SetPrimary {
+        slot: Slot,
+    },
     /// Whether SLOT may be booted (good) or is passed over (bad).
-    GetState { slot: Slot },
-    SetState { slot: Slot, state: Health },
+    GetState {
+        slot: Slot,
+    },
+    SetState {
+        slot: Slot,
+        state: Health,
+    },
     /// The slot this system was booted from.
     GetCurrent,
     /// This boot was healthy: give the booted slot its attempts back.

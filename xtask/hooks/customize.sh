@@ -17,6 +17,19 @@ rm "$root/usr/sbin/update-initramfs"
 chroot "$root" dpkg-divert --quiet --local --rename --remove /usr/sbin/update-initramfs
 chroot "$root" update-initramfs -c -k all
 
+# Each root slot keeps its kernel and initrd in its own /boot, where U-Boot's boot.scr loads them
+# (through the /vmlinuz and /initrd.img links apt keeps). raspi-firmware's hooks would copy a
+# newer kernel to the boot partition both slots share and rewrite its config.txt to start that
+# kernel directly, past U-Boot and the slots. They are diverted (dpkg keeps the package's
+# versions beside them, as *.distrib, which run-parts skips), and the card's layer puts pi2pi's
+# hook in their place: raspi-firmware's own postinst runs the kernel hook by name.
+for hook in /etc/kernel/postinst.d/z50-raspi-firmware /etc/kernel/postrm.d/z50-raspi-firmware \
+            /etc/initramfs/post-update.d/z50-raspi-firmware; do
+    if [ -e "$root$hook" ]; then
+        chroot "$root" dpkg-divert --quiet --local --rename --add "$hook"
+    fi
+done
+
 sed -i "s/^# *\($locale \)/\1/" "$root/etc/locale.gen"
 chroot "$root" locale-gen >/dev/null
 

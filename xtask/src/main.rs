@@ -181,7 +181,11 @@ fn main() -> Result<()> {
             print!("{}", image::summary(&built));
         }
         Task::Verify { cold } => verify::run(&sh, &load()?, cold, None)?,
-        Task::Keys => keys::ensure(&sh, &load()?)?,
+        Task::Keys => {
+            let cfg = load()?;
+            setup::ensure(&sh, cfg.base.arch)?;
+            keys::ensure(&sh, &cfg)?
+        }
         Task::Flash { host, device, yes, force } => {
             let cfg = load()?;
             let img = image::Options::default_for(&sh).out_dir.join(format!("{}.img", cfg.host(&host)?.name));

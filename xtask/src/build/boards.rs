@@ -309,6 +309,12 @@ pub fn firmware_choice(config: &str, filters: &[&str]) -> Result<Choice> {
     Ok(Choice { kernel: kernel.context("config.txt names no kernel= (the firmware would look for its own default name)")?, initramfs })
 }
 
+/// Whether the firmware of any board of the card starts the kernel itself (so the kernel and
+/// initramfs must be on the boot partition, not only in the root slots).
+pub fn starts_a_kernel(arch: Arch, kernel_version: KernelVersion) -> bool {
+    for_card(arch, kernel_version).any(|b| b.start == Start::Kernel)
+}
+
 /// The file a U-Boot build is on the boot partition as.
 pub fn u_boot_file(config: &str) -> String {
     format!("u-boot-{config}.bin")

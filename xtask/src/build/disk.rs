@@ -1,6 +1,8 @@
 //! Stage 5: the card image: MBR with a fixed disk id, a FAT32 boot partition (mkfs.vfat and
-//! mtools, no mount) and an ext4 root (mke2fs from the root tarball), with every identifier and
-//! time fixed so the same inputs give the same bytes.
+//! mtools, no mount), two root slots (slot A's ext4 made by mke2fs from the root tarball, slot B
+//! empty until an update writes it) and the data partition (ext4 from its tarball), with every
+//! identifier and time fixed so the same inputs give the same bytes. `partitions` says which is
+//! which.
 
 use fs_err::{File, OpenOptions};
 use std::collections::BTreeMap;
@@ -26,16 +28,21 @@ pub struct Ids {
     pub disk_id: u32,
     pub boot_volid: u32,
     pub root_uuid: String,
+    pub data_uuid: String,
 }
 
 impl Ids {
     pub fn for_host(host: &str) -> Ids {
         let h = |tag: &str| crate::build::cache::sha256_hex(format!("pi2pi:{tag}:{host}").as_bytes());
-        let u = h("root-uuid");
+        let uuid = |tag: &str| {
+            let u = h(tag);
+            format!("{}-{}-4{}-8{}-{}", &u[..8], &u[8..12], &u[13..16], &u[17..20], &u[20..32])
+        };
         Ids {
             disk_id: u32::from_str_radix(&h("disk-id")[..8], 16).unwrap(),
             boot_volid: u32::from_str_radix(&h("boot-volid")[..8], 16).unwrap(),
-            root_uuid: format!("{}-{}-4{}-8{}-{}", &u[..8], &u[8..12], &u[13..16], &u[17..20], &u[20..32]),
+            root_uuid: uuid("root-uuid"),
+            data_uuid: uuid("data-uuid"),
         }
     }
 }
@@ -74,29 +81,29 @@ pub fn boot_fs(sh: &Shell, files: &BTreeMap<String, Vec<u8>>, mib: u64, volid: u
     Fat::create(sh, out, "BOOT", mib * 1024, Some(volid))?.copy_in(sh, &paths, "/")
 }
 
-/// ext4 from the tarball. Sized from its contents plus headroom; grows on first boot.
-#[allow(clippy::too_many_arguments)] // each is one mke2fs input; a struct would only rename them
-pub fn root_fs(
-    sh: &Shell,
-    m: &Mke2fs,
-    tar: &Path,
-    data_bytes: u64,
-    entries: u64,
-    headroom_mib: u64,
-    uuid: &str,
-    epoch: u64,
-    out: &Path,
-) -> Result<u64> {
+/// One ext4 filesystem made from a tarball.
+pub struct Ext4<'a> {
+    pub tar: &'a Path,
+    pub stats: &'a crate::build::rootfs::Stats,
+    /// Free space it gets beyond what the tarball needs.
+    pub headroom_mib: u64,
+    pub label: &'a str,
+    pub uuid: &'a str,
+}
+
+/// ext4 from the tarball, sized from its contents plus headroom; returns its size.
+pub fn ext4(sh: &Shell, m: &Mke2fs, fs: &Ext4, epoch: u64, out: &Path) -> Result<u64> {
+    let Ext4 { tar, stats, headroom_mib, label, uuid } = *fs;
     // Data blocks, per-entry metadata (inode, directory entry), journal and bitmaps, 5% slack;
-    // the headroom is all the free space the card has until first boot grows it.
-    let mut bytes = (data_bytes + entries * 512 + 40 * MIB) * 21 / 20 + headroom_mib * MIB;
+    // the headroom is the free space it has until first boot grows it.
+    let mut bytes = (stats.blocks_bytes + stats.entries * 512 + 40 * MIB) * 21 / 20 + headroom_mib * MIB;
     bytes = bytes.div_ceil(MIB) * MIB;
     for _ in 0..5 {
         let _ = fs_err::remove_file(out);
         File::create(out)?.set_len(bytes)?;
         let prog = &m.program;
         let extended = format!("hash_seed={uuid},root_owner=0:0,lazy_itable_init=0,lazy_journal_init=0");
-        let mut c = cmd!(sh, "{prog} -q -F -t ext4 -b 4096 -L rootfs -U {uuid} -E {extended} -d {tar} {out}")
+        let mut c = cmd!(sh, "{prog} -q -F -t ext4 -b 4096 -L {label} -U {uuid} -E {extended} -d {tar} {out}")
             .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
             .quiet()
             .ignore_status();
@@ -119,36 +126,55 @@ pub fn root_fs(
     bail!("mke2fs could not fit {} into {bytes} bytes", tar.display())
 }
 
-/// Writes the MBR and both partitions into `out`; returns the image size. Zero runs are left as
-/// holes, so the file is sparse on disk while still being a plain raw image.
-pub fn assemble(disk_id: u32, boot: &Path, root: &Path, out: &Path) -> Result<u64> {
-    let boot_len = fs_err::metadata(boot)?.len();
-    let root_len = fs_err::metadata(root)?.len();
-    let root_lba = FIRST_LBA + boot_len / SECTOR;
-    let total = (root_lba * SECTOR + root_len).div_ceil(MIB) * MIB;
+/// A partition of the card: its type, its size, and the filesystem image it starts with (none:
+/// left empty, a hole in the image file).
+pub struct Part<'a> {
+    pub sys: u8,
+    pub bytes: u64,
+    pub image: Option<&'a Path>,
+}
+
+/// MBR types: FAT32 (LBA), what the Pi's boot ROM looks for; Linux.
+pub const FAT32: u8 = 0x0c;
+pub const LINUX: u8 = 0x83;
+
+/// Writes the MBR and the partitions, in order from 4 MiB, into `out` (the first is marked
+/// active); returns the image size. Zero runs are left as holes, so the file is sparse on disk
+/// while still being a plain raw image.
+pub fn assemble(disk_id: u32, parts: &[Part], out: &Path) -> Result<u64> {
+    anyhow::ensure!((1..=4).contains(&parts.len()), "an MBR holds 1 to 4 primary partitions, not {}", parts.len());
+    let mut lba = FIRST_LBA;
+    let mut placed = Vec::new();
+    for p in parts {
+        anyhow::ensure!(p.bytes % MIB == 0, "partition sizes are whole MiB");
+        if let Some(img) = p.image {
+            let len = fs_err::metadata(img)?.len();
+            anyhow::ensure!(len <= p.bytes, "{} ({len} bytes) does not fit its {}-byte partition", img.display(), p.bytes);
+        }
+        placed.push((lba, p));
+        lba += p.bytes / SECTOR;
+    }
+    let total = lba * SECTOR;
     let _ = fs_err::remove_file(out);
     let mut f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(out)?;
     f.set_len(total)?;
     let mut mbr = mbrman::MBR::new_from(&mut f, SECTOR as u32, disk_id.to_le_bytes()).context("creating the MBR")?;
-    mbr[1] = mbrman::MBRPartitionEntry {
-        boot: mbrman::BOOT_ACTIVE,
-        first_chs: mbrman::CHS::empty(),
-        sys: 0x0c, // FAT32 (LBA): what the Pi's boot ROM looks for
-        last_chs: mbrman::CHS::empty(),
-        starting_lba: FIRST_LBA as u32,
-        sectors: (boot_len / SECTOR) as u32,
-    };
-    mbr[2] = mbrman::MBRPartitionEntry {
-        boot: mbrman::BOOT_INACTIVE,
-        first_chs: mbrman::CHS::empty(),
-        sys: 0x83,
-        last_chs: mbrman::CHS::empty(),
-        starting_lba: root_lba as u32,
-        sectors: (root_len / SECTOR) as u32,
-    };
+    for (i, (start, p)) in placed.iter().enumerate() {
+        mbr[i + 1] = mbrman::MBRPartitionEntry {
+            boot: if i == 0 { mbrman::BOOT_ACTIVE } else { mbrman::BOOT_INACTIVE },
+            first_chs: mbrman::CHS::empty(),
+            sys: p.sys,
+            last_chs: mbrman::CHS::empty(),
+            starting_lba: *start as u32,
+            sectors: (p.bytes / SECTOR) as u32,
+        };
+    }
     mbr.write_into(&mut f).context("writing the MBR")?;
-    copy_sparse(boot, &mut f, FIRST_LBA * SECTOR)?;
-    copy_sparse(root, &mut f, root_lba * SECTOR)?;
+    for (start, p) in &placed {
+        if let Some(img) = p.image {
+            copy_sparse(img, &mut f, start * SECTOR)?;
+        }
+    }
     f.sync_all()?;
     Ok(total)
 }

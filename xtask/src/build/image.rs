@@ -12,7 +12,9 @@ use xshell::Shell;
 
 use crate::build::arch::Arch;
 use crate::build::config::{Base, Host, ImageConfig};
-use crate::build::{agent_build, base, boards, disk, keys, layers, rootfs, setup, ship, tools, uboot};
+use crate::build::{agent_build, base, boards, bundle, disk, keys, layers, rootfs, setup, ship, tools, uboot};
+use pi2pi_agent::bootslot::BootState;
+use pi2pi_agent::layout::BOOT_ENV_NAME;
 
 pub struct Options {
     pub update_lock: bool,
@@ -60,6 +62,8 @@ pub struct Built {
     pub epoch: u64,
     /// Its kernel's version, which decides some of the boards it is for.
     pub kernel_version: boards::KernelVersion,
+    /// `<host>.raucb` and its size, when what ships is written.
+    pub bundle: Option<(PathBuf, u64)>,
     pub stages: Vec<Lap>,
 }
 
@@ -85,6 +89,7 @@ pub fn select<'a>(cfg: &'a ImageConfig, which: &str) -> Result<Vec<&'a Host>> {
 }
 
 pub fn build(sh: &Shell, cfg: &ImageConfig, hosts: &[&Host], opts: &Options) -> Result<Vec<Built>> {
+    setup::ensure(sh, cfg.base.arch)?; // the tools keys are made with
     keys::ensure(sh, cfg)?;
     // Every build starts from an empty build directory (what `verify` compares).
     let _ = fs_err::remove_dir_all(&opts.work_dir);
@@ -138,6 +143,9 @@ fn build_group(sh: &Shell, cfg: &ImageConfig, b: &Base, hosts: &[&Host], opts: &
     let mke2fs = tools::mke2fs(sh, &opts.cache_dir)?;
     let facts_s = t_facts.elapsed().as_secs_f64();
     let epoch = base.pins.source_date_epoch;
+    let version = bundle::version(sh, epoch)?;
+    let update_keys = keys::update(sh);
+    let update_cert = update_keys.read_cert()?;
 
     let shared = Shared {
         cfg,
@@ -152,6 +160,9 @@ fn build_group(sh: &Shell, cfg: &ImageConfig, b: &Base, hosts: &[&Host], opts: &
         initrd,
         mke2fs: &mke2fs,
         epoch,
+        version,
+        update_keys: &update_keys,
+        update_cert: &update_cert,
         drivers,
         stages: [("setup", setup_s), ("base", base.seconds), ("agent", agent.seconds), ("facts", facts_s)]
             .map(|(stage, seconds)| Lap { stage, seconds })
@@ -195,7 +206,7 @@ fn ship_all(sh: &Shell, cfg: &ImageConfig, dir: &Path, built: &mut [Built]) -> R
         b.stages.push(Lap { stage: "xz", seconds: shipped.xz_seconds });
         b.stages.push(Lap { stage: "bmap", seconds: shipped.bmap_seconds });
         sums.push((b.path.clone(), b.sha256.clone()));
-        for f in [&shipped.xz, &shipped.bmap] {
+        for f in [&shipped.xz, &shipped.bmap].into_iter().chain(b.bundle.as_ref().map(|(f, _)| f)) {
             sums.push((f.clone(), ship::sha256_file(f)?));
         }
         let host = cfg.host(&b.host)?;
@@ -223,6 +234,10 @@ struct Shared<'a> {
     initrd: String,
     mke2fs: &'a tools::Mke2fs,
     epoch: u64,
+    /// What makes this build newer than another (`bundle::version`), on the card and its bundle.
+    version: u64,
+    update_keys: &'a keys::UpdateKeys,
+    update_cert: &'a str,
     /// What the base's kernel and initramfs carry, for the hardware manifest.
     drivers: crate::build::manifest::Drivers,
     stages: Vec<Lap>,
@@ -261,13 +276,20 @@ fn build_host(sh: &Shell, shared: &Shared, host: &Host) -> Result<Built> {
         initrd: initrd.clone(),
         firmware_lines: boards::firmware_lines(shared.arch, shared.kernel_version, kernel, initrd),
         epoch,
+        update: layers::Update { compatible: bundle::compatible(&host.name), version: shared.version, cert: shared.update_cert },
     })?;
-    let root_tar = work.join("root.tar");
-    let stats = rootfs::write(base_tar, &facts.boot, &layer, epoch, &root_tar)?;
+    let (root_tar, data_tar) = (work.join("root.tar"), work.join("data.tar"));
+    let split = rootfs::write(base_tar, &layer, epoch, &root_tar, &data_tar)?;
     lap("layers", &mut stages);
 
     // The firmware's own config.txt/cmdline.txt give way to ours.
     let mut boot: BTreeMap<String, Vec<u8>> = facts.boot.clone();
+    if !boards::starts_a_kernel(shared.arch, shared.kernel_version) {
+        // U-Boot loads each slot's kernel from the slot; only a board whose firmware starts the
+        // kernel needs it here.
+        boot.retain(|name, _| name != kernel && name != initrd);
+    }
+    boot.insert(BOOT_ENV_NAME.to_string(), BootState::fresh().render().into_bytes());
     boot.extend(layer.boot.clone());
     boards::add_dtb_aliases(&mut boot);
     boot.extend(uboot::binaries(shared.arch, shared.kernel_version, &facts.u_boot, &cfg.base_of(host).bootloader)?);
@@ -277,28 +299,63 @@ fn build_host(sh: &Shell, shared: &Shared, host: &Host) -> Result<Built> {
     crate::build::manifest::check(shared.arch, kernel_version, host.role, &shared.drivers)?;
     let boot_img = work.join("boot.vfat");
     disk::boot_fs(sh, &boot, cfg.image.boot_mib, ids.boot_volid, epoch, &work, &boot_img)?;
-    let root_img = work.join("root.ext4");
-    disk::root_fs(sh, mke2fs, &root_tar, stats.blocks_bytes, stats.entries, cfg.image.root_headroom_mib, &ids.root_uuid, epoch, &root_img)?;
+    let (root_img, data_img) = (work.join("root.ext4"), work.join("data.ext4"));
+    let root =
+        disk::Ext4 { tar: &root_tar, stats: &split.root, headroom_mib: cfg.image.root_headroom_mib, label: "rootfs", uuid: &ids.root_uuid };
+    let root_bytes = disk::ext4(sh, mke2fs, &root, epoch, &root_img)?;
+    let slot_bytes = cfg.image.slot_mib << 20;
+    if root_bytes > slot_bytes {
+        bail!(
+            "the root filesystem needs {} MiB, more than a root slot's image.slot_mib = {}: raise it (the card then needs twice that)",
+            root_bytes >> 20,
+            cfg.image.slot_mib
+        );
+    }
+    let data = disk::Ext4 { tar: &data_tar, stats: &split.data, headroom_mib: cfg.image.data_mib, label: "data", uuid: &ids.data_uuid };
+    let data_bytes = disk::ext4(sh, mke2fs, &data, epoch, &data_img)?;
     let img = opts.out_dir.join(format!("{}.img", host.name));
-    let bytes = disk::assemble(ids.disk_id, &boot_img, &root_img, &img)?;
+    let parts = [
+        disk::Part { sys: disk::FAT32, bytes: cfg.image.boot_mib << 20, image: Some(&boot_img) },
+        disk::Part { sys: disk::LINUX, bytes: slot_bytes, image: Some(&root_img) },
+        disk::Part { sys: disk::LINUX, bytes: slot_bytes, image: None },
+        disk::Part { sys: disk::LINUX, bytes: data_bytes, image: Some(&data_img) },
+    ];
+    let bytes = disk::assemble(ids.disk_id, &parts, &img)?;
     lap("disk", &mut stages);
 
     if bytes > cfg.image.max_bytes {
         bail!(
-            "{} is {bytes} bytes (boot {} MiB + root {} MiB), over image.max_bytes = {}: trim base.packages or raise the limit",
+            "{} is {bytes} bytes (boot {} MiB + two root slots of {} MiB + data {} MiB), over image.max_bytes = {}: lower image.slot_mib or raise the limit",
             img.display(),
             cfg.image.boot_mib,
-            fs_err::metadata(&root_img)?.len() >> 20,
+            cfg.image.slot_mib,
+            data_bytes >> 20,
             cfg.image.max_bytes
         );
     }
     let sha256 = ship::sha256_file(&img)?;
     lap("checks", &mut stages);
+    let bundle = if opts.ship {
+        let out = opts.out_dir.join(bundle::file_name(&host.name));
+        let inputs = bundle::Inputs {
+            host: &host.name,
+            root: &root_img,
+            version: shared.version,
+            epoch,
+            keys: shared.update_keys,
+            hook: &sh.current_dir().join("overlays/bundle/hook"),
+        };
+        let bytes = bundle::write(sh, &inputs, &work, &out)?;
+        lap("bundle", &mut stages);
+        Some((out, bytes))
+    } else {
+        None
+    };
     // The intermediate filesystems are as big as the image: don't keep two copies around.
-    for f in [&root_img, &boot_img, &root_tar] {
+    for f in [&root_img, &data_img, &boot_img, &root_tar, &data_tar] {
         let _ = fs_err::remove_file(f);
     }
-    Ok(Built { host: host.name.clone(), path: img, bytes, sha256, xz_bytes: 0, epoch, kernel_version, stages })
+    Ok(Built { host: host.name.clone(), path: img, bytes, sha256, xz_bytes: 0, epoch, kernel_version, bundle, stages })
 }
 
 /// SHA256SUMS in `sha256sum -c` format over `files` (path, hash); lines for files not written
@@ -327,7 +384,8 @@ pub fn summary(built: &[Built]) -> String {
             b.path.display(),
             b.bytes,
             b.bytes as f64 / (1 << 20) as f64,
-            if b.xz_bytes > 0 { format!("; .img.xz {:.1} MB", b.xz_bytes as f64 / 1e6) } else { String::new() },
+            if b.xz_bytes > 0 { format!("; .img.xz {:.1} MB", b.xz_bytes as f64 / 1e6) } else { String::new() }
+                + &b.bundle.as_ref().map(|(_, n)| format!("; .raucb {:.1} MB", *n as f64 / 1e6)).unwrap_or_default(),
             b.sha256,
             total,
             stages.join(", ")

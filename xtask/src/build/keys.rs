@@ -1,6 +1,7 @@
 //! `cargo xtask keys`: SSH host and user keys for every host, made once with ssh-keygen into
-//! `keys/` (ignored by git, never committed). Later builds reuse them, so rebuilt or cloned cards
-//! keep trusting each other.
+//! `keys/` (ignored by git, never committed), and the deployment's update-signing key and
+//! certificate (openssl). Later builds reuse them, so rebuilt or cloned cards keep trusting each
+//! other and the updates built for them.
 
 use std::path::{Path, PathBuf};
 
@@ -51,8 +52,54 @@ pub fn for_host(sh: &Shell, host: &str) -> HostKeys {
     HostKeys { host_key: d.join("ssh_host_ed25519_key"), user_key: d.join("id_ed25519") }
 }
 
+/// The deployment's update-signing key (RAUC signs each `<host>.raucb` with it) and its
+/// certificate, which every card carries as RAUC's keyring. Files, so no host name can take them.
+pub struct UpdateKeys {
+    pub key: PathBuf,
+    pub cert: PathBuf,
+}
+
+pub fn update(sh: &Shell) -> UpdateKeys {
+    let d = dir(sh);
+    UpdateKeys { key: d.join("update.key.pem"), cert: d.join("update.cert.pem") }
+}
+
+impl UpdateKeys {
+    /// The certificate, as it goes onto cards.
+    pub fn read_cert(&self) -> Result<String> {
+        fs_err::read_to_string(&self.cert).with_context(|| format!("reading {} (run `cargo xtask keys`)", self.cert.display()))
+    }
+
+    /// A self-signed RSA key and certificate. RSA because its signatures (PKCS#1 v1.5) are
+    /// deterministic, so the same bundle gets the same bytes on every build (ECDSA's are random);
+    /// valid from 2000 to 2099 because a Pi checks the certificate at the bundle's signing time,
+    /// the build's epoch, which may be older than the key (its own clock is no guide offline).
+    pub fn make(&self, sh: &Shell) -> Result<()> {
+        let (key, cert) = (&self.key, &self.cert);
+        anyhow::ensure!(
+            !key.exists() && !cert.exists(),
+            "{} and {} go together: restore the missing one from where keys/ is kept, or move both aside to make a new pair \
+             (cards already deployed trust only the old certificate)",
+            key.display(),
+            cert.display()
+        );
+        sh.create_dir(key.parent().unwrap())?;
+        let subject = "/O=pi2pi/CN=pi2pi update signing";
+        proc::read(cmd!(
+            sh,
+            "faketime -f '2000-01-01 00:00:00' openssl req -x509 -newkey rsa:3072 -nodes -days 36500 -subj {subject} -keyout {key} -out {cert}"
+        ))?;
+        eprintln!("keys: made {} and {}", key.display(), cert.display());
+        Ok(())
+    }
+}
+
 /// Makes whatever keys are missing; existing keys are never replaced.
 pub fn ensure(sh: &Shell, cfg: &ImageConfig) -> Result<()> {
+    let u = update(sh);
+    if !(u.key.exists() && u.cert.exists()) {
+        u.make(sh)?;
+    }
     for h in &cfg.hosts {
         let k = for_host(sh, &h.name);
         for (key, comment) in [(&k.host_key, format!("root@{}", h.name)), (&k.user_key, format!("{}@{}", cfg.system.user, h.name))] {

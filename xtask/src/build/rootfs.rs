@@ -11,6 +11,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 
 use crate::build::layers::{Entry, Kind, Layer};
+use crate::build::partitions::{self, Route, PERSISTED};
 
 /// What the root tarball holds, for sizing the filesystem.
 pub struct Stats {
@@ -89,18 +90,43 @@ pub fn user_ids(passwd: &str, user: &str) -> Result<(u32, u32)> {
         .with_context(|| format!("user `{user}` is not in the base's /etc/passwd"))
 }
 
-/// Writes the root tarball. `boot` is the boot partition's files as the base has them: the base's
-/// `/boot/<name>` that is the same file as the boot partition's `<name>` (the kernel and initrd,
-/// which raspi-firmware copies there) becomes a link to `firmware/<name>` instead of a second copy
-/// (23 MB of the compressed card). The FAT is mounted at /boot/firmware, so /boot/vmlinuz-* still
-/// exists for linux-version and update-initramfs; an upgrade writes real files again.
-pub fn write(base: &Path, boot: &BTreeMap<String, Vec<u8>>, layer: &Layer, epoch: u64, out: &Path) -> Result<Stats> {
+/// A tarball being written, and what it holds so far.
+struct Tar {
+    b: tar::Builder<BufWriter<File>>,
+    stats: Stats,
+}
+
+impl Tar {
+    fn create(path: &Path) -> Result<Tar> {
+        let f = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        let mut b = tar::Builder::new(BufWriter::with_capacity(1 << 20, f));
+        b.mode(tar::HeaderMode::Complete);
+        Ok(Tar { b, stats: Stats { entries: 0, blocks_bytes: 0 } })
+    }
+
+    fn finish(self) -> Result<Stats> {
+        self.b.into_inner()?.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        Ok(self.stats)
+    }
+}
+
+/// What [`write`] wrote: the root slot's tarball and the data partition's.
+pub struct Split {
+    pub root: Stats,
+    pub data: Stats,
+}
+
+/// Writes the root tarball and the data partition's: the base's entries then the layer's, each
+/// where `partitions::route` sends it. The boot partition's files are left out (they are on the
+/// FAT); the base's /boot keeps its kernel and initrd, which U-Boot loads from the slot.
+pub fn write(base: &Path, layer: &Layer, epoch: u64, root_out: &Path, data_out: &Path) -> Result<Split> {
     let mut ar = tar::Archive::new(BufReader::with_capacity(1 << 20, File::open(base)?));
-    let mut b =
-        tar::Builder::new(BufWriter::with_capacity(1 << 20, File::create(out).with_context(|| format!("creating {}", out.display()))?));
-    b.mode(tar::HeaderMode::Complete);
-    let mut stats = Stats { entries: 0, blocks_bytes: 0 };
+    let mut root = Tar::create(root_out)?;
+    let mut data = Tar::create(data_out)?;
+    let top = Entry { kind: Kind::Dir, mode: 0o755, uid: 0, gid: 0 };
+    append(&mut data, "./", &top, epoch)?;
     let mut pending = layer.root.clone();
+    let mut persisted: BTreeSet<String> = BTreeSet::new();
 
     for e in ar.entries()? {
         let mut e = e?;
@@ -120,54 +146,93 @@ pub fn write(base: &Path, boot: &BTreeMap<String, Vec<u8>>, layer: &Layer, epoch
                 continue; // replaced by the layer below
             }
         }
-        let xattrs: Vec<(String, Vec<u8>)> = match e.pax_extensions()? {
-            Some(exts) => exts
-                .filter_map(|x| x.ok())
-                .filter_map(|x| Some((x.key().ok()?.to_string(), x.value_bytes().to_vec())))
-                .filter(|(k, _)| k.starts_with("SCHILY.xattr.") || k.starts_with("LIBARCHIVE.xattr."))
-                .collect(),
-            None => Vec::new(),
-        };
-        if !xattrs.is_empty() {
-            b.append_pax_extensions(xattrs.iter().map(|(k, v)| (k.as_str(), v.as_slice())))?;
-        }
         let name = if path.is_empty() { "./".to_string() } else { path.clone() };
-        stats.entries += 1;
-        match header.entry_type() {
-            tar::EntryType::Symlink | tar::EntryType::Link => {
-                let target = e.link_name()?.context("link without a target")?.into_owned();
-                b.append_link(&mut header, &name, target)?;
-            }
-            _ => match path.strip_prefix("boot/").filter(|n| !n.contains('/')).and_then(|n| Some((n, boot.get(n)?))) {
-                Some((file, on_fat)) if header.entry_type().is_file() => {
-                    let mut data = Vec::new();
-                    e.read_to_end(&mut data)?;
-                    if &data == on_fat {
-                        header.set_entry_type(tar::EntryType::Symlink);
-                        header.set_size(0);
-                        header.set_mode(0o777);
-                        b.append_link(&mut header, &name, format!("firmware/{file}"))?;
-                    } else {
-                        stats.blocks_bytes += (data.len() as u64).div_ceil(4096) * 4096;
-                        b.append_data(&mut header, &name, data.as_slice())?;
-                    }
-                }
-                _ => {
-                    stats.blocks_bytes += header.size()?.div_ceil(4096) * 4096;
-                    b.append_data(&mut header, &name, &mut e)?;
-                }
-            },
+        let route = partitions::route(&path);
+        if header.entry_type() == tar::EntryType::Link {
+            let target = norm(&e.link_name()?.context("link without a target")?);
+            anyhow::ensure!(
+                route == Route::Root && partitions::route(&target) == Route::Root,
+                "the base hard-links /{path} to /{target}: a hard link cannot reach the data partition"
+            );
         }
+        let to = match route {
+            Route::Root => &mut root,
+            Route::Data(p) => {
+                copy_entry(&mut data, &mut e, header, &p)?;
+                continue;
+            }
+            Route::Both(p) => {
+                anyhow::ensure!(
+                    header.entry_type().is_dir(),
+                    "the base's /{path} is kept on the data partition, so it must be a directory"
+                );
+                persisted.insert(path.clone());
+                copy_entry(&mut data, &mut e, header.clone(), &p)?;
+                &mut root
+            }
+        };
+        copy_entry(to, &mut e, header, &name)?;
     }
     for (path, entry) in &pending {
-        stats.entries += 1;
-        append(&mut b, path, entry, epoch, &mut stats)?;
+        match partitions::route(path) {
+            Route::Root => append(&mut root, path, entry, epoch)?,
+            Route::Data(p) => append(&mut data, &p, entry, epoch)?,
+            Route::Both(p) => {
+                anyhow::ensure!(entry.kind == Kind::Dir, "/{path} is kept on the data partition, so the layer must make it a directory");
+                persisted.insert(path.clone());
+                append(&mut root, path, entry, epoch)?;
+                append(&mut data, &p, entry, epoch)?;
+            }
+        }
     }
-    b.into_inner()?.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    Ok(stats)
+    // A persisted directory neither the base nor the layer has (dhcpcd's, before it first runs):
+    // the mount point and its data directory, root's.
+    for p in PERSISTED {
+        let path = p.path.trim_start_matches('/');
+        if !persisted.contains(path) {
+            append(&mut root, path, &top, epoch)?;
+            append(&mut data, p.name, &top, epoch)?;
+        }
+    }
+    Ok(Split { root: root.finish()?, data: data.finish()? })
 }
 
-fn append<W: std::io::Write>(b: &mut tar::Builder<W>, path: &str, e: &Entry, epoch: u64, stats: &mut Stats) -> Result<()> {
+/// One entry of the base as `name` in `to`: its xattrs, its link or its data.
+fn copy_entry<R: Read>(to: &mut Tar, e: &mut tar::Entry<R>, mut header: tar::Header, name: &str) -> Result<()> {
+    let xattrs: Vec<(String, Vec<u8>)> = match e.pax_extensions()? {
+        Some(exts) => exts
+            .filter_map(|x| x.ok())
+            .filter_map(|x| Some((x.key().ok()?.to_string(), x.value_bytes().to_vec())))
+            .filter(|(k, _)| k.starts_with("SCHILY.xattr.") || k.starts_with("LIBARCHIVE.xattr."))
+            .collect(),
+        None => Vec::new(),
+    };
+    if !xattrs.is_empty() {
+        to.b.append_pax_extensions(xattrs.iter().map(|(k, v)| (k.as_str(), v.as_slice())))?;
+    }
+    to.stats.entries += 1;
+    match header.entry_type() {
+        tar::EntryType::Symlink => {
+            let target = e.link_name()?.context("link without a target")?.into_owned();
+            to.b.append_link(&mut header, name, target)?;
+        }
+        tar::EntryType::Link => {
+            // Both names of a hard link stay in the root (checked by the caller).
+            let target = e.link_name()?.context("link without a target")?.into_owned();
+            to.b.append_link(&mut header, name, target)?;
+        }
+        _ => {
+            to.stats.blocks_bytes += header.size()?.div_ceil(4096) * 4096;
+            to.b.append_data(&mut header, name, e)?;
+        }
+    }
+    Ok(())
+}
+
+/// A layer entry as `path` in `to`.
+fn append(to: &mut Tar, path: &str, e: &Entry, epoch: u64) -> Result<()> {
+    let (b, stats) = (&mut to.b, &mut to.stats);
+    stats.entries += 1;
     let mut h = tar::Header::new_gnu();
     h.set_mtime(epoch);
     h.set_uid(e.uid as u64);
@@ -215,8 +280,26 @@ pub fn builtin(text: &str) -> impl Iterator<Item = String> + '_ {
 mod tests {
     use super::*;
 
+    /// (path, contents or link target) of every entry of a tarball, in order.
+    fn entries(tar: &Path) -> Vec<(String, String)> {
+        let mut ar = tar::Archive::new(File::open(tar).unwrap());
+        let mut seen = Vec::new();
+        for e in ar.entries().unwrap() {
+            let mut e = e.unwrap();
+            let p = norm(&e.path().unwrap());
+            let mut s = String::new();
+            if e.header().entry_type().is_file() {
+                e.read_to_string(&mut s).unwrap();
+            } else if let Some(target) = e.link_name().unwrap() {
+                s = format!("-> {}", target.display());
+            }
+            seen.push((p, s));
+        }
+        seen
+    }
+
     #[test]
-    fn layer_replaces_adds_and_boot_files_move_out() {
+    fn layer_replaces_adds_boot_files_move_out_and_state_moves_to_data() {
         let t = tempfile_dir();
         let base = t.join("base.tar");
         {
@@ -235,36 +318,26 @@ mod tests {
             add("./etc/hostname", b"debian\n", false);
             add("./boot/", b"", true);
             add("./boot/vmlinuz-6.1", b"KERNEL", false);
-            add("./boot/config-6.1", b"CONFIG", false);
-            add("./boot/initrd.img-6.1", b"OLD INITRD", false);
             add("./boot/firmware/", b"", true);
             add("./boot/firmware/vmlinuz-6.1", b"KERNEL", false);
-            add("./boot/firmware/initrd.img-6.1", b"NEW INITRD", false);
+            add("./var/", b"", true);
+            add("./var/lib/", b"", true);
+            add("./var/lib/misc/", b"", true);
+            add("./var/lib/misc/dnsmasq.leases", b"LEASES", false);
             b.finish().unwrap();
         }
         let facts = read_base_facts(&base).unwrap();
-        assert_eq!(facts.boot.keys().collect::<Vec<_>>(), vec!["initrd.img-6.1", "vmlinuz-6.1"]);
+        assert_eq!(facts.boot.keys().collect::<Vec<_>>(), vec!["vmlinuz-6.1"]);
         assert_eq!(user_ids(&facts.passwd, "pi").unwrap(), (1000, 1000));
         assert!(user_ids(&facts.passwd, "bob").is_err());
 
         let mut layer = Layer::default();
         layer.root.insert("etc/hostname".into(), Entry { kind: Kind::File(b"rpa\n".to_vec()), mode: 0o644, uid: 0, gid: 0 });
         layer.root.insert("etc/new".into(), Entry { kind: Kind::Symlink("/x".into()), mode: 0o777, uid: 0, gid: 0 });
-        let out = t.join("root.tar");
-        write(&base, &facts.boot, &layer, 99, &out).unwrap();
-        let mut ar = tar::Archive::new(File::open(&out).unwrap());
-        let mut seen = Vec::new();
-        for e in ar.entries().unwrap() {
-            let mut e = e.unwrap();
-            let p = norm(&e.path().unwrap());
-            let mut s = String::new();
-            if e.header().entry_type().is_file() {
-                e.read_to_string(&mut s).unwrap();
-            } else if let Some(target) = e.link_name().unwrap() {
-                s = format!("-> {}", target.display());
-            }
-            seen.push((p, s));
-        }
+        layer.root.insert("var/lib/pi2pi".into(), Entry { kind: Kind::Dir, mode: 0o755, uid: 1000, gid: 1000 });
+        let (root, data) = (t.join("root.tar"), t.join("data.tar"));
+        let split = write(&base, &layer, 99, &root, &data).unwrap();
+        let seen = entries(&root);
         let paths: Vec<&str> = seen.iter().map(|(p, _)| p.as_str()).collect();
         assert_eq!(
             paths,
@@ -274,22 +347,35 @@ mod tests {
                 "etc/passwd",
                 "boot",
                 "boot/vmlinuz-6.1",
-                "boot/config-6.1",
-                "boot/initrd.img-6.1",
                 "boot/firmware",
+                "var",
+                "var/lib",
+                "var/lib/misc",
                 "etc/hostname",
-                "etc/new"
+                "etc/new",
+                "var/lib/pi2pi",
+                "var/lib/dhcpcd",
+                "var/lib/chrony"
             ]
         );
-        // The kernel, the same file as on the FAT, is linked to it; the initrd that differs is kept.
-        assert_eq!(seen[4].1, "-> firmware/vmlinuz-6.1");
-        assert_eq!(seen[5].1, "CONFIG");
-        assert_eq!(seen[6].1, "OLD INITRD");
-        assert_eq!(seen[8].1, "rpa\n");
+        // The slot keeps its kernel (U-Boot loads it from there); the layer's file replaced the base's.
+        assert_eq!(seen[4].1, "KERNEL");
+        assert_eq!(seen[9].1, "rpa\n");
+        // The persisted directories' contents are on the data partition, under their names; the
+        // root keeps each directory, empty, as its mount point.
+        let data_paths: Vec<(String, String)> = entries(&data);
+        assert_eq!(
+            data_paths,
+            [("", ""), ("misc", ""), ("misc/dnsmasq.leases", "LEASES"), ("pi2pi", ""), ("dhcpcd", ""), ("chrony", "")]
+                .map(|(p, c)| (p.to_string(), c.to_string()))
+                .to_vec()
+        );
+        assert_eq!((split.root.entries, split.data.entries), (14, 6));
         // Same inputs, same bytes.
-        let again = t.join("again.tar");
-        write(&base, &facts.boot, &layer, 99, &again).unwrap();
-        assert_eq!(fs_err::read(&out).unwrap(), fs_err::read(&again).unwrap());
+        let (root2, data2) = (t.join("root2.tar"), t.join("data2.tar"));
+        write(&base, &layer, 99, &root2, &data2).unwrap();
+        assert_eq!(fs_err::read(&root).unwrap(), fs_err::read(&root2).unwrap());
+        assert_eq!(fs_err::read(&data).unwrap(), fs_err::read(&data2).unwrap());
     }
 
     fn tempfile_dir() -> std::path::PathBuf {

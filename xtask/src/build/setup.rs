@@ -39,6 +39,10 @@ pub const PACKAGES: &[&str] = &[
     "bmap-tools",           // <host>.img.bmap, and the round-trip check with `bmaptool copy`
     "device-tree-compiler", // fdtput: the board test's copy of a dtb, for what QEMU does not model
     "u-boot-tools",         // mkimage: the cards' boot.scr; the board test's 32-bit U-Boot as a uImage
+    "rauc",                 // <host>.raucb, the update bundles
+    "squashfs-tools",       // mksquashfs, which rauc runs
+    "openssl",              // the update-signing key and certificate
+    "faketime",             // the signing times fixed: the certificate's start, each bundle's signature
 ];
 
 pub const RUST_TARGETS: &[&str] = &["aarch64-unknown-linux-musl", "armv7-unknown-linux-gnueabihf"];

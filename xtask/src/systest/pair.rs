@@ -23,8 +23,9 @@ use crate::build::config::{Host, ImageConfig, Role, Schedule};
 use crate::build::image;
 use crate::build::mac::{Mac, PiMacs};
 use crate::vm::drive::{drive_tree, make_drive, test_files, DRIVE_KIB};
-use crate::vm::guest::{guest_tree, guest_written, wait_arrival, wait_idle, wait_mounted, wait_until};
+use crate::vm::guest::{check_boot_state, guest_tree, guest_written, wait_arrival, wait_idle, wait_mounted, wait_until};
 use crate::vm::qemu::{self, Power, Vm};
+use pi2pi_agent::bootslot::Slot;
 
 pub struct Report {
     /// Each host and the schedule its agent ran on.
@@ -269,6 +270,7 @@ impl Pair<'_> {
                 vm.ok("systemctl is-active cron && test -f /etc/cron.d/pi2pi-agent")?;
             }
             wait_mounted(vm, mount, "vfat")?;
+            check_boot_state(vm, Slot::A).with_context(|| format!("{}: the boot slot", h.name))?;
             let units = crate::build::layers::masked_units().collect::<Vec<_>>().join(" ");
             let (_, state) = vm.exec(&format!("systemctl is-enabled {units}"))?;
             ensure!(state.lines().all(|l| l.trim() == "masked"), "{}: {units} should be masked: {state}", h.name);
@@ -416,6 +418,9 @@ impl Pair<'_> {
         let receiving = format!("{mount}/receiving");
         let before: Vec<_> = self.vms.iter_mut().map(|vm| guest_written(vm, &receiving)).collect::<Result<_>>()?;
         let c = self.client;
+        // Slot B first: the card has nothing there yet, so U-Boot passes it over and boots A
+        // (what a fresh card does when its boot state asks for a slot no update has written).
+        self.vms[c].ok("pi2pi-agent boot set-primary B")?;
         self.vms[c].stop(Power::Reboot)?;
         let moved_to = self.macs.next(&format!("{} eth0, its card moved to another Pi", self.hosts[c].name));
         self.specs[c].nics[0].mac = moved_to;
@@ -424,6 +429,8 @@ impl Pair<'_> {
         self.vms[c] = Vm::start(self.sh, &self.specs[c], &self.boots[c], &self.specs[c].dir.join("overlay.qcow2"))?;
         let t = self.vms[c].wait_booted(restarted)?;
         eprintln!("qemu: {} rebooted in another Pi ({moved_to}) in {:.0}s", self.hosts[c].name, t.as_secs_f64());
+        let state = check_boot_state(&mut self.vms[c], Slot::A).context("after asking for the empty slot B")?;
+        ensure!(state.left(Slot::B) == 0, "U-Boot did not pass over the empty slot B: {state:?}");
         self.check_addresses().context("after the card moved to another Pi")?;
         let names: Vec<String> = [self.server, c].iter().map(|&i| format!("after-reboot-{}.bin", self.hosts[i].name)).collect();
         let sums = [self.write_staged(self.server, &names[0], 50_000)?, self.write_staged(c, &names[1], 300_000)?];

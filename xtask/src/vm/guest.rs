@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::vm::qemu::Vm;
+use pi2pi_agent::bootslot::{self, BootState, Slot};
 
 /// Polls `probe` every `every` until it is done, for at most `limit`: every wait of the harness,
 /// so each is bounded in time and count and fails the same way. `probe` answers `Ok(Ok(value))`
@@ -20,6 +21,20 @@ pub fn wait_until<T>(what: &str, limit: Duration, every: Duration, mut probe: im
             Err(_) => std::thread::sleep(every),
         }
     }
+}
+
+/// U-Boot booted `slot` (its command line says so), and once the boot is marked good the boot
+/// state on the FAT gives it all its attempts and still keeps it first.
+pub fn check_boot_state(vm: &mut Vm, slot: Slot) -> Result<BootState> {
+    let cmdline = vm.ok("cat /proc/cmdline")?;
+    anyhow::ensure!(bootslot::booted(&cmdline) == Some(slot), "not booted from slot {slot}: {cmdline}");
+    let state = vm.ok("systemctl start pi2pi-boot-good.service && pi2pi-agent boot show")?;
+    let state = BootState::parse(&state);
+    anyhow::ensure!(
+        state.primary() == Some(slot) && state.left(slot) == bootslot::ATTEMPTS,
+        "the boot state after slot {slot} was marked good: {state:?}"
+    );
+    Ok(state)
 }
 
 /// What `pi2pi-agent status --json` says that the tests read: the agent's last status.

@@ -142,6 +142,10 @@ impl Schedule {
 pub struct ImageParams {
     pub boot_mib: u64,
     pub root_headroom_mib: u64,
+    /// Each root slot's partition; the root filesystem grows to fill it on first boot.
+    pub slot_mib: u64,
+    /// The data partition's filesystem as built; it grows to the end of the card on first boot.
+    pub data_mib: u64,
     pub max_bytes: u64,
     /// Where the shipped files will be served from (ends in `/`), for rpi-imager.json's URLs;
     /// empty: the entries name the bare file.

@@ -122,6 +122,8 @@ pub(super) struct RawAgent {
 pub(super) struct RawImage {
     pub(super) boot_mib: S<u64>,
     pub(super) root_headroom_mib: S<u64>,
+    pub(super) slot_mib: S<u64>,
+    pub(super) data_mib: S<u64>,
     pub(super) max_bytes: S<u64>,
     pub(super) download_url: Option<S<String>>,
 }

@@ -329,6 +329,8 @@ pub(super) fn drive(cx: &Source, d: &RawDrive) -> Result<Drive, ConfigError> {
 pub(super) fn image(cx: &Source, i: &RawImage) -> Result<ImageParams, ConfigError> {
     cx.check((64..=2048).contains(i.boot_mib.get_ref()), &i.boot_mib, "image.boot_mib", || "must be 64..=2048".into())?;
     cx.check(*i.root_headroom_mib.get_ref() <= 8192, &i.root_headroom_mib, "image.root_headroom_mib", || "must be at most 8192".into())?;
+    cx.check((256..=16384).contains(i.slot_mib.get_ref()), &i.slot_mib, "image.slot_mib", || "must be 256..=16384".into())?;
+    cx.check((16..=8192).contains(i.data_mib.get_ref()), &i.data_mib, "image.data_mib", || "must be 16..=8192".into())?;
     cx.check(*i.max_bytes.get_ref() >= 1 << 28, &i.max_bytes, "image.max_bytes", || "must be at least 256 MiB".into())?;
     if let Some(u) = &i.download_url {
         let url = u.get_ref();
@@ -342,6 +344,8 @@ pub(super) fn image(cx: &Source, i: &RawImage) -> Result<ImageParams, ConfigErro
     Ok(ImageParams {
         boot_mib: *i.boot_mib.get_ref(),
         root_headroom_mib: *i.root_headroom_mib.get_ref(),
+        slot_mib: *i.slot_mib.get_ref(),
+        data_mib: *i.data_mib.get_ref(),
         max_bytes: *i.max_bytes.get_ref(),
         download_url: i.download_url.as_ref().map(|u| u.get_ref().clone()).unwrap_or_default(),
     })

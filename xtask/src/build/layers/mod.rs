@@ -6,11 +6,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use pi2pi_agent::layout;
+use pi2pi_agent::{bootslot, layout};
 use serde::Serialize;
 
 use crate::build::config::{Host, ImageConfig, Role, Schedule};
 use crate::build::keys::Identity;
+use crate::build::partitions;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
@@ -83,6 +84,41 @@ struct Ctx<'a> {
     firmware_lines: String,
     /// Where the agent is on the card (`pi2pi_agent::layout`).
     agent: AgentLayout,
+    /// The card's partitions and boot state (`partitions`, `pi2pi_agent::bootslot`).
+    card: CardLayout,
+    update: &'a Update<'a>,
+}
+
+#[derive(Serialize)]
+struct CardLayout {
+    slots: Vec<SlotLayout>,
+    attempts: u8,
+    /// The boot state's file name on the boot partition, and where that partition is mounted.
+    state_file: &'static str,
+    boot_mount: &'static str,
+    data_partition: u32,
+    data_mount: &'static str,
+    persisted: &'static [partitions::Persisted],
+}
+
+#[derive(Serialize)]
+struct SlotLayout {
+    name: String,
+    partition: u32,
+}
+
+impl CardLayout {
+    fn new() -> CardLayout {
+        CardLayout {
+            slots: partitions::slot_partitions().map(|(s, partition)| SlotLayout { name: s.to_string(), partition }).into(),
+            attempts: bootslot::ATTEMPTS,
+            state_file: layout::BOOT_ENV_NAME,
+            boot_mount: layout::BOOT_MOUNT,
+            data_partition: partitions::DATA,
+            data_mount: partitions::DATA_MOUNT,
+            persisted: partitions::PERSISTED,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -108,6 +144,17 @@ pub struct Inputs<'a> {
     pub firmware_lines: String,
     /// The build's SOURCE_DATE_EPOCH: every file's mtime on the card, /usr's included.
     pub epoch: u64,
+    pub update: Update<'a>,
+}
+
+/// What the card's RAUC needs: the bundles it takes (`compatible`), this build's version and the
+/// certificate bundles must be signed with.
+#[derive(Serialize)]
+pub struct Update<'a> {
+    pub compatible: String,
+    pub version: u64,
+    #[serde(skip)]
+    pub cert: &'a str,
 }
 
 /// Every host as `host` reaches it (one it has no single address for, only a manager seen by
@@ -165,6 +212,8 @@ pub fn build(i: &Inputs) -> Result<Layer> {
         initrd: i.initrd.clone(),
         firmware_lines: i.firmware_lines.clone(),
         agent: AgentLayout { binary: layout::BINARY, state_dir: layout::STATE_DIR },
+        card: CardLayout::new(),
+        update: &i.update,
     };
     let mut env = minijinja::Environment::new();
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
@@ -208,9 +257,29 @@ pub fn build(i: &Inputs) -> Result<Layer> {
     layer.file(layout::BINARY.trim_start_matches('/'), i.agent.to_vec(), 0o755, root);
     layer.put(layout::STATE_DIR.trim_start_matches('/'), Kind::Dir, 0o755, user);
     layer.file(&format!("etc/systemd/system/{}.d/pi2pi.conf", ctx.drive_mount_unit), DRIVE_MOUNT_DROP_IN, 0o644, root);
+    layer.file("etc/rauc/keyring.pem", i.update.cert, 0o644, root);
+    for hook in RASPI_FIRMWARE_HOOKS {
+        layer.file(hook.trim_start_matches('/'), RASPI_FIRMWARE_HOOK, 0o755, root);
+    }
     add_units(&mut layer, i.epoch);
     Ok(layer)
 }
+
+/// raspi-firmware's kernel and initramfs hooks, which the base diverts (xtask/hooks/customize.sh):
+/// pi2pi's stands in at each name, since raspi-firmware's postinst runs the kernel hook by name.
+pub const RASPI_FIRMWARE_HOOKS: &[&str] = &[
+    "/etc/kernel/postinst.d/z50-raspi-firmware",
+    "/etc/kernel/postrm.d/z50-raspi-firmware",
+    "/etc/initramfs/post-update.d/z50-raspi-firmware",
+];
+
+const RASPI_FIRMWARE_HOOK: &str = "#!/bin/sh
+# pi2pi: in place of raspi-firmware's hook (diverted to *.distrib). That hook copies a new kernel
+# to the boot partition and rewrites config.txt for the firmware to start it, past U-Boot. Here
+# each root slot keeps its kernel in its own /boot; U-Boot loads /vmlinuz and /initrd.img, which
+# apt points at the newest kernel. The boot partition is shared by both slots and left alone.
+exit 0
+";
 
 /// SSH: this host's pinned host key and its user key; whom it trusts (`ssh_trust`).
 fn add_ssh(layer: &mut Layer, i: &Inputs, home: &str) -> Result<()> {
@@ -233,7 +302,7 @@ fn add_units(layer: &mut Layer, epoch: u64) {
     let root = (0, 0);
     // Enable units the way `systemctl enable` would, without running it.
     let ours = |unit: &str| format!("/etc/systemd/system/{unit}");
-    let mut wants = vec![("local-fs.target", ours("pi2pi-growroot.service"))];
+    let mut wants = vec![("local-fs.target", ours("pi2pi-grow.service")), ("multi-user.target", ours("pi2pi-boot-good.service"))];
     let has = |path: &str| layer.root.contains_key(path);
     if has("etc/systemd/system/pi2pi-agent.service") {
         wants.push(("multi-user.target", ours("pi2pi-agent.service")));

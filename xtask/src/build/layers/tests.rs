@@ -40,6 +40,7 @@ fn layer_for(cfg: &ImageConfig, host: &str) -> Layer {
         initrd: "initrd.img-6.12.0-arm64".into(),
         firmware_lines: crate::build::boards::firmware_lines(cfg.base_of(h).arch, (7, 3), "vmlinuz-7.3.0-arm64", "initrd.img-7.3.0-arm64"),
         epoch: 1_700_000_000,
+        update: Update { compatible: crate::build::bundle::compatible(host), version: 1_700_000_100, cert: "CERT" },
     })
     .unwrap()
 }
@@ -145,14 +146,19 @@ fn agent_config_drive_and_boot_files_follow_the_config() {
     let boot_cfg = std::str::from_utf8(&l.boot["config.txt"]).unwrap();
     assert!(boot_cfg.contains("\nkernel=u-boot-rpi_arm64.bin\n[pi5]\nkernel=vmlinuz-7.3.0-arm64\n"), "{boot_cfg}");
     let script = std::str::from_utf8(&l.boot["boot.cmd"]).unwrap();
-    assert!(script.contains(" vmlinuz-6.12.0-arm64\n") && script.contains("\nbooti "), "{script}");
+    // U-Boot loads the slot's own kernel (apt keeps /vmlinuz pointing at the newest).
+    assert!(script.contains(":${pi2pi_part} ${pi2pi_at} /vmlinuz && ") && script.contains("\nbooti "), "{script}");
     let cmdline = std::str::from_utf8(&l.boot["cmdline.txt"]).unwrap();
     assert!(
         cmdline.starts_with("console=tty0 console=ttyAMA0,115200 console=ttyAMA10,115200 console=ttyS1,115200 root=PARTUUID=1234abcd-02 "),
         "{cmdline}"
     );
-    // A kernel upgrade on the Pi rewrites cmdline.txt from this: the same consoles, in the same order.
-    assert!(text(&l, "etc/default/raspi-firmware").contains("CONSOLES=\"tty0 ttyAMA0,115200 ttyAMA10,115200 ttyS1,115200\""));
+    // raspi-firmware's hooks (diverted in the base) would point the firmware past U-Boot: pi2pi's stand in.
+    for hook in RASPI_FIRMWARE_HOOKS {
+        let e = &l.root[hook.trim_start_matches('/')];
+        assert_eq!(e.mode, 0o755, "{hook}");
+        assert!(matches!(&e.kind, Kind::File(t) if String::from_utf8_lossy(t).contains("exit 0")), "{hook}");
+    }
     assert_eq!(l.root["etc/localtime"].kind, Kind::Symlink("/usr/share/zoneinfo/America/New_York".into()));
     assert_eq!(l.root["etc/systemd/system/apt-daily.timer"].kind, Kind::Symlink("/dev/null".into()), "offline: no apt timers");
     for unit in ["getty-static.service", "e2scrub_reap.service"] {
@@ -164,23 +170,73 @@ fn agent_config_drive_and_boot_files_follow_the_config() {
     }
 }
 
-/// systemd-growfs-root (from `x-systemd.growfs` on /) resizes ext4 to its partition once; if it
-/// runs before pi2pi-growroot has grown the partition it finds nothing to do, and the card
-/// stays small until a second boot (seen on the first boot of a card on `raspi3b`: "resizing
-/// filesystem from 177152 to 177152 blocks", then "Starting pi2pi-growroot").
+/// systemd-growfs@data (from `x-systemd.growfs` on /data) resizes ext4 to its partition once; if
+/// it ran before pi2pi-grow has grown the partition it would find nothing to do, and the card
+/// would stay small until a second boot (seen with the root on `raspi3b`: "resizing filesystem
+/// from 177152 to 177152 blocks", then "Starting pi2pi-growroot"). Debian 12's systemd (252, the
+/// cluster example's Pi Zero base) and 13's (257) name that job the same for /data.
 #[test]
-fn the_partition_grows_before_the_filesystem_in_the_same_boot() {
+fn the_data_partition_grows_before_its_filesystem_in_the_same_boot() {
     let l = layer_for(&shipped(Schedule::Systemd), "rpa");
-    let root_line = text(&l, "etc/fstab").lines().find(|f| f.split_whitespace().nth(1) == Some("/")).map(str::to_string);
-    assert!(root_line.as_deref().is_some_and(|f| f.contains("x-systemd.growfs")), "fstab: {root_line:?}");
-    let unit = text(&l, "etc/systemd/system/pi2pi-growroot.service");
-    let before: Vec<&str> = unit.lines().filter_map(|u| u.strip_prefix("Before=")).flat_map(str::split_whitespace).collect();
-    assert!(before.contains(&"systemd-growfs-root.service"), "pi2pi-growroot is not ordered before systemd-growfs-root: {unit}");
-    // Debian 12's systemd (252, the cluster example's Pi Zero base) names the same job so;
-    // without it the Zero's card grew its partition after its filesystem (seen on raspi0).
-    assert!(before.contains(&"systemd-growfs@-.service"), "pi2pi-growroot is not ordered before systemd-growfs@-: {unit}");
+    let fstab = text(&l, "etc/fstab");
+    let mount = |at: &str| fstab.lines().find(|f| f.split_whitespace().nth(1) == Some(at)).map(str::to_string);
+    assert!(mount("/data").is_some_and(|f| f.contains("x-systemd.growfs") && f.ends_with(" 2")), "fstab: {fstab}");
+    // The root is whichever slot booted: not in fstab (its options are on the command line).
+    assert_eq!(mount("/"), None, "fstab: {fstab}");
+    let cmdline = String::from_utf8(l.boot["cmdline.txt"].clone()).unwrap();
+    assert!(cmdline.split_whitespace().any(|w| w == "rw") && cmdline.contains("rootflags=noatime"), "{cmdline}");
+    let unit = text(&l, "etc/systemd/system/pi2pi-grow.service");
+    let values = |key: &str| -> Vec<String> {
+        unit.lines().filter_map(|u| u.strip_prefix(key)).flat_map(str::split_whitespace).map(str::to_string).collect()
+    };
+    assert!(values("Before=").contains(&"systemd-growfs@data.service".to_string()), "{unit}");
+    assert_eq!(values("RequiresMountsFor="), vec!["/data"], "its flag is on /data: {unit}");
     assert!(unit.contains("DefaultDependencies=no"), "with default dependencies it could not run before local-fs.target");
-    assert!(enabled(&l, "local-fs.target", "pi2pi-growroot.service"));
+    assert!(enabled(&l, "local-fs.target", "pi2pi-grow.service"));
+}
+
+/// RAUC on the card takes only this host's bundles, signed with the deployment's certificate,
+/// checked at their signing time; it writes the two root slots and switches them through
+/// `pi2pi-agent boot`.
+#[test]
+fn rauc_writes_the_slots_and_switches_them_through_the_agent() {
+    let l = layer_for(&shipped(Schedule::Systemd), "rpb");
+    let conf = text(&l, "etc/rauc/system.conf");
+    for want in [
+        "compatible=pi2pi-rpb",
+        "bootloader=custom",
+        "bootloader-custom-backend=/usr/local/lib/pi2pi/rauc-boot",
+        "path=/etc/rauc/keyring.pem",
+        "use-bundle-signing-time=true",
+        "statusfile=/data/rauc.status",
+    ] {
+        assert!(conf.lines().any(|l| l == want), "system.conf lacks {want}:\n{conf}");
+    }
+    for (slot, part) in [("A", 2), ("B", 3)] {
+        assert!(conf.contains(&format!("device=/dev/disk/by-partuuid/1234abcd-0{part}\ntype=ext4\nbootname={slot}\n")), "{conf}");
+    }
+    assert_eq!(text(&l, "etc/rauc/keyring.pem"), "CERT");
+    let backend = &l.root["usr/local/lib/pi2pi/rauc-boot"];
+    assert_eq!(backend.mode, 0o755);
+    assert!(text(&l, "usr/local/lib/pi2pi/rauc-boot").contains(&format!("exec {BINARY} boot \"$@\"")));
+    assert!(text(&l, "etc/pi2pi/build").contains("\nversion=1700000100\ncompatible=pi2pi-rpb\n"));
+}
+
+/// Each persisted directory is bound from the data partition, after it is mounted.
+#[test]
+fn persisted_directories_are_bound_from_the_data_partition() {
+    let l = layer_for(&shipped(Schedule::Systemd), "rpa");
+    let fstab = text(&l, "etc/fstab");
+    for p in crate::build::partitions::PERSISTED {
+        let line = fstab
+            .lines()
+            .find(|f| f.split_whitespace().nth(1) == Some(p.path))
+            .unwrap_or_else(|| panic!("{} not in fstab:\n{fstab}", p.path));
+        let f: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(f[0], format!("/data/{}", p.name));
+        assert!(f[3].split(',').any(|o| o == "bind") && f[3].contains("x-systemd.requires-mounts-for=/data"), "{line}");
+    }
+    assert!(enabled(&l, "multi-user.target", "pi2pi-boot-good.service"));
 }
 
 #[test]

@@ -43,14 +43,16 @@ use crate::build::boards::{self, Board, Machine};
 use crate::build::config::{Host, ImageConfig};
 use crate::build::fat::Fat;
 use crate::build::image;
+use crate::build::partitions;
 use crate::proc;
 use crate::vm::boot;
-use crate::vm::guest::wait_mounted;
+use crate::vm::guest::{self, wait_mounted};
 use crate::vm::limits::Guest;
 use crate::vm::qemu::{self, Power, Vm, CONSOLE_LOG};
 
 mod machine;
 use machine::*;
+use pi2pi_agent::bootslot::Slot;
 
 /// What one boot showed.
 pub struct BootReport {
@@ -311,7 +313,10 @@ fn check_running(vm: &mut Vm, cfg: &ImageConfig) -> Result<()> {
     // output is not interleaved with them (the boot's messages are already in console.log).
     vm.ok("dmesg -n 1")?;
     let root = vm.ok("findmnt -no SOURCE /")?;
-    ensure!(root.lines().any(|l| l.trim() == "/dev/mmcblk0p2"), "root is not mounted from the SD card: {root}");
+    ensure!(root.lines().any(|l| l.trim() == "/dev/mmcblk0p2"), "root is not mounted from the SD card's slot A: {root}");
+    let data = vm.ok(&format!("findmnt -no SOURCE {}", partitions::DATA_MOUNT))?;
+    ensure!(data.lines().any(|l| l.trim() == "/dev/mmcblk0p4"), "the data partition is not mounted: {data}");
+    guest::check_boot_state(vm, Slot::A)?;
     let mount = &cfg.drive.mount_point;
     let mut tries = 0;
     while let Err(e) = wait_mounted(vm, mount, "vfat") {
@@ -359,20 +364,8 @@ fn replug_after_failed_enumeration(vm: &mut Vm) -> Result<()> {
 /// filesystem's growth) fail the test; the rest (the emulated board lacking hardware a Pi has)
 /// are returned for the report.
 fn console_errors(console: &str, host: &Host) -> Result<Vec<String>> {
-    const OURS: &[&str] = &[
-        "pi2pi",
-        "dnsmasq",
-        "dhcpcd",
-        "ssh",
-        "fstab",
-        "growfs",
-        "growroot",
-        "PI2PI",
-        "mmcblk0p2",
-        "Failed to start",
-        "FAILED",
-        "emergency",
-    ];
+    const OURS: &[&str] =
+        &["pi2pi", "dnsmasq", "dhcpcd", "ssh", "fstab", "growfs", "PI2PI", "mmcblk0p2", "Failed to start", "FAILED", "emergency"];
     let mut noted = Vec::new();
     for l in console.lines() {
         let lower = l.to_lowercase();
@@ -387,13 +380,15 @@ fn console_errors(console: &str, host: &Host) -> Result<Vec<String>> {
     Ok(noted)
 }
 
-/// The card's partition table and root filesystem size, read from the host after power-off.
+/// The card's partition table and the sizes of slot A's root filesystem and of the data
+/// filesystem, read from the host after power-off.
 #[derive(Debug, PartialEq, Eq)]
 struct Layout {
-    /// (start, size) of partition 2 in 512-byte sectors.
-    root_part: (u64, u64),
-    /// The ext4 filesystem's size in bytes (block count × block size).
+    /// (start, size) of each partition in 512-byte sectors.
+    parts: Vec<(u64, u64)>,
+    /// The ext4 filesystems' sizes in bytes (block count × block size): slot A's, the data's.
     root_fs_bytes: u64,
+    data_fs_bytes: u64,
     table: String,
 }
 
@@ -401,32 +396,49 @@ impl Layout {
     fn read(sh: &Shell, sd: &Path) -> Result<Layout> {
         let table = proc::read(cmd!(sh, "sfdisk --json {sd}"))?;
         let v: serde_json::Value = serde_json::from_str(&table)?;
-        let p = &v["partitiontable"]["partitions"][1];
-        let (start, size) = (p["start"].as_u64().context("no partition 2")?, p["size"].as_u64().context("no partition 2")?);
-        let spec = format!("{}?offset={}", sd.display(), start * 512);
-        let head = proc::read(cmd!(sh, "dumpe2fs -h {spec}"))?;
-        let field = |name: &str| -> Result<u64> {
-            head.lines()
-                .find_map(|l| l.strip_prefix(name).map(|v| v.trim().parse::<u64>()))
-                .with_context(|| format!("dumpe2fs printed no `{name}`"))?
-                .with_context(|| format!("dumpe2fs `{name}`"))
+        let parts = v["partitiontable"]["partitions"]
+            .as_array()
+            .context("no partitions")?
+            .iter()
+            .map(|p| Some((p["start"].as_u64()?, p["size"].as_u64()?)))
+            .collect::<Option<Vec<_>>>()
+            .context("a partition without start or size")?;
+        ensure!(parts.len() == partitions::DATA as usize, "{} partitions, not {}:\n{table}", parts.len(), partitions::DATA);
+        let fs_bytes = |n: u32| -> Result<u64> {
+            let start = parts[n as usize - 1].0;
+            let spec = format!("{}?offset={}", sd.display(), start * 512);
+            let head = proc::read(cmd!(sh, "dumpe2fs -h {spec}"))?;
+            let field = |name: &str| -> Result<u64> {
+                head.lines()
+                    .find_map(|l| l.strip_prefix(name).map(|v| v.trim().parse::<u64>()))
+                    .with_context(|| format!("dumpe2fs printed no `{name}` for partition {n}"))?
+                    .with_context(|| format!("dumpe2fs `{name}`"))
+            };
+            Ok(field("Block count:")? * field("Block size:")?)
         };
-        let root_fs_bytes = field("Block count:")? * field("Block size:")?;
-        Ok(Layout { root_part: (start, size), root_fs_bytes, table })
+        let root_fs_bytes = fs_bytes(Slot::A.partition())?;
+        let data_fs_bytes = fs_bytes(partitions::DATA)?;
+        Ok(Layout { parts, root_fs_bytes, data_fs_bytes, table })
     }
 
-    /// The root partition ends within 1 MiB of the card's end, and its filesystem fills it
-    /// (to within one 4 MiB step: resize2fs rounds down to whole block groups' worth of blocks).
+    /// The data partition ends within 1 MiB of the card's end, and each filesystem fills its
+    /// partition: the data's and slot A's root (to within one 4 MiB step: resize2fs rounds down
+    /// to whole block groups' worth of blocks).
     fn fills(&self, card_len: u64) -> Result<()> {
-        let (start, size) = self.root_part;
+        let (start, size) = self.parts[partitions::DATA as usize - 1];
         let part_end = (start + size) * 512;
-        ensure!(card_len - part_end < 1 << 20, "partition 2 ends at {part_end} of a {card_len}-byte card: not grown\n{}", self.table);
-        let part_bytes = size * 512;
         ensure!(
-            part_bytes - self.root_fs_bytes.min(part_bytes) < 4 << 20,
-            "the root filesystem is {} bytes in a {part_bytes}-byte partition: not grown",
-            self.root_fs_bytes
+            card_len - part_end < 1 << 20,
+            "the data partition ends at {part_end} of a {card_len}-byte card: not grown\n{}",
+            self.table
         );
+        for (what, n, fs) in [("data", partitions::DATA, self.data_fs_bytes), ("slot A's root", Slot::A.partition(), self.root_fs_bytes)] {
+            let part_bytes = self.parts[n as usize - 1].1 * 512;
+            ensure!(
+                part_bytes - fs.min(part_bytes) < 4 << 20,
+                "the {what} filesystem is {fs} bytes in a {part_bytes}-byte partition: not grown",
+            );
+        }
         Ok(())
     }
 }
