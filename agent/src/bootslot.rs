@@ -23,7 +23,7 @@ use anyhow::{bail, Context, Result};
 pub const ATTEMPTS: u8 = 3;
 
 /// A root slot, named as boot.scr and RAUC's `bootname` name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 pub enum Slot {
     #[value(name = "A")]
     A,

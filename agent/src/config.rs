@@ -16,7 +16,20 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub sync: SyncConfig,
     pub serve: ServeConfig,
+    pub update: UpdateConfig,
     pub peers: Vec<Peer>,
+}
+
+/// How long a new system has to show itself healthy, unless agent.toml says otherwise.
+pub const DEFAULT_HEALTH_SECS: u64 = 300;
+
+/// Updates brought on the drive (update.rs).
+#[derive(Debug, Clone)]
+pub struct UpdateConfig {
+    /// Where bundles are put on the drive (`drive.update`, below the mount point).
+    pub dir: PathBuf,
+    /// How long a newly applied system has, from its boot, to show itself healthy.
+    pub health: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -88,8 +101,15 @@ struct RawConfig {
     state: Option<RawState>,
     sync: Option<RawSync>,
     serve: Option<RawServe>,
+    update: Option<RawUpdate>,
     #[serde(default)]
     peer: Vec<RawPeer>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawUpdate {
+    health_secs: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -99,6 +119,7 @@ struct RawDrive {
     mount_point: Spanned<String>,
     sending: Option<Spanned<String>>,
     receiving: Option<Spanned<String>>,
+    update: Option<Spanned<String>>,
     require_mount: Option<bool>,
     fstypes: Option<Vec<String>>,
     by_label_dir: Option<String>,
@@ -196,6 +217,11 @@ fn validate(cx: &Source, raw: RawConfig) -> Result<Config, ConfigError> {
     if sending == receiving {
         return cx.err_at(d.receiving.as_ref().map(|s| s.span().start), "drive.receiving", "must differ from drive.sending");
     }
+    let update_dir = sub_dir(cx, d.update.as_ref(), "update", "drive.update")?;
+    if update_dir == sending || update_dir == receiving {
+        return cx.err_at(d.update.as_ref().map(|s| s.span().start), "drive.update", "must differ from drive.sending and drive.receiving");
+    }
+    let update_dir = mount_point.join(update_dir);
     let drive = DriveConfig {
         label,
         sending: mount_point.join(sending),
@@ -229,6 +255,12 @@ fn validate(cx: &Source, raw: RawConfig) -> Result<Config, ConfigError> {
         idle: Duration::from_secs(ranged(&v.idle_secs, "serve.idle_secs", 600, 1, 3600)?),
         frame: Duration::from_secs(ranged(&v.frame_secs, "serve.frame_secs", 60, 1, 600)?),
         partial: ranged(&v.partial_mib, "serve.partial_mib", 4096, 1, 1 << 20)? << 20,
+    };
+
+    let u = raw.update.unwrap_or_default();
+    let update = UpdateConfig {
+        dir: update_dir,
+        health: Duration::from_secs(ranged(&u.health_secs, "update.health_secs", DEFAULT_HEALTH_SECS, 30, 3600)?),
     };
 
     let mut peers = Vec::new();
@@ -270,7 +302,7 @@ fn validate(cx: &Source, raw: RawConfig) -> Result<Config, ConfigError> {
         peers.push(Peer { name, transport });
     }
 
-    Ok(Config { node, drive, state_dir, sync, serve, peers })
+    Ok(Config { node, drive, state_dir, sync, serve, update, peers })
 }
 
 #[cfg(test)]

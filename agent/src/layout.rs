@@ -9,6 +9,11 @@ pub const CONFIG: &str = "/etc/pi2pi/agent.toml";
 pub const STATE_DIR: &str = "/var/lib/pi2pi";
 /// The status file in the state directory (`pi2pi-agent status` reads it).
 pub const STATUS_FILE: &str = "status.json";
+/// What the updater keeps (update.rs): a trial in progress, outcomes not yet on the drive, the
+/// bundle being applied, its progress. On the data partition, like the state directory.
+pub const UPDATE_DIR: &str = "/var/lib/pi2pi-update";
+/// The card's build: its version and the bundles it takes (written by `cargo xtask image`).
+pub const BUILD_FILE: &str = "/etc/pi2pi/build";
 /// The boot partition's mount point and, on it, the state U-Boot's boot.scr and Linux share:
 /// which root slot boots and how many attempts each has left (bootslot.rs).
 pub const BOOT_MOUNT: &str = "/boot/firmware";

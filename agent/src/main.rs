@@ -37,6 +37,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Apply an update bundle from the drive's update/ directory, or judge one being tried (run
+    /// as root by pi2pi-update.timer; one pass).
+    Update,
     /// Which root slot boots (the state boot.scr keeps on the boot partition); RAUC's custom
     /// boot-loader interface. Needs no agent configuration.
     Boot {
@@ -48,7 +51,7 @@ enum Cmd {
     },
 }
 
-#[derive(Subcommand)]
+#[derive(Subcommand, Clone, Copy)]
 enum BootOp {
     /// The slot the next boot starts.
     GetPrimary,
@@ -112,8 +115,18 @@ fn main() -> ExitCode {
         .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(false))
         .with(filter.unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO)))
         .init();
-    if let Cmd::Boot { env, op } = cli.cmd {
-        return match boot(&env, op) {
+    // These two run without a configuration: RAUC calls `boot`, and a new system on trial must be
+    // judged by `update` even when its configuration is broken (that is a reason to go back).
+    let early = match &cli.cmd {
+        Cmd::Boot { env, op } => Some(boot(env, *op)),
+        Cmd::Update => {
+            let cfg = config::Config::load(&cli.config).map_err(|e| e.to_string());
+            Some(pi2pi_agent::update::pass(cfg.as_ref().map_err(String::clone)))
+        }
+        _ => None,
+    };
+    if let Some(r) = early {
+        return match r {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("pi2pi-agent: {e:#}");
@@ -141,7 +154,7 @@ fn main() -> ExitCode {
             print!("{s}");
             ExitCode::SUCCESS
         }),
-        Cmd::Boot { .. } => unreachable!("handled before the configuration is read"),
+        Cmd::Update | Cmd::Boot { .. } => unreachable!("handled before the configuration is read"),
     };
     match result {
         Ok(code) => code,

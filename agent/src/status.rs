@@ -86,6 +86,7 @@ pub fn report(cfg: &Config, json: bool) -> Result<String> {
             "drive_error": drive.as_ref().err().map(|e| e.to_string()),
             "daemon_running": alive,
             "last": st,
+            "update": crate::update::last_progress(),
         });
         return Ok(serde_json::to_string_pretty(&v)?);
     }
@@ -108,6 +109,9 @@ pub fn report(cfg: &Config, json: bool) -> Result<String> {
             unix_now().saturating_sub(s.updated_unix)
         )),
         None => line("agent:  has not run yet".into()),
+    }
+    if let Some(u) = crate::update::last_progress() {
+        line(format!("update: {u}"));
     }
     for p in &cfg.peers {
         let journal = Journal::open(&cfg.state_dir, &p.name)?;

@@ -92,6 +92,9 @@ enum Task {
         #[arg(long, default_value_t = 120)]
         max_cut: u64,
     },
+    /// Build (or find in the cache) every base the cards and the tests' cards are built from,
+    /// at the same time: what the test's "bases" phase does.
+    Bases,
     /// Boot one built image in QEMU on this terminal.
     Run { host: String },
     /// Print measurements.
@@ -181,6 +184,7 @@ fn main() -> Result<()> {
             print!("{}", image::summary(&built));
         }
         Task::Verify { cold } => verify::run(&sh, &load()?, cold, None)?,
+        Task::Bases => phases::build_bases(&sh, &load()?, false)?,
         Task::Keys => {
             let cfg = load()?;
             setup::ensure(&sh, cfg.base.arch)?;

@@ -35,7 +35,10 @@ pub fn compatible(host: &str) -> String {
 /// than it: a change that is not committed does not make a newer build (said when it happens).
 pub fn version(sh: &Shell, epoch: u64) -> Result<u64> {
     if let Ok(v) = std::env::var("PI2PI_VERSION") {
-        return v.trim().parse().with_context(|| format!("PI2PI_VERSION=`{v}` is not a whole number (a build's version, e.g. seconds since 1970)"));
+        return v
+            .trim()
+            .parse()
+            .with_context(|| format!("PI2PI_VERSION=`{v}` is not a whole number (a build's version, e.g. seconds since 1970)"));
     }
     let git = |args: &[&str]| cmd!(sh, "git {args...}").quiet().ignore_stderr().read().ok();
     let committed = git(&["log", "-1", "--format=%ct"]).and_then(|t| t.trim().parse().ok()).unwrap_or(0);

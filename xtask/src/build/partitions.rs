@@ -23,13 +23,15 @@ pub struct Persisted {
     pub name: &'static str,
 }
 
-/// What must outlive an update: the agent's journals and state, the DHCP leases (dnsmasq's on a
+/// What must outlive an update: the agent's journals and state, the updater's (a trial in
+/// progress, outcomes not yet on the drive), the DHCP leases (dnsmasq's on a
 /// server, dhcpcd's on a client) and chrony's drift. The SSH host keys are not here: they come
 /// from keys/ with every build, so an update keeps them, or rotates them when keys/ did. The
 /// clock file is not here either: fake-hwclock reads it before any partition but the root is
 /// mounted, so the update carries the time into the new slot instead.
 pub const PERSISTED: &[Persisted] = &[
     Persisted { path: layout::STATE_DIR, name: "pi2pi" },
+    Persisted { path: layout::UPDATE_DIR, name: "pi2pi-update" },
     Persisted { path: "/var/lib/misc", name: "misc" },
     Persisted { path: "/var/lib/dhcpcd", name: "dhcpcd" },
     Persisted { path: "/var/lib/chrony", name: "chrony" },

@@ -354,6 +354,7 @@ mod tests {
                 "etc/hostname",
                 "etc/new",
                 "var/lib/pi2pi",
+                "var/lib/pi2pi-update",
                 "var/lib/dhcpcd",
                 "var/lib/chrony"
             ]
@@ -366,11 +367,19 @@ mod tests {
         let data_paths: Vec<(String, String)> = entries(&data);
         assert_eq!(
             data_paths,
-            [("", ""), ("misc", ""), ("misc/dnsmasq.leases", "LEASES"), ("pi2pi", ""), ("dhcpcd", ""), ("chrony", "")]
-                .map(|(p, c)| (p.to_string(), c.to_string()))
-                .to_vec()
+            [
+                ("", ""),
+                ("misc", ""),
+                ("misc/dnsmasq.leases", "LEASES"),
+                ("pi2pi", ""),
+                ("pi2pi-update", ""),
+                ("dhcpcd", ""),
+                ("chrony", "")
+            ]
+            .map(|(p, c)| (p.to_string(), c.to_string()))
+            .to_vec()
         );
-        assert_eq!((split.root.entries, split.data.entries), (14, 6));
+        assert_eq!((split.root.entries, split.data.entries), (15, 7));
         // Same inputs, same bytes.
         let (root2, data2) = (t.join("root2.tar"), t.join("data2.tar"));
         write(&base, &layer, 99, &root2, &data2).unwrap();

@@ -56,18 +56,7 @@ pub fn all(sh: &Shell, cfg: &ImageConfig, skip_qemu: bool) -> Result<()> {
             base::resolve(sh, &base, &sh.current_dir().join("target/resolve"))
         }),
         in_turn("32-bit agents: file times past 2038 (armv7; ARMv6 on qemu-arm's ARM1176)", || time32::check_all(sh)),
-        in_turn("bases (every base the later phases build cards from, at the same time when cold)", || {
-            let configs = configs_built(sh, cfg, skip_qemu)?;
-            let mut arches: Vec<Arch> = Vec::new();
-            for arch in configs.iter().flat_map(|c| c.bases_in_use()).map(|b| b.arch) {
-                if !arches.contains(&arch) {
-                    setup::ensure(sh, arch)?; // binfmt for its package scripts
-                    arches.push(arch);
-                }
-            }
-            let opts = image::Options::default_for(sh);
-            base::build_all(&sh.current_dir(), &configs, &sh.current_dir().join("target/bases"), &opts.cache_dir)
-        }),
+        in_turn("bases (every base the later phases build cards from, at the same time when cold)", || build_bases(sh, cfg, skip_qemu)),
         in_turn(
             if skip_qemu { "images" } else { "images (the deployment's, and every card of the cluster example for the QEMU phases)" },
             || {
@@ -136,6 +125,21 @@ fn workspace_target() -> std::path::PathBuf {
 
 /// The configs the phases build cards from: the deployment, and for the QEMU phases the cluster
 /// example and the board test's armhf variant.
+/// Every base the deployment's cards and (unless `skip_qemu`) the QEMU phases' cards are built
+/// from, into the cache, at the same time when cold (`cargo xtask bases`, and a phase of the test).
+pub fn build_bases(sh: &Shell, cfg: &ImageConfig, skip_qemu: bool) -> Result<()> {
+    let configs = configs_built(sh, cfg, skip_qemu)?;
+    let mut arches: Vec<Arch> = Vec::new();
+    for arch in configs.iter().flat_map(|c| c.bases_in_use()).map(|b| b.arch) {
+        if !arches.contains(&arch) {
+            setup::ensure(sh, arch)?; // binfmt for its package scripts
+            arches.push(arch);
+        }
+    }
+    let opts = image::Options::default_for(sh);
+    base::build_all(&sh.current_dir(), &configs, &sh.current_dir().join("target/bases"), &opts.cache_dir)
+}
+
 fn configs_built(sh: &Shell, cfg: &ImageConfig, skip_qemu: bool) -> Result<Vec<ImageConfig>> {
     let mut configs = vec![cfg.clone()];
     if !skip_qemu {

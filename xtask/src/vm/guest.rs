@@ -28,7 +28,7 @@ pub fn wait_until<T>(what: &str, limit: Duration, every: Duration, mut probe: im
 pub fn check_boot_state(vm: &mut Vm, slot: Slot) -> Result<BootState> {
     let cmdline = vm.ok("cat /proc/cmdline")?;
     anyhow::ensure!(bootslot::booted(&cmdline) == Some(slot), "not booted from slot {slot}: {cmdline}");
-    let state = vm.ok("systemctl start pi2pi-boot-good.service && pi2pi-agent boot show")?;
+    let state = vm.ok("systemctl start pi2pi-update.service && pi2pi-agent boot show")?;
     let state = BootState::parse(&state);
     anyhow::ensure!(
         state.primary() == Some(slot) && state.left(slot) == bootslot::ATTEMPTS,

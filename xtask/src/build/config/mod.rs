@@ -114,6 +114,8 @@ fn mask(prefix: u8) -> u32 {
 pub struct Drive {
     pub label: String,
     pub mount_point: String,
+    /// Where update bundles are put on the drive, below its root.
+    pub update: String,
 }
 
 /// How the agent is run on the cards: read by serde from image.toml, by clap from `--schedule`.

@@ -109,6 +109,7 @@ pub(super) struct RawNetwork {
 pub(super) struct RawDrive {
     pub(super) label: S<String>,
     pub(super) mount_point: S<String>,
+    pub(super) update: Option<S<String>>,
 }
 
 #[derive(Deserialize)]

@@ -323,7 +323,19 @@ pub(super) fn drive(cx: &Source, d: &RawDrive) -> Result<Drive, ConfigError> {
     cx.check(m.starts_with('/') && m != "/" && !m.contains(char::is_whitespace), &d.mount_point, "drive.mount_point", || {
         "must be an absolute path without spaces, like \"/media/pi/PI2PI\"".into()
     })?;
-    Ok(Drive { label, mount_point: m.clone() })
+    let update = match &d.update {
+        None => "update".to_string(),
+        Some(u) => {
+            let v = u.get_ref();
+            let relative = !v.is_empty() && !v.starts_with('/') && v.split('/').all(|c| !c.is_empty() && c != "." && c != "..");
+            let plain = !v.contains(|c: char| c.is_whitespace() || c == '"' || c == '\\');
+            cx.check(relative && plain && v != "sending" && v != "receiving", u, "drive.update", || {
+                format!("`{v}` must be a directory inside the drive, like \"update\" (relative, no '..', not sending or receiving)")
+            })?;
+            v.clone()
+        }
+    };
+    Ok(Drive { label, mount_point: m.clone(), update })
 }
 
 pub(super) fn image(cx: &Source, i: &RawImage) -> Result<ImageParams, ConfigError> {

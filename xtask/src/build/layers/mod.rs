@@ -125,6 +125,9 @@ impl CardLayout {
 struct AgentLayout {
     binary: &'static str,
     state_dir: &'static str,
+    update_dir: &'static str,
+    /// How long a new system has to show itself healthy (the agent's default).
+    health_secs: u64,
 }
 
 pub struct Inputs<'a> {
@@ -211,7 +214,12 @@ pub fn build(i: &Inputs) -> Result<Layer> {
         kernel: i.kernel.clone(),
         initrd: i.initrd.clone(),
         firmware_lines: i.firmware_lines.clone(),
-        agent: AgentLayout { binary: layout::BINARY, state_dir: layout::STATE_DIR },
+        agent: AgentLayout {
+            binary: layout::BINARY,
+            state_dir: layout::STATE_DIR,
+            update_dir: layout::UPDATE_DIR,
+            health_secs: pi2pi_agent::config::DEFAULT_HEALTH_SECS,
+        },
         card: CardLayout::new(),
         update: &i.update,
     };
@@ -302,7 +310,11 @@ fn add_units(layer: &mut Layer, epoch: u64) {
     let root = (0, 0);
     // Enable units the way `systemctl enable` would, without running it.
     let ours = |unit: &str| format!("/etc/systemd/system/{unit}");
-    let mut wants = vec![("local-fs.target", ours("pi2pi-grow.service")), ("multi-user.target", ours("pi2pi-boot-good.service"))];
+    let mut wants = vec![
+        ("local-fs.target", ours("pi2pi-grow.service")),
+        ("timers.target", ours("pi2pi-update.timer")),
+        ("timers.target", ours("pi2pi-trial-guard.timer")),
+    ];
     let has = |path: &str| layer.root.contains_key(path);
     if has("etc/systemd/system/pi2pi-agent.service") {
         wants.push(("multi-user.target", ours("pi2pi-agent.service")));

@@ -236,7 +236,10 @@ fn persisted_directories_are_bound_from_the_data_partition() {
         assert_eq!(f[0], format!("/data/{}", p.name));
         assert!(f[3].split(',').any(|o| o == "bind") && f[3].contains("x-systemd.requires-mounts-for=/data"), "{line}");
     }
-    assert!(enabled(&l, "multi-user.target", "pi2pi-boot-good.service"));
+    assert!(enabled(&l, "timers.target", "pi2pi-update.timer"));
+    let guard = text(&l, "etc/systemd/system/pi2pi-trial-guard.timer");
+    assert!(guard.contains("\nOnBootSec=420s\n"), "the guard fires after the agent's health window: {guard}");
+    assert!(enabled(&l, "timers.target", "pi2pi-trial-guard.timer"));
 }
 
 #[test]
