@@ -95,9 +95,10 @@ pub struct Trial {
     pub from: Slot,
 }
 
+/// What became of a bundle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Result_ {
+pub enum Verdict {
     Applied,
     RolledBack,
     Refused,
@@ -107,22 +108,22 @@ pub enum Result_ {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outcome {
     pub bundle: String,
-    pub result: Result_,
+    pub result: Verdict,
     pub detail: String,
     pub unix: u64,
 }
 
 impl Outcome {
-    fn new(bundle: &str, result: Result_, detail: String) -> Outcome {
+    fn new(bundle: &str, result: Verdict, detail: String) -> Outcome {
         Outcome { bundle: bundle.to_string(), result, detail, unix: status::unix_now() }
     }
 
     /// The text file put beside the bundle.
     pub fn text(&self, node: &str) -> String {
         let word = match self.result {
-            Result_::Applied => "APPLIED",
-            Result_::RolledBack => "ROLLED BACK",
-            Result_::Refused => "REFUSED",
+            Verdict::Applied => "APPLIED",
+            Verdict::RolledBack => "ROLLED BACK",
+            Verdict::Refused => "REFUSED",
         };
         format!("{word}: {}\n{node}, at {} (seconds since 1970, UTC, by the Pi's clock)\n{}\n", self.bundle, self.unix, self.detail)
     }
@@ -199,7 +200,7 @@ fn judge_trial(cfg: Result<&Config, String>, dirs: &Dirs, trial: &Trial, booted:
                 trial.slot,
                 bootslot::ATTEMPTS
             );
-            record(dirs, &Outcome::new(&trial.bundle, Result_::RolledBack, detail))?;
+            record(dirs, &Outcome::new(&trial.bundle, Verdict::RolledBack, detail))?;
         }
         state.set_health(trial.slot, Health::Bad);
         bootslot::store(&dirs.boot_env, &state)?;
@@ -217,7 +218,7 @@ fn judge_trial(cfg: Result<&Config, String>, dirs: &Dirs, trial: &Trial, booted:
             bootslot::store(&dirs.boot_env, &state)?;
             let detail =
                 format!("Version {} runs in slot {booted}; it was healthy {}s after its boot.", trial.version, since_boot.as_secs());
-            record(dirs, &Outcome::new(&trial.bundle, Result_::Applied, detail))?;
+            record(dirs, &Outcome::new(&trial.bundle, Verdict::Applied, detail))?;
             tracing::info!("update {} applied: version {} in slot {booted} is healthy", trial.bundle, trial.version);
             remove(&dirs.trial())
         }
@@ -233,7 +234,7 @@ fn judge_trial(cfg: Result<&Config, String>, dirs: &Dirs, trial: &Trial, booted:
                 trial.from
             );
             tracing::warn!("{detail}");
-            record(dirs, &Outcome::new(&trial.bundle, Result_::RolledBack, detail))?;
+            record(dirs, &Outcome::new(&trial.bundle, Verdict::RolledBack, detail))?;
             state.set_health(booted, Health::Bad);
             bootslot::store(&dirs.boot_env, &state)?;
             remove(&dirs.trial())?;
@@ -266,7 +267,7 @@ fn answers(host: &str, port: u16) -> bool {
     addrs.into_iter().any(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok())
 }
 
-/// The oldest bundle waiting in the drive's update directory, if the drive is there.
+/// The first bundle (by name) waiting in the drive's update directory, if the drive is there.
 fn next_bundle(cfg: &Config) -> Result<Option<PathBuf>> {
     if drive::check(&cfg.drive, None).is_err() {
         return Ok(None);
@@ -301,7 +302,7 @@ fn apply(cfg: &Config, dirs: &Dirs, bundle: &Path) -> Result<()> {
     };
     if let Some(why) = refusal {
         tracing::warn!("{name} refused: {why}");
-        record(dirs, &Outcome::new(&name, Result_::Refused, format!("Nothing was written: {why}.")))?;
+        record(dirs, &Outcome::new(&name, Verdict::Refused, format!("Nothing was written: {why}.")))?;
         remove(&dirs.incoming())?;
         return deliver_outcomes(cfg, dirs);
     }
@@ -311,7 +312,7 @@ fn apply(cfg: &Config, dirs: &Dirs, bundle: &Path) -> Result<()> {
     if let Err(e) = install(dirs, &name) {
         record(
             dirs,
-            &Outcome::new(&name, Result_::Refused, format!("RAUC could not install it, and the running system is unchanged: {e:#}")),
+            &Outcome::new(&name, Verdict::Refused, format!("RAUC could not install it, and the running system is unchanged: {e:#}")),
         )?;
         remove(&dirs.incoming())?;
         return deliver_outcomes(cfg, dirs);
@@ -517,7 +518,7 @@ mod tests {
 
     #[test]
     fn the_outcome_says_what_happened_first() {
-        let o = Outcome { bundle: "rpa.raucb".into(), result: Result_::RolledBack, detail: "why".into(), unix: 5 };
+        let o = Outcome { bundle: "rpa.raucb".into(), result: Verdict::RolledBack, detail: "why".into(), unix: 5 };
         assert!(o.text("rpa").starts_with("ROLLED BACK: rpa.raucb\nrpa, at 5 "));
         let j = serde_json::to_string(&o).unwrap();
         assert!(j.contains("\"rolled-back\""), "{j}");

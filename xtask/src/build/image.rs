@@ -245,7 +245,7 @@ struct Shared<'a> {
 
 /// Stages 3-6 for one host.
 fn build_host(sh: &Shell, shared: &Shared, host: &Host) -> Result<Built> {
-    let Shared { cfg, opts, base_tar, agent, facts, user_ids, kernel, initrd, mke2fs, epoch, .. } = shared;
+    let Shared { cfg, opts, base_tar, agent, facts, user_ids, kernel, initrd, epoch, .. } = shared;
     let (user_ids, epoch) = (*user_ids, *epoch);
     let mut stages = shared.stages.clone();
     let mut stage = Instant::now();
@@ -278,7 +278,7 @@ fn build_host(sh: &Shell, shared: &Shared, host: &Host) -> Result<Built> {
         epoch,
         update: layers::Update { compatible: bundle::compatible(&host.name), version: shared.version, cert: shared.update_cert },
     })?;
-    let (root_tar, data_tar) = (work.join("root.tar"), work.join("data.tar"));
+    let (root_tar, data_tar) = tarballs(&work);
     let split = rootfs::write(base_tar, &layer, epoch, &root_tar, &data_tar)?;
     lap("layers", &mut stages);
 
@@ -297,42 +297,9 @@ fn build_host(sh: &Shell, shared: &Shared, host: &Host) -> Result<Built> {
     let kernel_version = shared.kernel_version;
     boards::check_boot_partition(shared.arch, kernel_version, &boot)?;
     crate::build::manifest::check(shared.arch, kernel_version, host.role, &shared.drivers)?;
-    let boot_img = work.join("boot.vfat");
-    disk::boot_fs(sh, &boot, cfg.image.boot_mib, ids.boot_volid, epoch, &work, &boot_img)?;
-    let (root_img, data_img) = (work.join("root.ext4"), work.join("data.ext4"));
-    let root =
-        disk::Ext4 { tar: &root_tar, stats: &split.root, headroom_mib: cfg.image.root_headroom_mib, label: "rootfs", uuid: &ids.root_uuid };
-    let root_bytes = disk::ext4(sh, mke2fs, &root, epoch, &root_img)?;
-    let slot_bytes = cfg.image.slot_mib << 20;
-    if root_bytes > slot_bytes {
-        bail!(
-            "the root filesystem needs {} MiB, more than a root slot's image.slot_mib = {}: raise it (the card then needs twice that)",
-            root_bytes >> 20,
-            cfg.image.slot_mib
-        );
-    }
-    let data = disk::Ext4 { tar: &data_tar, stats: &split.data, headroom_mib: cfg.image.data_mib, label: "data", uuid: &ids.data_uuid };
-    let data_bytes = disk::ext4(sh, mke2fs, &data, epoch, &data_img)?;
     let img = opts.out_dir.join(format!("{}.img", host.name));
-    let parts = [
-        disk::Part { sys: disk::FAT32, bytes: cfg.image.boot_mib << 20, image: Some(&boot_img) },
-        disk::Part { sys: disk::LINUX, bytes: slot_bytes, image: Some(&root_img) },
-        disk::Part { sys: disk::LINUX, bytes: slot_bytes, image: None },
-        disk::Part { sys: disk::LINUX, bytes: data_bytes, image: Some(&data_img) },
-    ];
-    let bytes = disk::assemble(ids.disk_id, &parts, &img)?;
+    let (bytes, root_img) = write_card(sh, shared, &ids, &boot, &split, &work, &img)?;
     lap("disk", &mut stages);
-
-    if bytes > cfg.image.max_bytes {
-        bail!(
-            "{} is {bytes} bytes (boot {} MiB + two root slots of {} MiB + data {} MiB), over image.max_bytes = {}: lower image.slot_mib or raise the limit",
-            img.display(),
-            cfg.image.boot_mib,
-            cfg.image.slot_mib,
-            data_bytes >> 20,
-            cfg.image.max_bytes
-        );
-    }
     let sha256 = ship::sha256_file(&img)?;
     lap("checks", &mut stages);
     let bundle = if opts.ship {
@@ -352,10 +319,68 @@ fn build_host(sh: &Shell, shared: &Shared, host: &Host) -> Result<Built> {
         None
     };
     // The intermediate filesystems are as big as the image: don't keep two copies around.
-    for f in [&root_img, &data_img, &boot_img, &root_tar, &data_tar] {
+    for f in [&root_img, &root_tar, &data_tar] {
         let _ = fs_err::remove_file(f);
     }
     Ok(Built { host: host.name.clone(), path: img, bytes, sha256, xz_bytes: 0, epoch, kernel_version, bundle, stages })
+}
+
+/// Where a host's root and data tarballs are written in its work directory.
+fn tarballs(work: &Path) -> (PathBuf, PathBuf) {
+    (work.join("root.tar"), work.join("data.tar"))
+}
+
+/// The card's filesystems and the card itself (`partitions`): the FAT from `boot`, slot A's ext4
+/// and the data partition's from their tarballs, slot B left empty; held to the size limits.
+/// Returns the card's size and slot A's filesystem image (what the bundle carries).
+fn write_card(
+    sh: &Shell,
+    shared: &Shared,
+    ids: &disk::Ids,
+    boot: &BTreeMap<String, Vec<u8>>,
+    split: &rootfs::Split,
+    work: &Path,
+    img: &Path,
+) -> Result<(u64, PathBuf)> {
+    let (image, epoch, mke2fs) = (&shared.cfg.image, shared.epoch, shared.mke2fs);
+    let boot_img = work.join("boot.vfat");
+    disk::boot_fs(sh, boot, image.boot_mib, ids.boot_volid, epoch, work, &boot_img)?;
+    let (root_img, data_img) = (work.join("root.ext4"), work.join("data.ext4"));
+    let (root_tar, data_tar) = tarballs(work);
+    let root =
+        disk::Ext4 { tar: &root_tar, stats: &split.root, headroom_mib: image.root_headroom_mib, label: "rootfs", uuid: &ids.root_uuid };
+    let root_bytes = disk::ext4(sh, mke2fs, &root, epoch, &root_img)?;
+    let slot_bytes = image.slot_mib << 20;
+    if root_bytes > slot_bytes {
+        bail!(
+            "the root filesystem needs {} MiB, more than a root slot's image.slot_mib = {}: raise it (the card then needs twice that)",
+            root_bytes >> 20,
+            image.slot_mib
+        );
+    }
+    let data = disk::Ext4 { tar: &data_tar, stats: &split.data, headroom_mib: image.data_mib, label: "data", uuid: &ids.data_uuid };
+    let data_bytes = disk::ext4(sh, mke2fs, &data, epoch, &data_img)?;
+    let parts = [
+        disk::Part { sys: disk::FAT32, bytes: image.boot_mib << 20, image: Some(&boot_img) },
+        disk::Part { sys: disk::LINUX, bytes: slot_bytes, image: Some(&root_img) },
+        disk::Part { sys: disk::LINUX, bytes: slot_bytes, image: None },
+        disk::Part { sys: disk::LINUX, bytes: data_bytes, image: Some(&data_img) },
+    ];
+    let bytes = disk::assemble(ids.disk_id, &parts, img)?;
+    for f in [&boot_img, &data_img] {
+        let _ = fs_err::remove_file(f);
+    }
+    if bytes > image.max_bytes {
+        bail!(
+            "{} is {bytes} bytes (boot {} MiB + two root slots of {} MiB + data {} MiB), over image.max_bytes = {}: lower image.slot_mib or raise the limit",
+            img.display(),
+            image.boot_mib,
+            image.slot_mib,
+            data_bytes >> 20,
+            image.max_bytes
+        );
+    }
+    Ok((bytes, root_img))
 }
 
 /// SHA256SUMS in `sha256sum -c` format over `files` (path, hash); lines for files not written
