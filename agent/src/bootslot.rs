@@ -13,7 +13,6 @@
 //! `pi2pi-agent boot`.
 
 use std::fmt;
-use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -189,12 +188,7 @@ pub fn load(path: &Path) -> Result<BootState> {
 pub fn store(path: &Path, state: &BootState) -> Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     ensure_mount_point(dir)?;
-    let tmp = dir.join(".pi2pi-boot.env.new");
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(state.render().as_bytes()).and_then(|()| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
-    drop(f);
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-    crate::fsutil::sync_dir(dir).with_context(|| format!("syncing {}", dir.display()))
+    crate::fsutil::replace_file(path, state.render().as_bytes()).with_context(|| format!("writing {}", path.display()))
 }
 
 fn ensure_mount_point(dir: &Path) -> Result<()> {

@@ -12,6 +12,22 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Replaces `path` whole: `data` written to a temporary beside it and synced, renamed over it, the
+/// directory synced. After a power cut the file is the old one or the new one, never a part.
+pub fn replace_file(path: &Path, data: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".new");
+    let tmp = dir.join(name);
+    let mut f = File::create(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    sync_dir(dir)
+}
+
 /// SHA-256 of the first `limit` bytes of a reader (all of it with `u64::MAX`), and how many were read.
 pub fn hash_reader(r: &mut impl Read, limit: u64) -> io::Result<(Sha256, u64)> {
     let mut h = Sha256::new();

@@ -15,7 +15,7 @@
 //! Everything the updater must remember across reboots is in `layout::UPDATE_DIR` (on the data
 //! partition): the trial, and outcomes the drive was not there to receive.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -166,10 +166,14 @@ pub fn pass(cfg: Result<&Config, String>) -> Result<()> {
         confirm_boot(&dirs, booted)?;
     }
     let cfg = cfg.map_err(|e| anyhow::anyhow!(e))?;
+    // Once per pass: whether the drive can take outcomes and has bundles.
+    if drive::check(&cfg.drive, None).is_err() {
+        return Ok(());
+    }
     deliver_outcomes(cfg, &dirs)?;
     if !dirs.trial().exists() {
         if let Some(bundle) = next_bundle(cfg)? {
-            apply(cfg, &dirs, &bundle)?;
+            apply(cfg, &dirs, &bundle, booted)?;
         }
     }
     Ok(())
@@ -267,11 +271,8 @@ fn answers(host: &str, port: u16) -> bool {
     addrs.into_iter().any(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok())
 }
 
-/// The first bundle (by name) waiting in the drive's update directory, if the drive is there.
+/// The first bundle (by name) waiting in the drive's update directory (the drive is ready).
 fn next_bundle(cfg: &Config) -> Result<Option<PathBuf>> {
-    if drive::check(&cfg.drive, None).is_err() {
-        return Ok(None);
-    }
     let dir = &cfg.update.dir;
     let Ok(entries) = std::fs::read_dir(dir) else { return Ok(None) };
     let mut bundles: Vec<PathBuf> = entries
@@ -285,7 +286,7 @@ fn next_bundle(cfg: &Config) -> Result<Option<PathBuf>> {
 }
 
 /// Checks one bundle and, if it is for this card and newer, installs it and reboots into it.
-fn apply(cfg: &Config, dirs: &Dirs, bundle: &Path) -> Result<()> {
+fn apply(cfg: &Config, dirs: &Dirs, bundle: &Path, booted: Slot) -> Result<()> {
     let name = bundle.file_name().context("a bundle without a name")?.to_string_lossy().into_owned();
     if let Some(why) = busy(cfg) {
         progress(dirs, &format!("{name} waits for a quiet moment: {why}"));
@@ -307,7 +308,6 @@ fn apply(cfg: &Config, dirs: &Dirs, bundle: &Path) -> Result<()> {
         return deliver_outcomes(cfg, dirs);
     }
     let info = checked?;
-    let booted = bootslot::booted_here()?;
     tracing::info!("installing {name} (version {}) into slot {}", info.version, booted.other());
     if let Err(e) = install(dirs, &name) {
         record(
@@ -364,12 +364,12 @@ fn install(dirs: &Dirs, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Outcomes recorded but not yet on the drive: each written beside its bundle, which is then moved
-/// to `update/done/` (numbered if a bundle of that name is there already).
+/// Outcomes recorded but not yet on the drive (which is ready): each written beside its bundle,
+/// which is then moved to `update/done/` (numbered if a bundle of that name is there already).
 fn deliver_outcomes(cfg: &Config, dirs: &Dirs) -> Result<()> {
     let mut pending: Vec<PathBuf> = std::fs::read_dir(dirs.outcomes())?.filter_map(|e| e.ok()).map(|e| e.path()).collect();
     pending.sort();
-    if pending.is_empty() || drive::check(&cfg.drive, None).is_err() {
+    if pending.is_empty() {
         return Ok(());
     }
     let done = cfg.update.dir.join("done");
@@ -378,7 +378,7 @@ fn deliver_outcomes(cfg: &Config, dirs: &Dirs) -> Result<()> {
         let Some(o) = read_json::<Outcome>(&file)? else { continue };
         let target = free_name(&done, &o.bundle);
         let text_file = done.join(format!("{}.txt", target.file_name().unwrap_or_default().to_string_lossy()));
-        write_synced(&text_file, o.text(&cfg.node).as_bytes())?;
+        fsutil::replace_file(&text_file, o.text(&cfg.node).as_bytes()).with_context(|| format!("writing {}", text_file.display()))?;
         let from = cfg.update.dir.join(&o.bundle);
         if from.exists() {
             std::fs::rename(&from, &target).with_context(|| format!("moving {} to {}", from.display(), target.display()))?;
@@ -459,18 +459,8 @@ fn copy_synced(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-fn write_synced(path: &Path, data: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))?;
-    fsutil::sync_dir(path.parent().unwrap_or(Path::new(".")))?;
-    Ok(())
-}
-
 fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
-    write_synced(path, serde_json::to_string_pretty(v)?.as_bytes())
+    fsutil::replace_file(path, serde_json::to_string_pretty(v)?.as_bytes()).with_context(|| format!("writing {}", path.display()))
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>> {

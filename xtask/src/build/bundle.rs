@@ -75,8 +75,9 @@ pub fn write(sh: &Shell, i: &Inputs, work: &Path, out: &Path) -> Result<u64> {
     fs_err::copy(i.hook, dir.join("hook"))?;
     let _ = fs_err::remove_file(out);
     let (cert, key) = (&i.keys.cert, &i.keys.key);
-    let at_epoch = format!("@{}", i.epoch);
-    let at = proc::read(cmd!(sh, "date -u -d {at_epoch} '+%Y-%m-%d %H:%M:%S'"))?;
+    // faketime's frozen clock, in UTC (TZ below): the build's epoch.
+    let t = time::OffsetDateTime::from_unix_timestamp(i64::try_from(i.epoch)?)?;
+    let at = format!("{:04}-{:02}-{:02} {:02}:{:02}:{:02}", t.year(), u8::from(t.month()), t.day(), t.hour(), t.minute(), t.second());
     proc::read(
         cmd!(sh, "faketime -f {at} rauc bundle --cert {cert} --key {key} --keyring {cert} {dir} {out}")
             .env("SOURCE_DATE_EPOCH", i.epoch.to_string())
