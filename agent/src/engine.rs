@@ -237,6 +237,16 @@ impl Engine {
                 deliver(ps, &jobs, &mut self.seen, limits, &mut report);
             }
         }
+        // What this pass put off (a peer's backoff, a file held back) is looked at again when
+        // it is due, not at the next rescan: a peer that failed once was otherwise tried again
+        // only after `sync.rescan_secs` (30 s) unless a file changed (found by the soak).
+        let now = self.clock.now();
+        for ps in &self.peers {
+            let due = ps.retry_at.into_iter().chain(ps.held.values().map(|h| h.until));
+            for at in due.filter(|t| *t > now) {
+                report.wake(at - now);
+            }
+        }
         report
     }
 

@@ -66,14 +66,20 @@ fn an_unreachable_peer_is_retried_after_a_doubling_backoff() {
     let clock = Clock::manual();
     let mut e = engine(&a, &clock);
     write_file(&a.sending(), "f.txt", b"x");
-    assert!(pass(&mut e).failures > 0);
-    for wait in [1, 2, 4, 8, 8] {
+    let r = pass(&mut e);
+    assert!(r.failures > 0);
+    // The failing pass itself says when to try again (a daemon sleeps until then, not until its
+    // next rescan).
+    assert_eq!(r.wake_in, Some(S(1)), "the failed pass asks to be woken for the retry");
+    for (wait, next) in [(1, 2), (2, 4), (4, 8), (8, 8), (8, 8)] {
         let r = pass(&mut e);
         assert_eq!(r.wake_in, Some(S(wait)), "waiting out the backoff");
         clock.advance(S(wait) - Duration::from_millis(1));
         assert_eq!(pass(&mut e).wake_in, Some(Duration::from_millis(1)), "not tried before its time");
         clock.advance(Duration::from_millis(1));
-        assert!(pass(&mut e).failures > 0, "tried again after {wait} s, and failed");
+        let r = pass(&mut e);
+        assert!(r.failures > 0, "tried again after {wait} s, and failed");
+        assert_eq!(r.wake_in, Some(S(next)), "and asks to be woken for the next try");
     }
     fs::write(&b.config, good).unwrap();
     clock.advance(S(8));
