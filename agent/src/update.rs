@@ -171,12 +171,30 @@ pub fn pass(cfg: Result<&Config, String>) -> Result<()> {
         return Ok(());
     }
     deliver_outcomes(cfg, &dirs)?;
-    if !dirs.trial().exists() {
-        if let Some(bundle) = next_bundle(cfg)? {
-            apply(cfg, &dirs, &bundle, booted)?;
+    if dirs.trial().exists() {
+        return Ok(());
+    }
+    // A refused bundle is moved aside at once: the next one is looked at in the same pass, so
+    // a drive with several is answered in one go (bounded: each bundle once).
+    for _ in 0..MAX_BUNDLES_PER_PASS {
+        let Some(bundle) = next_bundle(cfg)? else { break };
+        if apply(cfg, &dirs, &bundle, booted)? == Applied::Waiting {
+            break;
         }
     }
     Ok(())
+}
+
+/// How many bundles one pass looks at, at most.
+const MAX_BUNDLES_PER_PASS: usize = 16;
+
+/// What `apply` did with a bundle.
+#[derive(Debug, PartialEq, Eq)]
+enum Applied {
+    /// Refused, and moved aside with its outcome: the next bundle may be looked at.
+    Refused,
+    /// Still there: it waits for a quiet moment (or the Pi is rebooting into it).
+    Waiting,
 }
 
 /// An ordinary boot: the booted slot gets its attempts back (the boot state is written only
@@ -212,9 +230,11 @@ fn judge_trial(cfg: Result<&Config, String>, dirs: &Dirs, trial: &Trial, booted:
     }
     let since_boot = uptime()?;
     let window = cfg.as_ref().map_or(Duration::from_secs(crate::config::DEFAULT_HEALTH_SECS), |c| c.update.health);
-    let healthy = match cfg {
-        Ok(cfg) => health(cfg, status::unix_now().saturating_sub(since_boot.as_secs())),
-        Err(e) => Err(format!("the agent's configuration does not load: {e}")),
+    // A configuration that does not load will not load later either: no agent runs in this
+    // system, so waiting out the window would only keep the Pi from its peers longer.
+    let (healthy, hopeless) = match cfg {
+        Ok(cfg) => (health(cfg, status::unix_now().saturating_sub(since_boot.as_secs())), false),
+        Err(e) => (Err(format!("the agent's configuration does not load: {e}")), true),
     };
     match healthy {
         Ok(()) => {
@@ -226,7 +246,7 @@ fn judge_trial(cfg: Result<&Config, String>, dirs: &Dirs, trial: &Trial, booted:
             tracing::info!("update {} applied: version {} in slot {booted} is healthy", trial.bundle, trial.version);
             remove(&dirs.trial())
         }
-        Err(why) if since_boot < window => {
+        Err(why) if since_boot < window && !hopeless => {
             progress(dirs, &format!("trying version {} in slot {booted}: not healthy yet ({why})", trial.version));
             Ok(())
         }
@@ -286,15 +306,27 @@ fn next_bundle(cfg: &Config) -> Result<Option<PathBuf>> {
 }
 
 /// Checks one bundle and, if it is for this card and newer, installs it and reboots into it.
-fn apply(cfg: &Config, dirs: &Dirs, bundle: &Path, booted: Slot) -> Result<()> {
+fn apply(cfg: &Config, dirs: &Dirs, bundle: &Path, booted: Slot) -> Result<Applied> {
     let name = bundle.file_name().context("a bundle without a name")?.to_string_lossy().into_owned();
     if let Some(why) = busy(cfg) {
         progress(dirs, &format!("{name} waits for a quiet moment: {why}"));
-        return Ok(());
+        return Ok(Applied::Waiting);
     }
     let running = Build::read(&dirs.build)?;
+    let size = std::fs::metadata(bundle).with_context(|| format!("reading {}", bundle.display()))?.len();
+    if let Some(why) = no_room(&dirs.state, size) {
+        tracing::warn!("{name} refused: {why}");
+        record(dirs, &Outcome::new(&name, Verdict::Refused, format!("Nothing was written: {why}.")))?;
+        deliver_outcomes(cfg, dirs)?;
+        return Ok(Applied::Refused);
+    }
     progress(dirs, &format!("{name}: copying it onto the card"));
-    copy_synced(bundle, &dirs.incoming())?;
+    if let Err(e) = copy_synced(bundle, &dirs.incoming()) {
+        // A drive pulled in the middle, say: no half copy is left to fill the partition; the
+        // bundle is still on the drive for the next pass.
+        let _ = remove(&dirs.incoming());
+        return Err(e);
+    }
     let checked = run_capture(Command::new("rauc").args(["info", "--output-format=shell"]).arg(dirs.incoming()))
         .and_then(|out| BundleInfo::parse_shell(&out));
     let refusal = match &checked {
@@ -305,7 +337,8 @@ fn apply(cfg: &Config, dirs: &Dirs, bundle: &Path, booted: Slot) -> Result<()> {
         tracing::warn!("{name} refused: {why}");
         record(dirs, &Outcome::new(&name, Verdict::Refused, format!("Nothing was written: {why}.")))?;
         remove(&dirs.incoming())?;
-        return deliver_outcomes(cfg, dirs);
+        deliver_outcomes(cfg, dirs)?;
+        return Ok(Applied::Refused);
     }
     let info = checked?;
     tracing::info!("installing {name} (version {}) into slot {}", info.version, booted.other());
@@ -315,13 +348,34 @@ fn apply(cfg: &Config, dirs: &Dirs, bundle: &Path, booted: Slot) -> Result<()> {
             &Outcome::new(&name, Verdict::Refused, format!("RAUC could not install it, and the running system is unchanged: {e:#}")),
         )?;
         remove(&dirs.incoming())?;
-        return deliver_outcomes(cfg, dirs);
+        deliver_outcomes(cfg, dirs)?;
+        return Ok(Applied::Refused);
     }
     let trial = Trial { bundle: name.clone(), version: info.version, slot: booted.other(), from: booted };
     write_json(&dirs.trial(), &trial)?;
     remove(&dirs.incoming())?;
     progress(dirs, &format!("{name} installed in slot {}; rebooting to try it", trial.slot));
-    reboot()
+    reboot()?;
+    Ok(Applied::Waiting)
+}
+
+/// What the data partition keeps free beyond a bundle's copy: the agent's journal and state go on
+/// being written while RAUC reads it.
+const KEEP_FREE: u64 = 64 << 20;
+
+/// Why a bundle of `size` bytes cannot be copied into `dir`, if it cannot: a full data partition
+/// would stop the agent's state and journal too.
+fn no_room(dir: &Path, size: u64) -> Option<String> {
+    let st = rustix::fs::statvfs(dir).ok()?;
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    (free < size.saturating_add(KEEP_FREE)).then(|| {
+        format!(
+            "the card's data partition has {} MiB free and the bundle needs {} MiB and {} MiB to spare (the partition grows to the end of the card on the first boot: a card of 4 GB or more leaves room)",
+            free >> 20,
+            size.div_ceil(1 << 20),
+            KEEP_FREE >> 20
+        )
+    })
 }
 
 /// Why now is not a quiet moment, if it is not: files still to send, or a file arriving.
