@@ -22,7 +22,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use xshell::{cmd, Shell};
 
 use crate::build::mac::Mac;
@@ -184,10 +184,17 @@ pub fn start_all(sh: &Shell, specs: &[Spec]) -> Result<(Vec<BootFiles>, Vec<Vm>)
     Ok((boots, vms))
 }
 
+/// The SD card a `virt` VM boots has the size of the smallest card the images are for (4 GB,
+/// `image.max_bytes`'s default), not the image's: the first boot grows the data partition to
+/// the card's end as on a Pi, and an update bundle's copy needs that room (at the image's size
+/// the partition stayed at 59 MiB, and a 120 MB bundle filled it).
+pub const CARD_BYTES: u64 = 4_000_000_000;
+
 pub fn overlay(sh: &Shell, image: &Path, path: &Path) -> Result<()> {
     let _ = fs_err::remove_file(path);
     let image = fs_err::canonicalize(image)?;
-    proc::read(cmd!(sh, "qemu-img create -q -f qcow2 -F raw -b {image} {path}"))?;
+    let size = (fs_err::metadata(&image)?.len().max(CARD_BYTES).div_ceil(512) * 512).to_string();
+    proc::read(cmd!(sh, "qemu-img create -q -f qcow2 -F raw -b {image} {path} {size}"))?;
     Ok(())
 }
 
@@ -274,6 +281,43 @@ impl Vm {
         self.check_console_text(&self.console())
     }
 
+    /// The root slot this boot's kernel was given (`rauc.slot=` on the command line it printed).
+    pub fn console_slot(&self) -> Option<pi2pi_agent::bootslot::Slot> {
+        let console = self.this_boot();
+        let line = console.lines().find(|l| l.contains("Kernel command line:"))?;
+        pi2pi_agent::bootslot::booted(line)
+    }
+
+    /// How long this machine may take to boot (its `Limits`).
+    pub fn boot_limit(&self) -> Duration {
+        self.limits.boot
+    }
+
+    /// This boot's part of the console (the log goes on across the boots of one card).
+    fn this_boot(&self) -> String {
+        self.console().get(self.console_from..).unwrap_or_default().to_string()
+    }
+
+    /// Waits, within `limit`, for the guest to end QEMU by itself (a reboot it decided on, which
+    /// `-no-reboot` turns into an exit, as a Pi's reset would end its boot); the harness then
+    /// powers it on again, as the Pi's firmware would start over.
+    pub fn wait_exit(&mut self, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        while self.exited().is_none() {
+            ensure!(Instant::now() < deadline, "{}: the guest did not reboot within {limit:?}", self.name);
+            if self.shell.is_some() && self.pump(Duration::from_millis(500)).is_err() {
+                self.shell = None;
+            }
+            self.buf.clear();
+            if self.shell.is_none() {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+        self.handle = None;
+        self.shell = None;
+        Ok(())
+    }
+
     fn check_console_text(&self, text: &str) -> Result<()> {
         if let Some(l) = text.lines().find(|l| FATAL.iter().any(|f| l.contains(f))) {
             bail!("{}: unexpected console output: {}", self.name, l.trim());
@@ -320,12 +364,14 @@ impl Vm {
             if let Some(why) = self.exited() {
                 bail!("{}: QEMU {why} while booting", self.name);
             }
-            let console = self.console();
+            // Only this boot's: a unit that failed in an earlier boot of the card (a new system
+            // on trial that went back) is judged where that boot is.
+            let console = self.this_boot();
             self.check_console_text(&console)?;
             if Instant::now() > deadline {
                 bail!("{}: the harness shell did not answer within {limit:?}", self.name);
             }
-            systemd_runs = systemd_runs || console.get(self.console_from..).is_some_and(|c| c.contains(SYSTEMD_RUNS));
+            systemd_runs = systemd_runs || console.contains(SYSTEMD_RUNS);
             if systemd_runs && last.elapsed() > Duration::from_secs(3) {
                 // `$((6*7))` is expanded by the shell, so the echo of our input cannot match.
                 self.send("stty -echo -onlcr 2>/dev/null; PS1=''; PS2=''; export PS1 PS2 SYSTEMD_PAGER=cat TERM=dumb NO_COLOR=1 SYSTEMD_COLORS=0; echo @@READY$((6*7))\n")?;

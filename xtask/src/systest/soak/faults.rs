@@ -41,6 +41,7 @@ impl Soak<'_> {
                 self.qmp[v].execute("set_link", json!({ "name": "net0", "up": true }))?;
                 (format!("unplugged for {secs}s"), Instant::now())
             }
+            Kind::Update => self.update(v)?,
             Kind::AgentKill => {
                 self.vms[v].ok(&format!("pkill -KILL -f '^{}' || true", pi2pi_agent::layout::BINARY))?;
                 ("SIGKILL to every pi2pi-agent process".to_string(), Instant::now())
@@ -61,11 +62,7 @@ impl Soak<'_> {
     /// it to boot; returns when power came back.
     pub(super) fn power_on(&mut self, v: usize, drive: bool) -> Result<Instant> {
         let on = Instant::now();
-        self.specs[v].usb_unplugged = !drive;
-        self.specs[v].cpus = qemu::CPUS_ALONE;
-        let overlay = self.specs[v].dir.join("overlay.qcow2");
-        self.vms[v] = Vm::start(self.sh, &self.specs[v], &self.boots[v], &overlay)?;
-        self.qmp[v] = Qmp::connect(&self.specs[v].dir.join(QMP_SOCK), Duration::from_secs(30))?;
+        self.start_vm(v, drive)?;
         self.vms[v].wait_booted(on)?;
         if drive {
             wait_mounted(&mut self.vms[v], &self.cfg.drive.mount_point, "vfat")?;
@@ -73,9 +70,18 @@ impl Soak<'_> {
         Ok(on)
     }
 
-    /// Pulls `v`'s drive, keeps it out while its peer goes on sending (sometimes across a reboot),
-    /// checks nothing was written to the bare mount point, and plugs it back.
-    pub(super) fn pull_drive(&mut self, v: usize) -> Result<(String, Instant)> {
+    /// Starts host `v`'s QEMU on the same disks (its drive plugged in or not), without waiting.
+    pub(super) fn start_vm(&mut self, v: usize, drive: bool) -> Result<()> {
+        self.specs[v].usb_unplugged = !drive;
+        self.specs[v].cpus = qemu::CPUS_ALONE;
+        let overlay = self.specs[v].dir.join("overlay.qcow2");
+        self.vms[v] = Vm::start(self.sh, &self.specs[v], &self.boots[v], &overlay)?;
+        self.qmp[v] = Qmp::connect(&self.specs[v].dir.join(QMP_SOCK), Duration::from_secs(30))?;
+        Ok(())
+    }
+
+    /// Pulls `v`'s drive (QMP `device_del`) and waits until the guest has let go of it.
+    fn unplug(&mut self, v: usize) -> Result<()> {
         self.qmp[v].execute("device_del", json!({ "id": qemu::USB_DEVICE }))?;
         self.qmp[v].wait_event("DEVICE_DELETED", Duration::from_secs(60))?;
         self.drive_in[v] = false;
@@ -85,6 +91,44 @@ impl Soak<'_> {
             ensure!(t.elapsed() < Duration::from_secs(60), "{mount} still mounted a minute after the drive was pulled");
             std::thread::sleep(Duration::from_secs(1));
         }
+        Ok(())
+    }
+
+    /// Plugs `v`'s drive back (QMP `device_add`, as it was plugged in) and waits for its mount;
+    /// returns when it went in.
+    fn plug(&mut self, v: usize) -> Result<Instant> {
+        let args = device_add_arguments(&qemu::usb_drive_device().to_string_lossy())?;
+        self.qmp[v].execute("device_add", args)?;
+        let plugged = Instant::now();
+        let mount = self.mount().to_string();
+        wait_mounted(&mut self.vms[v], &mount, "vfat")?;
+        self.drive_in[v] = true;
+        Ok(plugged)
+    }
+
+    /// Takes `v`'s drive out, puts `files` in its `update/` (from the host, as a person would on
+    /// their computer) and plugs it back.
+    pub(super) fn swap_drive(&mut self, v: usize, files: &[std::path::PathBuf]) -> Result<()> {
+        self.unplug(v)?;
+        let usb = self.specs[v].usb.clone().context("the soak's VMs have a drive")?;
+        let stage = self.specs[v].dir.join("stage-update");
+        let _ = fs_err::remove_dir_all(&stage);
+        fs_err::create_dir_all(stage.join("update"))?;
+        for f in files {
+            let to = stage.join("update").join(f.file_name().context("a bundle's name")?);
+            fs_err::hard_link(f, &to).or_else(|_| fs_err::copy(f, &to).map(|_| ()))?;
+        }
+        crate::build::fat::Fat::file(&usb).copy_in(self.sh, &[stage.join("update")], "")?;
+        let _ = fs_err::remove_dir_all(&stage);
+        self.plug(v)?;
+        Ok(())
+    }
+
+    /// Pulls `v`'s drive, keeps it out while its peer goes on sending (sometimes across a reboot),
+    /// checks nothing was written to the bare mount point, and plugs it back.
+    pub(super) fn pull_drive(&mut self, v: usize) -> Result<(String, Instant)> {
+        self.unplug(v)?;
+        let mount = self.mount().to_string();
         // The peer keeps writing; its agent keeps trying to deliver to the missing drive.
         let peer = 1 - v;
         let (rel, n) = (self.new_path(), self.size());
@@ -97,12 +141,7 @@ impl Soak<'_> {
         }
         let bare = self.vms[v].ok(&format!("mountpoint -q '{mount}' && echo MOUNTED; ls -A '{mount}'"))?;
         ensure!(bare.trim().is_empty(), "{}: with the drive out, {mount} holds: {bare}", self.hosts[v].name);
-        let device = qemu::usb_drive_device();
-        let args = device_add_arguments(&device.to_string_lossy())?;
-        self.qmp[v].execute("device_add", args)?;
-        let plugged = Instant::now();
-        wait_mounted(&mut self.vms[v], &mount, "vfat")?;
-        self.drive_in[v] = true;
+        let plugged = self.plug(v)?;
         let what = if across_reboot { "out across a reboot, plugged back after it" } else { "out while the peer sent, plugged back" };
         Ok((what.to_string(), plugged))
     }
