@@ -225,14 +225,16 @@ impl Engine {
             paths::case_collisions(files.iter().map(|f| f.rel.as_str())).into_iter().flat_map(|(a, b)| [(a, b), (b, a)]).collect();
         let limits = Limits { retry_max: self.cfg.sync.retry_max, serve_idle: self.cfg.serve.idle, clock: &self.clock };
         for ps in &mut self.peers {
+            let (ready, held) = unheld(ps, &ready, now, &mut report);
+            let jobs = jobs_for(ps, &ready, &collisions, &self.cfg.drive.sending);
+            // Said even while the peer waits out its backoff: a status that kept the last
+            // pass's (empty) list told the soak's idle check, and a person, that nothing waited.
+            ps.status.pending = jobs.iter().map(|j| j.rel.to_string()).chain(held).collect();
             if let Some(at) = ps.retry_at.filter(|t| *t > now) {
                 report.wake(at - now);
                 report.failures += 1;
                 continue;
             }
-            let (ready, held) = unheld(ps, &ready, now, &mut report);
-            let jobs = jobs_for(ps, &ready, &collisions, &self.cfg.drive.sending);
-            ps.status.pending = jobs.iter().map(|j| j.rel.to_string()).chain(held).collect();
             if !jobs.is_empty() {
                 deliver(ps, &jobs, &mut self.seen, limits, &mut report);
             }

@@ -71,6 +71,10 @@ fn an_unreachable_peer_is_retried_after_a_doubling_backoff() {
     // The failing pass itself says when to try again (a daemon sleeps until then, not until its
     // next rescan).
     assert_eq!(r.wake_in, Some(S(1)), "the failed pass asks to be woken for the retry");
+    // A file written while the peer waits out its backoff is said to wait too.
+    write_file(&a.sending(), "g.txt", b"y");
+    pass(&mut e);
+    assert_eq!(e.status().peers[0].pending, ["f.txt", "g.txt"], "the status lists what waits, during a backoff too");
     for (wait, next) in [(1, 2), (2, 4), (4, 8), (8, 8), (8, 8)] {
         let r = pass(&mut e);
         assert_eq!(r.wake_in, Some(S(wait)), "waiting out the backoff");
@@ -84,7 +88,7 @@ fn an_unreachable_peer_is_retried_after_a_doubling_backoff() {
     fs::write(&b.config, good).unwrap();
     clock.advance(S(8));
     let r = pass(&mut e);
-    assert_eq!((r.delivered, r.failures), (1, 0));
+    assert_eq!((r.delivered, r.failures), (2, 0));
     assert_eq!(pass(&mut e).wake_in, None, "no backoff left");
 }
 
