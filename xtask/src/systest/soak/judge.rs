@@ -92,6 +92,32 @@ impl Soak<'_> {
         self.prune()
     }
 
+    /// Waits until every file in each sending/ is at the peer in its last version (by hash, as
+    /// the guests see them): the end of the soak is judged once the pair has had the time to
+    /// deliver, not when a status looked idle (a daemon in the middle of a pass, or waiting out
+    /// a backoff, had not yet said what it still had to send).
+    pub(super) fn wait_delivered(&mut self) -> Result<()> {
+        let started = Instant::now();
+        loop {
+            let mut missing = Vec::new();
+            for r in 0..2 {
+                let got = self.receiving_sums(r)?;
+                let sent = &self.written[1 - r];
+                missing.extend(
+                    sent.present
+                        .iter()
+                        .filter(|p| got.get(*p) != sent.versions[*p].last())
+                        .map(|p| format!("{}'s {p}", self.hosts[1 - r].name)),
+                );
+            }
+            if missing.is_empty() {
+                return Ok(());
+            }
+            ensure!(started.elapsed() < IDLE_LIMIT, "not delivered within {IDLE_LIMIT:?}: {missing:?}");
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+
     /// Keeps the drives from filling over a long soak, as their owners would: once a side has sent
     /// more than a third of a drive, its oldest delivered files are deleted on both sides.
     pub(super) fn prune(&mut self) -> Result<()> {

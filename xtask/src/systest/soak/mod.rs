@@ -300,7 +300,8 @@ impl<'a> Soak<'a> {
             }
             let kind = order.pop().unwrap_or(Kind::AgentKill);
             self.churn()?;
-            let victim = self.rng.usize(0..2);
+            let drawn = self.rng.usize(0..2);
+            let victim = if kind == Kind::Update { self.update_victim() } else { drawn };
             let f = self
                 .inject(kind, victim, opts)
                 .with_context(|| format!("fault {} ({} of {})", n + 1, kind.name(), self.hosts[victim].name))?;
@@ -323,6 +324,7 @@ impl<'a> Soak<'a> {
         }
         self.churn()?;
         self.settle()?;
+        self.wait_delivered()?;
         let (lost, files, bytes) = self.finish()?;
         Ok(Report {
             seed: opts.seed,

@@ -145,6 +145,13 @@ struct Seen {
 }
 
 impl Soak<'_> {
+    /// Which host the next update fault is brought to: the cases take turns on each host, the
+    /// first host (the pair's DHCP server, whose restarts its peer feels most) first, so that
+    /// even a short soak updates it both ways.
+    pub(super) fn update_victim(&self) -> usize {
+        (self.updates / 2) % self.hosts.len()
+    }
+
     /// The update fault on `v`; returns what happened and when the Pi was back.
     pub(super) fn update(&mut self, v: usize) -> Result<(String, Instant)> {
         let case = if self.updates.is_multiple_of(2) { Case::Newer } else { Case::Broken };
@@ -203,12 +210,7 @@ impl Soak<'_> {
         ensure!(after == before, "{host}: refused bundles changed the card: before {before:?}, after {after:?}");
 
         // The newer build: cut while RAUC writes it, then again while the new system boots.
-        self.bundles.clear()?;
-        let root = self.bundles.patched_root(sh, &host, newer, false)?;
-        let name = format!("{host}-{newer}.raucb");
-        let bundle = self.bundles.make(sh, &name, &host, &root, newer, &self.bundles.keys)?;
-        let brought = Instant::now();
-        self.swap_drive(v, &[bundle])?;
+        let (name, brought) = self.bring_build(v, newer, false)?;
         let writing = self.wait_writing(v)?;
         std::thread::sleep(Duration::from_millis(self.rng.u64(1000..8000)));
         self.vms[v].kill();
@@ -258,14 +260,8 @@ impl Soak<'_> {
     fn update_broken(&mut self, v: usize) -> Result<(String, Instant)> {
         let host = self.hosts[v].name.clone();
         let before = self.seen(v)?;
-        let sh = self.sh;
         let version = before.version + 1;
-        self.bundles.clear()?;
-        let root = self.bundles.patched_root(sh, &host, version, true)?;
-        let name = format!("{host}-{version}-broken.raucb");
-        let bundle = self.bundles.make(sh, &name, &host, &root, version, &self.bundles.keys)?;
-        let brought = Instant::now();
-        self.swap_drive(v, &[bundle])?;
+        let (name, brought) = self.bring_build(v, version, true)?;
         self.vms[v].wait_exit(INSTALL_LIMIT + REBOOT_LIMIT)?;
         // The new system's boot: its agent fails (a failed unit, which the harness's boot check
         // would stop at); the Pi is left to judge it and reboot by itself.
@@ -300,6 +296,19 @@ impl Soak<'_> {
         ))
     }
 
+    /// Makes `v`'s build of `version` (with a broken agent.toml if `broken`) into a bundle and
+    /// brings it on `v`'s drive; returns the bundle's name and when the drive went back in.
+    fn bring_build(&mut self, v: usize, version: u64, broken: bool) -> Result<(String, Instant)> {
+        let host = self.hosts[v].name.clone();
+        self.bundles.clear()?;
+        let root = self.bundles.patched_root(self.sh, &host, version, broken)?;
+        let name = format!("{host}-{version}{}.raucb", if broken { "-broken" } else { "" });
+        let bundle = self.bundles.make(self.sh, &name, &host, &root, version, &self.bundles.keys)?;
+        let brought = Instant::now();
+        self.swap_drive(v, &[bundle])?;
+        Ok((name, brought))
+    }
+
     /// Waits until the Pi's updater says RAUC is writing a bundle; returns its words.
     fn wait_writing(&mut self, v: usize) -> Result<String> {
         let progress = format!("cat {}/progress.txt 2>/dev/null || true", pi2pi_agent::layout::UPDATE_DIR);
@@ -307,10 +316,10 @@ impl Soak<'_> {
         let name = vm.name.clone();
         wait_until(&format!("{name}: RAUC writing the bundle"), INSTALL_LIMIT, Duration::from_secs(1), || {
             let p = vm.ok(&progress)?;
-            // RAUC's steps ("80% Updating slots", "Checking slot rootfs.1", "Copying image to
-            // rootfs.1"): the target slot is marked bad, then written.
-            let writing = p.starts_with("installing") && ["Updating slots", "slot rootfs", "Copying"].iter().any(|w| p.contains(w));
-            Ok(if writing && !p.contains("100%") { Ok(p.trim().to_string()) } else { Err(p) })
+            // RAUC's step while it writes the slot (marked bad before): "48% Copying image to
+            // rootfs.1" (about 30 s of it under emulation; the harness looks every second).
+            let writing = p.starts_with("installing") && p.contains("Copying image");
+            Ok(if writing { Ok(p.trim().to_string()) } else { Err(p) })
         })
     }
 
