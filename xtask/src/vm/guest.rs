@@ -60,8 +60,12 @@ pub fn wait_idle(vm: &mut Vm, limit: Duration) -> Result<()> {
 /// delivered again shows new times.
 pub fn guest_written(vm: &mut Vm, dir: &str) -> Result<BTreeMap<String, String>> {
     // A temporary renamed into place between find's readdir and its stat is no error (the soak
-    // failed on one); the file is listed under its final name next time.
-    let out = vm.ok(&format!("cd '{dir}' && find . -ignore_readdir_race -type f -printf '%P\\t%s %T@ %C@\\n'"))?;
+    // failed on one); the file is listed under its final name next time. find's output goes
+    // through a command substitution, not straight to the harness's terminal: on a terminal, in
+    // the C locale, find prints every non-ASCII byte as `?` (`日本/ü/x` came back as `??????/??/x`,
+    // which no later command could open, so those files went unhashed).
+    let out = vm
+        .ok(&format!("cd '{dir}' && out=$(find . -ignore_readdir_race -type f -printf '%P\\t%s %T@ %C@\\n') && printf '%s\\n' \"$out\""))?;
     Ok(out.lines().filter_map(|l| l.split_once('\t')).map(|(p, v)| (p.to_string(), v.to_string())).collect())
 }
 

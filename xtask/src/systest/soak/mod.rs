@@ -207,6 +207,7 @@ pub fn run(sh: &Shell, cfg: &ImageConfig, opts: &Options, build: bool) -> Result
             let _ = fs_err::remove_file(run_dir.join(&h.name).join(f));
         }
     }
+    let _ = fs_err::remove_dir_all(run_dir.join("bundles"));
     Ok(report)
 }
 

@@ -122,9 +122,9 @@ impl Bundles {
         Ok(out)
     }
 
-    fn clear(&self) -> Result<()> {
+    /// Forgets the bundles made for the last fault.
+    fn clear(&self) {
         let _ = fs_err::remove_dir_all(self.dir.join("update"));
-        Ok(())
     }
 }
 
@@ -180,7 +180,7 @@ impl Soak<'_> {
         let before = self.seen(v)?;
         let sh = self.sh;
         let (running, newer) = (before.version, before.version + 1);
-        self.bundles.clear()?;
+        self.bundles.clear();
         let empty = self.bundles.empty_root(sh)?;
         let refused = [
             (
@@ -300,10 +300,11 @@ impl Soak<'_> {
     /// brings it on `v`'s drive; returns the bundle's name and when the drive went back in.
     fn bring_build(&mut self, v: usize, version: u64, broken: bool) -> Result<(String, Instant)> {
         let host = self.hosts[v].name.clone();
-        self.bundles.clear()?;
+        self.bundles.clear();
         let root = self.bundles.patched_root(self.sh, &host, version, broken)?;
         let name = format!("{host}-{version}{}.raucb", if broken { "-broken" } else { "" });
         let bundle = self.bundles.make(self.sh, &name, &host, &root, version, &self.bundles.keys)?;
+        let _ = fs_err::remove_file(&root); // the bundle holds it; 471 MB each
         let brought = Instant::now();
         self.swap_drive(v, &[bundle])?;
         Ok((name, brought))
