@@ -302,20 +302,35 @@ impl Vm {
     /// `-no-reboot` turns into an exit, as a Pi's reset would end its boot); the harness then
     /// powers it on again, as the Pi's firmware would start over.
     pub fn wait_exit(&mut self, limit: Duration) -> Result<()> {
-        let deadline = Instant::now() + limit;
-        while self.exited().is_none() {
-            ensure!(Instant::now() < deadline, "{}: the guest did not reboot within {limit:?}", self.name);
-            if self.shell.is_some() && self.pump(Duration::from_millis(500)).is_err() {
+        ensure!(self.drain_until_exit(Instant::now() + limit, None), "{}: the guest did not reboot within {limit:?}", self.name);
+        Ok(())
+    }
+
+    /// Keeps the shell open and drained until QEMU exits (true) or `deadline` passes (false):
+    /// closing it at once can drop the end of a command (a UART takes 16 bytes at a time), and
+    /// an unread console stalls the guest. `halt_after`: a clean halt printed in the console
+    /// after that offset ends QEMU here (a board QEMU cannot switch off: raspi0 has no
+    /// power-management block).
+    fn drain_until_exit(&mut self, deadline: Instant, halt_after: Option<usize>) -> bool {
+        while Instant::now() < deadline {
+            if halt_after.is_some_and(|seen| self.console().get(seen..).is_some_and(|c| c.contains(HALTED))) {
+                self.kill();
+            }
+            if self.exited().is_some() || self.handle.is_none() {
+                self.handle = None;
                 self.shell = None;
+                self.buf.clear();
+                return true;
+            }
+            if self.shell.is_some() && self.pump(Duration::from_millis(250)).is_err() {
+                self.shell = None; // the guest closed it on its way down
             }
             self.buf.clear();
             if self.shell.is_none() {
-                std::thread::sleep(Duration::from_millis(500));
+                std::thread::sleep(Duration::from_millis(250));
             }
         }
-        self.handle = None;
-        self.shell = None;
-        Ok(())
+        false
     }
 
     fn check_console_text(&self, text: &str) -> Result<()> {
@@ -486,28 +501,9 @@ impl Vm {
     pub fn stop(&mut self, how: Power) -> Result<()> {
         let (seen, limit) = (self.console().len(), self.limits.shutdown);
         let _ = self.send(&format!("systemctl {}\n", how.verb()));
-        // Keep the shell open and drained until QEMU exits: closing it at once can drop the end of
-        // the command (a UART takes 16 bytes at a time), and an unread console stalls the guest.
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            // A board QEMU cannot switch off (raspi0: no power-management block) halts instead,
-            // after the same clean shutdown; then QEMU is ended here.
-            if how == Power::Off && self.console().get(seen..).is_some_and(|c| c.contains(HALTED)) {
-                self.kill();
-            }
-            if self.exited().is_some() || self.handle.is_none() {
-                self.handle = None;
-                self.shell = None;
-                self.buf.clear();
-                return Ok(());
-            }
-            if self.shell.is_some() && self.pump(Duration::from_millis(250)).is_err() {
-                self.shell = None; // the guest closed it on its way down
-            }
-            self.buf.clear();
-            if self.shell.is_none() {
-                std::thread::sleep(Duration::from_millis(250));
-            }
+        // A board that cannot switch off halts instead, after the same clean shutdown.
+        if self.drain_until_exit(Instant::now() + limit, (how == Power::Off).then_some(seen)) {
+            return Ok(());
         }
         self.kill();
         self.shell = None;
