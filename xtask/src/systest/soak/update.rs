@@ -232,24 +232,12 @@ impl Soak<'_> {
         self.start_vm(v, true)?;
         std::thread::sleep(Duration::from_secs(cut_after));
         self.vms[v].kill();
-        let on = self.power_on(v, true)?;
-        let text = self.wait_outcome(v, &name)?;
-        let applied = brought.elapsed();
-        ensure!(text.starts_with("APPLIED"), "{host}: {name} should be applied, the drive says:\n{text}");
-        let now = self.seen(v)?;
-        ensure!(
-            now.booted == before.booted.other() && now.version == newer,
-            "{host}: applied, but runs version {} from slot {} (the new build is {newer} in slot {})",
-            now.version,
-            now.booted,
-            before.booted.other()
-        );
-        check_boot_state(&mut self.vms[v], now.booted)?;
+        let (on, applied) = self.power_on_to_outcome(v, &name, "APPLIED", before.booted.other(), newer, brought)?;
         Ok((
             format!(
                 "3 bundles refused in {:.0}s, nothing written; version {newer} applied to slot {} across a power cut while RAUC wrote ({writing}) and one {cut_after}s into its trial boot, {:.0}s from the drive plugged in to the outcome on it",
                 refusals.as_secs_f64(),
-                now.booted,
+                before.booted.other(),
                 applied.as_secs_f64()
             ),
             on,
@@ -270,20 +258,7 @@ impl Soak<'_> {
         let limit = self.vms[v].boot_limit() + REBOOT_LIMIT;
         self.vms[v].wait_exit(limit)?;
         let judged = trial.elapsed();
-        let on = self.power_on(v, true)?;
-        let text = self.wait_outcome(v, &name)?;
-        let rolled_back = brought.elapsed();
-        ensure!(text.starts_with("ROLLED BACK"), "{host}: {name} should be rolled back, the drive says:\n{text}");
-        let now = self.seen(v)?;
-        ensure!(
-            now.booted == before.booted && now.version == before.version,
-            "{host}: rolled back, but runs version {} from slot {} (was {} from slot {})",
-            now.version,
-            now.booted,
-            before.version,
-            before.booted
-        );
-        check_boot_state(&mut self.vms[v], now.booted)?;
+        let (on, rolled_back) = self.power_on_to_outcome(v, &name, "ROLLED BACK", before.booted, before.version, brought)?;
         let state = bootslot::BootState::parse(&self.vms[v].ok("pi2pi-agent boot show")?);
         ensure!(state.left(before.booted.other()) == 0, "{host}: the broken system's slot still has attempts: {state:?}");
         Ok((
@@ -294,6 +269,34 @@ impl Soak<'_> {
             ),
             on,
         ))
+    }
+
+    /// Powers `v` on and waits for `bundle`'s outcome on its drive: it must say `verdict`, and
+    /// the Pi run `version` from `slot`, marked good. Returns when the power came on and how long
+    /// after the drive went in (`brought`) the outcome was there.
+    fn power_on_to_outcome(
+        &mut self,
+        v: usize,
+        bundle: &str,
+        verdict: &str,
+        slot: Slot,
+        version: u64,
+        brought: Instant,
+    ) -> Result<(Instant, Duration)> {
+        let host = self.hosts[v].name.clone();
+        let on = self.power_on(v, true)?;
+        let text = self.wait_outcome(v, bundle)?;
+        let took = brought.elapsed();
+        ensure!(text.starts_with(verdict), "{host}: {bundle} should be {verdict}, the drive says:\n{text}");
+        let now = self.seen(v)?;
+        ensure!(
+            now.booted == slot && now.version == version,
+            "{host}: {verdict}, but runs version {} from slot {} (expected {version} from slot {slot})",
+            now.version,
+            now.booted
+        );
+        check_boot_state(&mut self.vms[v], slot)?;
+        Ok((on, took))
     }
 
     /// Makes `v`'s build of `version` (with a broken agent.toml if `broken`) into a bundle and
